@@ -1,0 +1,114 @@
+"""Assemble the aiohttp application: state keys, the source-following task, shutdown hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from metadata_svc.identity import ClientIdentity
+from metadata_svc.kept_copy import KeptCopy
+from metadata_svc.keys import IDENTITY, SETTINGS, STORE
+from metadata_svc.routes import add_routes
+from metadata_svc.settings import MetadataSettings
+from metadata_svc.sources import FleetSource
+from metadata_svc.sources.file import FileSource
+from metadata_svc.store import ReloadResult, VersionedStore
+from shared.logs import log_event
+from shared.model import Fleet, FleetError
+
+log = logging.getLogger("metadata")
+
+
+class SourceFollower:
+    """Applies each result of a source to the store and the kept copy, logging one line each."""
+
+    def __init__(self, source: FleetSource, store: VersionedStore, kept: KeptCopy | None) -> None:
+        self.source = source
+        self.store = store
+        self.kept = kept
+        self._kept_error: str | None = None
+
+    async def apply(self, result: Fleet | FleetError) -> None:
+        store = self.store
+        if isinstance(result, FleetError):
+            store.last_reload = ReloadResult(time.time(), False, str(result))
+            log_event(log, logging.ERROR, "fleet_rejected", source=self.source.name, where=result.where,
+                      problem=result.problem, serving=store.snapshot.version if store.has_data else "nothing")
+            return
+        changed = store.publish(result)
+        store.last_reload = ReloadResult(time.time(), True, "published" if changed else "unchanged")
+        if not changed:
+            log_event(log, logging.DEBUG, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
+            return
+        fleet = result
+        log_event(log, logging.INFO, "fleet_published", source=self.source.name, version=store.snapshot.version,
+                  stacks=len(fleet.stacks), services=len(fleet.services), containers=len(fleet.containers))
+        await self.keep(fleet, store.index)
+
+    async def keep(self, fleet: Fleet, index: int) -> None:
+        if self.kept is None:
+            return
+        try:
+            await asyncio.to_thread(self.kept.save, fleet, index)
+            self._kept_error = None
+        except OSError as exc:
+            if self._kept_error != str(exc):  # say it once, not on every reload
+                log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))
+            self._kept_error = str(exc)
+
+    def restore(self) -> None:
+        if self.kept is None:
+            return
+        try:
+            fleet, index = self.kept.load()
+        except FleetError as exc:
+            log_event(log, logging.INFO, "kept_copy_not_used", path=str(self.kept.path), reason=exc.problem)
+            return
+        self.store.restore(fleet, index)
+        log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path),
+                  version=self.store.snapshot.version, containers=len(fleet.containers))
+
+    async def run(self, updates: AsyncIterator[Fleet | FleetError]) -> None:
+        async for result in updates:
+            await self.apply(result)
+
+
+def create_app(settings: MetadataSettings, source: FleetSource | None = None) -> web.Application:
+    """The metadata application. ``source`` defaults to the ``--data`` file."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
+    app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
+    fleet_source = source or FileSource(settings.data, settings.poll_interval)
+
+    async def follow_source(app: web.Application) -> AsyncIterator[None]:
+        store = app[STORE]
+        follower = SourceFollower(fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None)
+        follower.restore()
+        updates = fleet_source.updates()
+        await follower.apply(await anext(updates))  # serve the file's data from the first request
+        task = asyncio.create_task(follower.run(updates), name="metadata-source")
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, fleet_source.request_reload)
+        yield
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await updates.aclose()  # type: ignore[attr-defined]
+
+    async def release_waiters(app: web.Application) -> None:
+        app[STORE].close()
+
+    app.cleanup_ctx.append(follow_source)
+    app.on_shutdown.append(release_waiters)
+    add_routes(app)
+    return app

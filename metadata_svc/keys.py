@@ -1,0 +1,13 @@
+"""Typed application state keys (``web.AppKey``), one per object the handlers use."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from metadata_svc.identity import ClientIdentity
+from metadata_svc.settings import MetadataSettings
+from metadata_svc.store import VersionedStore
+
+SETTINGS = web.AppKey("settings", MetadataSettings)
+STORE = web.AppKey("store", VersionedStore)
+IDENTITY = web.AppKey("identity", ClientIdentity)

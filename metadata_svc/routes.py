@@ -1,0 +1,144 @@
+"""HTTP handlers: the version index, metadata paths with long-poll, health and status."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from typing import Any
+
+from aiohttp import hdrs, web
+
+from metadata_svc.keys import IDENTITY, SETTINGS, STORE
+from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
+from metadata_svc.render import JSON, TEXT, Format, comparable, error_body, negotiate, render
+from metadata_svc.store import Snapshot
+from metadata_svc.tree import API_VERSIONS, LATEST
+
+VERSION_NAMES = (*API_VERSIONS, "latest")
+
+
+def _headers(snapshot: Snapshot, fmt: Format) -> dict[str, str]:
+    return {
+        "X-Metadns-Index": str(snapshot.index),
+        "X-Metadns-Version": snapshot.version,
+        "Access-Control-Allow-Origin": "*",
+        hdrs.CONTENT_TYPE: f"{fmt.content_type}; charset=utf-8",
+        hdrs.CACHE_CONTROL: "no-store",
+    }
+
+
+def _error(status: int, message: str, fmt: Format, snapshot: Snapshot) -> web.Response:
+    headers = _headers(snapshot, fmt)
+    return web.Response(status=status, text=error_body(status, message, fmt), headers=headers)
+
+
+async def index(request: web.Request) -> web.Response:
+    """``/``: the API versions, one per line, or a JSON/YAML map of version to path."""
+    fmt = negotiate(request.headers.get(hdrs.ACCEPT))
+    snapshot = request.app[STORE].snapshot
+    value: Any = {name: f"/{name}" for name in VERSION_NAMES} if fmt is not TEXT else None
+    body = render(value, fmt) if value is not None else "".join(f"{n}\n" for n in VERSION_NAMES)
+    return web.Response(text=body, headers=_headers(snapshot, fmt))
+
+
+def _wait_seconds(raw: str | None, default: float, cap: float) -> float:
+    try:
+        seconds = float(raw) if raw is not None else 0.0
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:  # absent, zero, negative or NaN: Rancher's default
+        seconds = default
+    return min(seconds, cap)
+
+
+async def metadata(request: web.Request) -> web.Response:
+    """Any path into the tree. ``?wait=true&value=V`` blocks until the value there differs from V;
+    ``?index=N`` blocks until the whole store moves past index N (Consul's blocking query)."""
+    store = request.app[STORE]
+    settings = request.app[SETTINGS]
+    fmt = negotiate(request.headers.get(hdrs.ACCEPT))
+    snapshot = store.snapshot
+    try:
+        segments = split_path(request.raw_path.split("?", 1)[0])
+    except MalformedPath as exc:
+        return _error(400, f"Bad request: {exc}", fmt, snapshot)
+    api = LATEST
+    if segments and segments[0] in VERSION_NAMES:
+        api = LATEST if segments[0] == "latest" else segments[0]
+        segments = segments[1:]
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    client = request.app[IDENTITY].client_ip(peer[0] if peer else None,
+                                             request.headers.get("X-Forwarded-For"))
+    query = request.query
+    loop_time = asyncio.get_running_loop().time
+    wait = _wait_seconds(query.get("maxWait"), settings.default_wait, settings.max_wait)
+
+    value = walk(snapshot.tree_for(api, client), segments)
+    if query.get("wait", "").lower() == "true" and "value" in query:
+        known = query["value"]
+        deadline = loop_time() + wait
+        while value is MISSING or comparable(value) == known:
+            remaining = deadline - loop_time()
+            if remaining <= 0 or store.closed:
+                break
+            snapshot = await store.wait_for_change(snapshot.index, remaining)
+            value = walk(snapshot.tree_for(api, client), segments)
+    elif "index" in query:
+        try:
+            known_index = int(query["index"])
+        except ValueError:
+            return _error(400, "Bad request: index must be an integer", fmt, snapshot)
+        if known_index > 0:
+            snapshot = await store.wait_for_change(known_index, wait)
+            value = walk(snapshot.tree_for(api, client), segments)
+
+    if value is MISSING:
+        return _error(404, "Not found", fmt, snapshot)
+    return web.Response(text=render(value, fmt), headers=_headers(snapshot, fmt))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while a fleet is being served, 503 before the first one loads. No fleet data."""
+    store = request.app[STORE]
+    ok = store.has_data
+    body = {"status": "ok" if ok else "no data", "index": store.index}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    """A small HTML page for people: version, counts, last reload, open long-polls."""
+    store = request.app[STORE]
+    snap = store.snapshot
+    fleet = snap.fleet
+    reload = store.last_reload
+    reload_text = "none yet" if reload is None else (
+        f"{'ok' if reload.ok else 'REJECTED'} at "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(reload.at))}Z: {reload.message}")
+    rows = [
+        ("version", snap.version), ("index", str(snap.index)),
+        ("published", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(snap.published_at)) + "Z"),
+        ("environment", fleet.environment.name), ("hosts", str(len(fleet.hosts))),
+        ("stacks", str(len(fleet.stacks))), ("services", str(len(fleet.services))),
+        ("containers", str(len(fleet.containers))), ("last reload", reload_text),
+        ("waiting long-polls", str(store.waiting)), ("source", request.app[SETTINGS].data),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>metadns metadata</title></head>"
+            f"<body><h1>metadns metadata</h1><table>{body}</table></body></html>")
+    return web.Response(text=page, content_type="text/html")
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return _error(404, "Not found", TEXT, request.app[STORE].snapshot)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/favicon.ico", not_found)
+    app.router.add_get("/{tail:.*}", metadata)
+
+
+__all__ = ["JSON", "add_routes"]

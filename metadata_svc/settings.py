@@ -1,0 +1,68 @@
+"""Settings of the metadata service, from flags and their ``METADNS_METADATA_*`` twins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from metadata_svc.identity import IPNetwork, parse_networks
+from shared.settings import FlagParser, parse_host_port
+
+DESCRIPTION = """\
+Serve the fleet (stacks, services, containers, hosts) over HTTP, rancher-metadata compatible.
+
+  curl http://HOST/latest/self/container/name          # who am I (by source IP)
+  curl -H 'Accept: application/json' http://HOST/latest/services
+  curl 'http://HOST/latest/version?wait=true&value=V&maxWait=30'   # block until V changes
+
+The fleet file is watched; a broken file is refused with one log line and the last good data
+stays in service. SIGHUP re-reads it at once.
+"""
+
+
+@dataclass(frozen=True)
+class MetadataSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    data: str = "examples/fleet.yaml"
+    state_file: str = ""
+    xff: bool = False
+    xff_trusted: tuple[IPNetwork, ...] = parse_networks(["127.0.0.0/8", "::1/128"])
+    max_wait: float = 120.0
+    default_wait: float = 60.0
+    poll_interval: float = 1.0
+    self_host: str = ""
+    log_level: str = "info"
+
+
+def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
+    p = FlagParser("METADNS_METADATA", prog="metadata-svc", description=DESCRIPTION)
+    p.flag("--listen", default="169.254.169.250:80",
+           help="HOST:PORT to serve HTTP on; port 0 picks a free port")
+    p.flag("--data", default="/etc/metadns/fleet.yaml",
+           help="the fleet file, YAML or JSON (Rancher field names; see examples/fleet.yaml)")
+    p.flag("--state-file", default="/var/lib/metadns/metadata-last-good.json",
+           help="where the last good fleet and its version are kept for restarts; '' disables")
+    p.flag("--xff", action="store_true",
+           help="take the client from X-Forwarded-For (only from peers in --xff-trusted)")
+    p.flag("--xff-trusted", default="127.0.0.0/8,::1/128",
+           help="comma list of proxy networks whose X-Forwarded-For is believed")
+    p.flag("--max-wait", default=120.0, type=float,
+           help="cap in seconds on a long-poll's maxWait")
+    p.flag("--poll-interval", default=1.0, type=float,
+           help="seconds between checks of the fleet file for changes")
+    p.flag("--self-host", default="",
+           help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
+                "default: the only host of the fleet")
+    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    ns = p.parse_flags(argv)
+    try:
+        host, port = parse_host_port(ns.listen, 80)
+    except ValueError as exc:
+        p.error(f"--listen: {exc}")
+    if ns.max_wait <= 0:
+        p.error("--max-wait must be positive")
+    return MetadataSettings(
+        host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
+        xff_trusted=parse_networks(ns.xff_trusted.split(",")), max_wait=ns.max_wait,
+        default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval,
+        self_host=ns.self_host, log_level=ns.log_level)

@@ -1,0 +1,20 @@
+"""Where fleets come from. A source yields validated fleets (or the error that stopped one);
+the store never knows which source it is fed by, so an etcd source slots in beside the file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from shared.model import Fleet, FleetError
+
+
+class FleetSource(Protocol):
+    """Yields a Fleet for every new good version of the data and a FleetError for every bad one."""
+
+    name: str
+
+    def updates(self) -> AsyncIterator[Fleet | FleetError]: ...
+
+    def request_reload(self) -> None:
+        """Re-read now (SIGHUP), without waiting for the next change notice."""

@@ -1,0 +1,151 @@
+"""The versioned store: one immutable snapshot at a time, and long-poll waiters on it.
+
+Every change of content gets a new, larger ``index``; publishing identical content changes
+nothing, so watchers never wake for nothing. Waiters block on one ``asyncio.Event`` per snapshot:
+a publish sets it and every waiter resumes at once, while idle waiters cost no CPU at all (no
+periodic broadcast, unlike rancher-metadata's 5 s ticker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cachetools import LRUCache
+
+from metadata_svc.tree import API_VERSIONS, ClientTree, Tree, TreeBuilder
+from shared.model import Fleet
+
+
+@dataclass
+class Snapshot:
+    """One published fleet with its index and version, and its trees built on first use."""
+
+    fleet: Fleet
+    index: int
+    self_host_uuid: str = ""
+    published_at: float = field(default_factory=time.time)
+    _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
+    _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
+    _selves: LRUCache[tuple[str, str], Any] = field(default_factory=lambda: LRUCache(maxsize=4096),
+                                                    repr=False)
+
+    @property
+    def version(self) -> str:
+        """Rancher-style ``<counter>-<content hash>``: ordered, and equal for equal content."""
+        return f"{self.index}-{self.fleet.digest[:32]}"
+
+    def _builder(self, api: str) -> TreeBuilder:
+        builder = self._builders.get(api)
+        if builder is None:
+            builder = TreeBuilder(self.fleet, api, self.version, self.self_host_uuid)
+            self._builders[api] = builder
+        return builder
+
+    def default_tree(self, api: str) -> Tree:
+        tree = self._trees.get(api)
+        if tree is None:
+            tree = self._builder(api).default_tree()
+            self._trees[api] = tree
+        return tree
+
+    def tree_for(self, api: str, client_ip: str) -> ClientTree | Tree:
+        """The tree a client sees: the default one, with ``self`` its own when it is a container."""
+        container = self.fleet.container_by_ip(client_ip)
+        base = self.default_tree(api)
+        if container is None:
+            return base
+        key = (api, client_ip)
+        tree = self._selves.get(key)
+        if tree is None:
+            tree = ClientTree(base, self._builder(api).self_for(container))
+            self._selves[key] = tree
+        return tree
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    at: float
+    ok: bool
+    message: str
+
+
+class VersionedStore:
+    """Holds the current snapshot; ``publish`` swaps it, ``wait_for_change`` long-polls it."""
+
+    def __init__(self, fleet: Fleet | None = None, index: int = 0, self_host_uuid: str = "") -> None:
+        self._self_host_uuid = self_host_uuid
+        self._snapshot = Snapshot(fleet or Fleet.empty(), index, self._pick_host(fleet, self_host_uuid))
+        self._changed = asyncio.Event()
+        self._closed = False
+        self.waiting = 0
+        self.has_data = fleet is not None
+        self.last_reload: ReloadResult | None = None
+
+    @staticmethod
+    def _pick_host(fleet: Fleet | None, wanted: str) -> str:
+        if fleet is None:
+            return ""
+        for host in fleet.hosts:
+            if wanted and wanted in (host.uuid, host.name):
+                return host.uuid
+        if not wanted and len(fleet.hosts) == 1:
+            return fleet.hosts[0].uuid
+        return ""
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def index(self) -> int:
+        return self._snapshot.index
+
+    def publish(self, fleet: Fleet, *, index: int | None = None) -> bool:
+        """Swap in ``fleet``; return False (and keep the version) when its content is unchanged."""
+        current = self._snapshot
+        if self.has_data and fleet.digest == current.fleet.digest:
+            return False
+        new_index = max(current.index + 1, index or 0)
+        self._snapshot = Snapshot(fleet, new_index, self._pick_host(fleet, self._self_host_uuid))
+        self.has_data = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    def restore(self, fleet: Fleet, index: int) -> None:
+        """Start from a kept copy: same content, same index, so clients see no change."""
+        self._snapshot = Snapshot(fleet, index, self._pick_host(fleet, self._self_host_uuid))
+        self.has_data = True
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for_change(self, known_index: int, max_wait: float) -> Snapshot:
+        """Return the first snapshot whose index differs from ``known_index``, or the current one
+        after ``max_wait`` seconds (or at once when the store is closing)."""
+        if self._snapshot.index != known_index or self._closed:
+            return self._snapshot
+        changed = self._changed
+        self.waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max_wait):
+                    await changed.wait()
+        finally:
+            self.waiting -= 1
+        return self._snapshot
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Release every waiter now (graceful shutdown must not wait for maxWait)."""
+        self._closed = True
+        self._changed.set()
+
+
+__all__ = ["API_VERSIONS", "ReloadResult", "Snapshot", "VersionedStore"]

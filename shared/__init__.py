@@ -1,0 +1,1 @@
+"""Code both services use: the fleet data model, config and logging helpers."""

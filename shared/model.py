@@ -1,0 +1,436 @@
+"""The fleet: environment, hosts, stacks, services and containers, with Rancher field names.
+
+A ``Fleet`` is immutable and valid by construction: ``Fleet.from_mapping`` checks every cross
+reference (a container's stack, service and host; a service's links and sidekicks; unique names
+and IPs) and raises ``FleetError`` naming the object and the problem. Fields the model does not
+know are kept in ``extra`` and served unchanged, so a fleet exported from Rancher loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import uuid as uuid_mod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+SERVICE_KINDS = frozenset({"service", "externalService", "dnsService", "loadBalancerService",
+                           "kubernetesService", "scalingGroup"})
+_NS = uuid_mod.UUID("5b8f2c1e-6d0a-4a44-9a57-4b1f1e0c9a10")
+
+Locate = Callable[[str, int], str | None]
+"""Maps (collection, index) to a source position such as ``line 12``, when the source knows it."""
+
+
+class FleetError(ValueError):
+    """A fleet that must not be served. ``where`` names the object, ``problem`` what is wrong."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}")
+        self.where = where
+        self.problem = problem
+
+
+def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    uuid: str
+    name: str
+    agent_ip: str = ""
+    hostname: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    name: str
+    uuid: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    stack_name: str
+    uuid: str
+    kind: str = "service"
+    hostname: str = ""
+    vip: str = ""
+    external_ips: tuple[str, ...] = ()
+    links: Mapping[str, str] = field(default_factory=dict)
+    sidekicks: tuple[str, ...] = ()
+    primary_service_name: str = ""
+    ports: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    token: str = ""
+    health_check: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    name: str
+    uuid: str
+    primary_ip: str
+    stack_name: str = ""
+    service_name: str = ""
+    host_uuid: str = ""
+    state: str = "running"
+    health_state: str = "healthy"
+    create_index: int = 0
+    service_index: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    links: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    name: str = "default"
+    uuid: str = ""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A validated snapshot of the fleet, in file order, with fast lookups by name and IP."""
+
+    environment: Environment
+    hosts: tuple[Host, ...]
+    stacks: tuple[Stack, ...]
+    services: tuple[Service, ...]
+    containers: tuple[Container, ...]
+    digest: str
+    raw: Mapping[str, Any]
+
+    def container_by_ip(self, ip: str) -> Container | None:
+        return self._by_ip.get(ip)
+
+    def host(self, uuid: str) -> Host | None:
+        return self._hosts.get(uuid)
+
+    def stack(self, name: str) -> Stack | None:
+        return self._stacks.get(name.lower())
+
+    def service(self, stack_name: str, name: str) -> Service | None:
+        return self._services.get((stack_name.lower(), name.lower()))
+
+    def service_containers(self, service: Service) -> tuple[Container, ...]:
+        return self._members.get((service.stack_name.lower(), service.name.lower()), ())
+
+    def stack_services(self, stack: Stack) -> tuple[Service, ...]:
+        return self._stack_services.get(stack.name.lower(), ())
+
+    def __post_init__(self) -> None:
+        by_ip = {c.primary_ip: c for c in self.containers}
+        members: dict[tuple[str, str], list[Container]] = {}
+        for c in self.containers:
+            if c.service_name:
+                members.setdefault((c.stack_name.lower(), c.service_name.lower()), []).append(c)
+        stack_services: dict[str, list[Service]] = {}
+        for s in self.services:
+            stack_services.setdefault(s.stack_name.lower(), []).append(s)
+        object.__setattr__(self, "_by_ip", by_ip)
+        object.__setattr__(self, "_hosts", {h.uuid: h for h in self.hosts})
+        object.__setattr__(self, "_stacks", {s.name.lower(): s for s in self.stacks})
+        object.__setattr__(self, "_services", {(s.stack_name.lower(), s.name.lower()): s
+                                               for s in self.services})
+        object.__setattr__(self, "_members", {k: tuple(v) for k, v in members.items()})
+        object.__setattr__(self, "_stack_services", {k: tuple(v) for k, v in stack_services.items()})
+
+    _by_ip: dict[str, Container] = field(init=False, repr=False, compare=False)
+    _hosts: dict[str, Host] = field(init=False, repr=False, compare=False)
+    _stacks: dict[str, Stack] = field(init=False, repr=False, compare=False)
+    _services: dict[tuple[str, str], Service] = field(init=False, repr=False, compare=False)
+    _members: dict[tuple[str, str], tuple[Container, ...]] = field(init=False, repr=False, compare=False)
+    _stack_services: dict[str, tuple[Service, ...]] = field(init=False, repr=False, compare=False)
+
+    @classmethod
+    def empty(cls) -> Fleet:
+        return cls.from_mapping({})
+
+    @classmethod
+    def from_mapping(cls, data: Any, locate: Locate | None = None) -> Fleet:
+        """Validate ``data`` (the parsed fleet file) and build a Fleet, or raise FleetError."""
+        return _FleetBuilder(data, locate or (lambda _c, _i: None)).build()
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The normalised fleet, suitable for ``from_mapping`` and for the kept copy on disk."""
+        return json.loads(json.dumps(self.raw))  # type: ignore[no-any-return]
+
+
+def canonical_digest(data: Mapping[str, Any]) -> str:
+    """Content hash of a normalised fleet: equal data gives an equal digest, whatever the key order."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_KNOWN = {
+    "hosts": {"uuid", "name", "agent_ip", "hostname", "labels"},
+    "stacks": {"name", "uuid", "services"},
+    "services": {"name", "stack_name", "uuid", "kind", "hostname", "vip", "external_ips", "links",
+                 "sidekicks", "primary_service_name", "ports", "labels", "metadata", "token",
+                 "health_check", "containers"},
+    "containers": {"name", "uuid", "primary_ip", "stack_name", "service_name", "host_uuid", "state",
+                   "health_state", "create_index", "service_index", "labels", "ports", "dns",
+                   "dns_search", "links"},
+}
+# Keys the metadata service derives itself; a fleet exported from a metadata tree carries them.
+_DERIVED = {"stacks": {"services"}, "services": {"containers"}, "containers": set(), "hosts": set()}
+
+
+class _FleetBuilder:
+    def __init__(self, data: Any, locate: Locate) -> None:
+        self.data = data
+        self.locate = locate
+
+    def where(self, collection: str, index: int, item: Any = None) -> str:
+        text = f"{collection}[{index}]"
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            text += f" name={item['name']}"
+        position = self.locate(collection, index)
+        return f"{text} ({position})" if position else text
+
+    def items(self, key: str) -> list[Mapping[str, Any]]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list):
+            raise FleetError(key, f"must be a list, not {type(value).__name__}")
+        for i, item in enumerate(value):
+            if not isinstance(item, Mapping):
+                raise FleetError(self.where(key, i), f"must be a mapping, not {type(item).__name__}")
+        return value
+
+    def text(self, item: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str:
+        value = item.get(key)
+        if value is None or value == "":
+            if required:
+                raise FleetError(where, f"'{key}' is required")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise FleetError(where, f"'{key}' must be a string")
+        return str(value)
+
+    def strings(self, item: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+        value = item.get(key) or []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            raise FleetError(where, f"'{key}' must be a list of strings")
+        return tuple(str(v) for v in value)
+
+    def mapping(self, item: Mapping[str, Any], key: str, where: str, *, str_values: bool = True
+                ) -> Mapping[str, Any]:
+        value = item.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise FleetError(where, f"'{key}' must be a mapping")
+        if str_values:
+            bad = [k for k, v in value.items() if not isinstance(v, str | int | float) or isinstance(v, bool)]
+            if bad:
+                raise FleetError(where, f"'{key}.{bad[0]}' must be a string")
+            return _frozen({str(k): str(v) for k, v in value.items()})
+        return _frozen({str(k): v for k, v in value.items()})
+
+    def ip(self, value: str, where: str, key: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise FleetError(where, f"'{key}' is not an IP address: {value!r}") from None
+
+    @staticmethod
+    def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
+        return _frozen({k: v for k, v in item.items()
+                        if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
+
+    def build(self) -> Fleet:
+        data = self.data
+        if data is None:
+            data = self.data = {}
+        if not isinstance(data, Mapping):
+            raise FleetError("fleet", f"the top level must be a mapping, not {type(data).__name__}")
+        unknown = set(data) - {"environment", "hosts", "stacks", "services", "containers", "version",
+                               "name", "uuid", "self", "networks", "environments"}
+        if unknown:
+            raise FleetError("fleet", f"unknown top-level key {sorted(unknown)[0]!r}")
+        env_raw = data.get("environment") or {}
+        if not isinstance(env_raw, Mapping):
+            raise FleetError("environment", "must be a mapping")
+        env_name = self.text(env_raw, "name", "environment") or str(data.get("name") or "default")
+        environment = Environment(
+            name=env_name,
+            uuid=self.text(env_raw, "uuid", "environment") or str(data.get("uuid") or "")
+            or str(uuid_mod.uuid5(_NS, f"environment/{env_name}")))
+        hosts = self.hosts()
+        stacks = self.stacks()
+        services = self.services({s.name.lower() for s in stacks})
+        containers = self.containers(stacks, services, hosts)
+        raw = {
+            "environment": {"name": environment.name, "uuid": environment.uuid},
+            "hosts": [_host_raw(h) for h in hosts],
+            "stacks": [{"name": s.name, "uuid": s.uuid, **s.extra} for s in stacks],
+            "services": [_service_raw(s) for s in services],
+            "containers": [_container_raw(c) for c in containers],
+        }
+        return Fleet(environment, hosts, stacks, services, containers, canonical_digest(raw), raw)
+
+    def hosts(self) -> tuple[Host, ...]:
+        out: list[Host] = []
+        seen: set[str] = set()
+        for i, item in enumerate(self.items("hosts")):
+            where = self.where("hosts", i, item)
+            name = self.text(item, "name", where, required=True)
+            uuid = self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"host/{name}"))
+            if uuid in seen:
+                raise FleetError(where, f"duplicate host uuid {uuid!r}")
+            seen.add(uuid)
+            agent_ip = self.text(item, "agent_ip", where)
+            out.append(Host(uuid=uuid, name=name,
+                            agent_ip=self.ip(agent_ip, where, "agent_ip") if agent_ip else "",
+                            hostname=self.text(item, "hostname", where) or name,
+                            labels=self.mapping(item, "labels", where), extra=self.extra(item, "hosts")))
+        return tuple(out)
+
+    def stacks(self) -> tuple[Stack, ...]:
+        out: list[Stack] = []
+        seen: set[str] = set()
+        for i, item in enumerate(self.items("stacks")):
+            where = self.where("stacks", i, item)
+            name = self.text(item, "name", where, required=True)
+            if name.lower() in seen:
+                raise FleetError(where, f"duplicate stack name {name!r}")
+            seen.add(name.lower())
+            uuid = self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"stack/{name}"))
+            out.append(Stack(name=name, uuid=uuid, extra=self.extra(item, "stacks")))
+        return tuple(out)
+
+    def services(self, stack_names: set[str]) -> tuple[Service, ...]:
+        items = self.items("services")
+        keys: dict[tuple[str, str], int] = {}
+        for i, item in enumerate(items):
+            where = self.where("services", i, item)
+            name = self.text(item, "name", where, required=True)
+            stack = self.text(item, "stack_name", where, required=True)
+            if stack.lower() not in stack_names:
+                raise FleetError(where, f"stack {stack!r} does not exist")
+            if (stack.lower(), name.lower()) in keys:
+                raise FleetError(where, f"duplicate service {stack}/{name}")
+            keys[(stack.lower(), name.lower())] = i
+        primaries: dict[tuple[str, str], str] = {}
+        for i, item in enumerate(items):
+            where = self.where("services", i, item)
+            stack = str(item["stack_name"])
+            for sidekick in self.strings(item, "sidekicks", where):
+                if (stack.lower(), sidekick.lower()) not in keys:
+                    raise FleetError(where, f"sidekick {sidekick!r} is not a service of stack {stack!r}")
+                primaries[(stack.lower(), sidekick.lower())] = str(item["name"])
+        out: list[Service] = []
+        for i, item in enumerate(items):
+            where = self.where("services", i, item)
+            name, stack = str(item["name"]), str(item["stack_name"])
+            kind = self.text(item, "kind", where) or "service"
+            if kind not in SERVICE_KINDS:
+                raise FleetError(where, f"unknown kind {kind!r} (one of {', '.join(sorted(SERVICE_KINDS))})")
+            links = self.mapping(item, "links", where)
+            for target in links:
+                t_stack, _, t_name = target.rpartition("/")
+                if (t_stack or stack).lower() == "" or ((t_stack or stack).lower(), t_name.lower()) not in keys:
+                    raise FleetError(where, f"link target {target!r} is not a service")
+            if kind == "dnsService" and not links:
+                raise FleetError(where, "a dnsService needs 'links' to the services it aliases")
+            hostname = self.text(item, "hostname", where)
+            external_ips = tuple(self.ip(v, where, "external_ips") for v in self.strings(item, "external_ips", where))
+            if kind == "externalService" and not hostname and not external_ips:
+                raise FleetError(where, "an externalService needs 'hostname' or 'external_ips'")
+            vip = self.text(item, "vip", where)
+            hc = item.get("health_check")
+            if hc is not None and not isinstance(hc, Mapping):
+                raise FleetError(where, "'health_check' must be a mapping")
+            out.append(Service(
+                name=name, stack_name=stack, kind=kind, hostname=hostname,
+                uuid=self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"service/{stack}/{name}")),
+                vip=self.ip(vip, where, "vip") if vip else "", external_ips=external_ips, links=links,
+                sidekicks=self.strings(item, "sidekicks", where),
+                primary_service_name=self.text(item, "primary_service_name", where)
+                or primaries.get((stack.lower(), name.lower()), name),
+                ports=self.strings(item, "ports", where), labels=self.mapping(item, "labels", where),
+                metadata=self.mapping(item, "metadata", where, str_values=False),
+                token=self.text(item, "token", where), health_check=_frozen(hc) if hc is not None else None,
+                extra=self.extra(item, "services")))
+        return tuple(out)
+
+    def containers(self, stacks: tuple[Stack, ...], services: tuple[Service, ...],
+                   hosts: tuple[Host, ...]) -> tuple[Container, ...]:
+        stack_names = {s.name.lower() for s in stacks}
+        service_keys = {(s.stack_name.lower(), s.name.lower()) for s in services}
+        host_ids = {h.uuid for h in hosts} | {h.name for h in hosts}
+        host_by_name = {h.name: h.uuid for h in hosts}
+        names: dict[str, str] = {}
+        ips: dict[str, str] = {}
+        out: list[Container] = []
+        for i, item in enumerate(self.items("containers")):
+            where = self.where("containers", i, item)
+            name = self.text(item, "name", where, required=True)
+            if name.lower() in names:
+                raise FleetError(where, f"duplicate container name {name!r} (also {names[name.lower()]})")
+            names[name.lower()] = where
+            ip = self.ip(self.text(item, "primary_ip", where, required=True), where, "primary_ip")
+            if ip in ips:
+                raise FleetError(where, f"duplicate IP {ip} (also {ips[ip]})")
+            ips[ip] = where
+            stack = self.text(item, "stack_name", where)
+            service = self.text(item, "service_name", where)
+            if stack and stack.lower() not in stack_names:
+                raise FleetError(where, f"stack {stack!r} does not exist")
+            if service and not stack:
+                raise FleetError(where, f"'service_name' {service!r} needs a 'stack_name'")
+            if service and (stack.lower(), service.lower()) not in service_keys:
+                raise FleetError(where, f"service {service!r} does not exist in stack {stack!r}")
+            host = self.text(item, "host_uuid", where)
+            if host and host not in host_ids:
+                raise FleetError(where, f"host {host!r} does not exist")
+            create_index = item.get("create_index", i + 1)
+            if not isinstance(create_index, int) or isinstance(create_index, bool):
+                raise FleetError(where, "'create_index' must be an integer")
+            dns = tuple(self.ip(v, where, "dns") for v in self.strings(item, "dns", where))
+            out.append(Container(
+                name=name, uuid=self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"container/{name}")),
+                primary_ip=ip, stack_name=stack, service_name=service,
+                host_uuid=host_by_name.get(host, host),
+                state=self.text(item, "state", where) or "running",
+                health_state=self.text(item, "health_state", where) or "healthy",
+                create_index=create_index, service_index=self.text(item, "service_index", where),
+                labels=self.mapping(item, "labels", where), ports=self.strings(item, "ports", where),
+                dns=dns, dns_search=self.strings(item, "dns_search", where),
+                links=self.mapping(item, "links", where), extra=self.extra(item, "containers")))
+        return tuple(out)
+
+
+def _host_raw(h: Host) -> dict[str, Any]:
+    return {"uuid": h.uuid, "name": h.name, "agent_ip": h.agent_ip, "hostname": h.hostname,
+            "labels": dict(h.labels), **h.extra}
+
+
+def _service_raw(s: Service) -> dict[str, Any]:
+    return {"name": s.name, "stack_name": s.stack_name, "uuid": s.uuid, "kind": s.kind,
+            "hostname": s.hostname, "vip": s.vip, "external_ips": list(s.external_ips),
+            "links": dict(s.links), "sidekicks": list(s.sidekicks),
+            "primary_service_name": s.primary_service_name, "ports": list(s.ports),
+            "labels": dict(s.labels), "metadata": dict(s.metadata), "token": s.token,
+            "health_check": dict(s.health_check) if s.health_check is not None else None, **s.extra}
+
+
+def _container_raw(c: Container) -> dict[str, Any]:
+    return {"name": c.name, "uuid": c.uuid, "primary_ip": c.primary_ip, "stack_name": c.stack_name,
+            "service_name": c.service_name, "host_uuid": c.host_uuid, "state": c.state,
+            "health_state": c.health_state, "create_index": c.create_index,
+            "service_index": c.service_index, "labels": dict(c.labels), "ports": list(c.ports),
+            "dns": list(c.dns), "dns_search": list(c.dns_search), "links": dict(c.links), **c.extra}

@@ -1,0 +1,1 @@
+"""Helpers the tests share: required tools, real servers on loopback, log capture."""
