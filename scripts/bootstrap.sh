@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: the venv with the package, and for "test" also the test tools and the
+# real servers the tests start (Debian packages, installed when run as root).
+#   scripts/bootstrap.sh run    # runtime only
+#   scripts/bootstrap.sh test   # runtime + test dependencies + Debian packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE="${1:-run}"
+PYTHON="${PYTHON:-python3}"
+
+APT_PACKAGES=(
+    bind9-dnsutils         # dig
+    dnsmasq-base           # a real upstream resolver for the tests and a peer in bench/
+    unbound                # the other upstream and peer
+    dnsperf                # bench/
+    iproute2               # ip netns for the stub-resolver tests
+    musl-tools             # musl-gcc: the Alpine (musl) stub resolver test
+    golang-go              # builds the real go-rancher-metadata client
+    golang-github-rancher-go-rancher-metadata-dev
+)
+
+install_debian_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        echo "bootstrap: not root or no apt-get; please install: ${missing[*]}" >&2
+        return 0
+    fi
+    echo "bootstrap: apt-get install ${missing[*]}" >&2
+    # Packages must not start system daemons (unbound would take port 53): deny service starts.
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ "$created" = 1 ] && rm -f "$policy"
+    return 0
+}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
+if [ "$MODE" = test ]; then
+    install_debian_packages
+    .venv/bin/python -m pip install --quiet -e '.[test]'
+else
+    .venv/bin/python -m pip install --quiet -e .
+fi

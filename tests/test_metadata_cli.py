@@ -1,0 +1,70 @@
+"""The ``metadata-svc`` command as a user runs it: --help, environment twins, SIGHUP reload."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_help_names_every_flag_and_its_environment_variable() -> None:
+    out = subprocess.run([sys.executable, "-m", "metadata_svc", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--listen", "--data", "--xff", "--max-wait", "--state-file", "--self-host"):
+        assert flag in out
+        assert "METADNS_METADATA_" + flag[2:].replace("-", "_").upper() in out
+    assert "169.254.169.250:80" in out
+
+
+async def test_sighup_reloads_and_env_configures(fleet_file: Path, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "METADNS_METADATA_LISTEN": f"127.0.0.1:{port}", "METADNS_METADATA_DATA": str(fleet_file),
+           "METADNS_METADATA_STATE_FILE": str(tmp_path / "kept.json"),
+           "METADNS_METADATA_POLL_INTERVAL": "3600"}  # only SIGHUP can notice the change
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "metadata_svc", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        async with s.get(url) as r:
+                            assert await r.text() == "127.0.0.21"
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+            data = yaml.safe_load(fleet_file.read_text())
+            data["containers"][3]["primary_ip"] = "127.0.0.29"
+            fleet_file.write_text(yaml.safe_dump(data))
+            await asyncio.sleep(0.3)
+            async with s.get(url) as r:
+                assert await r.text() == "127.0.0.21"  # not polled yet
+            proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(10):
+                while True:
+                    async with s.get(url) as r:
+                        if await r.text() == "127.0.0.29":
+                            break
+                    await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.wait()
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert "event=fleet_published" in log
+    assert log.count("event=fleet_published") == 2
