@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.kept_copy import KeptCopy
 from metadata_svc.keys import IDENTITY, SETTINGS, STORE
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.sources import FleetSource
 from metadata_svc.sources.file import FileSource
 from metadata_svc.store import ReloadResult, VersionedStore
+from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
 

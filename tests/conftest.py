@@ -22,3 +22,36 @@ def fleet_file(tmp_path: Path) -> Path:
 async def metadata(fleet_file: Path, tmp_path: Path) -> AsyncIterator[RunningMetadata]:
     async with run_metadata(fleet_file, tmp_path / "state" / "kept.json", self_host="host-a") as running:
         yield running
+
+
+@pytest.fixture
+def unbound(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from tests.support.upstream import run_unbound
+
+    with run_unbound(tmp_path / "unbound") as server:
+        yield server
+
+
+@pytest.fixture
+def dns_fleet_file(tmp_path: Path) -> Path:
+    import yaml
+
+    from tests.support.fleets import dns_fleet
+
+    path = tmp_path / "dns-fleet.yaml"
+    path.write_text(yaml.safe_dump(dns_fleet()))
+    return path
+
+
+@pytest.fixture
+async def fleet_stack(dns_fleet_file: Path, tmp_path: Path, unbound):  # type: ignore[no-untyped-def]
+    """The real metadata service on the DNS fleet, the real DNS service following it, and a real
+    unbound as the default upstream."""
+    from dns_svc.follower import version_index
+    from metadata_svc.keys import STORE
+    from tests.support.dns import run_dns, wait_for_version
+
+    async with run_metadata(dns_fleet_file, self_host="host-a") as md:
+        async with run_dns(metadata_url=f"{md.url}/2016-07-29", recurse=(unbound.address,)) as server:
+            await wait_for_version(server, version_index(md.app[STORE].snapshot.version))
+            yield md, server

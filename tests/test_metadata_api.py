@@ -20,7 +20,7 @@ async def get(md: RunningMetadata, path: str, source_ip: str = "127.0.0.1", **he
 
 async def test_index_lists_versions_in_text_and_json(metadata: RunningMetadata) -> None:
     assert await get(metadata, "/") == (200, "2015-07-25\n2015-12-19\n2016-07-29\nlatest\n")
-    status, body = await get(metadata, "/", **JSON)
+    _status, body = await get(metadata, "/", **JSON)
     assert json.loads(body)["2015-12-19"] == "/2015-12-19"
     assert json.loads(body)["latest"] == "/latest"
 
@@ -44,9 +44,9 @@ async def test_arrays_by_index_name_and_uuid(metadata: RunningMetadata) -> None:
     by_name = await get(metadata, "/latest/containers/shop-web-1/primary_ip")
     by_uuid = await get(metadata, "/latest/containers/c-web-1/primary_ip")
     assert by_index == by_name == by_uuid == (200, "127.0.0.11")
-    status, body = await get(metadata, "/latest/containers")
+    _, body = await get(metadata, "/latest/containers")
     assert body.splitlines()[:2] == ["0=shop-web-1", "1=shop-web-2"]
-    status, body = await get(metadata, "/latest/containers/0/ports")
+    _status, body = await get(metadata, "/latest/containers/0/ports")
     assert body == "0\n"
     assert await get(metadata, "/latest/containers/0/ports/0") == (200, "0.0.0.0:80:8080/tcp")
 
@@ -101,7 +101,7 @@ async def test_token_shows_only_under_the_owners_self_service(metadata: RunningM
     assert await get(metadata, "/latest/self/service/token", "127.0.0.21") == (200, "db-secret")
     for ip in ("127.0.0.11", "127.0.0.21", "127.0.0.31", "127.0.0.99"):
         for path in ("/latest", "/2015-07-25", "/2015-12-19"):
-            status, body = await get(metadata, path, ip, **JSON)
+            _status, body = await get(metadata, path, ip, **JSON)
             tree = json.loads(body)
             own = tree["self"].pop("service", {}).get("token")
             assert "web-secret" not in json.dumps(tree) or own == "web-secret"

@@ -24,6 +24,8 @@ class KeptCopy:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             index = int(doc["index"])
             return Fleet.from_mapping(doc["fleet"]), index
+        except FleetError as exc:
+            raise FleetError(str(self.path), f"kept copy invalid: {exc}") from None
         except FileNotFoundError:
             raise FleetError(str(self.path), "no kept copy yet") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -1,0 +1,108 @@
+"""Keeps the answers table in step with the metadata service by long-polling its version.
+
+On a new version it fetches the whole tree once, rebuilds the table and swaps it in; the
+client caches are cleared only when the answers really changed. While metadata is unreachable
+it keeps answering from the last table, retries with backoff, and logs the outage once when it
+starts and once when it ends. The last good fleet is kept on disk for restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from shared.kept_copy import KeptCopy
+from shared.logs import log_event
+from shared.model import Fleet, FleetError
+
+log = logging.getLogger("dns.metadata")
+
+
+def version_index(version: str) -> int:
+    """The counter part of a metadns version (``<index>-<hash>``); other servers' versions give 0."""
+    head = version.split("-", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+class VersionFollower:
+    def __init__(self, base_url: str, apply: Callable[[Fleet, int], None], *, max_wait: int = 30,
+                 kept: KeptCopy | None = None, max_backoff: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.apply = apply
+        self.max_wait = max_wait
+        self.kept = kept
+        self.max_backoff = max_backoff
+        self.version: str | None = None
+        self.reachable: bool | None = None
+        self.updated = asyncio.Event()
+        self.restored: int | None = None
+
+    def restore(self) -> bool:
+        """Start from the kept fleet, before metadata has answered."""
+        if self.kept is None:
+            return False
+        try:
+            fleet, index = self.kept.load()
+        except FleetError as exc:
+            log_event(log, logging.INFO, "kept_copy_not_used", path=str(self.kept.path), reason=exc.problem)
+            return False
+        self.apply(fleet, index)
+        self.restored = index
+        log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path), serial=index)
+        return True
+
+    async def run(self) -> None:
+        backoff = 0.5
+        timeout = aiohttp.ClientTimeout(total=self.max_wait + 15, connect=5)
+        async with aiohttp.ClientSession(timeout=timeout, headers={"Accept": "application/json"}) as session:
+            while True:
+                try:
+                    await self.step(session)
+                    backoff = 0.5
+                    if self.reachable is not True:
+                        if self.reachable is False:
+                            log_event(log, logging.WARNING, "metadata_reachable", url=self.base_url,
+                                      version=self.version)
+                        self.reachable = True
+                except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
+                    if self.reachable is not False:
+                        log_event(log, logging.ERROR, "metadata_unreachable", url=self.base_url,
+                                  error=str(exc) or type(exc).__name__, serving=self.version or ("kept copy" if self.restored is not None else "no data yet"),
+                                  retry=f"exponential backoff up to {int(self.max_backoff)}s")
+                        self.reachable = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+
+    async def step(self, session: aiohttp.ClientSession) -> None:
+        url = f"{self.base_url}/version"
+        params = {"wait": "true", "value": self.version, "maxWait": str(self.max_wait)} if self.version else None
+        async with session.get(url, params=params) as resp:
+            resp.raise_for_status()
+            version = await resp.json(content_type=None)
+        if not isinstance(version, str):
+            raise ValueError("metadata /version is not a string")
+        if version == self.version:
+            return
+        async with session.get(self.base_url) as resp:
+            resp.raise_for_status()
+            tree = await resp.json(content_type=None)
+        if not isinstance(tree, dict):
+            raise ValueError("metadata tree is not an object")
+        applied = str(tree.get("version") or version)
+        started = time.perf_counter()
+        fleet = Fleet.from_mapping(tree)
+        self.apply(fleet, version_index(applied))
+        self.version = applied
+        log_event(log, logging.INFO, "answers_updated", version=applied, containers=len(fleet.containers),
+                  build_ms=round((time.perf_counter() - started) * 1000, 1))
+        self.updated.set()
+        self.updated = asyncio.Event()
+        if self.kept is not None:
+            try:
+                await asyncio.to_thread(self.kept.save, fleet, version_index(applied))
+            except OSError as exc:
+                log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

@@ -1,0 +1,120 @@
+"""From a parsed question to reply bytes: the edge checks, the synchronous fast path over the
+caches, and the async chain for everything else.
+
+The fast path is the chain's two cache steps done in plain code, with no coroutine, no task and no
+dnslib: a finished local answer from the client's cache, or (when the client cache says the name
+is not local and the client may recurse) a finished upstream answer from the global cache. Any
+miss, expiry, or reply that would not fit goes to the chain, which fills the caches for next time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterable
+
+from cachetools import LRUCache
+
+from dns_svc.chain import Chain, Query
+from dns_svc.respond import budget, fit
+from dns_svc.steps.cache import NOT_LOCAL, CachedReply, GlobalCacheStep, ReplyCache, cache_key
+from dns_svc.steps.cache.step import ClientCaches
+from dns_svc.wire import (
+    CLASS_IN,
+    QTYPE_AXFR,
+    QTYPE_IXFR,
+    RCODE_BADVERS,
+    RCODE_REFUSED,
+    RawQuery,
+    header_only_reply,
+)
+from shared.answers import AnswersTable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
+                 "100.64.0.0/10", "fc00::/7", "fe80::/10")
+
+
+class TableRef:
+    """The current answers table. Swapping in a table with different answers clears the client
+    caches (one assignment, so a query sees either the old table or the new one, never a mix)."""
+
+    def __init__(self, table: AnswersTable, client_caches: ClientCaches) -> None:
+        self.current = table
+        self.client_caches = client_caches
+
+    def swap(self, table: AnswersTable) -> bool:
+        changed = table.digest != self.current.digest
+        self.current = table
+        if changed:
+            self.client_caches.clear()
+        return changed
+
+
+class RecursionPolicy:
+    """Which clients may use recursion (and the global cache): not an open resolver."""
+
+    def __init__(self, networks: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._memo: LRUCache[str, bool] = LRUCache(maxsize=65536)
+
+    def allows(self, client_ip: str) -> bool:
+        allowed = self._memo.get(client_ip)
+        if allowed is None:
+            try:
+                addr = ipaddress.ip_address(client_ip)
+                if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                allowed = any(addr in net for net in self.networks)
+            except ValueError:
+                allowed = False
+            self._memo[client_ip] = allowed
+        return allowed
+
+
+class Resolver:
+    def __init__(self, tables: TableRef, client_caches: ClientCaches, global_cache: ReplyCache, chain: Chain,
+                 policy: RecursionPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tables = tables
+        self.client_caches = client_caches
+        self.global_cache = global_cache
+        self.chain = chain
+        self.policy = policy
+        self.clock = clock
+
+    @staticmethod
+    def edge(raw: RawQuery) -> bytes | None:
+        """Replies decided by the question alone: BADVERS, non-IN classes, zone transfers."""
+        if raw.edns and raw.edns_version != 0:
+            return header_only_reply(raw, RCODE_BADVERS)
+        if raw.qclass != CLASS_IN:
+            return header_only_reply(raw, RCODE_REFUSED)
+        if raw.qtype in (QTYPE_AXFR, QTYPE_IXFR):
+            return header_only_reply(raw, RCODE_REFUSED)
+        return None
+
+    def fast(self, raw: RawQuery, client_ip: str, transport: str) -> bytes | None:
+        cache = self.client_caches.by_view.get(self.tables.current.view(client_ip).key)
+        if cache is None:
+            return None
+        key = cache_key(raw)
+        now = self.clock()
+        entry = cache.get(key, now)
+        if entry is NOT_LOCAL:
+            if not self.policy.allows(client_ip):
+                return None
+            view = self.tables.current.view(client_ip)
+            gkey = key if not view.recurse else (view.key.encode() + b"/" + key[0], *key[1:])
+            entry = self.global_cache.get(gkey, now)
+        if not isinstance(entry, CachedReply) or len(entry.wire) > budget(raw, transport):
+            return None
+        return entry.render(raw, now)
+
+    async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
+        table = self.tables.current
+        query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip))
+        answer = await self.chain.resolve(query)
+        return fit(answer.wire, raw, transport)
+
+
+__all__ = ["DEFAULT_ALLOW", "GlobalCacheStep", "RecursionPolicy", "Resolver", "TableRef"]

@@ -1,0 +1,33 @@
+"""Fit a reply to what the client can take: 512 bytes over UDP without EDNS, the advertised
+EDNS size with it, 65535 over TCP. Too big for UDP: drop the additional section first (SRV
+glue), then answer empty with TC so the client retries over TCP (rancher-dns's respond.go)."""
+
+from __future__ import annotations
+
+from dnslib import QTYPE, DNSRecord
+
+from dns_svc.wire import FLAG_AA, RCODE_SERVFAIL, RawQuery, header_only_reply
+
+
+def budget(raw: RawQuery, transport: str) -> int:
+    if transport == "tcp":
+        return 65535
+    return raw.udp_size if raw.edns else 512
+
+
+def fit(wire: bytes, raw: RawQuery, transport: str) -> bytes:
+    limit = budget(raw, transport)
+    if len(wire) <= limit:
+        return wire
+    if transport == "tcp":
+        return header_only_reply(raw, RCODE_SERVFAIL)
+    try:
+        record = DNSRecord.parse(wire)
+        record.ar = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
+        slim = bytes(record.pack())
+        if len(slim) <= limit:
+            return slim
+    except Exception:
+        pass
+    aa = bool(wire[2] << 8 & FLAG_AA) if len(wire) > 3 else False
+    return header_only_reply(raw, wire[3] & 0xF if len(wire) > 3 else 0, tc=True, aa=aa)

@@ -1,0 +1,149 @@
+"""The DNS server: the chain assembled in one place, the listeners, and the table's feed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from dns_svc.answers_file import AnswersFileWatcher
+from dns_svc.chain import Chain
+from dns_svc.follower import VersionFollower
+from dns_svc.resolver import RecursionPolicy, Resolver, TableRef
+from dns_svc.settings import DnsSettings
+from dns_svc.steps.authority import Authority
+from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
+from dns_svc.steps.cache.step import ClientCaches
+from dns_svc.steps.local import LocalAnswers
+from dns_svc.steps.upstream import UpstreamPool
+from dns_svc.transport import Dispatcher, TcpServer, UdpServer
+from shared.answers import AnswersTable, answers_from_fleet
+from shared.kept_copy import KeptCopy
+from shared.logs import log_event
+from shared.model import Fleet
+
+log = logging.getLogger("dns")
+
+
+def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache: ReplyCache,
+                upstream: UpstreamPool) -> Chain:
+    """The resolution order, top to bottom. Each step answers or hands the query down."""
+    return Chain([
+        ClientCacheStep(client_caches),
+        LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
+        GlobalCacheStep(global_cache, settings.cache_max_ttl, settings.servfail_ttl),
+        Authority(settings.ttl),
+        upstream,
+    ])
+
+
+class DnsServer:
+    def __init__(self, settings: DnsSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.client_caches = ClientCaches(settings.client_cache_capacity, clock)
+        self.global_cache = ReplyCache(settings.cache_capacity, clock)
+        self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
+        self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
+        self.resolver = Resolver(self.tables, self.client_caches, self.global_cache,
+                                 build_chain(settings, self.client_caches, self.global_cache, self.upstream),
+                                 RecursionPolicy(settings.allow_recursion), clock)
+        self.dispatcher = Dispatcher(self.resolver)
+        self.follower: VersionFollower | None = None
+        self.answers_watcher: AnswersFileWatcher | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.address: tuple[str, int] = (settings.host, settings.port)
+
+    def table_for(self, fleet: Fleet, serial: int) -> AnswersTable:
+        s = self.settings
+        return answers_from_fleet(fleet, domain=s.domain, metadata_answer=s.metadata_answer,
+                                  default_recurse=s.recurse, never_recurse_to=s.never_recurse_to,
+                                  ttl=s.ttl, serial=serial)
+
+    def apply_fleet(self, fleet: Fleet, serial: int) -> None:
+        changed = self.tables.swap(self.table_for(fleet, serial))
+        log_event(log, logging.DEBUG, "table_swapped", serial=serial, answers_changed=changed)
+
+    def apply_table(self, table: AnswersTable) -> None:
+        self.tables.swap(table)
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.answers:
+            self.answers_watcher = AnswersFileWatcher(s.answers, self.apply_table)
+            self.answers_watcher.load()
+            self._tasks.append(asyncio.create_task(self.answers_watcher.run(), name="answers-file"))
+        elif s.metadata_url:
+            self.follower = VersionFollower(s.metadata_url, self.apply_fleet, max_wait=s.max_wait,
+                                            kept=KeptCopy(s.state_file) if s.state_file else None)
+            self.follower.restore()
+            self._tasks.append(asyncio.create_task(self.follower.run(), name="metadata-follower"))
+        await self._listen()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        log_event(log, logging.INFO, "listening", address=f"{self.address[0]}:{self.address[1]}",
+                  upstreams=",".join(f"{h}:{p}" for h, p in s.recurse) or "none",
+                  source=s.answers or s.metadata_url or "none")
+
+    def reload(self) -> None:
+        if self.answers_watcher is not None:
+            self.answers_watcher.request_reload()
+
+    async def _listen(self) -> None:
+        """TCP first on the requested port (0: any), then UDP on the same number, retried when
+        an ephemeral TCP port happens to be taken for UDP."""
+        loop = asyncio.get_running_loop()
+        tcp = TcpServer(self.dispatcher)
+        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
+        for attempt in range(20):
+            server = await asyncio.start_server(tcp.handle, self.settings.host, self.settings.port, family=family,
+                                                reuse_address=True, backlog=1024)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                udp, _ = await loop.create_datagram_endpoint(lambda: UdpServer(self.dispatcher),
+                                                             local_addr=(self.settings.host, port), family=family)
+            except OSError:
+                server.close()
+                await server.wait_closed()
+                if self.settings.port or attempt == 19:
+                    raise
+                continue
+            self._tcp, self._udp = server, udp
+            sock = udp.get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.address = (self.settings.host, port)
+            return
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            await self._tcp.wait_closed()
+        for task in list(self.dispatcher.tasks):
+            task.cancel()
+        self.upstream.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await self.close()

@@ -1,0 +1,118 @@
+"""Settings of the DNS service, from flags and their ``METADNS_DNS_*`` twins."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from dns_svc.resolver import DEFAULT_ALLOW
+from shared.answers import Upstream
+from shared.settings import FlagParser, parse_host_port
+
+DESCRIPTION = """\
+Per-host DNS for a container fleet: fleet names answered locally from the metadata service,
+everything else relayed to upstream resolvers, with per-client and global caches.
+
+  dig @HOST web.shop.rancher.internal            # a service: its healthy containers
+  dig @HOST _web._tcp.shop.rancher.internal SRV  # one SRV per healthy container
+  dig @HOST -x 10.42.0.11                        # PTR of a container
+
+Point containers' resolv.conf at it (nameserver 169.254.169.250).
+"""
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    host: str = "127.0.0.1"
+    port: int = 0
+    metadata_url: str = ""
+    answers: str = ""
+    recurse: tuple[Upstream, ...] = ()
+    domain: str = "rancher.internal"
+    ttl: int = 1
+    cache_capacity: int = 10000
+    client_cache_capacity: int = 1000
+    cache_max_ttl: float = 3600.0
+    servfail_ttl: float = 2.0
+    recurser_timeout: float = 2.0
+    ndots: int = 0
+    allow_recursion: tuple[str, ...] = DEFAULT_ALLOW
+    metadata_answer: tuple[str, ...] = ("169.254.169.250",)
+    never_recurse_to: tuple[str, ...] = ("169.254.169.250",)
+    state_file: str = ""
+    resolv_conf: str = "/etc/resolv.conf"
+    max_wait: int = 30
+    log_level: str = "info"
+
+
+def parse_upstream(text: str) -> Upstream:
+    host, port = parse_host_port(text, 53)
+    return str(ipaddress.ip_address(host)), port
+
+
+def resolv_conf_upstreams(path: str, never: tuple[str, ...]) -> tuple[Upstream, ...]:
+    """The host's nameservers, minus loopback (a stub like 127.0.0.53 is not reachable from a
+    container's namespace) and minus our own address (no loops)."""
+    out: list[Upstream] = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return ()
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            try:
+                addr = ipaddress.ip_address(parts[1].split("%", 1)[0])
+            except ValueError:
+                continue
+            if addr.is_loopback or str(addr) in never:
+                continue
+            out.append((str(addr), 53))
+    return tuple(out)
+
+
+def parse_settings(argv: list[str] | None = None) -> DnsSettings:
+    p = FlagParser("METADNS_DNS", prog="dns-svc", description=DESCRIPTION)
+    p.flag("--listen", default="169.254.169.250:53", help="HOST:PORT for UDP and TCP; port 0 picks a free port")
+    p.flag("--metadata-url", default="http://169.254.169.250/2016-07-29",
+           help="metadata service base URL to follow ('' to run on --answers only)")
+    p.flag("--answers", default="", help="rancher-dns answers file (JSON or YAML) to serve instead of metadata")
+    p.flag("--recurse", action="append", metavar="IP[:PORT]",
+           help="upstream resolver, repeatable (default: the host's resolv.conf nameservers)")
+    p.flag("--never-recurse-to", default="169.254.169.250", help="comma list of addresses never used as upstream")
+    p.flag("--domain", default="rancher.internal", help="the fleet's DNS zone")
+    p.flag("--ttl", default=1, type=int, help="TTL in seconds of local answers (and the SOA minimum)")
+    p.flag("--cache-capacity", default=10000, type=int, help="entries in the global (upstream) cache; 0 disables")
+    p.flag("--client-cache-capacity", default=1000, type=int, help="entries in each client's cache")
+    p.flag("--cache-max-ttl", default=3600.0, type=float, help="cap in seconds on how long upstream answers are cached")
+    p.flag("--servfail-ttl", default=2.0, type=float, help="seconds a SERVFAIL is cached (0: never)")
+    p.flag("--recurser-timeout", default=2.0, type=float, help="seconds per upstream attempt")
+    p.flag("--ndots", default=0, type=int, help="try search suffixes only for names with fewer dots (0: always)")
+    p.flag("--allow-recursion", default=",".join(DEFAULT_ALLOW),
+           help="comma list of client networks that may recurse; others get REFUSED for non-local names")
+    p.flag("--metadata-answer", default="169.254.169.250", help="comma list: A records of rancher-metadata.<domain>")
+    p.flag("--state-file", default="/var/lib/metadns/dns-last-good.json",
+           help="last good fleet kept for restarts while metadata is down; '' disables")
+    p.flag("--resolv-conf", default="/etc/resolv.conf", help="where default upstreams are read from")
+    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    ns = p.parse_flags(argv)
+    try:
+        host, port = parse_host_port(ns.listen, 53)
+        recurse_flags = tuple(parse_upstream(r) for r in ns.recurse)
+        never = tuple(str(ipaddress.ip_address(x.strip())) for x in ns.never_recurse_to.split(",") if x.strip())
+        allow = tuple(x.strip() for x in ns.allow_recursion.split(",") if x.strip())
+        for net in allow:
+            ipaddress.ip_network(net, strict=False)
+        answer = tuple(str(ipaddress.ip_address(x.strip())) for x in ns.metadata_answer.split(",") if x.strip())
+    except ValueError as exc:
+        p.error(str(exc))
+    never = (*never, host)
+    recurse = tuple(u for u in recurse_flags if u[0] not in never[:-1]) or resolv_conf_upstreams(ns.resolv_conf, never)
+    return DnsSettings(
+        host=host, port=port, metadata_url="" if ns.answers else ns.metadata_url, answers=ns.answers,
+        recurse=recurse, domain=ns.domain, ttl=ns.ttl, cache_capacity=ns.cache_capacity,
+        client_cache_capacity=ns.client_cache_capacity, cache_max_ttl=ns.cache_max_ttl,
+        servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
+        allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
+        resolv_conf=ns.resolv_conf, log_level=ns.log_level)

@@ -1,0 +1,35 @@
+"""Names inside our zones never go upstream: the apex answers SOA and NS, a name that exists
+(or has names below it) gets NODATA, anything else NXDOMAIN, each with the SOA (RFC 2308) so
+resolvers know how long to remember it. rancher-dns answered SERVFAIL here in some paths, which
+made musl abandon its search list and lookups take five seconds."""
+
+from __future__ import annotations
+
+from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.steps.local.step import reply_for
+from dns_svc.wire import QTYPE_ANY, QTYPE_NS, QTYPE_SOA, RCODE_NXDOMAIN
+from dns_svc.zone import ns_rr, soa_rr
+
+
+class Authority:
+    name = "authority"
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+        name = query.raw.text_name().lower()
+        zone = query.table.zone_of(name)
+        if zone is None:
+            return await call_next(query)
+        reply = reply_for(query)
+        qtype = query.raw.qtype
+        if name == zone and qtype in (QTYPE_SOA, QTYPE_ANY):
+            reply.add_answer(soa_rr(query.table, zone, self.ttl))
+        if name == zone and qtype in (QTYPE_NS, QTYPE_ANY):
+            reply.add_answer(ns_rr(zone, self.ttl))
+        if not reply.rr:
+            if not query.table.exists(name):
+                reply.header.rcode = RCODE_NXDOMAIN
+            reply.add_auth(soa_rr(query.table, zone, self.ttl))
+        return Answer(reply.pack(), Source.AUTHORITY, countdown=False)

@@ -1,0 +1,170 @@
+"""Reply caches: one per client view for local answers, one global for upstream answers.
+
+Keys are case-insensitive (the question name folded to lower case) and include type, class and
+the EDNS/DO bits, because a reply with an OPT record is not the right reply to a query without
+one. Entries live for min(cap, smallest answer TTL); negative answers for the SOA minimum
+(RFC 2308); SERVFAIL for a few seconds at most. A full cache drops its least recently used entry,
+never everything (rancher-dns's ``EvictRandom`` emptied the whole cache).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from cachetools import LRUCache
+
+from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal
+from dns_svc.wire import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, RawQuery, layout
+
+CacheKey = tuple[bytes, int, int, int]
+Clock = Callable[[], float]
+
+
+def cache_key(raw: RawQuery) -> CacheKey:
+    return (raw.qname.lower(), raw.qtype, raw.qclass, (1 if raw.edns else 0) | (2 if raw.do else 0))
+
+
+class ReplyCache:
+    """An LRU of finished replies with per-entry expiry."""
+
+    def __init__(self, capacity: int, clock: Clock = time.monotonic) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self._entries: LRUCache[CacheKey, CachedReply | _NotLocal] = LRUCache(maxsize=max(capacity, 1))
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey, now: float) -> CachedReply | _NotLocal | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        if entry is not NOT_LOCAL and entry.expires_at <= now:  # type: ignore[union-attr]
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self.hits += 1
+        return entry
+
+    def put(self, key: CacheKey, entry: CachedReply | _NotLocal) -> None:
+        if self.capacity > 0:
+            self._entries[key] = entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
+    """How long ``answer`` may be cached, as an entry; None when it must not be cached."""
+    try:
+        lay = layout(answer.wire)
+    except (ValueError, IndexError):
+        return None
+    if lay.truncated:
+        return None
+    if answer.source is Source.FAILURE or lay.rcode == RCODE_SERVFAIL:
+        lifetime: float | None = servfail_ttl
+    elif lay.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
+        lifetime = None
+    elif not answer.countdown:
+        lifetime = max_ttl  # authoritative data: valid until the answers change (the cache is cleared)
+    elif lay.answers:
+        lifetime = min(max_ttl, lay.min_ttl or 0)
+    else:
+        lifetime = None if lay.negative_ttl is None else min(max_ttl, lay.negative_ttl)
+    if not lifetime or lifetime <= 0:
+        return None
+    return CachedReply(answer.wire, lay, now, now + lifetime, answer.countdown)
+
+
+class ClientCaches:
+    """One ReplyCache per client view, created on first use, all dropped when the answers change."""
+
+    def __init__(self, capacity: int, clock: Clock = time.monotonic) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self.by_view: dict[str, ReplyCache] = {}
+        self.generation = 0
+
+    def for_view(self, key: str) -> ReplyCache:
+        cache = self.by_view.get(key)
+        if cache is None:
+            cache = self.by_view[key] = ReplyCache(self.capacity, self.clock)
+        return cache
+
+    def clear(self) -> None:
+        self.by_view = {}
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self.by_view.values())
+
+
+class ClientCacheStep:
+    """First step: finished local answers for this client, or a marker that the name is not local."""
+
+    name = "client_cache"
+
+    def __init__(self, caches: ClientCaches, local_ttl_cap: float = 86400.0) -> None:
+        self.caches = caches
+        self.local_ttl_cap = local_ttl_cap
+
+    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+        cache = self.caches.for_view(query.view.key)
+        key = cache_key(query.raw)
+        now = self.caches.clock()
+        generation = self.caches.generation
+        entry = cache.get(key, now)
+        if isinstance(entry, CachedReply):
+            return Answer(entry.render(query.raw, now), Source.LOCAL, entry.countdown)
+        if entry is NOT_LOCAL:
+            query.skip_local = True
+        answer = await call_next(query)
+        if generation != self.caches.generation:
+            return answer  # the answers changed while we waited: do not store a stale reply
+        if answer.source in (Source.LOCAL, Source.AUTHORITY):
+            stored = entry_for(answer, now, self.local_ttl_cap, 0)
+            if stored is not None:
+                cache.put(key, stored)
+        elif entry is None:
+            cache.put(key, NOT_LOCAL)
+        return answer
+
+
+class GlobalCacheStep:
+    """Upstream replies, shared by clients that use the default upstreams; clients with their
+    own upstreams get a partition of their own, so one client's resolver never answers another."""
+
+    name = "global_cache"
+
+    def __init__(self, cache: ReplyCache, max_ttl: float, servfail_ttl: float) -> None:
+        self.cache = cache
+        self.max_ttl = max_ttl
+        self.servfail_ttl = servfail_ttl
+
+    @staticmethod
+    def key(query: Query) -> CacheKey:
+        base = cache_key(query.raw)
+        if query.view.recurse:
+            return (query.view.key.encode() + b"/" + base[0], *base[1:])
+        return base
+
+    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+        if not query.recursion_allowed:
+            return await call_next(query)
+        key = self.key(query)
+        now = self.cache.clock()
+        entry = self.cache.get(key, now)
+        if isinstance(entry, CachedReply):
+            return Answer(entry.render(query.raw, now), Source.UPSTREAM)
+        answer = await call_next(query)
+        if answer.source in (Source.UPSTREAM, Source.FAILURE):
+            stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)
+            if stored is not None:
+                self.cache.put(key, stored)
+        return answer

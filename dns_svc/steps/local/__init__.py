@@ -1,0 +1,3 @@
+from dns_svc.steps.local.step import LocalAnswers
+
+__all__ = ["LocalAnswers"]

@@ -1,0 +1,133 @@
+"""Local answers from the answers table, for this client's view.
+
+The question name is tried as sent, then with each of the client's search suffixes
+(rancher-dns's server-side search); the answer's owner is always the name as asked. A/AAAA
+follow CNAME chains through the table (loop-safe, at most 10 links) and, when the chain leaves
+the table, resolve its end upstream. A name that exists with other types gets NODATA, never
+NXDOMAIN (AAAA for an A-only name is the classic case: nginx and musl choke on NXDOMAIN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from dnslib import AAAA, CNAME, EDNS0, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
+
+from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_ANY, QTYPE_CNAME, QTYPE_PTR, QTYPE_SRV, QTYPE_TXT
+from dns_svc.zone import soa_rr
+from shared.answers import NameRecords
+
+MAX_CNAME_DEPTH = 10
+Chase = Callable[[Query, str, int], Awaitable[list[RR] | None]]
+
+
+def reply_for(query: Query) -> DNSRecord:
+    """An empty authoritative reply to ``query``, with OPT when the query had one."""
+    reply = query.request.reply(ra=1, aa=1)
+    if query.raw.edns:
+        reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
+    return reply
+
+
+class LocalAnswers:
+    name = "local"
+
+    def __init__(self, ttl: int, ndots: int = 0, chase: Chase | None = None) -> None:
+        self.ttl = ttl
+        self.ndots = ndots
+        self.chase = chase
+
+    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+        if query.skip_local:
+            return await call_next(query)
+        table, view = query.table, query.view
+        asked = query.raw.text_name().lower()
+        found: NameRecords | None = None
+        for candidate in table.candidates(view, asked, self.ndots):
+            found = table.lookup(view, candidate)
+            if found is not None:
+                break
+        if found is None:
+            return await call_next(query)
+        return await self.answer(query, found)
+
+    async def answer(self, query: Query, rec: NameRecords) -> Answer:
+        reply = reply_for(query)
+        owner = query.request.q.qname
+        qtype = query.raw.qtype
+        countdown = False
+        if qtype in (QTYPE_A, QTYPE_AAAA, QTYPE_ANY):
+            countdown = await self.addresses(query, reply, owner, rec, qtype)
+        if qtype in (QTYPE_CNAME, QTYPE_ANY) and rec.cname and not (qtype == QTYPE_ANY and reply.rr):
+            reply.add_answer(RR(owner, QTYPE.CNAME, ttl=self.ttl_of(rec), rdata=CNAME(rec.cname)))
+        if qtype in (QTYPE_TXT, QTYPE_ANY):
+            for text in rec.txt:
+                reply.add_answer(RR(owner, QTYPE.TXT, ttl=self.ttl_of(rec), rdata=TXT(text)))
+        if qtype in (QTYPE_PTR, QTYPE_ANY) and rec.ptr:
+            reply.add_answer(RR(owner, QTYPE.PTR, ttl=self.ttl_of(rec), rdata=PTR(rec.ptr)))
+        if qtype in (QTYPE_SRV, QTYPE_ANY):
+            self.services(query, reply, owner, rec)
+        if not reply.rr:
+            zone = query.table.zone_of(query.raw.text_name().lower())
+            if zone is not None:
+                reply.add_auth(soa_rr(query.table, zone, self.ttl))
+        return Answer(reply.pack(), Source.LOCAL, countdown)
+
+    def ttl_of(self, rec: NameRecords) -> int:
+        return rec.ttl if rec.ttl is not None else self.ttl
+
+    async def addresses(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords, qtype: int) -> bool:
+        """Add the CNAME chain and the addresses; True when upstream data (with its own TTLs) was added."""
+        seen: set[str] = set()
+        name = owner
+        current = rec
+        for _ in range(MAX_CNAME_DEPTH):
+            if not current.cname or current.a or current.aaaa:
+                break
+            target = current.cname
+            reply.add_answer(RR(name, QTYPE.CNAME, ttl=self.ttl_of(current), rdata=CNAME(target)))
+            if target in seen:
+                return False  # a loop: the chain so far is the answer
+            seen.add(target)
+            following = query.table.lookup(query.view, target)
+            if following is None:
+                return await self.chase_upstream(query, reply, target, qtype)
+            name, current = target, following
+        if current.cname and not (current.a or current.aaaa):
+            return False  # too long: stop at the depth limit
+        ttl = self.ttl_of(current)
+        if qtype in (QTYPE_A, QTYPE_ANY):
+            for ip in current.a:
+                reply.add_answer(RR(name, QTYPE.A, ttl=ttl, rdata=A(ip)))
+        if qtype in (QTYPE_AAAA, QTYPE_ANY):
+            for ip in current.aaaa:
+                reply.add_answer(RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(ip)))
+        return False
+
+    async def chase_upstream(self, query: Query, reply: DNSRecord, target: str, qtype: int) -> bool:
+        if self.chase is None or not query.recursion_allowed:
+            return False
+        records = await self.chase(query, target, QTYPE_AAAA if qtype == QTYPE_AAAA else QTYPE_A)
+        if not records:
+            return False
+        for rr in records:
+            reply.add_answer(rr)
+        return True
+
+    def services(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords) -> None:
+        ttl = self.ttl_of(rec)
+        extra_done: set[str] = set()
+        for srv in rec.srv:
+            reply.add_answer(RR(owner, QTYPE.SRV, ttl=ttl,
+                                rdata=SRV(priority=srv.priority, weight=srv.weight, port=srv.port, target=srv.target)))
+            if srv.target in extra_done:
+                continue
+            extra_done.add(srv.target)
+            target = query.table.lookup(query.view, srv.target)
+            if target is None:
+                continue
+            for ip in target.a:
+                reply.add_ar(RR(srv.target, QTYPE.A, ttl=self.ttl_of(target), rdata=A(ip)))
+            for ip in target.aaaa:
+                reply.add_ar(RR(srv.target, QTYPE.AAAA, ttl=self.ttl_of(target), rdata=AAAA(ip)))

@@ -1,0 +1,3 @@
+from dns_svc.steps.upstream.pool import UpstreamPool
+
+__all__ = ["UpstreamPool"]

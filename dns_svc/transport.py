@@ -1,0 +1,142 @@
+"""UDP and TCP listeners: bytes in, bytes out. Bad packets cost one counter and, at most once
+per interval, one log line; they never reach the resolver and never stop good queries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from dns_svc.resolver import Resolver
+from dns_svc.wire import MAX_UDP_QUERY, RCODE_SERVFAIL, WireError, error_reply, header_only_reply, parse_query
+from shared.logs import log_event
+
+log = logging.getLogger("dns")
+
+
+class BadPacketLog:
+    """Says what was wrong with a bad packet, once per ``interval`` seconds, with a count."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+        self.total = 0
+
+    def note(self, client: str, problem: str) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        log_event(log, logging.WARNING, "bad_packet", client=client, problem=problem, since_last=self.suppressed)
+        self.last = now
+        self.suppressed = 0
+
+
+class Dispatcher:
+    """Shared by both transports: edge checks, fast path, then a tracked task for the chain."""
+
+    def __init__(self, resolver: Resolver, max_inflight: int = 2048) -> None:
+        self.resolver = resolver
+        self.max_inflight = max_inflight
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.bad = BadPacketLog()
+
+    async def slow(self, raw: Any, client: str, transport: str) -> bytes:
+        try:
+            return await self.resolver.resolve(raw, client, transport)
+        except Exception:
+            log.exception("resolve failed", extra={"fields": {"event": "resolve_failed", "client": client,
+                                                              "qname": raw.text_name(), "qtype": raw.qtype}})
+            return header_only_reply(raw, RCODE_SERVFAIL)
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        d = self.dispatcher
+        client = addr[0]
+        if len(data) > MAX_UDP_QUERY:
+            d.bad.note(client, f"oversized query of {len(data)} bytes")
+            return
+        try:
+            raw = parse_query(data)
+        except WireError as exc:
+            d.bad.note(client, str(exc))
+            if exc.rcode is not None:
+                reply = error_reply(data, exc.rcode)
+                if reply is not None:
+                    transport.sendto(reply, addr)
+            return
+        reply = d.resolver.edge(raw) or d.resolver.fast(raw, client, "udp")
+        if reply is not None:
+            transport.sendto(reply, addr)
+            return
+        if len(d.tasks) >= d.max_inflight:
+            transport.sendto(header_only_reply(raw, RCODE_SERVFAIL), addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(raw, client, addr))
+        d.tasks.add(task)
+        task.add_done_callback(d.tasks.discard)
+
+    async def _answer(self, raw: Any, client: str, addr: Any) -> None:
+        reply = await self.dispatcher.slow(raw, client, "udp")
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors about clients that went away: nothing to do
+
+
+class TcpServer:
+    """DNS over TCP (RFC 7766): length-prefixed messages, several per connection, idle timeout."""
+
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, max_connections: int = 512) -> None:
+        self.dispatcher = dispatcher
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = peer[0] if peer else ""
+        d = self.dispatcher
+        self.connections += 1
+        try:
+            if self.connections > self.max_connections:
+                return
+            while True:
+                async with asyncio.timeout(self.idle_timeout):
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(size)
+                try:
+                    raw = parse_query(data)
+                except WireError as exc:
+                    d.bad.note(client, str(exc))
+                    reply = error_reply(data, exc.rcode) if exc.rcode is not None else None
+                    if reply is None:
+                        return
+                    writer.write(len(reply).to_bytes(2, "big") + reply)
+                    await writer.drain()
+                    continue
+                reply = d.resolver.edge(raw) or d.resolver.fast(raw, client, "tcp")
+                if reply is None:
+                    reply = await d.slow(raw, client, "tcp")
+                writer.write(len(reply).to_bytes(2, "big") + reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            self.connections -= 1
+            writer.close()

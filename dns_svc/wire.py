@@ -1,0 +1,226 @@
+"""DNS wire format without a full parse: the question, EDNS, and where the TTLs are.
+
+The hot path never builds dnslib objects. It reads the question straight from the packet, looks
+up a finished reply in a cache, patches the ID, the RD bit, the question's letter case and the
+TTLs, and sends it. dnslib builds replies only on a miss and handles everything unusual.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+QTYPE_A, QTYPE_NS, QTYPE_CNAME, QTYPE_SOA, QTYPE_PTR = 1, 2, 5, 6, 12
+QTYPE_TXT, QTYPE_AAAA, QTYPE_SRV, QTYPE_OPT = 16, 28, 33, 41
+QTYPE_IXFR, QTYPE_AXFR, QTYPE_ANY = 251, 252, 255
+CLASS_IN = 1
+
+RCODE_NOERROR, RCODE_FORMERR, RCODE_SERVFAIL, RCODE_NXDOMAIN, RCODE_NOTIMP, RCODE_REFUSED = 0, 1, 2, 3, 4, 5
+RCODE_BADVERS = 16
+
+FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_RA, FLAG_CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
+
+MAX_UDP_QUERY = 4096
+_HEADER = struct.Struct("!HHHHHH")
+_U16 = struct.Struct("!H")
+_RR_FIXED = struct.Struct("!HHIH")
+
+
+class WireError(ValueError):
+    """A packet we cannot answer normally. ``rcode`` is what to answer, or None to drop it."""
+
+    def __init__(self, message: str, rcode: int | None) -> None:
+        super().__init__(message)
+        self.rcode = rcode
+
+
+@dataclass(slots=True)
+class RawQuery:
+    """One question read straight off the wire."""
+
+    packet: bytes
+    id: int
+    flags: int
+    qname: bytes          # wire form as sent (letter case kept)
+    qtype: int
+    qclass: int
+    question_end: int     # offset just past the question
+    edns: bool
+    udp_size: int         # the reply budget over UDP: 512 without EDNS
+    do: bool
+    edns_version: int
+
+    @property
+    def key_name(self) -> bytes:
+        """The question name folded to lower case: DNS compares names case-insensitively.
+
+        ``bytes.lower`` only touches A-Z; length bytes are at most 63, below 'A' (65), so the
+        wire form stays intact."""
+        return self.qname.lower()
+
+    def text_name(self) -> str:
+        return name_to_text(self.qname)
+
+
+def name_to_text(wire: bytes) -> str:
+    labels = []
+    i = 0
+    while wire[i]:
+        n = wire[i]
+        labels.append(wire[i + 1:i + 1 + n].decode("ascii", "backslashreplace"))
+        i += 1 + n
+    return ".".join(labels) + "."
+
+
+def text_to_wire(name: str) -> bytes:
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
+
+
+def parse_query(packet: bytes) -> RawQuery:
+    """Read a query. Raises WireError with FORMERR/NOTIMP/BADVERS, or None when not worth a reply."""
+    size = len(packet)
+    if size < 12:
+        raise WireError("shorter than a DNS header", None)
+    qid, flags, qd, an, ns, ar = _HEADER.unpack_from(packet)
+    if flags & FLAG_QR:
+        raise WireError("a response, not a query", None)  # never answer answers: no reflection loops
+    opcode = (flags >> 11) & 0xF
+    if opcode != 0:
+        raise WireError(f"opcode {opcode} not implemented", RCODE_NOTIMP)
+    if qd != 1 or an or ns or ar > 1:
+        raise WireError(f"expected one question and no records, got qd={qd} an={an} ns={ns} ar={ar}", RCODE_FORMERR)
+    i = 12
+    total = 0
+    while True:
+        if i >= size:
+            raise WireError("question name runs past the packet", RCODE_FORMERR)
+        n = packet[i]
+        if n == 0:
+            i += 1
+            break
+        if n > 63:
+            raise WireError("compressed or oversized label in the question", RCODE_FORMERR)
+        i += 1 + n
+        total += n + 1
+        if total > 254:
+            raise WireError("question name longer than 255 bytes", RCODE_FORMERR)
+    if i + 4 > size:
+        raise WireError("question truncated", RCODE_FORMERR)
+    qname = packet[12:i]
+    qtype, qclass = struct.unpack_from("!HH", packet, i)
+    end = i + 4
+    edns, udp_size, do, version = False, 512, False, 0
+    if ar:
+        if end + 11 > size or packet[end] != 0:
+            raise WireError("additional record is not an OPT record", RCODE_FORMERR)
+        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(packet, end + 1)
+        if rtype != QTYPE_OPT or end + 11 + rdlen != size:
+            raise WireError("malformed OPT record", RCODE_FORMERR)
+        edns, udp_size = True, min(max(rclass, 512), 65535)
+        version = (ttl >> 16) & 0xFF
+        do = bool(ttl & 0x8000)
+    elif end != size:
+        raise WireError("trailing bytes after the question", RCODE_FORMERR)
+    return RawQuery(packet, qid, flags, qname, qtype, qclass, end, edns, udp_size, do, version)
+
+
+def skip_name(packet: bytes, i: int) -> int:
+    """Offset just past the (possibly compressed) name at ``i``."""
+    while True:
+        n = packet[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:
+            return i + 2
+        if n > 63:
+            raise ValueError("bad label")
+        i += 1 + n
+
+
+@dataclass(slots=True)
+class ReplyLayout:
+    """Where the patchable parts of a reply are: TTL offsets and values, the minimum TTL,
+    and a run of equal-sized address records that can be rotated."""
+
+    rcode: int
+    answers: int
+    ttl_offsets: tuple[int, ...]
+    ttls: tuple[int, ...]
+    min_ttl: int | None          # None: no records (negative answer without SOA)
+    negative_ttl: int | None     # RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section
+    rotate: tuple[int, int, int] | None  # (start, count, size of one record)
+    truncated: bool
+
+
+def layout(packet: bytes) -> ReplyLayout:
+    """Walk a reply's sections and note every TTL (except OPT's, which is not a TTL)."""
+    _, flags, qd, an, ns, ar = _HEADER.unpack_from(packet)
+    i = 12
+    for _ in range(qd):
+        i = skip_name(packet, i) + 4
+    offsets: list[int] = []
+    ttls: list[int] = []
+    negative: int | None = None
+    run_start, run_count, run_size, best = -1, 0, 0, None
+    for index in range(an + ns + ar):
+        start = i
+        i = skip_name(packet, i)
+        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(packet, i)
+        ttl_at = i + 4
+        i += 10 + rdlen
+        if i > len(packet):
+            raise ValueError("record runs past the packet")
+        if rtype == QTYPE_OPT:
+            continue
+        offsets.append(ttl_at)
+        ttls.append(ttl)
+        if an <= index < an + ns and rtype == QTYPE_SOA and rdlen >= 20:
+            minimum = struct.unpack_from("!I", packet, i - 4)[0]
+            negative = min(ttl, minimum)
+        if index < an and rtype in (QTYPE_A, QTYPE_AAAA):
+            size = i - start
+            if run_count and size == run_size and packet[start:start + 2] == packet[run_start:run_start + 2]:
+                run_count += 1
+            else:
+                run_start, run_count, run_size = start, 1, size
+            if run_count >= 2:
+                best = (run_start, run_count, run_size)
+        else:
+            run_count = 0
+    answer_ttls = ttls[:an] if an else ttls
+    return ReplyLayout(rcode=flags & 0xF, answers=an, ttl_offsets=tuple(offsets), ttls=tuple(ttls),
+                       min_ttl=min(answer_ttls) if answer_ttls else None, negative_ttl=negative,
+                       rotate=best, truncated=bool(flags & FLAG_TC))
+
+
+def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool = False, ra: bool = True) -> bytes:
+    """A reply with the question and no records (REFUSED, SERVFAIL, FORMERR, truncation)."""
+    flags = FLAG_QR | (query.flags & (FLAG_RD | FLAG_CD)) | (rcode & 0xF)
+    if tc:
+        flags |= FLAG_TC
+    if aa:
+        flags |= FLAG_AA
+    if ra:
+        flags |= FLAG_RA
+    opt = b""
+    if query.edns:
+        ext = (rcode >> 4) & 0xFF
+        opt = b"\x00" + struct.pack("!HHIH", QTYPE_OPT, 1232, ext << 24, 0)
+    head = _HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0)
+    return head + query.packet[12:query.question_end] + opt
+
+
+def error_reply(packet: bytes, rcode: int) -> bytes | None:
+    """FORMERR/NOTIMP for a packet we could not read as a query: echo the ID, no question."""
+    if len(packet) < 12:
+        return None
+    qid, flags = struct.unpack_from("!HH", packet)
+    out_flags = FLAG_QR | (flags & 0x7800) | (flags & FLAG_RD) | (rcode & 0xF)
+    return _HEADER.pack(qid, out_flags, 0, 0, 0, 0)

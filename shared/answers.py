@@ -1,0 +1,364 @@
+"""The answers table: what the DNS service answers locally, per client, built from the fleet.
+
+Pure data, no sockets: ``answers_from_fleet`` turns a Fleet into an ``AnswersTable`` with
+Rancher's naming (``<service>.<stack>.<domain>``, sidekicks, containers, ``rancher-metadata``,
+external and alias services, PTR for every container IP) plus SRV, which rancher-dns never had.
+Each client (a container, by source IP) gets a view: its search list, its upstreams and its link
+aliases over the shared records. Views are built on first use, so a 50k-container fleet costs
+only the shared records up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.model import Container, Fleet, Service
+
+HEALTHY = frozenset({"", "healthy", "updating-healthy"})
+RUNNING = frozenset({"running", "starting"})
+GONE = frozenset({"stopped", "removed", "purged", "error"})
+MAX_ALIAS_DEPTH = 10
+
+Upstream = tuple[str, int]
+
+
+def fqdn(name: str) -> str:
+    """Lower-case, with exactly one trailing dot."""
+    return name.strip().rstrip(".").lower() + "."
+
+
+@dataclass(frozen=True, slots=True)
+class Srv:
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class NameRecords:
+    """Every record one owner name has. Empty tuples mean "no records of that type"."""
+
+    a: tuple[str, ...] = ()
+    aaaa: tuple[str, ...] = ()
+    cname: str = ""
+    txt: tuple[str, ...] = ()
+    srv: tuple[Srv, ...] = ()
+    ptr: str = ""
+    ttl: int | None = None
+
+    def merged(self, other: NameRecords) -> NameRecords:
+        return NameRecords(a=self.a + other.a, aaaa=self.aaaa + other.aaaa, cname=self.cname or other.cname,
+                           txt=self.txt + other.txt, srv=self.srv + other.srv, ptr=self.ptr or other.ptr,
+                           ttl=self.ttl if self.ttl is not None else other.ttl)
+
+    def as_json(self) -> list[Any]:
+        return [self.a, self.aaaa, self.cname, self.txt, [list(vars_srv(s)) for s in self.srv], self.ptr, self.ttl]
+
+
+def vars_srv(s: Srv) -> tuple[int, int, int, str]:
+    return (s.priority, s.weight, s.port, s.target)
+
+
+def _addresses(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    v4: list[str] = []
+    v6: list[str] = []
+    for ip in ips:
+        (v6 if ":" in ip else v4).append(ip)
+    return tuple(v4), tuple(v6)
+
+
+@dataclass(frozen=True)
+class ClientView:
+    """What one client sees: its search suffixes (FQDNs), its own upstreams, its own records."""
+
+    key: str
+    search: tuple[str, ...]
+    recurse: tuple[Upstream, ...] = ()
+    records: Mapping[str, NameRecords] = field(default_factory=dict)
+
+
+class AnswersTable:
+    """Local records, the zones we are authoritative for, and a view per client IP."""
+
+    def __init__(self, records: Mapping[str, NameRecords], zones: Iterable[str], default_search: Iterable[str],
+                 default_recurse: Iterable[Upstream] = (), client_inputs: Mapping[str, Any] | None = None,
+                 explicit_views: Mapping[str, ClientView] | None = None, *, serial: int = 1,
+                 view_factory: Any = None) -> None:
+        self.records = dict(records)
+        self.zones = tuple(fqdn(z) for z in zones)
+        self.default = ClientView("default", tuple(fqdn(s) for s in default_search), tuple(default_recurse))
+        self.serial = serial
+        self._client_inputs = dict(client_inputs or {})
+        self._views: dict[str, ClientView] = dict(explicit_views or {})
+        self._view_factory = view_factory
+        self._names_in_zone = self._zone_names()
+        self.digest = self._digest()
+
+    def _zone_names(self) -> frozenset[str]:
+        """Every owner name inside our zones plus its ancestors (empty non-terminals exist too)."""
+        names: set[str] = set(self.zones)
+        for name in self.records:
+            zone = self.zone_of(name)
+            if zone is None:
+                continue
+            labels = name.split(".")
+            for i in range(len(labels) - 1):
+                parent = ".".join(labels[i:])
+                names.add(parent)
+                if parent == zone:
+                    break
+        return frozenset(names)
+
+    def _digest(self) -> str:
+        doc = {"records": {k: v.as_json() for k, v in sorted(self.records.items())}, "zones": self.zones,
+               "search": self.default.search, "recurse": self.default.recurse,
+               "clients": self._client_inputs,
+               "views": {k: [v.search, v.recurse, {n: r.as_json() for n, r in sorted(v.records.items())}]
+                         for k, v in sorted(self._views.items())}}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
+
+    def zone_of(self, name: str) -> str | None:
+        for zone in self.zones:
+            if name == zone or name.endswith("." + zone):
+                return zone
+        return None
+
+    def exists(self, name: str) -> bool:
+        """True for owner names and empty non-terminals inside our zones (NODATA, not NXDOMAIN)."""
+        return name in self._names_in_zone
+
+    def view(self, client_ip: str) -> ClientView:
+        view = self._views.get(client_ip)
+        if view is None:
+            inputs = self._client_inputs.get(client_ip)
+            if inputs is None or self._view_factory is None:
+                return self.default
+            view = self._view_factory(self, client_ip, inputs)
+            self._views[client_ip] = view
+        return view
+
+    def lookup(self, view: ClientView, name: str) -> NameRecords | None:
+        """The records of ``name`` for this client: its own link records first, then the shared ones."""
+        own = view.records.get(name)
+        return own if own is not None else self.records.get(name)
+
+    def candidates(self, view: ClientView, name: str, ndots: int) -> list[str]:
+        """``name`` itself, then ``name`` + each search suffix (rancher-dns's server-side search).
+
+        Only local records are searched this way; nothing expanded is ever sent upstream."""
+        out = [name]
+        if ndots == 0 or name.count(".") - 1 < ndots:
+            search = view.search if view.key != "default" else self.default.search
+            bare = name[:-1]
+            out.extend(f"{bare}.{suffix}" for suffix in search if not name.endswith("." + suffix))
+        return out
+
+
+def _port_spec(spec: str) -> tuple[int, str] | None:
+    """The container-side port and protocol of a Rancher port spec (``[ip:][public:]private[/proto]``)."""
+    body, _, proto = spec.partition("/")
+    private = body.rsplit(":", 1)[-1]
+    if not private.isdigit() or not 0 < int(private) < 65536:
+        return None
+    return int(private), (proto or "tcp").lower()
+
+
+class _FleetAnswers:
+    def __init__(self, fleet: Fleet, domain: str, metadata_answer: Iterable[str], never_recurse_to: Iterable[str],
+                 ttl: int | None) -> None:
+        self.fleet = fleet
+        self.domain = fqdn(domain)
+        self.metadata_answer = tuple(metadata_answer)
+        self.never = {str(ipaddress.ip_address(ip)) for ip in never_recurse_to}
+        self.ttl = ttl
+        self._endpoints: dict[tuple[str, str], NameRecords] = {}
+
+    def live(self, c: Container) -> bool:
+        return c.state not in GONE
+
+    def service_records(self, s: Service, depth: int = 0, seen: frozenset[tuple[str, str]] = frozenset()
+                        ) -> NameRecords:
+        key = (s.stack_name.lower(), s.name.lower())
+        cached = self._endpoints.get(key)
+        if cached is not None:
+            return cached
+        if s.kind == "externalService":
+            v4, v6 = _addresses(s.external_ips)
+            out = NameRecords(a=v4, aaaa=v6, cname="" if s.external_ips else fqdn(s.hostname))
+        elif s.kind == "dnsService":
+            out = NameRecords()
+            if depth < MAX_ALIAS_DEPTH and key not in seen:
+                for target in s.links:
+                    t_stack, _, t_name = target.rpartition("/")
+                    linked = self.fleet.service(t_stack or s.stack_name, t_name)
+                    if linked is not None:
+                        sub = self.service_records(linked, depth + 1, seen | {key})
+                        out = NameRecords(a=out.a + tuple(ip for ip in sub.a if ip not in out.a),
+                                          aaaa=out.aaaa + tuple(ip for ip in sub.aaaa if ip not in out.aaaa),
+                                          cname=out.cname or (sub.cname if not sub.a and not sub.aaaa else ""))
+            if out.a or out.aaaa:
+                out = NameRecords(a=out.a, aaaa=out.aaaa)
+        elif s.vip:
+            v4, v6 = _addresses([s.vip])
+            out = NameRecords(a=v4, aaaa=v6)
+        else:
+            members = [c for c in self.fleet.service_containers(s) if self.live(c)]
+            healthy = [c for c in members if c.state in RUNNING and c.health_state in HEALTHY]
+            if not healthy and members:  # Rancher: the name never goes empty while containers exist
+                healthy = [max(members, key=lambda c: c.create_index)]
+            v4, v6 = _addresses(c.primary_ip for c in healthy)
+            out = NameRecords(a=v4, aaaa=v6)
+        if s.labels:
+            out = NameRecords(a=out.a, aaaa=out.aaaa, cname=out.cname,
+                              txt=tuple(f"{k}={v}" for k, v in sorted(s.labels.items())) if not out.cname else ())
+        if self.ttl is not None:
+            out = NameRecords(a=out.a, aaaa=out.aaaa, cname=out.cname, txt=out.txt, ttl=self.ttl)
+        self._endpoints[key] = out
+        return out
+
+    def srv_records(self, s: Service) -> dict[str, NameRecords]:
+        if s.kind != "service" or s.vip:
+            return {}
+        members = [c for c in self.fleet.service_containers(s)
+                   if c.state in RUNNING and c.health_state in HEALTHY]
+        out: dict[str, list[Srv]] = {}
+        for spec in s.ports:
+            parsed = _port_spec(spec)
+            if parsed is None:
+                continue
+            port, proto = parsed
+            owner = fqdn(f"_{s.name}._{proto}.{s.stack_name}.{self.domain}")
+            out.setdefault(owner, []).extend(
+                Srv(0, 10, port, fqdn(f"{c.name}.{self.domain}")) for c in members)
+        return {k: NameRecords(srv=tuple(v)) for k, v in out.items() if v}
+
+    def build(self) -> dict[str, NameRecords]:
+        records: dict[str, NameRecords] = {}
+
+        def add(name: str, rec: NameRecords) -> None:
+            name = fqdn(name)
+            records[name] = records[name].merged(rec) if name in records else rec
+
+        d = self.domain
+        for s in self.fleet.services:
+            rec = self.service_records(s)
+            add(f"{s.name}.{s.stack_name}.{d}", rec)
+            if s.primary_service_name and s.primary_service_name.lower() != s.name.lower():
+                add(f"{s.name}.{s.primary_service_name}.{s.stack_name}.{d}", rec)
+            for owner, srv in self.srv_records(s).items():
+                add(owner, srv)
+        for c in self.fleet.containers:
+            if not self.live(c):
+                continue
+            v4, v6 = _addresses([c.primary_ip])
+            add(f"{c.name}.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
+            add(ipaddress.ip_address(c.primary_ip).reverse_pointer,
+                NameRecords(ptr=fqdn(f"{c.name}.{d}"), ttl=self.ttl))
+        if self.metadata_answer:
+            v4, v6 = _addresses(self.metadata_answer)
+            add(f"rancher-metadata.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
+        return records
+
+    def client_inputs(self) -> dict[str, Any]:
+        return {c.primary_ip: [c.name, c.stack_name, c.service_name, list(c.dns), list(c.dns_search),
+                               sorted(c.links.items())]
+                for c in self.fleet.containers if self.live(c)}
+
+    def make_view(self, table: AnswersTable, client_ip: str, _inputs: Any) -> ClientView:
+        c = self.fleet.container_by_ip(client_ip)
+        assert c is not None
+        d = self.domain
+        search = tuple(fqdn(s) for s in c.dns_search) or (
+            (fqdn(f"{c.stack_name}.{d}"), d) if c.stack_name else (d,))
+        recurse = tuple((ip, 53) for ip in c.dns if ip not in self.never)
+        own: dict[str, NameRecords] = {}
+        for target, alias in c.links.items():
+            rec = table.records.get(fqdn(f"{target}.{d}"))
+            if alias and rec is not None:
+                own[fqdn(f"{alias}.{d}")] = rec
+        service = self.fleet.service(c.stack_name, c.service_name) if c.service_name else None
+        if service is not None:
+            for target, alias in service.links.items():
+                t_stack, _, t_name = target.rpartition("/")
+                linked = self.fleet.service(t_stack or service.stack_name, t_name)
+                if alias and linked is not None:
+                    rec = self.service_records(linked)
+                    own[fqdn(f"{alias}.{d}")] = rec
+                    own[fqdn(f"{alias}.{service.stack_name}.{d}")] = rec
+        return ClientView(client_ip, search, recurse, own)
+
+
+def answers_from_fleet(fleet: Fleet, *, domain: str = "rancher.internal", metadata_answer: Iterable[str] = (),
+                       default_recurse: Iterable[Upstream] = (), never_recurse_to: Iterable[str] = (),
+                       ttl: int | None = None, serial: int = 1) -> AnswersTable:
+    """Build the answers table of a fleet (see the module docstring for the names)."""
+    builder = _FleetAnswers(fleet, domain, metadata_answer, never_recurse_to, ttl)
+    records = builder.build()
+    return AnswersTable(records, [builder.domain], [builder.domain], default_recurse,
+                        builder.client_inputs(), serial=serial, view_factory=builder.make_view)
+
+
+class AnswersFileError(ValueError):
+    """A rancher-dns answers file that cannot be used; the message names the key at fault."""
+
+
+def _upstream(text: str) -> Upstream:
+    host, sep, port = text.rpartition(":")
+    if sep and ":" not in host and port.isdigit():
+        return str(ipaddress.ip_address(host)), int(port)
+    return str(ipaddress.ip_address(text.strip("[]"))), 53
+
+
+def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
+    """Load rancher-dns's answers.json/yaml format (``default`` plus one key per client IP)."""
+    if not isinstance(data, Mapping):
+        raise AnswersFileError("the top level must be a mapping of client IP (or 'default') to answers")
+
+    def section(key: str, body: Any) -> tuple[dict[str, NameRecords], tuple[str, ...], tuple[Upstream, ...]]:
+        if not isinstance(body, Mapping):
+            raise AnswersFileError(f"{key}: must be a mapping")
+        recs: dict[str, NameRecords] = {}
+        try:
+            for name, item in (body.get("a") or {}).items():
+                v4, v6 = _addresses(str(ipaddress.ip_address(ip)) for ip in item["answer"])
+                recs[fqdn(name)] = NameRecords(a=v4, aaaa=v6, ttl=item.get("ttl"))
+            for name, item in (body.get("cname") or {}).items():
+                recs[fqdn(name)] = NameRecords(cname=fqdn(item["answer"]), ttl=item.get("ttl"))
+            for name, item in (body.get("ptr") or {}).items():
+                owner = name if name.rstrip(".").endswith(("in-addr.arpa", "ip6.arpa")) else \
+                    ipaddress.ip_address(name).reverse_pointer
+                recs[fqdn(owner)] = NameRecords(ptr=fqdn(item["answer"]), ttl=item.get("ttl"))
+            for name, item in (body.get("txt") or {}).items():
+                texts = tuple(str(t) for t in item["answer"])
+                if any(len(t.encode()) > 255 for t in texts):
+                    raise AnswersFileError(f"{key}.txt.{name}: a string is longer than 255 bytes")
+                recs[fqdn(name)] = NameRecords(txt=texts, ttl=item.get("ttl"))
+            search = tuple(str(s) for s in body.get("search") or ())
+            recurse = tuple(_upstream(str(r)) for r in body.get("recurse") or ())
+        except AnswersFileError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AnswersFileError(f"{key}: {type(exc).__name__}: {exc}") from None
+        return recs, search, recurse
+
+    default = data.get("default") or {}
+    records, search, recurse = section("default", default)
+    zones = tuple(str(z) for z in (default.get("authoritative") or ())) if isinstance(default, Mapping) else ()
+    views: dict[str, ClientView] = {}
+    for key, body in data.items():
+        if key == "default":
+            continue
+        try:
+            ip = str(ipaddress.ip_address(str(key)))
+        except ValueError:
+            raise AnswersFileError(f"{key}: top-level keys must be client IPs or 'default'") from None
+        recs, c_search, c_recurse = section(str(key), body)
+        views[ip] = ClientView(ip, tuple(fqdn(s) for s in c_search) or tuple(fqdn(s) for s in search),
+                               c_recurse, recs)
+    return AnswersTable(records, zones, search, recurse, explicit_views=views, serial=serial)

@@ -1,0 +1,104 @@
+"""The real DNS service on 127.0.0.1 (UDP and TCP on one ephemeral port), and clients:
+dnspython from any 127.0.0.x source address, and real ``dig``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from dns_svc.server import DnsServer
+from dns_svc.settings import DnsSettings
+from tests.support.tools import require_tool
+
+
+class FakeClock:
+    """Injected into the caches so TTL countdown is tested by moving time, not by sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@contextlib.asynccontextmanager
+async def run_dns(clock: Any = None, **overrides: Any) -> AsyncIterator[DnsServer]:
+    settings = DnsSettings(**{"host": "127.0.0.1", "port": 0, "state_file": "", "metadata_answer": ("127.0.0.250",),
+                              "recurser_timeout": 0.5, **overrides})
+    server = DnsServer(settings, clock) if clock is not None else DnsServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def wait_for_version(server: DnsServer, serial: int, seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while server.tables.current.serial < serial:
+            await asyncio.sleep(0.01)
+
+
+async def ask(server: DnsServer | tuple[str, int], qname: str, qtype: str = "A", source: str = "127.0.0.1", *,
+              tcp: bool = False, use_edns: int | bool = False, payload: int = 1232, want_dnssec: bool = False,
+              timeout: float = 3.0) -> dns.message.Message:
+    address = server.address if isinstance(server, DnsServer) else server
+    query = dns.message.make_query(qname, qtype, use_edns=use_edns, payload=payload, want_dnssec=want_dnssec)
+    if tcp:
+        return await dns.asyncquery.tcp(query, address[0], port=address[1], source=source, timeout=timeout)
+    return await dns.asyncquery.udp(query, address[0], port=address[1], source=source, timeout=timeout,
+                                    ignore_trailing=False, raise_on_truncation=False)
+
+
+def addresses(reply: dns.message.Message) -> list[str]:
+    return [rd.address for rrset in reply.answer if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
+            for rd in rrset]
+
+
+def rcode(reply: dns.message.Message) -> str:
+    return dns.rcode.to_text(reply.rcode())
+
+
+@dataclasses.dataclass
+class DigResult:
+    status: str
+    answer: list[str]
+    flags: list[str]
+    raw: str
+
+
+async def dig(server: DnsServer, *args: str, source: str = "127.0.0.1") -> DigResult:
+    """Run the real dig (without blocking the server's event loop) and read its status line,
+    flags and answer section."""
+    binary = require_tool("dig")
+    proc = await asyncio.create_subprocess_exec(
+        binary, f"@{server.address[0]}", "-p", str(server.address[1]), "-b", source, "+time=3", "+tries=1", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        stdout, _ = await proc.communicate()
+    out = stdout.decode()
+    status, flags, answer, section = "", [], [], ""
+    for line in out.splitlines():
+        if "status:" in line:
+            status = line.split("status:")[1].split(",")[0].strip()
+        if line.startswith(";; flags:"):
+            flags = line.split(";", 3)[2].replace("flags:", "").split()
+        if line.startswith(";; ") and "SECTION" in line:
+            section = line
+        elif section.startswith(";; ANSWER") and line and not line.startswith(";"):
+            answer.append(" ".join(line.split()))
+    return DigResult(status, answer, flags, out)
+
+
+
