@@ -69,9 +69,10 @@ class VersionFollower:
                                       version=self.version)
                         self.reachable = True
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
-                    if self.reachable is not False:
+                        if self.reachable is not False:
+                        serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
                         log_event(log, logging.ERROR, "metadata_unreachable", url=self.base_url,
-                                  error=str(exc) or type(exc).__name__, serving=self.version or ("kept copy" if self.restored is not None else "no data yet"),
+                                  error=str(exc) or type(exc).__name__, serving=serving,
                                   retry=f"exponential backoff up to {int(self.max_backoff)}s")
                         self.reachable = False
                     await asyncio.sleep(backoff)
