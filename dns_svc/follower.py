@@ -69,7 +69,7 @@ class VersionFollower:
                                       version=self.version)
                         self.reachable = True
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
-                        if self.reachable is not False:
+                    if self.reachable is not False:
                         serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
                         log_event(log, logging.ERROR, "metadata_unreachable", url=self.base_url,
                                   error=str(exc) or type(exc).__name__, serving=serving,
