@@ -24,7 +24,7 @@ local-data: "www.example.test. 300 IN A 192.0.2.10"
 local-data: "www.example.test. 300 IN AAAA 2001:db8::10"
 local-data: "payments.example.test. 120 IN A 192.0.2.20"
 local-data: "alias.example.test. 300 IN CNAME www.example.test."
-local-data: "txt.example.test. 300 IN TXT \\"hello from upstream\\""
+local-data: 'txt.example.test. 300 IN TXT "hello from upstream"'
 local-data: "_ldap._tcp.example.test. 300 IN SRV 0 5 389 www.example.test."
 local-zone: "wild.test." redirect
 local-data: "wild.test. 60 IN A 192.0.2.99"
@@ -66,7 +66,7 @@ class Unbound:
             self.process.stderr.close()
 
 
-def _ready(address: tuple[str, int]) -> bool:
+def _ready(address: tuple[str, int], access: str = "allow") -> bool:
     query = bytes.fromhex("12340100000100000000000003777777076578616d706c650474657374000001" "0001")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
@@ -78,7 +78,8 @@ def _ready(address: tuple[str, int]) -> bool:
 
 
 @contextlib.contextmanager
-def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1") -> Iterator[Unbound]:
+def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE,
+                access: str = "allow") -> Iterator[Unbound]:
     binary = require_tool("unbound", "/usr/sbin/unbound")
     workdir.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):
@@ -96,18 +97,18 @@ def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1") -> Iter
   logfile: ""
   verbosity: 0
   do-ip6: no
-  access-control: 127.0.0.0/8 allow
+  access-control: 127.0.0.0/8 {access}
   module-config: "iterator"
   do-not-query-localhost: yes
   edns-buffer-size: 1232
   minimal-responses: no
-{ZONE}{extra}
+{zone}{extra}
 remote-control:
   control-enable: no
 """)
         proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None and not _ready((host, port)):
+        while time.monotonic() < deadline and proc.poll() is None and not _ready((host, port), access):
             time.sleep(0.05)
         if proc.poll() is None:
             server = Unbound((host, port), proc)

@@ -99,7 +99,11 @@ class UdpChannel:
         if waiting is None:
             return
         future, question = waiting
-        if not future.done() and question_of(data) == question:
+        if future.done():
+            return
+        # Some servers send REFUSED/FORMERR without the question: accept an error reply by ID alone.
+        no_question = data[4:6] == b"\x00\x00" and data[3] & 0xF != 0
+        if no_question or question_of(data) == question:
             future.set_result(data)
 
     def failed(self, exc: Exception) -> None:

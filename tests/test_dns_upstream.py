@@ -1,0 +1,142 @@
+"""Recursion through a real unbound: relay, TTL countdown, negative caching, failover, TCP
+retry on truncation, SERVFAIL only when every upstream failed, REFUSED for other networks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from pathlib import Path
+
+import dns.flags
+import dns.rdatatype
+import pytest
+
+from tests.support.dns import FakeClock, addresses, ask, dig, rcode, run_dns
+from tests.support.upstream import reserve_port, run_unbound
+
+BIG = "".join(f'local-data: "big.example.test. 300 IN A 192.0.2.{i}"\n' for i in range(1, 61))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def ttls(reply) -> list[int]:  # type: ignore[no-untyped-def]
+    return [rrset.ttl for rrset in reply.answer]
+
+
+async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    async with run_dns(clock, recurse=(unbound.address,)) as server:
+        reply = await ask(server, "www.example.test")
+        assert addresses(reply) == ["192.0.2.10"] and ttls(reply) == [300]
+        assert reply.flags & dns.flags.AA  # unbound's local data is authoritative; the flag is relayed
+        nx = await ask(server, "nope.example.test")
+        assert rcode(nx) == "NXDOMAIN" and nx.authority[0].rdtype == dns.rdatatype.SOA
+        txt = await ask(server, "txt.example.test", "TXT")
+        assert txt.answer[0][0].strings == (b"hello from upstream",)
+        srv = await ask(server, "_ldap._tcp.example.test", "SRV")
+        assert srv.answer[0][0].port == 389
+
+
+async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    async with run_dns(clock, recurse=(unbound.address,)) as server:
+        assert ttls(await ask(server, "www.example.test")) == [300]
+        unbound.stop()
+        clock.advance(45)
+        again = await ask(server, "WWW.Example.TEST")  # case-insensitive key, case echoed
+        assert ttls(again) == [255] and addresses(again) == ["192.0.2.10"]
+        assert str(again.question[0].name) == "WWW.Example.TEST."
+        clock.advance(256)  # past the TTL: the upstream is asked again, and it is gone
+        assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
+
+
+async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    async with run_dns(clock, recurse=(unbound.address,)) as server:
+        assert rcode(await ask(server, "gone.example.test")) == "NXDOMAIN"
+        unbound.stop()
+        clock.advance(29)
+        cached = await ask(server, "gone.example.test")
+        assert rcode(cached) == "NXDOMAIN" and cached.authority[0].ttl == 1
+        clock.advance(2)  # SOA minimum is 30 s
+        assert rcode(await ask(server, "gone.example.test")) == "SERVFAIL"
+
+
+async def test_failover_past_dead_silent_and_refusing_upstreams(unbound, tmp_path: Path, clock,
+                                                                caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """The silent upstream is a bare UDP socket that never answers: no real server can be made to
+    drop queries on purpose, so this one fake stands in for a hung resolver."""
+    caplog.set_level(logging.WARNING)
+    dead = ("127.0.0.1", reserve_port())
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    with silent, run_unbound(tmp_path / "refusing", access="refuse") as refusing:
+        upstreams = (dead, silent.getsockname(), refusing.address, unbound.address)
+        async with run_dns(clock, recurse=upstreams, recurser_timeout=0.3) as server:
+            for _ in range(3):
+                reply = await ask(server, f"n{_}.wild.test")
+                assert addresses(reply) == ["192.0.2.99"]
+    downs = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "upstream_down"]
+    assert sorted(d["upstream"] for d in downs) == sorted(f"{h}:{p}" for h, p in upstreams[:2])  # once each
+
+
+async def test_servfail_only_when_all_failed_and_cached_briefly(clock) -> None:  # type: ignore[no-untyped-def]
+    dead = ("127.0.0.1", reserve_port())
+    async with run_dns(clock, recurse=(dead,), servfail_ttl=2.0) as server:
+        assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
+        attempts = server.upstream.failures[dead]
+        assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
+        assert server.upstream.failures[dead] == attempts  # served from the cache
+        clock.advance(2.1)
+        assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
+        assert server.upstream.failures[dead] == attempts + 1  # tried again after 2 s
+        # names in our own zone never need an upstream: NXDOMAIN, not SERVFAIL
+        assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"
+
+
+async def test_truncated_upstream_reply_is_retried_over_tcp(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
+    with run_unbound(tmp_path / "big", extra=BIG) as upstream:
+        async with run_dns(clock, recurse=(upstream.address,)) as server:
+            small = await ask(server, "big.example.test")  # no EDNS: 512 bytes
+            assert small.flags & dns.flags.TC and small.answer == []
+            over_tcp = await ask(server, "big.example.test", tcp=True)
+            assert len(addresses(over_tcp)) == 60 and not over_tcp.flags & dns.flags.TC
+            roomy = await ask(server, "big.example.test", use_edns=0, payload=4096)
+            assert len(addresses(roomy)) == 60 and not roomy.flags & dns.flags.TC
+            result = await dig(server, "+noedns", "big.example.test")
+            assert "Truncated, retrying in TCP mode" in result.raw
+            assert result.status == "NOERROR" and len(result.answer) == 60
+
+
+async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    async with run_dns(clock, recurse=(unbound.address,), allow_recursion=("127.0.0.1/32",)) as server:
+        assert addresses(await ask(server, "www.example.test", source="127.0.0.1")) == ["192.0.2.10"]
+        refused = await ask(server, "www.example.test", source="127.0.0.2")  # cached, but not for this client
+        assert rcode(refused) == "REFUSED" and not refused.flags & dns.flags.RA
+        assert rcode(await ask(server, "nope.rancher.internal", source="127.0.0.2")) == "NXDOMAIN"
+        assert rcode(await ask(server, "rancher.internal", "SOA", source="127.0.0.2")) == "NOERROR"
+
+
+async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Path, unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    private = 'local-zone: "." static\nlocal-zone: "only-b.test." static\n' \
+              'local-data: "only-b.test. 3600 IN SOA ns.only-b.test. a.only-b.test. 1 3600 600 86400 30"\n' \
+              'local-data: "secret.only-b.test. 60 IN A 192.0.2.200"\n'
+    with run_unbound(tmp_path / "private", zone=private) as own:
+        answers = tmp_path / "answers.json"
+        answers.write_text(json.dumps({
+            "default": {"authoritative": ["rancher.internal"], "search": ["rancher.internal"],
+                        "a": {"svc.rancher.internal.": {"answer": ["10.1.0.1"]}}},
+            "127.0.0.31": {"recurse": [own.spec]},
+        }))
+        async with run_dns(clock, recurse=(unbound.address,), answers=str(answers)) as server:
+            mine = await ask(server, "secret.only-b.test", source="127.0.0.31")
+            assert addresses(mine) == ["192.0.2.200"]
+            for _ in range(2):
+                theirs = await ask(server, "secret.only-b.test", source="127.0.0.11")
+                assert rcode(theirs) == "NXDOMAIN"  # from the default unbound, not from 127.0.0.31's cache
+            assert addresses(await ask(server, "secret.only-b.test", source="127.0.0.31")) == ["192.0.2.200"]
+            # the private upstream's answer wins, NXDOMAIN included; when it is down, the default one answers
+            assert rcode(await ask(server, "www.example.test", source="127.0.0.31")) == "NXDOMAIN"
+            own.stop()
+            assert addresses(await ask(server, "payments.example.test", source="127.0.0.31")) == ["192.0.2.20"]
