@@ -81,6 +81,8 @@ class Resolver:
         self.chain = chain
         self.policy = policy
         self.clock = clock
+        self.fast_hits = 0
+        self.slow_calls = 0
 
     @staticmethod
     def edge(raw: RawQuery) -> bytes | None:
@@ -108,9 +110,11 @@ class Resolver:
             entry = self.global_cache.get(gkey, now)
         if not isinstance(entry, CachedReply) or len(entry.wire) > budget(raw, transport):
             return None
+        self.fast_hits += 1
         return entry.render(raw, now)
 
     async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
+        self.slow_calls += 1
         table = self.tables.current
         query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip))
         answer = await self.chain.resolve(query)

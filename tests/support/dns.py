@@ -44,9 +44,11 @@ async def run_dns(clock: Any = None, **overrides: Any) -> AsyncIterator[DnsServe
         await server.close()
 
 
-async def wait_for_version(server: DnsServer, serial: int, seconds: float = 10.0) -> None:
+async def wait_for_version(server: DnsServer, serial: int, seconds: float = 10.0, version: str | None = None) -> None:
+    """Until the DNS service has applied metadata's ``serial`` (and exact ``version``, when given)."""
     async with asyncio.timeout(seconds):
-        while server.tables.current.serial < serial:
+        while server.tables.current.serial < serial or (
+                version is not None and (server.follower is None or server.follower.version != version)):
             await asyncio.sleep(0.01)
 
 
