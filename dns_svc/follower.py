@@ -63,11 +63,6 @@ class VersionFollower:
                 try:
                     await self.step(session)
                     backoff = 0.5
-                    if self.reachable is not True:
-                        if self.reachable is False:
-                            log_event(log, logging.WARNING, "metadata_reachable", url=self.base_url,
-                                      version=self.version)
-                        self.reachable = True
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
                     if self.reachable is not False:
                         serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
@@ -86,6 +81,10 @@ class VersionFollower:
             version = await resp.json(content_type=None)
         if not isinstance(version, str):
             raise ValueError("metadata /version is not a string")
+        if self.reachable is not True:
+            if self.reachable is False:
+                log_event(log, logging.WARNING, "metadata_reachable", url=self.base_url, version=version)
+            self.reachable = True
         if version == self.version:
             return
         async with session.get(self.base_url) as resp:
@@ -104,6 +103,6 @@ class VersionFollower:
         self.updated = asyncio.Event()
         if self.kept is not None:
             try:
-                await asyncio.to_thread(self.kept.save, fleet, version_index(applied))
+                await self.kept.save_in_background(fleet, version_index(applied))
             except OSError as exc:
                 log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

@@ -127,6 +127,8 @@ class DnsServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.follower is not None and self.follower.kept is not None:
+            await self.follower.kept.flush()
         if self._udp is not None:
             self._udp.close()
         if self._tcp is not None:

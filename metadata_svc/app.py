@@ -55,7 +55,7 @@ class SourceFollower:
         if self.kept is None:
             return
         try:
-            await asyncio.to_thread(self.kept.save, fleet, index)
+            await self.kept.save_in_background(fleet, index)
             self._kept_error = None
         except OSError as exc:
             if self._kept_error != str(exc):  # say it once, not on every reload
@@ -104,6 +104,8 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await updates.aclose()  # type: ignore[attr-defined]
+        if follower.kept is not None:
+            await follower.kept.flush()
 
     async def release_waiters(app: web.Application) -> None:
         app[STORE].close()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run metadns on loopback with the example fleet:
-#   metadata on http://127.0.0.1:8080/   DNS on 127.0.0.1:5353 (UDP and TCP)
-# Stop with Ctrl-C. Ports: METADATA_PORT, DNS_PORT.
+#   metadata on http://127.0.0.1:8080/        DNS on 127.0.0.1:5353 (UDP and TCP)
+# Ports: METADATA_PORT, DNS_PORT. Stop with Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh run
@@ -11,6 +11,15 @@ mkdir -p .state
 .venv/bin/metadata-svc --listen "127.0.0.1:${METADATA_PORT}" --data examples/fleet.yaml \
     --state-file .state/metadata-last-good.json --self-host host-a &
 METADATA_PID=$!
-trap 'kill "$METADATA_PID" 2>/dev/null; wait' EXIT INT TERM
-echo "metadata: curl http://127.0.0.1:${METADATA_PORT}/latest/services" >&2
-wait "$METADATA_PID"
+.venv/bin/dns-svc --listen "127.0.0.1:${DNS_PORT}" --metadata-url "http://127.0.0.1:${METADATA_PORT}/2016-07-29" \
+    --state-file .state/dns-last-good.json --metadata-answer 127.0.0.1 &
+DNS_PID=$!
+trap 'kill "$METADATA_PID" "$DNS_PID" 2>/dev/null || true; wait' EXIT INT TERM
+cat >&2 <<MSG
+metadns is running on loopback with examples/fleet.yaml (edit it: changes are picked up live)
+  curl http://127.0.0.1:${METADATA_PORT}/latest/stacks/shop/services/web/containers
+  curl -H 'Accept: application/json' http://127.0.0.1:${METADATA_PORT}/latest/services/web
+  dig @127.0.0.1 -p ${DNS_PORT} web.shop.rancher.internal
+  dig @127.0.0.1 -p ${DNS_PORT} _web._tcp.shop.rancher.internal SRV
+MSG
+wait -n "$METADATA_PID" "$DNS_PID"

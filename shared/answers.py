@@ -324,21 +324,26 @@ def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
         if not isinstance(body, Mapping):
             raise AnswersFileError(f"{key}: must be a mapping")
         recs: dict[str, NameRecords] = {}
+
+        def add(name: str, rec: NameRecords) -> None:
+            name = fqdn(name)
+            recs[name] = recs[name].merged(rec) if name in recs else rec
+
         try:
             for name, item in (body.get("a") or {}).items():
                 v4, v6 = _addresses(str(ipaddress.ip_address(ip)) for ip in item["answer"])
-                recs[fqdn(name)] = NameRecords(a=v4, aaaa=v6, ttl=item.get("ttl"))
+                add(name, NameRecords(a=v4, aaaa=v6, ttl=item.get("ttl")))
             for name, item in (body.get("cname") or {}).items():
-                recs[fqdn(name)] = NameRecords(cname=fqdn(item["answer"]), ttl=item.get("ttl"))
+                add(name, NameRecords(cname=fqdn(item["answer"]), ttl=item.get("ttl")))
             for name, item in (body.get("ptr") or {}).items():
                 owner = name if name.rstrip(".").endswith(("in-addr.arpa", "ip6.arpa")) else \
                     ipaddress.ip_address(name).reverse_pointer
-                recs[fqdn(owner)] = NameRecords(ptr=fqdn(item["answer"]), ttl=item.get("ttl"))
+                add(owner, NameRecords(ptr=fqdn(item["answer"]), ttl=item.get("ttl")))
             for name, item in (body.get("txt") or {}).items():
                 texts = tuple(str(t) for t in item["answer"])
                 if any(len(t.encode()) > 255 for t in texts):
                     raise AnswersFileError(f"{key}.txt.{name}: a string is longer than 255 bytes")
-                recs[fqdn(name)] = NameRecords(txt=texts, ttl=item.get("ttl"))
+                add(name, NameRecords(txt=texts, ttl=item.get("ttl")))
             search = tuple(str(s) for s in body.get("search") or ())
             recurse = tuple(_upstream(str(r)) for r in body.get("recurse") or ())
         except AnswersFileError:

@@ -6,6 +6,8 @@ It also carries the index, which is how versions keep moving forward across rest
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -17,6 +19,27 @@ from shared.model import Fleet, FleetError
 class KeptCopy:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._pending: asyncio.Future[None] | None = None
+
+    async def save_in_background(self, fleet: Fleet, index: int) -> None:
+        """Save in a worker thread, in order, and finish even if the caller is cancelled
+        (a shutdown right after a change must not leave the previous version on disk)."""
+        previous = self._pending
+
+        async def write() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await asyncio.to_thread(self.save, fleet, index)
+
+        self._pending = asyncio.ensure_future(write())
+        await asyncio.shield(self._pending)
+
+    async def flush(self) -> None:
+        """Wait for the last background save (call it on shutdown)."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
 
     def load(self) -> tuple[Fleet, int]:
         """The kept fleet and its index; FleetError when missing or unusable."""

@@ -48,7 +48,10 @@ async def test_outage_recovery_and_restart_from_kept_copy(dns_fleet_file: Path, 
         async with run_metadata(dns_fleet_file, md_kept, port=port) as md:
             version = md.app[STORE].snapshot.version
             await wait_for_version(server, version_index(version), version=version)
-            assert addresses(await ask(server, "shop-db-1.rancher.internal")) == ["127.0.0.23"]
+            table = server.tables.current
+            assert addresses(await ask(server, "shop-db-1.rancher.internal")) == ["127.0.0.23"], (
+                version, server.follower.version, table.serial, table.records.get("shop-db-1.rancher.internal."),
+                server.tables.current is table)
         assert len(events(caplog, "metadata_reachable")) == 2  # after the start-up wait, and after the outage
     assert kept.exists()
     # a restart while metadata is down serves the kept copy

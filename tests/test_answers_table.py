@@ -1,0 +1,58 @@
+"""The answers table from a fleet, without sockets: names, health rules, views, and when a
+fleet change counts as an answers change (only then are client caches cleared)."""
+
+from __future__ import annotations
+
+import copy
+
+from dns_svc.resolver import TableRef
+from dns_svc.steps.cache import NOT_LOCAL
+from dns_svc.steps.cache.step import ClientCaches
+from shared.answers import answers_from_fleet
+from shared.model import Fleet
+from tests.support.fleets import dns_fleet
+
+
+def table(data):  # type: ignore[no-untyped-def]
+    return answers_from_fleet(Fleet.from_mapping(data), metadata_answer=["169.254.169.250"])
+
+
+def test_names_and_health_rules() -> None:
+    t = table(dns_fleet(many=2))
+    assert t.records["web.shop.rancher.internal."].a == ("127.0.0.11", "127.0.0.12")
+    assert t.records["sick.infra.rancher.internal."].a == ("127.0.0.52",)
+    assert t.records["payments.shop.rancher.internal."].cname == "payments.example.test."
+    assert t.records["11.0.0.127.in-addr.arpa."].ptr == "shop-web-1.rancher.internal."
+    assert [s.target for s in t.records["_many._tcp.infra.rancher.internal."].srv] == [
+        "many-0.rancher.internal.", "many-1.rancher.internal."]
+    assert t.exists("infra.rancher.internal.") and t.exists("_tcp.infra.rancher.internal.")
+    assert not t.exists("nope.rancher.internal.")
+
+
+def test_views_are_per_client() -> None:
+    t = table(dns_fleet(many=0))
+    web1 = t.view("127.0.0.11")
+    assert web1.search == ("shop.rancher.internal.", "rancher.internal.")
+    assert web1.records["primary.rancher.internal."].a == ("127.0.0.21",)
+    assert web1.records["kv.shop.rancher.internal."].a == ("127.0.0.31",)
+    cache = t.view("127.0.0.31")
+    assert cache.search == ("infra.rancher.internal.",) and cache.recurse == (("127.0.2.53", 53),)
+    assert t.view("10.9.9.9") is t.default
+
+
+def test_only_answer_changes_clear_the_client_caches() -> None:
+    data = dns_fleet(many=0)
+    caches = ClientCaches(10)
+    ref = TableRef(table(data), caches)
+    caches.for_view("127.0.0.11").put((b"x", 1, 1, 0), NOT_LOCAL)
+    relabelled = copy.deepcopy(data)
+    relabelled["containers"][0]["labels"] = {"note": "not in DNS"}
+    assert not ref.swap(table(relabelled))
+    assert len(caches) == 1
+    moved = copy.deepcopy(data)
+    moved["containers"][4]["primary_ip"] = "127.0.0.99"
+    assert ref.swap(table(moved))
+    assert len(caches) == 0
+    relinked = copy.deepcopy(moved)
+    relinked["containers"][0]["links"] = {}
+    assert ref.swap(table(relinked))  # a client's own records changed

@@ -1,0 +1,79 @@
+"""``dns-svc`` as a user runs it: --help, flags from the environment, an answers file that is
+re-read on change, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import dns.exception
+
+from tests.support.dns import addresses, ask, rcode
+from tests.support.upstream import reserve_port
+
+
+def test_help_names_every_flag_and_its_environment_variable() -> None:
+    out = subprocess.run([sys.executable, "-m", "dns_svc", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--listen", "--metadata-url", "--answers", "--recurse", "--domain", "--ttl", "--cache-capacity",
+                 "--recurser-timeout", "--ndots", "--allow-recursion", "--never-recurse-to"):
+        assert flag in out
+        assert "METADNS_DNS_" + flag[2:].replace("-", "_").upper() in out
+    assert "169.254.169.250:53" in out
+
+
+def test_bad_flag_values_are_reported() -> None:
+    result = subprocess.run([sys.executable, "-m", "dns_svc", "--recurse", "not-an-ip"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "not-an-ip" in result.stderr
+
+
+async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.yaml"
+    answers.write_text(json.dumps({"default": {"authoritative": ["corp.internal"],
+                                               "a": {"app.corp.internal.": {"answer": ["10.0.0.1"]}},
+                                               "cname": {"www.corp.internal.": {"answer": "app.corp.internal."}},
+                                               "ptr": {"10.0.0.1": {"answer": "app.corp.internal."}},
+                                               "txt": {"app.corp.internal.": {"answer": ["v=1"]}}}}))
+    port = reserve_port()
+    env = {**os.environ, "METADNS_DNS_LISTEN": f"127.0.0.1:{port}", "METADNS_DNS_ANSWERS": str(answers),
+           "METADNS_DNS_RESOLV_CONF": "/nonexistent", "METADNS_DNS_STATE_FILE": ""}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dns_svc", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    address = ("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    reply = await ask(address, "app.corp.internal", timeout=0.3)
+                    break
+                except (dns.exception.Timeout, OSError):
+                    await asyncio.sleep(0.1)
+        assert addresses(reply) == ["10.0.0.1"]
+        www = await ask(address, "www.corp.internal")
+        assert addresses(www) == ["10.0.0.1"] and str(www.answer[0][0].target) == "app.corp.internal."
+        ptr = await ask(address, "1.0.0.10.in-addr.arpa", "PTR")
+        assert str(ptr.answer[0][0].target) == "app.corp.internal."
+        assert rcode(await ask(address, "nope.corp.internal")) == "NXDOMAIN"
+        answers.write_text("default:\n  authoritative: [corp.internal]\n"
+                           "  a: {app.corp.internal.: {answer: [10.0.0.2]}}\n")
+        async with asyncio.timeout(10):
+            while addresses(await ask(address, "app.corp.internal")) != ["10.0.0.2"]:
+                await asyncio.sleep(0.1)
+        answers.write_text("default: [this is: not valid")  # refused: the last good answers stay
+        proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert addresses(await ask(address, "app.corp.internal")) == ["10.0.0.2"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.wait()
+    assert proc.returncode == 0
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert "event=answers_rejected" in log and str(answers) in log
