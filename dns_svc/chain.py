@@ -36,7 +36,7 @@ class Answer:
 
 @dataclass(slots=True)
 class Query:
-    """One client question on its way through the chain. Steps must not mutate it."""
+    """One client question on its way through the chain. Steps may only set the two notes below."""
 
     raw: RawQuery
     client_ip: str
@@ -44,7 +44,8 @@ class Query:
     table: AnswersTable
     view: ClientView
     recursion_allowed: bool
-    skip_local: bool = False
+    skip_local: bool = False     # set by the client cache: this name is known not to be local
+    shared_answer: bool = False  # set by local answers: the reply is the same for every client
     _request: Any = field(default=None, repr=False)
 
     @property

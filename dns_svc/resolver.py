@@ -96,22 +96,23 @@ class Resolver:
         return None
 
     def fast(self, raw: RawQuery, client_ip: str, transport: str) -> bytes | None:
-        cache = self.client_caches.by_view.get(self.tables.current.view(client_ip).key)
-        if cache is None:
-            return None
+        view = self.tables.current.view(client_ip)
+        caches = self.client_caches
+        cache = caches.by_view.get(view.key)
         key = cache_key(raw)
         now = self.clock()
-        entry = cache.get(key, now)
+        entry = cache.get(key, now) if cache is not None else None
+        if entry is None and key[0] not in view.overlay_wire:
+            entry = caches.shared.get(key, now)
         if entry is NOT_LOCAL:
             if not self.policy.allows(client_ip):
                 return None
-            view = self.tables.current.view(client_ip)
             gkey = key if not view.recurse else (view.key.encode() + b"/" + key[0], *key[1:])
             entry = self.global_cache.get(gkey, now)
-        if not isinstance(entry, CachedReply) or len(entry.wire) > budget(raw, transport):
+        if not isinstance(entry, CachedReply):
             return None
         self.fast_hits += 1
-        return entry.render(raw, now)
+        return entry.render(raw, now, budget(raw, transport))
 
     async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
         self.slow_calls += 1

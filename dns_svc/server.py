@@ -44,7 +44,7 @@ def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache
 class DnsServer:
     def __init__(self, settings: DnsSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self.client_caches = ClientCaches(settings.client_cache_capacity, clock)
+        self.client_caches = ClientCaches(settings.client_cache_capacity, clock, settings.cache_capacity)
         self.global_cache = ReplyCache(settings.cache_capacity, clock)
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)

@@ -73,6 +73,18 @@ def _addresses(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(v4), tuple(v6)
 
 
+def name_wire(name: str) -> bytes:
+    """A lower-case FQDN in DNS wire form (length-prefixed labels), as cache keys hold names."""
+    out = bytearray()
+    for label in name.rstrip(".").split("."):
+        if label:
+            raw = label.encode("ascii", "replace")
+            out.append(len(raw))
+            out += raw
+    out.append(0)
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class ClientView:
     """What one client sees: its search suffixes (FQDNs), its own upstreams, its own records."""
@@ -81,6 +93,10 @@ class ClientView:
     search: tuple[str, ...]
     recurse: tuple[Upstream, ...] = ()
     records: Mapping[str, NameRecords] = field(default_factory=dict)
+    overlay_wire: frozenset[bytes] = field(init=False, default=frozenset())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overlay_wire", frozenset(name_wire(n) for n in self.records))
 
 
 class AnswersTable:

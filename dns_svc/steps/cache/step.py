@@ -15,6 +15,7 @@ from collections.abc import Callable
 from cachetools import LRUCache
 
 from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal
 from dns_svc.wire import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, RawQuery, layout
 
@@ -83,12 +84,17 @@ def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -
 
 
 class ClientCaches:
-    """One ReplyCache per client view, created on first use, all dropped when the answers change."""
+    """Local answers, dropped whenever the answers change: one ReplyCache per client view, plus
+    one ``shared`` cache for answers no view can change (an exact name from the shared records,
+    with no search suffix and no link alias involved). Without the shared cache, N clients
+    asking the same 1,000 names cost N x 1,000 rebuilds after every fleet change."""
 
-    def __init__(self, capacity: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, capacity: int, clock: Clock = time.monotonic, shared_capacity: int = 10000) -> None:
         self.capacity = capacity
         self.clock = clock
+        self.shared_capacity = shared_capacity
         self.by_view: dict[str, ReplyCache] = {}
+        self.shared = ReplyCache(shared_capacity, clock)
         self.generation = 0
 
     def for_view(self, key: str) -> ReplyCache:
@@ -99,10 +105,11 @@ class ClientCaches:
 
     def clear(self) -> None:
         self.by_view = {}
+        self.shared = ReplyCache(self.shared_capacity, self.clock)
         self.generation += 1
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.by_view.values())
+        return sum(len(c) for c in self.by_view.values()) + len(self.shared)
 
 
 class ClientCacheStep:
@@ -115,13 +122,18 @@ class ClientCacheStep:
         self.local_ttl_cap = local_ttl_cap
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        cache = self.caches.for_view(query.view.key)
+        caches = self.caches
+        cache = caches.for_view(query.view.key)
+        shared = caches.shared
         key = cache_key(query.raw)
-        now = self.caches.clock()
-        generation = self.caches.generation
+        now = caches.clock()
+        generation = caches.generation
         entry = cache.get(key, now)
+        if entry is None and key[0] not in query.view.overlay_wire:
+            entry = shared.get(key, now)
         if isinstance(entry, CachedReply):
-            return Answer(entry.render(query.raw, now), Source.LOCAL, entry.countdown)
+            return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL,
+                          entry.countdown)
         if entry is NOT_LOCAL:
             query.skip_local = True
         answer = await call_next(query)
@@ -130,7 +142,7 @@ class ClientCacheStep:
         if answer.source in (Source.LOCAL, Source.AUTHORITY):
             stored = entry_for(answer, now, self.local_ttl_cap, 0)
             if stored is not None:
-                cache.put(key, stored)
+                (shared if query.shared_answer else cache).put(key, stored)
         elif entry is None:
             cache.put(key, NOT_LOCAL)
         return answer
@@ -161,7 +173,7 @@ class GlobalCacheStep:
         now = self.cache.clock()
         entry = self.cache.get(key, now)
         if isinstance(entry, CachedReply):
-            return Answer(entry.render(query.raw, now), Source.UPSTREAM)
+            return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.UPSTREAM)
         answer = await call_next(query)
         if answer.source in (Source.UPSTREAM, Source.FAILURE):
             stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)

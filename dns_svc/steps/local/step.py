@@ -44,13 +44,21 @@ class LocalAnswers:
         table, view = query.table, query.view
         asked = query.raw.text_name().lower()
         found: NameRecords | None = None
-        for candidate in table.candidates(view, asked, self.ndots):
+        for position, candidate in enumerate(table.candidates(view, asked, self.ndots)):
             found = table.lookup(view, candidate)
             if found is not None:
+                query.shared_answer = position == 0 and candidate not in view.records
                 break
         if found is None:
             return await call_next(query)
         return await self.answer(query, found)
+
+    @staticmethod
+    def lookup(query: Query, name: str) -> NameRecords | None:
+        """A lookup on behalf of the answer; a link alias makes the answer this client's own."""
+        if name in query.view.records:
+            query.shared_answer = False
+        return query.table.lookup(query.view, name)
 
     async def answer(self, query: Query, rec: NameRecords) -> Answer:
         reply = reply_for(query)
@@ -90,7 +98,7 @@ class LocalAnswers:
             if target in seen:
                 return False  # a loop: the chain so far is the answer
             seen.add(target)
-            following = query.table.lookup(query.view, target)
+            following = self.lookup(query, target)
             if following is None:
                 return await self.chase_upstream(query, reply, target, qtype)
             name, current = target, following
@@ -124,7 +132,7 @@ class LocalAnswers:
             if srv.target in extra_done:
                 continue
             extra_done.add(srv.target)
-            target = query.table.lookup(query.view, srv.target)
+            target = self.lookup(query, srv.target)
             if target is None:
                 continue
             for ip in target.a:
