@@ -20,7 +20,7 @@ from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
 from dns_svc.steps.cache.step import ClientCaches
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
-from dns_svc.transport import Dispatcher, TcpServer, UdpServer
+from dns_svc.transport import Dispatcher, TcpServer, UdpListener
 from shared.answers import AnswersTable, answers_from_fleet
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
@@ -54,7 +54,7 @@ class DnsServer:
         self.dispatcher = Dispatcher(self.resolver)
         self.follower: VersionFollower | None = None
         self.answers_watcher: AnswersFileWatcher | None = None
-        self._udp: asyncio.DatagramTransport | None = None
+        self._udp: UdpListener | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.address: tuple[str, int] = (settings.host, settings.port)
@@ -98,26 +98,26 @@ class DnsServer:
     async def _listen(self) -> None:
         """TCP first on the requested port (0: any), then UDP on the same number, retried when
         an ephemeral TCP port happens to be taken for UDP."""
-        loop = asyncio.get_running_loop()
         tcp = TcpServer(self.dispatcher)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         for attempt in range(20):
             server = await asyncio.start_server(tcp.handle, self.settings.host, self.settings.port, family=family,
                                                 reuse_address=True, backlog=1024)
             port = server.sockets[0].getsockname()[1]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                udp, _ = await loop.create_datagram_endpoint(lambda: UdpServer(self.dispatcher),
-                                                             local_addr=(self.settings.host, port), family=family)
+                sock.bind((self.settings.host, port))
             except OSError:
+                sock.close()
                 server.close()
                 await server.wait_closed()
                 if self.settings.port or attempt == 19:
                     raise
                 continue
-            self._tcp, self._udp = server, udp
-            sock = udp.get_extra_info("socket")
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
+            self._tcp, self._udp = server, UdpListener(self.dispatcher, sock)
             self.address = (self.settings.host, port)
             return
 

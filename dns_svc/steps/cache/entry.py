@@ -29,8 +29,8 @@ def _rotations(wire: bytes, rotate: tuple[int, int, int] | None) -> tuple[bytes,
 
 
 class CachedReply:
-    __slots__ = ("_aged", "_aged_for", "_flags", "countdown", "expires_at", "layout", "slim", "stored_at", "turn",
-                 "variants", "wire")
+    __slots__ = ("_aged", "_aged_for", "_flags", "_tails", "countdown", "expires_at", "layout", "slim", "stored_at",
+                 "turn", "variants", "wire")
 
     def __init__(self, wire: bytes, layout: ReplyLayout, stored_at: float, expires_at: float,
                  countdown: bool) -> None:
@@ -45,6 +45,7 @@ class CachedReply:
         self.variants = _rotations(wire, layout.rotate)
         self._aged = self.variants
         self._aged_for = 0
+        self._tails: dict[tuple[int, int, bytes], bytes] = {}
         self.slim = self._without_additional() if len(wire) > 512 else None
 
     def _without_additional(self) -> CachedReply | None:
@@ -71,25 +72,37 @@ class CachedReply:
                 aged.append(bytes(buf))
             self._aged = tuple(aged)
             self._aged_for = elapsed
+            self._tails = {}
         return self._aged
 
     def render(self, query: RawQuery, now: float, budget: int = 65535) -> bytes:
         """The reply for ``query``: its ID, its RD/CD bits, its letter case, TTLs aged, A records rotated;
         without the additional section, or empty with TC, when it would not fit in ``budget`` bytes."""
+        return query.packet[:2] + self.render_tail(query, now, budget)
+
+    def render_tail(self, query: RawQuery, now: float, budget: int) -> bytes:
+        """``render`` without the two ID bytes, so a packet cache can reuse one parsed query."""
         if len(self.wire) > budget:
             if self.slim is not None and len(self.slim.wire) <= budget:
-                return self.slim.render(query, now, budget)
-            return header_only_reply(query, self.layout.rcode, tc=True, aa=bool(self.wire[2] << 8 & FLAG_AA))
+                return self.slim.render_tail(query, now, budget)
+            aa = bool(self.wire[2] << 8 & FLAG_AA)
+            return header_only_reply(query, self.layout.rcode, tc=True, aa=aa)[2:]
         variants = self._age(int(now - self.stored_at)) if self.countdown else self.variants
+        turn = 0
         if len(variants) > 1:
             self.turn = turn = (self.turn + 1) % len(variants)
+        bits = query.flags & _COPIED
+        qname = query.qname
+        # Everything after the ID depends only on (rotation, RD/CD, the question's letter case):
+        # remember the last few, so a hit is one concatenation.
+        tail = self._tails.get((turn, bits, qname))
+        if tail is None:
             wire = variants[turn]
-        else:
-            wire = variants[0]
-        end = 12 + len(query.qname)
-        # TTL offsets are fixed per entry, and rotation moves whole equal-sized records, so the
-        # aged variants stay aligned with the layout computed once at store time.
-        return query.packet[:2] + self._flags[query.flags & _COPIED] + wire[4:12] + query.qname + wire[end:]
+            tail = self._flags[bits] + wire[4:12] + qname + wire[12 + len(qname):]
+            if len(self._tails) >= 16:
+                self._tails.clear()
+            self._tails[(turn, bits, qname)] = tail
+        return tail
 
 
 class _NotLocal:
