@@ -9,9 +9,11 @@ starts and once when it ends. The last good fleet is kept on disk for restarts.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -29,7 +31,7 @@ def version_index(version: str) -> int:
 
 
 class VersionFollower:
-    def __init__(self, base_url: str, apply: Callable[[Fleet, int], None], *, max_wait: int = 30,
+    def __init__(self, base_url: str, apply: Callable[[Fleet, int], Awaitable[None]], *, max_wait: int = 30,
                  kept: KeptCopy | None = None, max_backoff: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.apply = apply
@@ -40,20 +42,21 @@ class VersionFollower:
         self.reachable: bool | None = None
         self.updated = asyncio.Event()
         self.restored: int | None = None
+        parts = urlsplit(self.base_url)
+        self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}/metadns/v1/fleet"
 
-    def restore(self) -> bool:
-        """Start from the kept fleet, before metadata has answered."""
+    def load_kept(self) -> tuple[Fleet, int] | None:
+        """The kept fleet to start from before metadata has answered, if there is a usable one."""
         if self.kept is None:
-            return False
+            return None
         try:
             fleet, index = self.kept.load()
         except FleetError as exc:
             log_event(log, logging.INFO, "kept_copy_not_used", path=str(self.kept.path), reason=exc.problem)
-            return False
-        self.apply(fleet, index)
+            return None
         self.restored = index
         log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path), serial=index)
-        return True
+        return fleet, index
 
     async def run(self) -> None:
         backoff = 0.5
@@ -73,6 +76,32 @@ class VersionFollower:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
 
+    async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, Fleet]:
+        """The fleet as one compact document from metadns's metadata service, or the whole
+        tree from any rancher-metadata compatible one."""
+        if self.fleet_url is not None:
+            async with session.get(self.fleet_url) as resp:
+                if resp.status == 404:
+                    self.fleet_url = None
+                else:
+                    resp.raise_for_status()
+                    doc = await asyncio.to_thread(json.loads, await resp.read())
+                    if not isinstance(doc, dict) or not isinstance(doc.get("fleet"), dict):
+                        raise ValueError("metadata fleet document is not an object")
+                    applied = str(doc.get("version") or version)
+                    try:
+                        fleet = await asyncio.to_thread(Fleet.from_trusted, doc["fleet"], applied)
+                    except (KeyError, TypeError, AttributeError) as exc:
+                        raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
+                    return applied, fleet
+        async with session.get(self.base_url) as resp:
+            resp.raise_for_status()
+            tree = await asyncio.to_thread(json.loads, await resp.read())
+        if not isinstance(tree, dict):
+            raise ValueError("metadata tree is not an object")
+        # Any rancher-metadata: validate what it sent, off the event loop.
+        return str(tree.get("version") or version), await asyncio.to_thread(Fleet.from_mapping, tree)
+
     async def step(self, session: aiohttp.ClientSession) -> None:
         url = f"{self.base_url}/version"
         params = {"wait": "true", "value": self.version, "maxWait": str(self.max_wait)} if self.version else None
@@ -87,15 +116,11 @@ class VersionFollower:
             self.reachable = True
         if version == self.version:
             return
-        async with session.get(self.base_url) as resp:
-            resp.raise_for_status()
-            tree = await resp.json(content_type=None)
-        if not isinstance(tree, dict):
-            raise ValueError("metadata tree is not an object")
-        applied = str(tree.get("version") or version)
         started = time.perf_counter()
-        fleet = Fleet.from_mapping(tree)
-        self.apply(fleet, version_index(applied))
+        # Parsing a large fleet takes a while: it happens off the event loop, so queries keep
+        # being answered meanwhile.
+        applied, fleet = await self.fetch(session, version)
+        await self.apply(fleet, version_index(applied))
         self.version = applied
         log_event(log, logging.INFO, "answers_updated", version=applied, containers=len(fleet.containers),
                   build_ms=round((time.perf_counter() - started) * 1000, 1))

@@ -43,8 +43,10 @@ class TableRef:
         self.current = table
         self.client_caches = client_caches
 
-    def swap(self, table: AnswersTable) -> bool:
-        changed = table.digest != self.current.digest
+    def swap(self, table: AnswersTable, changed: bool | None = None) -> bool:
+        """Make ``table`` current; ``changed`` may be precomputed (off the event loop)."""
+        if changed is None:
+            changed = not table.same_answers(self.current)
         self.current = table
         if changed:
             self.client_caches.clear()

@@ -65,8 +65,16 @@ class DnsServer:
                                   default_recurse=s.recurse, never_recurse_to=s.never_recurse_to,
                                   ttl=s.ttl, serial=serial)
 
-    def apply_fleet(self, fleet: Fleet, serial: int) -> None:
-        changed = self.tables.swap(self.table_for(fleet, serial))
+    async def apply_fleet(self, fleet: Fleet, serial: int) -> None:
+        """Build the new table off the event loop (a 10k fleet takes a while), swap it in on it."""
+        current = self.tables.current
+
+        def build() -> tuple[AnswersTable, bool]:
+            table = self.table_for(fleet, serial)
+            return table, not table.same_answers(current)
+
+        table, changed = await asyncio.to_thread(build)
+        self.tables.swap(table, changed if self.tables.current is current else None)
         log_event(log, logging.DEBUG, "table_swapped", serial=serial, answers_changed=changed)
 
     def apply_table(self, table: AnswersTable) -> None:
@@ -81,7 +89,9 @@ class DnsServer:
         elif s.metadata_url:
             self.follower = VersionFollower(s.metadata_url, self.apply_fleet, max_wait=s.max_wait,
                                             kept=KeptCopy(s.state_file) if s.state_file else None)
-            self.follower.restore()
+            kept = self.follower.load_kept()
+            if kept is not None:
+                await self.apply_fleet(*kept)
             self._tasks.append(asyncio.create_task(self.follower.run(), name="metadata-follower"))
         await self._listen()
         loop = asyncio.get_running_loop()

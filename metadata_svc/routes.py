@@ -98,6 +98,13 @@ async def metadata(request: web.Request) -> web.Response:
     return web.Response(text=render(value, fmt), headers=_headers(snapshot, fmt))
 
 
+async def fleet(request: web.Request) -> web.Response:
+    """The whole normalised fleet in one compact document, for the DNS service: the
+    2016-07-29 tree repeats every container three times (the list, its service, its stack)."""
+    snapshot = request.app[STORE].snapshot
+    return web.Response(body=snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """200 while a fleet is being served, 503 before the first one loads. No fleet data."""
     store = request.app[STORE]
@@ -138,6 +145,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/favicon.ico", not_found)
+    app.router.add_get("/metadns/v1/fleet", fleet)
     app.router.add_get("/{tail:.*}", metadata)
 
 

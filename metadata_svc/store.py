@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ class Snapshot:
     self_host_uuid: str = ""
     published_at: float = field(default_factory=time.time)
     _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
+    _fleet_json: bytes | None = field(default=None, repr=False)
     _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
     _selves: LRUCache[tuple[str, str], Any] = field(default_factory=lambda: LRUCache(maxsize=4096),
                                                     repr=False)
@@ -37,6 +39,13 @@ class Snapshot:
     def version(self) -> str:
         """Rancher-style ``<counter>-<content hash>``: ordered, and equal for equal content."""
         return f"{self.index}-{self.fleet.digest[:32]}"
+
+    def fleet_json(self) -> bytes:
+        """``{"version", "index", "fleet"}`` serialised once per snapshot."""
+        if self._fleet_json is None:
+            doc = {"version": self.version, "index": self.index, "fleet": self.fleet.raw}
+            self._fleet_json = json.dumps(doc, separators=(",", ":")).encode()
+        return self._fleet_json
 
     def _builder(self, api: str) -> TreeBuilder:
         builder = self._builders.get(api)

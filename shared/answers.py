@@ -10,9 +10,7 @@ only the shared records up front.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,12 +55,6 @@ class NameRecords:
                            txt=self.txt + other.txt, srv=self.srv + other.srv, ptr=self.ptr or other.ptr,
                            ttl=self.ttl if self.ttl is not None else other.ttl)
 
-    def as_json(self) -> list[Any]:
-        return [self.a, self.aaaa, self.cname, self.txt, [list(vars_srv(s)) for s in self.srv], self.ptr, self.ttl]
-
-
-def vars_srv(s: Srv) -> tuple[int, int, int, str]:
-    return (s.priority, s.weight, s.port, s.target)
 
 
 def _addresses(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -114,7 +106,6 @@ class AnswersTable:
         self._views: dict[str, ClientView] = dict(explicit_views or {})
         self._view_factory = view_factory
         self._names_in_zone = self._zone_names()
-        self.digest = self._digest()
 
     def _zone_names(self) -> frozenset[str]:
         """Every owner name inside our zones plus its ancestors (empty non-terminals exist too)."""
@@ -131,13 +122,14 @@ class AnswersTable:
                     break
         return frozenset(names)
 
-    def _digest(self) -> str:
-        doc = {"records": {k: v.as_json() for k, v in sorted(self.records.items())}, "zones": self.zones,
-               "search": self.default.search, "recurse": self.default.recurse,
-               "clients": self._client_inputs,
-               "views": {k: [v.search, v.recurse, {n: r.as_json() for n, r in sorted(v.records.items())}]
-                         for k, v in sorted(self._views.items())}}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=list).encode()).hexdigest()
+    def same_answers(self, other: AnswersTable) -> bool:
+        """True when every client would get the same answers from both tables. A plain
+        comparison, cheaper than hashing everything: most fleet changes touch few records."""
+        return (self.zones == other.zones and self.default.search == other.default.search
+                and self.default.recurse == other.default.recurse and self.records == other.records
+                and self._client_inputs == other._client_inputs
+                and {k: v for k, v in self._views.items() if k not in self._client_inputs}
+                == {k: v for k, v in other._views.items() if k not in other._client_inputs})
 
     def zone_of(self, name: str) -> str | None:
         for zone in self.zones:
@@ -174,6 +166,12 @@ class AnswersTable:
             bare = name[:-1]
             out.extend(f"{bare}.{suffix}" for suffix in search if not name.endswith("." + suffix))
         return out
+
+
+def _reverse_pointer(ip: str) -> str:
+    if ":" not in ip:
+        return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
+    return ipaddress.ip_address(ip).reverse_pointer
 
 
 def _port_spec(spec: str) -> tuple[int, str] | None:
@@ -274,16 +272,14 @@ class _FleetAnswers:
                 continue
             v4, v6 = _addresses([c.primary_ip])
             add(f"{c.name}.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
-            add(ipaddress.ip_address(c.primary_ip).reverse_pointer,
-                NameRecords(ptr=fqdn(f"{c.name}.{d}"), ttl=self.ttl))
+            add(_reverse_pointer(c.primary_ip), NameRecords(ptr=fqdn(f"{c.name}.{d}"), ttl=self.ttl))
         if self.metadata_answer:
             v4, v6 = _addresses(self.metadata_answer)
             add(f"rancher-metadata.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
         return records
 
     def client_inputs(self) -> dict[str, Any]:
-        return {c.primary_ip: [c.name, c.stack_name, c.service_name, list(c.dns), list(c.dns_search),
-                               sorted(c.links.items())]
+        return {c.primary_ip: (c.name, c.stack_name, c.service_name, c.dns, c.dns_search, tuple(c.links.items()))
                 for c in self.fleet.containers if self.live(c)}
 
     def make_view(self, table: AnswersTable, client_ip: str, _inputs: Any) -> ClientView:

@@ -9,8 +9,8 @@ know are kept in ``extra`` and served unchanged, so a fleet exported from Ranche
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
+import socket
 import uuid as uuid_mod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,10 +28,29 @@ Locate = Callable[[str, int], str | None]
 class FleetError(ValueError):
     """A fleet that must not be served. ``where`` names the object, ``problem`` what is wrong."""
 
-    def __init__(self, where: str, problem: str) -> None:
+    def __init__(self, where: object, problem: str) -> None:
         super().__init__(f"{where}: {problem}")
-        self.where = where
+        self.where = str(where)
         self.problem = problem
+
+
+class _Where:
+    """Names an object of the fleet for an error message; formatted only when an error occurs."""
+
+    __slots__ = ("collection", "index", "item", "locate")
+
+    def __init__(self, collection: str, index: int, item: Any, locate: Locate) -> None:
+        self.collection = collection
+        self.index = index
+        self.item = item
+        self.locate = locate
+
+    def __str__(self) -> str:
+        text = f"{self.collection}[{self.index}]"
+        if isinstance(self.item, Mapping) and isinstance(self.item.get("name"), str):
+            text += f" name={self.item['name']}"
+        position = self.locate(self.collection, self.index)
+        return f"{text} ({position})" if position else text
 
 
 def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -164,9 +183,60 @@ class Fleet:
         """Validate ``data`` (the parsed fleet file) and build a Fleet, or raise FleetError."""
         return _FleetBuilder(data, locate or (lambda _c, _i: None)).build()
 
+    @classmethod
+    def from_trusted(cls, raw: Mapping[str, Any], digest: str) -> Fleet:
+        """Rebuild a fleet that metadns's metadata service already validated and normalised
+        (``Fleet.raw``), without validating it again: the DNS service does this on every fleet
+        change, and for a 10k-container fleet validation would be most of the cost."""
+        def rest(item: Mapping[str, Any], known: set[str]) -> Mapping[str, Any]:
+            return _frozen({k: v for k, v in item.items() if k not in known})
+
+        env = raw.get("environment") or {}
+        hosts = tuple(Host(uuid=h["uuid"], name=h["name"], agent_ip=h.get("agent_ip", ""),
+                           hostname=h.get("hostname", ""), labels=_frozen(h.get("labels")),
+                           extra=rest(h, _KNOWN["hosts"])) for h in raw.get("hosts", ()))
+        stacks = tuple(Stack(name=st["name"], uuid=st["uuid"], extra=rest(st, _KNOWN["stacks"]))
+                       for st in raw.get("stacks", ()))
+        services = tuple(Service(
+            name=sv["name"], stack_name=sv["stack_name"], uuid=sv["uuid"], kind=sv.get("kind", "service"),
+            hostname=sv.get("hostname", ""), vip=sv.get("vip", ""), external_ips=tuple(sv.get("external_ips", ())),
+            links=_frozen(sv.get("links")), sidekicks=tuple(sv.get("sidekicks", ())),
+            primary_service_name=sv.get("primary_service_name", ""), ports=tuple(sv.get("ports", ())),
+            labels=_frozen(sv.get("labels")), metadata=_frozen(sv.get("metadata")), token=sv.get("token") or "",
+            health_check=_frozen(sv["health_check"]) if sv.get("health_check") is not None else None,
+            extra=rest(sv, _KNOWN["services"])) for sv in raw.get("services", ()))
+        containers = tuple(Container(
+            name=c["name"], uuid=c["uuid"], primary_ip=c["primary_ip"], stack_name=c.get("stack_name", ""),
+            service_name=c.get("service_name", ""), host_uuid=c.get("host_uuid", ""), state=c.get("state", "running"),
+            health_state=c.get("health_state", "healthy"), create_index=c.get("create_index", 0),
+            service_index=c.get("service_index", ""), labels=_frozen(c.get("labels")), ports=tuple(c.get("ports", ())),
+            dns=tuple(c.get("dns", ())), dns_search=tuple(c.get("dns_search", ())), links=_frozen(c.get("links")),
+            extra=rest(c, _KNOWN["containers"])) for c in raw.get("containers", ()))
+        return cls(Environment(name=env.get("name", "default"), uuid=env.get("uuid", "")), hosts, stacks, services,
+                   containers, digest, raw)
+
     def to_mapping(self) -> dict[str, Any]:
         """The normalised fleet, suitable for ``from_mapping`` and for the kept copy on disk."""
         return json.loads(json.dumps(self.raw))  # type: ignore[no-any-return]
+
+
+def canonical_ip(text: str) -> str | None:
+    """The canonical text of an IP address, or None. inet_pton is C: 50x faster than ipaddress,
+    which matters when a 50k-container fleet is validated on every change."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
+        return None
+
+
+def stable_uuid(kind: str, name: str) -> str:
+    """The same value as ``uuid.uuid5(_NS, f"{kind}/{name}")``, without building UUID objects."""
+    digest = bytearray(hashlib.sha1(_NS.bytes + f"{kind}/{name}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def canonical_digest(data: Mapping[str, Any]) -> str:
@@ -194,12 +264,8 @@ class _FleetBuilder:
         self.data = data
         self.locate = locate
 
-    def where(self, collection: str, index: int, item: Any = None) -> str:
-        text = f"{collection}[{index}]"
-        if isinstance(item, Mapping) and isinstance(item.get("name"), str):
-            text += f" name={item['name']}"
-        position = self.locate(collection, index)
-        return f"{text} ({position})" if position else text
+    def where(self, collection: str, index: int, item: Any = None) -> _Where:
+        return _Where(collection, index, item, self.locate)
 
     def items(self, key: str) -> list[Mapping[str, Any]]:
         value = self.data.get(key) or []
@@ -210,7 +276,7 @@ class _FleetBuilder:
                 raise FleetError(self.where(key, i), f"must be a mapping, not {type(item).__name__}")
         return value
 
-    def text(self, item: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str:
+    def text(self, item: Mapping[str, Any], key: str, where: object, *, required: bool = False) -> str:
         value = item.get(key)
         if value is None or value == "":
             if required:
@@ -220,7 +286,7 @@ class _FleetBuilder:
             raise FleetError(where, f"'{key}' must be a string")
         return str(value)
 
-    def strings(self, item: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    def strings(self, item: Mapping[str, Any], key: str, where: object) -> tuple[str, ...]:
         value = item.get(key) or []
         if isinstance(value, str):
             value = [value]
@@ -228,7 +294,7 @@ class _FleetBuilder:
             raise FleetError(where, f"'{key}' must be a list of strings")
         return tuple(str(v) for v in value)
 
-    def mapping(self, item: Mapping[str, Any], key: str, where: str, *, str_values: bool = True
+    def mapping(self, item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True
                 ) -> Mapping[str, Any]:
         value = item.get(key) or {}
         if not isinstance(value, Mapping):
@@ -240,11 +306,11 @@ class _FleetBuilder:
             return _frozen({str(k): str(v) for k, v in value.items()})
         return _frozen({str(k): v for k, v in value.items()})
 
-    def ip(self, value: str, where: str, key: str) -> str:
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            raise FleetError(where, f"'{key}' is not an IP address: {value!r}") from None
+    def ip(self, value: str, where: object, key: str) -> str:
+        canonical = canonical_ip(value)
+        if canonical is None:
+            raise FleetError(where, f"'{key}' is not an IP address: {value!r}")
+        return canonical
 
     @staticmethod
     def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
@@ -268,7 +334,7 @@ class _FleetBuilder:
         environment = Environment(
             name=env_name,
             uuid=self.text(env_raw, "uuid", "environment") or str(data.get("uuid") or "")
-            or str(uuid_mod.uuid5(_NS, f"environment/{env_name}")))
+            or stable_uuid("environment", f"{env_name}"))
         hosts = self.hosts()
         stacks = self.stacks()
         services = self.services({s.name.lower() for s in stacks})
@@ -288,7 +354,7 @@ class _FleetBuilder:
         for i, item in enumerate(self.items("hosts")):
             where = self.where("hosts", i, item)
             name = self.text(item, "name", where, required=True)
-            uuid = self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"host/{name}"))
+            uuid = self.text(item, "uuid", where) or stable_uuid("host", f"{name}")
             if uuid in seen:
                 raise FleetError(where, f"duplicate host uuid {uuid!r}")
             seen.add(uuid)
@@ -308,7 +374,7 @@ class _FleetBuilder:
             if name.lower() in seen:
                 raise FleetError(where, f"duplicate stack name {name!r}")
             seen.add(name.lower())
-            uuid = self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"stack/{name}"))
+            uuid = self.text(item, "uuid", where) or stable_uuid("stack", f"{name}")
             out.append(Stack(name=name, uuid=uuid, extra=self.extra(item, "stacks")))
         return tuple(out)
 
@@ -356,7 +422,7 @@ class _FleetBuilder:
                 raise FleetError(where, "'health_check' must be a mapping")
             out.append(Service(
                 name=name, stack_name=stack, kind=kind, hostname=hostname,
-                uuid=self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"service/{stack}/{name}")),
+                uuid=self.text(item, "uuid", where) or stable_uuid("service", f"{stack}/{name}"),
                 vip=self.ip(vip, where, "vip") if vip else "", external_ips=external_ips, links=links,
                 sidekicks=self.strings(item, "sidekicks", where),
                 primary_service_name=self.text(item, "primary_service_name", where)
@@ -373,8 +439,8 @@ class _FleetBuilder:
         service_keys = {(s.stack_name.lower(), s.name.lower()) for s in services}
         host_ids = {h.uuid for h in hosts} | {h.name for h in hosts}
         host_by_name = {h.name: h.uuid for h in hosts}
-        names: dict[str, str] = {}
-        ips: dict[str, str] = {}
+        names: dict[str, object] = {}
+        ips: dict[str, object] = {}
         out: list[Container] = []
         for i, item in enumerate(self.items("containers")):
             where = self.where("containers", i, item)
@@ -402,7 +468,7 @@ class _FleetBuilder:
                 raise FleetError(where, "'create_index' must be an integer")
             dns = tuple(self.ip(v, where, "dns") for v in self.strings(item, "dns", where))
             out.append(Container(
-                name=name, uuid=self.text(item, "uuid", where) or str(uuid_mod.uuid5(_NS, f"container/{name}")),
+                name=name, uuid=self.text(item, "uuid", where) or stable_uuid("container", f"{name}"),
                 primary_ip=ip, stack_name=stack, service_name=service,
                 host_uuid=host_by_name.get(host, host),
                 state=self.text(item, "state", where) or "running",

@@ -69,3 +69,22 @@ async def test_broken_kept_copy_is_ignored_with_a_reason(tmp_path: Path, caplog:
         assert (await ask(server, "nope.rancher.internal")).rcode() == 3  # NXDOMAIN, still serving
     [line] = events(caplog, "kept_copy_not_used")
     assert "kept copy unusable" in line["reason"]
+
+
+async def test_follows_any_rancher_metadata_through_the_tree(fleet_stack, dns_fleet_file: Path) -> None:  # type: ignore[no-untyped-def]
+    """Without metadns's compact /metadns/v1/fleet document (as with rancher-metadata itself), the
+    follower reads the versioned tree instead and validates it."""
+    md, server = fleet_stack
+    assert server.follower is not None
+    server.follower.fleet_url = None
+    data = yaml.safe_load(dns_fleet_file.read_text())
+    next(c for c in data["containers"] if c["name"] == "lonely")["primary_ip"] = "127.0.0.42"
+    dns_fleet_file.write_text(yaml.safe_dump(data))
+    store = md.app[STORE]
+    async with asyncio.timeout(10):
+        while store.snapshot.fleet.container_by_ip("127.0.0.42") is None:
+            await asyncio.sleep(0.01)
+    version = store.snapshot.version
+    await wait_for_version(server, version_index(version), version=version)
+    assert addresses(await ask(server, "lonely.rancher.internal")) == ["127.0.0.42"]
+    assert server.follower.fleet_url is None

@@ -2,9 +2,9 @@
 never a parse. That is what lets a Python server keep up with dnsmasq: a parsed-object cache
 costs 10x more per hit and its garbage collection pauses show up as p99 spikes.
 
-Everything that does not depend on the query is prepared when the entry is stored: the flag
-bytes for each RD/CD combination, one wire variant per rotation of the address records, and
-the TTL-aged wire, rebuilt at most once per second of age.
+Everything that does not depend on the query is prepared once: one wire variant per rotation
+of the address records (at store time), the TTL-aged variants (at most once per second of age),
+and the reply after the ID for each (rotation, RD/CD bits, letter case) actually seen.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _rotations(wire: bytes, rotate: tuple[int, int, int] | None) -> tuple[bytes,
 
 
 class CachedReply:
-    __slots__ = ("_aged", "_aged_for", "_flags", "_tails", "countdown", "expires_at", "layout", "slim", "stored_at",
+    __slots__ = ("_aged", "_aged_for", "_tails", "countdown", "expires_at", "layout", "slim", "stored_at",
                  "turn", "variants", "wire")
 
     def __init__(self, wire: bytes, layout: ReplyLayout, stored_at: float, expires_at: float,
@@ -40,12 +40,10 @@ class CachedReply:
         self.expires_at = expires_at
         self.countdown = countdown
         self.turn = 0
-        base = (wire[2] << 8 | wire[3]) & ~_COPIED
-        self._flags = {bits: (base | bits).to_bytes(2, "big") for bits in (0, FLAG_RD, FLAG_CD, _COPIED)}
         self.variants = _rotations(wire, layout.rotate)
         self._aged = self.variants
         self._aged_for = 0
-        self._tails: dict[tuple[int, int, bytes], bytes] = {}
+        self._tails: dict[tuple[int, int, bytes], bytes] | None = None  # made on first use: 100k entries add up
         self.slim = self._without_additional() if len(wire) > 512 else None
 
     def _without_additional(self) -> CachedReply | None:
@@ -72,7 +70,7 @@ class CachedReply:
                 aged.append(bytes(buf))
             self._aged = tuple(aged)
             self._aged_for = elapsed
-            self._tails = {}
+            self._tails = None
         return self._aged
 
     def render(self, query: RawQuery, now: float, budget: int = 65535) -> bytes:
@@ -95,13 +93,17 @@ class CachedReply:
         qname = query.qname
         # Everything after the ID depends only on (rotation, RD/CD, the question's letter case):
         # remember the last few, so a hit is one concatenation.
-        tail = self._tails.get((turn, bits, qname))
+        tails = self._tails
+        if tails is None:
+            tails = self._tails = {}
+        tail = tails.get((turn, bits, qname))
         if tail is None:
             wire = variants[turn]
-            tail = self._flags[bits] + wire[4:12] + qname + wire[12 + len(qname):]
-            if len(self._tails) >= 16:
-                self._tails.clear()
-            self._tails[(turn, bits, qname)] = tail
+            flags = ((wire[2] << 8 | wire[3]) & ~_COPIED) | bits
+            tail = flags.to_bytes(2, "big") + wire[4:12] + qname + wire[12 + len(qname):]
+            if len(tails) >= 16:
+                tails.clear()
+            tails[(turn, bits, qname)] = tail
         return tail
 
 
