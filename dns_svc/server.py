@@ -112,9 +112,12 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         for attempt in range(20):
             server = await asyncio.start_server(tcp.handle, self.settings.host, self.settings.port, family=family,
-                                                reuse_address=True, backlog=1024)
+                                                reuse_address=True, reuse_port=self.settings.reuse_port or None,
+                                                backlog=1024)
             port = server.sockets[0].getsockname()[1]
             sock = socket.socket(family, socket.SOCK_DGRAM)
+            if self.settings.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind((self.settings.host, port))
             except OSError:

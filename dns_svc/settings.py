@@ -44,6 +44,8 @@ class DnsSettings:
     resolv_conf: str = "/etc/resolv.conf"
     max_wait: int = 30
     log_level: str = "info"
+    workers: int = 1
+    reuse_port: bool = False
 
 
 def parse_upstream(text: str) -> Upstream:
@@ -95,8 +97,12 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--state-file", default="/var/lib/metadns/dns-last-good.json",
            help="last good fleet kept for restarts while metadata is down; '' disables")
     p.flag("--resolv-conf", default="/etc/resolv.conf", help="where default upstreams are read from")
+    p.flag("--workers", default=1, type=int,
+           help="processes sharing the port with SO_REUSEPORT, each following metadata itself (needs a fixed port)")
     p.flag("--log-level", default="info", help="debug, info, warning or error")
     ns = p.parse_flags(argv)
+    if ns.workers < 1:
+        p.error("--workers must be at least 1")
     try:
         host, port = parse_host_port(ns.listen, 53)
         recurse_flags = tuple(parse_upstream(r) for r in ns.recurse)
@@ -107,6 +113,8 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         answer = tuple(str(ipaddress.ip_address(x.strip())) for x in ns.metadata_answer.split(",") if x.strip())
     except ValueError as exc:
         p.error(str(exc))
+    if ns.workers > 1 and port == 0:
+        p.error("--workers needs a fixed port in --listen: workers cannot share port 0")
     never = (*never, host)
     recurse = tuple(u for u in recurse_flags if u[0] not in never[:-1]) or resolv_conf_upstreams(ns.resolv_conf, never)
     return DnsSettings(
@@ -115,4 +123,4 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         client_cache_capacity=ns.client_cache_capacity, cache_max_ttl=ns.cache_max_ttl,
         servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
         allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
-        resolv_conf=ns.resolv_conf, log_level=ns.log_level)
+        resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers)

@@ -77,3 +77,53 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
     assert proc.stderr is not None
     log = (await proc.stderr.read()).decode()
     assert "event=answers_rejected" in log and str(answers) in log
+
+
+async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: Path, tmp_path: Path) -> None:
+    """--workers 2: two processes on one port (SO_REUSEPORT); after a fleet change every query,
+    whichever worker the kernel hands it to, sees the new address."""
+    import yaml
+
+    from tests.support.metadata import run_metadata
+
+    async with run_metadata(dns_fleet_file) as md:
+        port = reserve_port()
+        env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--workers=2",
+            f"--metadata-url={md.url}/2016-07-29", env=env, stderr=asyncio.subprocess.PIPE)
+        address = ("127.0.0.1", port)
+
+        async def all_answer(expected: str, rounds: int = 40) -> bool:
+            for _ in range(rounds):  # each query from a fresh socket: spread over the workers
+                reply = await ask(address, "shop-db-1.rancher.internal", timeout=0.5)
+                if addresses(reply) != [expected]:
+                    return False
+            return True
+
+        try:
+            async with asyncio.timeout(20):
+                while True:
+                    try:
+                        if await all_answer("127.0.0.21"):
+                            break
+                    except (dns.exception.Timeout, OSError):
+                        pass
+                    await asyncio.sleep(0.1)
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            assert len(children) == 2
+            data = yaml.safe_load(dns_fleet_file.read_text())
+            next(c for c in data["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.24"
+            dns_fleet_file.write_text(yaml.safe_dump(data))
+            async with asyncio.timeout(10):
+                while not await all_answer("127.0.0.24"):
+                    await asyncio.sleep(0.05)
+            assert await all_answer("127.0.0.24", rounds=100)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(10):
+                await proc.wait()
+    assert proc.returncode == 0
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert "event=workers_started workers=2" in log and log.count("event=answers_updated") >= 4
