@@ -10,14 +10,18 @@ import socket
 import time
 from collections.abc import Callable
 
+from aiohttp import web
+
 from dns_svc.answers_file import AnswersFileWatcher
-from dns_svc.chain import Chain
+from dns_svc.chain import Chain, Step
 from dns_svc.follower import VersionFollower
+from dns_svc.metrics import Metrics
 from dns_svc.resolver import RecursionPolicy, Resolver, TableRef
 from dns_svc.settings import DnsSettings
 from dns_svc.steps.authority import Authority
 from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
 from dns_svc.steps.cache.step import ClientCaches
+from dns_svc.steps.gather import GatherStep
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.transport import Dispatcher, TcpServer, UdpListener
@@ -30,12 +34,17 @@ log = logging.getLogger("dns")
 
 
 def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache: ReplyCache,
-                upstream: UpstreamPool) -> Chain:
+                upstream: UpstreamPool, metrics: Metrics) -> Chain:
     """The resolution order, top to bottom. Each step answers or hands the query down."""
+    gather: list[Step] = []
+    if settings.gather_domain:
+        gather.append(GatherStep(settings.gather_domain, settings.clusters, upstream, settings.gather_timeout,
+                                 metrics.gather))
     return Chain([
         ClientCacheStep(client_caches),
         LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
         GlobalCacheStep(global_cache, settings.cache_max_ttl, settings.servfail_ttl),
+        *gather,  # merged answers come back up through the global cache
         Authority(settings.ttl),
         upstream,
     ])
@@ -48,8 +57,10 @@ class DnsServer:
         self.global_cache = ReplyCache(settings.cache_capacity, clock)
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
+        self.metrics = Metrics(self.counters)
         self.resolver = Resolver(self.tables, self.client_caches, self.global_cache,
-                                 build_chain(settings, self.client_caches, self.global_cache, self.upstream),
+                                 build_chain(settings, self.client_caches, self.global_cache, self.upstream,
+                                             self.metrics),
                                  RecursionPolicy(settings.allow_recursion), clock)
         self.dispatcher = Dispatcher(self.resolver)
         self.follower: VersionFollower | None = None
@@ -57,7 +68,34 @@ class DnsServer:
         self._udp: UdpListener | None = None
         self._tcp: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._http: web.AppRunner | None = None
+        self.http_address: tuple[str, int] | None = None
         self.address: tuple[str, int] = (settings.host, settings.port)
+
+    def counters(self) -> dict[str, float]:
+        """Read at scrape time; the hot path only bumps plain integers."""
+        r = self.resolver
+        return {"cache_fast_hits": r.fast_hits, "chain_queries": r.slow_calls,
+                "client_cache_entries": len(self.client_caches), "global_cache_entries": len(self.global_cache),
+                "global_cache_evictions": self.global_cache.evictions,
+                "bad_packets": self.dispatcher.bad.total, "answers_serial": self.tables.current.serial,
+                "upstream_failures": sum(self.upstream.failures.values()),
+                "inflight_queries": len(self.dispatcher.tasks)}
+
+    async def _serve_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics.handle)
+        app.router.add_get("/healthz", self._healthz)
+        self._http = web.AppRunner(app, access_log=None)
+        await self._http.setup()
+        site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port,
+                           reuse_port=self.settings.reuse_port or None)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
+        self.http_address = sockets[0].getsockname()[:2] if sockets else None
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "serial": self.tables.current.serial})
 
     def table_for(self, fleet: Fleet, serial: int) -> AnswersTable:
         s = self.settings
@@ -94,6 +132,8 @@ class DnsServer:
                 await self.apply_fleet(*kept)
             self._tasks.append(asyncio.create_task(self.follower.run(), name="metadata-follower"))
         await self._listen()
+        if self.settings.http_host:
+            await self._serve_http()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
@@ -149,6 +189,8 @@ class DnsServer:
             await self._tcp.wait_closed()
         for task in list(self.dispatcher.tasks):
             task.cancel()
+        if self._http is not None:
+            await self._http.cleanup()
         self.upstream.close()
 
     async def serve_forever(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dns_svc.resolver import DEFAULT_ALLOW
+from dns_svc.steps.gather.step import Cluster, parse_cluster
 from shared.answers import Upstream
 from shared.settings import FlagParser, parse_host_port
 
@@ -46,6 +47,11 @@ class DnsSettings:
     log_level: str = "info"
     workers: int = 1
     reuse_port: bool = False
+    gather_domain: str = ""
+    clusters: tuple[Cluster, ...] = ()
+    gather_timeout: float = 1.0
+    http_host: str = ""
+    http_port: int = 0
 
 
 def parse_upstream(text: str) -> Upstream:
@@ -97,6 +103,12 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--state-file", default="/var/lib/metadns/dns-last-good.json",
            help="last good fleet kept for restarts while metadata is down; '' disables")
     p.flag("--resolv-conf", default="/etc/resolv.conf", help="where default upstreams are read from")
+    p.flag("--gather", default="", metavar="DOMAIN",
+           help="a distributed domain whose SRV/A/AAAA/TXT questions are gathered from every --cluster")
+    p.flag("--cluster", action="append", metavar="DOMAIN=PREFIX@IP[:PORT][,IP[:PORT]]",
+           help="a cluster of the --gather domain: its domain, hostname prefix and servers; repeatable")
+    p.flag("--gather-timeout", default=1.0, type=float, help="seconds to wait for the clusters' answers")
+    p.flag("--http-listen", default="", help="HOST:PORT for /metrics (Prometheus) and /healthz; '' disables")
     p.flag("--workers", default=1, type=int,
            help="processes sharing the port with SO_REUSEPORT, each following metadata itself (needs a fixed port)")
     p.flag("--log-level", default="info", help="debug, info, warning or error")
@@ -111,8 +123,12 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         for net in allow:
             ipaddress.ip_network(net, strict=False)
         answer = tuple(str(ipaddress.ip_address(x.strip())) for x in ns.metadata_answer.split(",") if x.strip())
+        clusters = tuple(parse_cluster(c) for c in ns.cluster)
+        http_host, http_port = parse_host_port(ns.http_listen, 9153) if ns.http_listen else ("", 0)
     except ValueError as exc:
         p.error(str(exc))
+    if ns.gather and not clusters:
+        p.error("--gather needs at least one --cluster")
     if ns.workers > 1 and port == 0:
         p.error("--workers needs a fixed port in --listen: workers cannot share port 0")
     never = (*never, host)
@@ -123,4 +139,5 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         client_cache_capacity=ns.client_cache_capacity, cache_max_ttl=ns.cache_max_ttl,
         servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
         allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
-        resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers)
+        resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers, gather_domain=ns.gather,
+        clusters=clusters, gather_timeout=ns.gather_timeout, http_host=http_host, http_port=http_port)
