@@ -105,8 +105,9 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--resolv-conf", default="/etc/resolv.conf", help="where default upstreams are read from")
     p.flag("--gather", default="", metavar="DOMAIN",
            help="a distributed domain whose SRV/A/AAAA/TXT questions are gathered from every --cluster")
-    p.flag("--cluster", action="append", metavar="DOMAIN=PREFIX@IP[:PORT][,IP[:PORT]]",
-           help="a cluster of the --gather domain: its domain, hostname prefix and servers; repeatable")
+    p.flag("--cluster", action="append", metavar="DOMAIN=PREFIX@IP[:PORT][,IP[:PORT]]", env_separator=";",
+           help="a cluster of the --gather domain: its domain, hostname prefix and servers; repeatable "
+                "(env: ';'-separated)")
     p.flag("--gather-timeout", default=1.0, type=float, help="seconds to wait for the clusters' answers")
     p.flag("--http-listen", default="", help="HOST:PORT for /metrics (Prometheus) and /healthz; '' disables")
     p.flag("--workers", default=1, type=int,

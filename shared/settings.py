@@ -25,7 +25,7 @@ class FlagParser(argparse.ArgumentParser):
     def env_name(self, flag: str) -> str:
         return f"{self.env_prefix}_{flag.lstrip('-').replace('-', '_').upper()}"
 
-    def flag(self, name: str, *, default: Any = None, help: str, **kwargs: Any) -> None:
+    def flag(self, name: str, *, default: Any = None, help: str, env_separator: str = ",", **kwargs: Any) -> None:
         """Add ``--name``; its default comes from the environment twin when that is set."""
         env_name = self.env_name(name)
         raw = self.env.get(env_name)
@@ -36,7 +36,7 @@ class FlagParser(argparse.ArgumentParser):
             if action == "store_true":
                 default = raw.strip().lower() in {"1", "true", "yes", "on"}
             elif action == "append":
-                default = [item.strip() for item in raw.split(",") if item.strip()]
+                default = [item.strip() for item in raw.split(env_separator) if item.strip()]
             else:
                 default = kwargs["type"](raw) if "type" in kwargs else raw
         shown = "off" if action == "store_true" and not default else default
