@@ -181,33 +181,33 @@ def start_upstream(p: Processes, data: Data) -> int:
     return port
 
 
-def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subprocess.Popen[bytes]]:
+def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subprocess.Popen[bytes], int]:
     md_port, dns_port = free_port(), free_port()
     md = p.start([sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{md_port}", f"--data={data.fleet}",
                   "--state-file=", "--poll-interval=3600", "--log-level=warning"], 1, data.workdir / "metadata.log")
-    p.start([sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
+    dns = p.start([sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
              f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29", f"--recurse=127.0.0.1:{upstream}",
              "--state-file=", "--log-level=warning", "--cache-capacity=500000", "--client-cache-capacity=5000"],
             0, data.workdir / "dns.log")
     wait_udp(dns_port, b"\x05app-0\x07rancher\x08internal\x00")
-    return dns_port, md
+    return dns_port, md, dns.pid
 
 
-def start_dnsmasq(p: Processes, data: Data, upstream: int) -> int:
+def start_dnsmasq(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
     port = free_port()
     hosts = data.workdir / "hosts"
     hosts.write_text("".join(f"{ip} app-{i}.{DOMAIN}\n" for i, ip in enumerate(data.ips)))
     srv = [f"--srv-host=_svc-{i % SERVICES}._tcp.bench.{DOMAIN},app-{i}.{DOMAIN},80" for i in range(NAMES)]
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    p.start([binary, "-k", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+    proc = p.start([binary, "-k", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
              "--no-hosts", f"--addn-hosts={hosts}", f"--server=127.0.0.1#{upstream}", "--cache-size=10000",
              "--local-ttl=1", "--user=root", "--pid-file=", f"--local=/{DOMAIN}/", "--dns-forward-max=1000",
              *srv], 0, data.workdir / "dnsmasq.log")
     wait_udp(port, b"\x05app-0\x07rancher\x08internal\x00")
-    return port
+    return port, proc.pid
 
 
-def start_unbound_peer(p: Processes, data: Data, upstream: int) -> int:
+def start_unbound_peer(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
     port = free_port()
     lines = [f'local-zone: "{DOMAIN}." static',
              f'local-data: "{DOMAIN}. 1 IN SOA ns.{DOMAIN}. a.{DOMAIN}. 1 60 10 86400 1"']
@@ -216,9 +216,9 @@ def start_unbound_peer(p: Processes, data: Data, upstream: int) -> int:
               for i in range(NAMES)]
     body = "\n".join(f"  {x}" for x in lines) + f'\nforward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{upstream}\n'
     conf = unbound_conf(data.workdir, port, body)
-    p.start(["unbound", "-d", "-c", str(conf)], 0, data.workdir / "unbound-peer.log")
+    proc = p.start(["unbound", "-d", "-c", str(conf)], 0, data.workdir / "unbound-peer.log")
     wait_udp(port, b"\x05app-0\x07rancher\x08internal\x00")
-    return port
+    return port, proc.pid
 
 
 @dataclass
@@ -227,6 +227,12 @@ class Result:
     avg_ms: float
     p99_ms: float
     lost: float
+    cpu_us: float  # server CPU time per answered query
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def dnsperf(port: int, queries: Path, seconds: float, sources: int = 1, paced: int = 0, once: bool = False
@@ -266,14 +272,18 @@ def dnsperf(port: int, queries: Path, seconds: float, sources: int = 1, paced: i
     return qps, avg, (lost / sent if sent else 0.0), latencies
 
 
-def measure(port: int, queries: Path, seconds: float, sources: int, warm: bool = True, once: bool = False) -> Result:
+def measure(port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True,
+            once: bool = False) -> Result:
     if warm:  # one full pass first, however long it takes: fill every cache
         dnsperf(port, queries, 120, sources, once=True)
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
     qps, avg, lost, _ = dnsperf(port, queries, seconds, sources, once=once)
+    elapsed = time.monotonic() - started
+    cpu_us = (cpu_seconds(pid) - cpu_before) / max(qps * elapsed, 1) * 1e6
     _, _, _, lat = dnsperf(port, queries, min(seconds, 5), sources, paced=20000, once=once)
     lat.sort()
     p99 = lat[int(len(lat) * 0.99)] if lat else float("nan")
-    return Result(qps, avg * 1000, p99 * 1000, lost)
+    return Result(qps, avg * 1000, p99 * 1000, lost, cpu_us)
 
 
 def churn(data: Data, metadata: subprocess.Popen[bytes], stop_after: float) -> Iterator[None]:
@@ -305,20 +315,20 @@ def main() -> None:
         procs = Processes()
         try:
             upstream = start_upstream(procs, data)
-            servers = {"metadns": start_metadns(procs, data, upstream)[0],
-                       "dnsmasq": start_dnsmasq(procs, data, upstream),
+            metadns_port, metadata_proc, metadns_pid = start_metadns(procs, data, upstream)
+            servers = {"metadns": (metadns_port, metadns_pid), "dnsmasq": start_dnsmasq(procs, data, upstream),
                        "unbound": start_unbound_peer(procs, data, upstream)}
-            metadata_proc = procs.procs[1]
             for workload in ("local", "local-1src", "mixed", "cached", "miss"):
                 if workload not in wanted:
                     continue
                 sources = SOURCES if workload == "local" else 1
-                for name, port in servers.items():
-                    result = measure(port, queries[workload], args.duration, sources, warm=workload != "miss",
+                for name, (port, pid) in servers.items():
+                    result = measure(port, queries[workload], args.duration, sources, pid, warm=workload != "miss",
                                      once=workload == "miss")
                     rows.append((workload, name, result))
                     print(f"{workload:7} {name:8} qps={result.qps:9.0f} avg={result.avg_ms:6.3f}ms "
-                          f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}%", flush=True)
+                          f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}% cpu={result.cpu_us:.1f}us/q",
+                          flush=True)
             if "churn" in wanted:
                 import threading
                 stop = threading.Event()
@@ -330,7 +340,7 @@ def main() -> None:
 
                 ticker = threading.Thread(target=tick, daemon=True)
                 ticker.start()
-                result = measure(servers["metadns"], queries["churn"], args.duration, SOURCES)
+                result = measure(metadns_port, queries["churn"], args.duration, SOURCES, metadns_pid)
                 stop.set()
                 ticker.join()
                 rows.append(("churn", "metadns", result))
@@ -355,15 +365,19 @@ def table(rows: list[tuple[str, str, Result]]) -> str:
     def p99(r: Result | None) -> str:
         return f"{r.p99_ms:.2f}" if r else "-"
 
+    def cpu(r: Result | None) -> str:
+        return f"{r.cpu_us:.1f}" if r else "-"
+
     lines = ["| workload | metadns qps | dnsmasq qps | unbound qps | metadns/dnsmasq | metadns/unbound | "
-             "p99 ms metadns / dnsmasq / unbound | lost metadns |", "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "p99 ms metadns / dnsmasq / unbound | CPU us/query metadns / dnsmasq / unbound | lost metadns |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for workload in WORKLOADS:
         m = by.get((workload, "metadns"))
         if m is None:
             continue
         d, u = by.get((workload, "dnsmasq")), by.get((workload, "unbound"))
         lines.append(f"| {workload} | {qps(m)} | {qps(d)} | {qps(u)} | {ratio(m, d)} | {ratio(m, u)} | "
-                     f"{p99(m)} / {p99(d)} / {p99(u)} | {m.lost * 100:.2f}% |")
+                     f"{p99(m)} / {p99(d)} / {p99(u)} | {cpu(m)} / {cpu(d)} / {cpu(u)} | {m.lost * 100:.2f}% |")
     return "\n".join(lines)
 
 
