@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY metadata_svc ./metadata_svc
 COPY dns_svc ./dns_svc
+COPY consumers ./consumers
 RUN pip install --no-cache-dir . && rm -rf /src
 COPY deploy/entrypoint.sh /usr/local/bin/metadns-entrypoint
 RUN mkdir -p /var/lib/metadns /etc/metadns

@@ -17,6 +17,8 @@ APT_PACKAGES=(
     musl-tools             # musl-gcc: the Alpine (musl) stub resolver test
     golang-go              # builds the real go-rancher-metadata client
     golang-github-rancher-go-rancher-metadata-dev
+    redis-server           # redis-repair: a real three-master cluster
+    memcached              # render: real memcached pools
 )
 
 install_debian_packages() {

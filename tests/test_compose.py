@@ -65,7 +65,7 @@ def test_production_shape(compose: dict[str, Any]) -> None:
 
 def test_dockerfile_installs_the_package_and_its_console_scripts() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for path in ("shared", "metadata_svc", "dns_svc", "pyproject.toml"):
+    for path in ("shared", "metadata_svc", "dns_svc", "consumers", "pyproject.toml"):
         assert f"COPY {path}" in dockerfile and (ROOT / path).exists()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'metadata-svc = "metadata_svc.__main__:main"' in pyproject
