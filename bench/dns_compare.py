@@ -209,7 +209,9 @@ def start_dnsmasq(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
 
 def start_unbound_peer(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
     port = free_port()
-    lines = [f'local-zone: "{DOMAIN}." static',
+    # unbound refuses special-use names (RFC 6761) such as .test by default: undo that, or it
+    # would answer the ext.test and miss.test workloads with NXDOMAIN without asking upstream.
+    lines = ['local-zone: "test." nodefault', f'local-zone: "{DOMAIN}." static',
              f'local-data: "{DOMAIN}. 1 IN SOA ns.{DOMAIN}. a.{DOMAIN}. 1 60 10 86400 1"']
     lines += [f'local-data: "app-{i}.{DOMAIN}. 1 IN A {ip}"' for i, ip in enumerate(data.ips)]
     lines += [f'local-data: "_svc-{i % SERVICES}._tcp.bench.{DOMAIN}. 1 IN SRV 0 10 80 app-{i}.{DOMAIN}."'
