@@ -17,6 +17,16 @@ from tests.support.dns import addresses, ask, rcode
 from tests.support.upstream import reserve_port
 
 
+async def stop(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM, a clean exit, and the log it wrote."""
+    proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        await proc.wait()
+    assert proc.returncode == 0
+    assert proc.stderr is not None
+    return (await proc.stderr.read()).decode()
+
+
 def test_help_names_every_flag_and_its_environment_variable() -> None:
     out = subprocess.run([sys.executable, "-m", "dns_svc", "--help"], capture_output=True, text=True,
                          check=True).stdout
@@ -70,12 +80,7 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
         await asyncio.sleep(0.5)
         assert addresses(await ask(address, "app.corp.internal")) == ["10.0.0.2"]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            await proc.wait()
-    assert proc.returncode == 0
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+        log = await stop(proc)
     assert "event=answers_rejected" in log and str(answers) in log
 
 
@@ -120,10 +125,5 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
                     await asyncio.sleep(0.05)
             assert await all_answer("127.0.0.24", rounds=100)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                await proc.wait()
-    assert proc.returncode == 0
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+            log = await stop(proc)
     assert "event=workers_started workers=2" in log and log.count("event=answers_updated") >= 4
