@@ -81,22 +81,24 @@ class PacketCache:
 
     def __init__(self, capacity: int = 65536) -> None:
         self.capacity = capacity
-        self._map: dict[tuple[str, bytes], tuple[CachedReply, RawQuery, int, int]] = {}
+        self._map: dict[tuple[str, bytes], tuple[CachedReply, RawQuery, int, int, bool]] = {}
 
-    def get(self, view_key: str, data: bytes, generation: int, now: float) -> bytes | None:
+    def get(self, view_key: str, data: bytes, generation: int, now: float) -> tuple[bytes, bool] | None:
+        """The reply, and whether it is a recursive answer (which only some clients may have)."""
         hit = self._map.get((view_key, data[2:]))
         if hit is None:
             return None
-        entry, raw, size, gen = hit
+        entry, raw, size, gen, recursive = hit
         if gen != generation or entry.expires_at <= now:
             del self._map[(view_key, data[2:])]
             return None
-        return data[:2] + entry.render_tail(raw, now, size)
+        return data[:2] + entry.render_tail(raw, now, size), recursive
 
-    def put(self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int) -> None:
+    def put(self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int,
+            recursive: bool) -> None:
         if len(self._map) >= self.capacity:
             self._map.clear()  # cheap and rare: it refills from the caches behind it
-        self._map[(view_key, raw.packet[2:])] = (entry, raw, size, generation)
+        self._map[(view_key, raw.packet[2:])] = (entry, raw, size, generation, recursive)
 
 
 class Resolver:
@@ -114,10 +116,14 @@ class Resolver:
 
     def fast_packet(self, data: bytes, client_ip: str) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
-        reply = self.packets.get(self.tables.current.view(client_ip).key, data, self.client_caches.generation,
-                                 self.clock())
-        if reply is not None:
-            self.fast_hits += 1
+        hit = self.packets.get(self.tables.current.view(client_ip).key, data, self.client_caches.generation,
+                               self.clock())
+        if hit is None:
+            return None
+        reply, recursive = hit
+        if recursive and not self.policy.allows(client_ip):
+            return None  # a cached upstream answer: the chain answers REFUSED to this client
+        self.fast_hits += 1
         return reply
 
     @staticmethod
@@ -140,6 +146,7 @@ class Resolver:
         entry = cache.get(key, now) if cache is not None else None
         if entry is None and key[0] not in view.overlay_wire:
             entry = caches.shared.get(key, now)
+        recursive = entry is NOT_LOCAL
         if entry is NOT_LOCAL:
             if not self.policy.allows(client_ip):
                 return None
@@ -150,7 +157,7 @@ class Resolver:
         self.fast_hits += 1
         size = budget(raw, transport)
         if transport == "udp":
-            self.packets.put(view.key, raw, entry, size, caches.generation)
+            self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
         return entry.render(raw, now, size)
 
     async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
