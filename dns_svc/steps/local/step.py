@@ -116,6 +116,8 @@ class LocalAnswers:
     async def chase_upstream(self, query: Query, reply: DNSRecord, target: str, qtype: int) -> bool:
         if self.chase is None or not query.recursion_allowed:
             return False
+        if query.view.recurse:
+            query.shared_answer = False  # resolved by this client's own upstreams: not for the others
         records = await self.chase(query, target, QTYPE_AAAA if qtype == QTYPE_AAAA else QTYPE_A)
         if not records:
             return False
