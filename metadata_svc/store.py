@@ -41,9 +41,12 @@ class Snapshot:
         return f"{self.index}-{self.fleet.digest[:32]}"
 
     def fleet_json(self) -> bytes:
-        """``{"version", "index", "fleet"}`` serialised once per snapshot."""
+        """``{"version", "index", "fleet"}`` serialised once per snapshot, without secrets."""
         if self._fleet_json is None:
-            doc = {"version": self.version, "index": self.index, "fleet": self.fleet.raw}
+            raw = self.fleet.raw
+            # Served to any client: no service tokens (they belong to their own containers only).
+            public = {**raw, "services": [{**s, "token": ""} for s in raw.get("services", [])]}
+            doc = {"version": self.version, "index": self.index, "fleet": public}
             self._fleet_json = json.dumps(doc, separators=(",", ":")).encode()
         return self._fleet_json
 

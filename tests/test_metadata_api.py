@@ -113,6 +113,13 @@ async def test_token_shows_only_under_the_owners_self_service(metadata: RunningM
     assert "secret" not in stack
 
 
+async def test_fleet_document_has_everything_but_secrets(metadata: RunningMetadata) -> None:
+    status, body = await get(metadata, "/metadns/v1/fleet", "127.0.0.11")
+    doc = json.loads(body)
+    assert status == 200 and doc["version"] == (await get(metadata, "/latest/version"))[1]
+    assert len(doc["fleet"]["containers"]) == 5 and "secret" not in body
+
+
 async def test_not_found_in_each_format(metadata: RunningMetadata) -> None:
     assert await get(metadata, "/latest/nope") == (404, "Not found\n")
     status, body = await get(metadata, "/latest/nope", **JSON)
