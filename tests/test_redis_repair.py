@@ -171,3 +171,14 @@ async def test_unreadable_metadata_or_file_changes_nothing(tmp_path: Path) -> No
         _, err = await proc.communicate()
     assert proc.returncode == 2 and "event=repair_refused" in err.decode()
     assert conf.read_text() == "this is not a nodes.conf\n" and not (tmp_path / "nodes.conf.bak").exists()
+
+
+def test_node_ids_from_container_labels() -> None:
+    from consumers.redis_repair import DEFAULT_LABEL, fleet_names
+
+    containers = [{"name": "redis-0", "primary_ip": "10.0.1.1", "labels": {DEFAULT_LABEL: A.upper()}},
+                  {"name": "redis-1", "primary_ip": "10.0.1.2", "labels": {}}]
+    by_label, addresses = fleet_names(containers, DEFAULT_LABEL)  # type: ignore[arg-type]
+    assert by_label == {A: "redis-0"} and addresses == {"redis-0": "10.0.1.1", "redis-1": "10.0.1.2"}
+    result = repair(SAMPLE, by_label, addresses)
+    assert list(result.changed) == [A] and result.unmapped == {B: "no container name for this node id"}
