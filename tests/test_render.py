@@ -145,6 +145,28 @@ async def test_fleet_change_is_rendered_by_the_long_poll(fleet_stack, dns_fleet_
             await task
 
 
+async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    template = {"pools": {"A": {"servers": ["dns://shop-db-1.rancher.internal"]}}, "route": "PoolRoute|A"}
+    s = settings_for(fleet_stack, tmp_path, template, once=False, ttl_min=60.0, ttl_max=60.0)
+    task = asyncio.create_task(RenderLoop(s).run())
+    try:
+        async with asyncio.timeout(10):
+            while not Path(s.output).exists():
+                await asyncio.sleep(0.02)
+        template["pools"]["A"]["servers"].append("dns+6379://shop-web-3.rancher.internal")
+        Path(s.template).write_text(json.dumps(template))
+        async with asyncio.timeout(5):
+            while servers(s.output) != ["127.0.0.21:11211", "127.0.0.13:6379"]:
+                await asyncio.sleep(0.02)
+        Path(s.template).write_text("{broken")  # a broken edit keeps the last good output
+        await asyncio.sleep(0.3)
+        assert servers(s.output) == ["127.0.0.21:11211", "127.0.0.13:6379"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def test_pool_setups_are_valid_mcrouter_configs() -> None:
     sharded = pool_template("sharded", "10.0.0.1:11211")
     replicated = pool_template("replicated", "10.0.0.1:11211")
@@ -169,8 +191,11 @@ def test_render_command_line(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "consumers", "render", "--help"], capture_output=True, text=True)
+    script = Path(sys.executable).parent / "metadns"  # the console script the package installs
+    result = subprocess.run([str(script), "render", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "dnssrv://" in result.stdout and "METADNS_RENDER_OUTPUT" in result.stdout
+    repair_help = subprocess.run([str(script), "redis-repair", "--help"], capture_output=True, text=True)
+    assert repair_help.returncode == 0 and "--nodes-conf" in repair_help.stdout
     bad = subprocess.run([sys.executable, "-m", "consumers", "render", "--template", "t.json", "--output",
                           str(tmp_path / "x.json"), "--mode", "0999"], capture_output=True, text=True)
     assert bad.returncode == 2
