@@ -18,7 +18,7 @@ import yaml
 
 from tests.support.fleets import dns_fleet
 from tests.support.tools import require_tool
-from tests.support.upstream import ZONE
+from tests.support.upstream import unbound_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,23 +73,7 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
                                          "options timeout:2 attempts:2\n")
         fleet = work / "fleet.yaml"
         fleet.write_text(yaml.safe_dump(dns_fleet(many=3)))
-        (work / "unbound.conf").write_text(f"""server:
-  interface: 127.0.0.1@5300
-  port: 5300
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  directory: "{work}"
-  pidfile: ""
-  use-syslog: no
-  logfile: ""
-  do-ip6: no
-  access-control: 127.0.0.0/8 allow
-  module-config: "iterator"
-{ZONE}
-remote-control:
-  control-enable: no
-""")
+        (work / "unbound.conf").write_text(unbound_config(work, "127.0.0.1", 5300))
         ns.start(unbound, "-d", "-c", str(work / "unbound.conf"), log=work / "unbound.log")
         ns.start(sys.executable, "-m", "metadata_svc", "--listen=127.0.0.1:8080", f"--data={fleet}",
                  "--state-file=", log=work / "metadata.log")

@@ -77,15 +77,9 @@ def _ready(address: tuple[str, int], access: str = "allow") -> bool:
             return False
 
 
-@contextlib.contextmanager
-def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE,
-                access: str = "allow") -> Iterator[Unbound]:
-    binary = require_tool("unbound", "/usr/sbin/unbound")
-    workdir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(5):
-        port = reserve_port()
-        conf = workdir / "unbound.conf"
-        conf.write_text(f"""server:
+def unbound_config(workdir: Path, host: str, port: int, zone: str = ZONE, access: str = "allow") -> str:
+    """An unbound that stays in the foreground, logs nowhere, and answers only from ``zone``."""
+    return f"""server:
   interface: {host}@{port}
   port: {port}
   do-daemonize: no
@@ -102,10 +96,21 @@ def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: s
   do-not-query-localhost: yes
   edns-buffer-size: 1232
   minimal-responses: no
-{zone}{extra}
+{zone}
 remote-control:
   control-enable: no
-""")
+"""
+
+
+@contextlib.contextmanager
+def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE,
+                access: str = "allow") -> Iterator[Unbound]:
+    binary = require_tool("unbound", "/usr/sbin/unbound")
+    workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):
+        port = reserve_port()
+        conf = workdir / "unbound.conf"
+        conf.write_text(unbound_config(workdir, host, port, zone + extra, access))
         proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None and not _ready((host, port), access):
