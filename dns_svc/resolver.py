@@ -17,7 +17,7 @@ from cachetools import LRUCache
 
 from dns_svc.chain import Chain, Query
 from dns_svc.respond import budget, fit
-from dns_svc.steps.cache import NOT_LOCAL, CachedReply, GlobalCacheStep, ReplyCache, cache_key
+from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
 from dns_svc.steps.cache.step import ClientCaches
 from dns_svc.wire import (
     CLASS_IN,
@@ -167,5 +167,3 @@ class Resolver:
         answer = await self.chain.resolve(query)
         return fit(answer.wire, raw, transport)
 
-
-__all__ = ["DEFAULT_ALLOW", "GlobalCacheStep", "RecursionPolicy", "Resolver", "TableRef"]

@@ -72,17 +72,6 @@ def name_to_text(wire: bytes) -> str:
     return ".".join(labels) + "."
 
 
-def text_to_wire(name: str) -> bytes:
-    out = bytearray()
-    for label in name.rstrip(".").split("."):
-        if label:
-            raw = label.encode("ascii")
-            out.append(len(raw))
-            out += raw
-    out.append(0)
-    return bytes(out)
-
-
 def parse_query(packet: bytes) -> RawQuery:
     """Read a query. Raises WireError with FORMERR/NOTIMP/BADVERS, or None when not worth a reply."""
     size = len(packet)

@@ -148,5 +148,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/metadns/v1/fleet", fleet)
     app.router.add_get("/{tail:.*}", metadata)
 
-
-__all__ = ["JSON", "add_routes"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from metadata_svc.tree import API_VERSIONS, ClientTree, Tree, TreeBuilder
+from metadata_svc.tree import ClientTree, Tree, TreeBuilder
 from shared.model import Fleet
 
 
@@ -159,5 +159,3 @@ class VersionedStore:
         self._closed = True
         self._changed.set()
 
-
-__all__ = ["API_VERSIONS", "ReloadResult", "Snapshot", "VersionedStore"]
