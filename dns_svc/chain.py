@@ -69,8 +69,12 @@ class Chain:
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
 
-    async def resolve(self, query: Query) -> Answer:
-        return await self._call(0, query)
+    def index(self, name: str) -> int:
+        return next(i for i, step in enumerate(self.steps) if step.name == name)
+
+    async def resolve(self, query: Query, start: int = 0) -> Answer:
+        """Run the chain, from step ``start`` when the steps above it are known to pass."""
+        return await self._call(start, query)
 
     async def _call(self, index: int, query: Query) -> Answer:
         if index == len(self.steps):  # nobody answered

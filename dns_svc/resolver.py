@@ -113,6 +113,9 @@ class Resolver:
         self.fast_hits = 0
         self.slow_calls = 0
         self.packets = PacketCache()
+        # A query the client cache knows is not local skips it and the local step: a cache miss
+        # bound for an upstream then costs two coroutine frames less.
+        self.after_local = chain.index("global_cache")
 
     def fast_packet(self, data: bytes, client_ip: str) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
@@ -152,6 +155,7 @@ class Resolver:
                 return None
             gkey = key if not view.recurse else (view.key.encode() + b"/" + key[0], *key[1:])
             entry = self.global_cache.get(gkey, now)
+            raw.not_local_in = caches.generation
         if not isinstance(entry, CachedReply):
             return None
         self.fast_hits += 1
@@ -164,6 +168,10 @@ class Resolver:
         self.slow_calls += 1
         table = self.tables.current
         query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip))
-        answer = await self.chain.resolve(query)
+        if raw.not_local_in == self.client_caches.generation and query.recursion_allowed:
+            query.skip_local = True
+            answer = await self.chain.resolve(query, self.after_local)
+        else:
+            answer = await self.chain.resolve(query)
         return fit(answer.wire, raw, transport)
 

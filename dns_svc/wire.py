@@ -49,6 +49,7 @@ class RawQuery:
     udp_size: int         # the reply budget over UDP: 512 without EDNS
     do: bool
     edns_version: int
+    not_local_in: int = -1   # the answers generation in which the fast path saw "not local" for it
 
     @property
     def key_name(self) -> bytes:
