@@ -46,6 +46,7 @@ class Query:
     recursion_allowed: bool
     skip_local: bool = False     # set by the client cache: this name is known not to be local
     shared_answer: bool = False  # set by local answers: the reply is the same for every client
+    built_from: set[str] = field(default_factory=set)  # set by local answers: the names it read
     _request: Any = field(default=None, repr=False)
 
     @property

@@ -43,13 +43,15 @@ class TableRef:
         self.current = table
         self.client_caches = client_caches
 
-    def swap(self, table: AnswersTable, changed: bool | None = None) -> bool:
-        """Make ``table`` current; ``changed`` may be precomputed (off the event loop)."""
+    def swap(self, table: AnswersTable, changed: bool | None = None, names: set[str] | None = None) -> bool:
+        """Make ``table`` current; ``changed`` and the changed ``names`` may be precomputed off the
+        event loop (``names=None`` with ``changed``: treat every name as changed)."""
         if changed is None:
             changed = not table.same_answers(self.current)
+            names = table.changed_names(self.current) if changed else set()
         self.current = table
         if changed:
-            self.client_caches.clear()
+            self.client_caches.clear(names)
         return changed
 
 

@@ -107,12 +107,16 @@ class DnsServer:
         """Build the new table off the event loop (a 10k fleet takes a while), swap it in on it."""
         current = self.tables.current
 
-        def build() -> tuple[AnswersTable, bool]:
+        def build() -> tuple[AnswersTable, bool, set[str] | None]:
             table = self.table_for(fleet, serial)
-            return table, not table.same_answers(current)
+            changed = not table.same_answers(current)
+            return table, changed, table.changed_names(current) if changed else set()
 
-        table, changed = await asyncio.to_thread(build)
-        self.tables.swap(table, changed if self.tables.current is current else None)
+        table, changed, names = await asyncio.to_thread(build)
+        if self.tables.current is current:
+            self.tables.swap(table, changed, names)
+        else:
+            self.tables.swap(table)
         log_event(log, logging.DEBUG, "table_swapped", serial=serial, answers_changed=changed)
 
     def apply_table(self, table: AnswersTable) -> None:

@@ -131,6 +131,17 @@ class AnswersTable:
                 and {k: v for k, v in self._views.items() if k not in self._client_inputs}
                 == {k: v for k, v in other._views.items() if k not in other._client_inputs})
 
+    def changed_names(self, old: AnswersTable) -> set[str] | None:
+        """Owner names whose records differ from ``old``; None when more than records changed
+        (zones, search lists, upstreams), so that everything must be considered stale."""
+        if (self.zones != old.zones or self.default.search != old.default.search
+                or self.default.recurse != old.default.recurse):
+            return None
+        new, before = self.records, old.records
+        changed = {name for name, rec in new.items() if before.get(name) != rec}
+        changed.update(name for name in before if name not in new)
+        return changed
+
     def zone_of(self, name: str) -> str | None:
         for zone in self.zones:
             if name == zone or name.endswith("." + zone):

@@ -56,3 +56,32 @@ def test_only_answer_changes_clear_the_client_caches() -> None:
     relinked = copy.deepcopy(moved)
     relinked["containers"][0]["links"] = {}
     assert ref.swap(table(relinked))  # a client's own records changed
+
+
+def test_an_answers_change_keeps_the_shared_replies_it_does_not_touch() -> None:
+    from dnslib import DNSRecord
+
+    from dns_svc.steps.cache import CachedReply
+    from dns_svc.wire import layout
+
+    data = dns_fleet(many=0)
+    caches = ClientCaches(10)
+    ref = TableRef(table(data), caches)
+    wire = bytes(DNSRecord.question("x.rancher.internal").reply().pack())
+
+    def cached(*names: str) -> CachedReply:
+        entry = CachedReply(wire, layout(wire), 0.0, 1e9, False)
+        entry.built_from = frozenset(names)
+        return entry
+
+    caches.shared.put((b"db", 1, 1, 0), cached("shop-db-1.rancher.internal."))
+    caches.shared.put((b"web", 1, 1, 0), cached("web.shop.rancher.internal."))
+    caches.shared.put((b"srv", 1, 1, 0), cached("_db._tcp.shop.rancher.internal.", "shop-db-1.rancher.internal."))
+    caches.for_view("127.0.0.11").put((b"x", 1, 1, 0), NOT_LOCAL)
+    moved = copy.deepcopy(data)
+    next(c for c in moved["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.29"
+    assert ref.swap(table(moved))
+    assert caches.shared.get((b"web", 1, 1, 0), 0.0) is not None      # untouched by the move
+    assert caches.shared.get((b"db", 1, 1, 0), 0.0) is None           # built from the moved container
+    assert caches.shared.get((b"srv", 1, 1, 0), 0.0) is None          # its SRV glue named it too
+    assert caches.by_view == {}                                       # per-client caches go whole

@@ -29,7 +29,7 @@ def _rotations(wire: bytes, rotate: tuple[int, int, int] | None) -> tuple[bytes,
 
 
 class CachedReply:
-    __slots__ = ("_aged", "_aged_for", "_tails", "countdown", "expires_at", "layout", "slim", "stored_at",
+    __slots__ = ("_aged", "_aged_for", "_tails", "built_from", "countdown", "expires_at", "layout", "slim", "stored_at",
                  "turn", "variants", "wire")
 
     def __init__(self, wire: bytes, layout: ReplyLayout, stored_at: float, expires_at: float,
@@ -40,6 +40,7 @@ class CachedReply:
         self.expires_at = expires_at
         self.countdown = countdown
         self.turn = 0
+        self.built_from: frozenset[str] | None = None  # local answers: the table names behind it
         self.variants = _rotations(wire, layout.rotate)
         self._aged = self.variants
         self._aged_for = 0

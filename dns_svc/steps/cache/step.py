@@ -70,6 +70,14 @@ class ReplyCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    def drop_built_from(self, names: set[str]) -> int:
+        """Drop the entries built from any of ``names`` (or from unknown names); keep the rest."""
+        stale = [key for key, entry in self._entries.items()
+                 if not isinstance(entry, CachedReply) or entry.built_from is None or entry.built_from & names]
+        for key in stale:
+            del self._entries[key]
+        return len(stale)
+
 
 def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
     """How long ``answer`` may be cached, as an entry; None when it must not be cached."""
@@ -114,9 +122,16 @@ class ClientCaches:
             cache = self.by_view[key] = ReplyCache(self.capacity, self.clock)
         return cache
 
-    def clear(self) -> None:
+    def clear(self, changed: set[str] | None = None) -> None:
+        """Forget what the answers change made stale. Per-client caches go whole (a client's
+        search list or links may have changed); from the shared cache only the replies built from
+        a ``changed`` name go, so one moved container does not cost 1,000 rebuilds.
+        ``changed=None``: everything goes."""
         self.by_view = {}
-        self.shared = ReplyCache(self.shared_capacity, self.clock)
+        if changed is None:
+            self.shared = ReplyCache(self.shared_capacity, self.clock)
+        else:
+            self.shared.drop_built_from(changed)
         self.generation += 1
 
     def __len__(self) -> int:
@@ -153,7 +168,11 @@ class ClientCacheStep:
         if answer.source in (Source.LOCAL, Source.AUTHORITY):
             stored = entry_for(answer, now, self.local_ttl_cap, 0)
             if stored is not None:
-                (shared if query.shared_answer else cache).put(key, stored)
+                if query.shared_answer:
+                    stored.built_from = frozenset(query.built_from)
+                    shared.put(key, stored)
+                else:
+                    cache.put(key, stored)
         elif entry is None:
             cache.put(key, NOT_LOCAL)
         return answer

@@ -48,6 +48,7 @@ class LocalAnswers:
             found = table.lookup(view, candidate)
             if found is not None:
                 query.shared_answer = position == 0 and candidate not in view.records
+                query.built_from.add(candidate)
                 break
         if found is None:
             return await call_next(query)
@@ -58,6 +59,7 @@ class LocalAnswers:
         """A lookup on behalf of the answer; a link alias makes the answer this client's own."""
         if name in query.view.records:
             query.shared_answer = False
+        query.built_from.add(name)
         return query.table.lookup(query.view, name)
 
     async def answer(self, query: Query, rec: NameRecords) -> Answer:
