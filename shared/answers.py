@@ -114,12 +114,14 @@ class AnswersTable:
             zone = self.zone_of(name)
             if zone is None:
                 continue
-            labels = name.split(".")
-            for i in range(len(labels) - 1):
-                parent = ".".join(labels[i:])
+            names.add(name)
+            dot = name.find(".")
+            while dot != -1 and dot + 1 < len(name):
+                parent = name[dot + 1:]
+                if parent in names:
+                    break  # its own ancestors are in already
                 names.add(parent)
-                if parent == zone:
-                    break
+                dot = name.find(".", dot + 1)
         return frozenset(names)
 
     def same_answers(self, other: AnswersTable) -> bool:
@@ -258,16 +260,16 @@ class _FleetAnswers:
             if parsed is None:
                 continue
             port, proto = parsed
-            owner = fqdn(f"_{s.name}._{proto}.{s.stack_name}.{self.domain}")
+            owner = f"_{s.name}._{proto}.{s.stack_name}.{self.domain}".lower()
             out.setdefault(owner, []).extend(
-                Srv(0, 10, port, fqdn(f"{c.name}.{self.domain}")) for c in members)
+                Srv(0, 10, port, f"{c.name}.{self.domain}".lower()) for c in members)
         return {k: NameRecords(srv=tuple(v)) for k, v in out.items() if v}
 
     def build(self) -> dict[str, NameRecords]:
         records: dict[str, NameRecords] = {}
 
         def add(name: str, rec: NameRecords) -> None:
-            name = fqdn(name)
+            name = name.lower()  # every name below is built with the trailing dot already
             records[name] = records[name].merged(rec) if name in records else rec
 
         d = self.domain
@@ -283,7 +285,7 @@ class _FleetAnswers:
                 continue
             v4, v6 = _addresses([c.primary_ip])
             add(f"{c.name}.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
-            add(_reverse_pointer(c.primary_ip), NameRecords(ptr=fqdn(f"{c.name}.{d}"), ttl=self.ttl))
+            add(_reverse_pointer(c.primary_ip) + ".", NameRecords(ptr=f"{c.name}.{d}".lower(), ttl=self.ttl))
         if self.metadata_answer:
             v4, v6 = _addresses(self.metadata_answer)
             add(f"rancher-metadata.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
