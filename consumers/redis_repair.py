@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from consumers.render.output import write_atomically
+from shared.atomic_file import write_atomically
 from shared.logs import log_event
 
 log = logging.getLogger("redis-repair")

@@ -40,7 +40,6 @@ class VersionFollower:
         self.max_backoff = max_backoff
         self.version: str | None = None
         self.reachable: bool | None = None
-        self.updated = asyncio.Event()
         self.restored: int | None = None
         parts = urlsplit(self.base_url)
         self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}/metadns/v1/fleet"
@@ -124,8 +123,6 @@ class VersionFollower:
         self.version = applied
         log_event(log, logging.INFO, "answers_updated", version=applied, containers=len(fleet.containers),
                   build_ms=round((time.perf_counter() - started) * 1000, 1))
-        self.updated.set()
-        self.updated = asyncio.Event()
         if self.kept is not None:
             try:
                 await self.kept.save_in_background(fleet, version_index(applied))

@@ -18,7 +18,7 @@ from cachetools import LRUCache
 from dns_svc.chain import Chain, Query
 from dns_svc.respond import budget, fit
 from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
-from dns_svc.steps.cache.step import ClientCaches
+from dns_svc.steps.cache.step import ClientCaches, global_key
 from dns_svc.wire import (
     CLASS_IN,
     QTYPE_AXFR,
@@ -145,18 +145,14 @@ class Resolver:
     def fast(self, raw: RawQuery, client_ip: str, transport: str) -> bytes | None:
         view = self.tables.current.view(client_ip)
         caches = self.client_caches
-        cache = caches.by_view.get(view.key)
         key = cache_key(raw)
         now = self.clock()
-        entry = cache.get(key, now) if cache is not None else None
-        if entry is None and key[0] not in view.overlay_wire:
-            entry = caches.shared.get(key, now)
+        entry = caches.lookup(view, key, now)
         recursive = entry is NOT_LOCAL
-        if entry is NOT_LOCAL:
+        if recursive:
             if not self.policy.allows(client_ip):
                 return None
-            gkey = key if not view.recurse else (view.key.encode() + b"/" + key[0], *key[1:])
-            entry = self.global_cache.get(gkey, now)
+            entry = self.global_cache.get(global_key(view, key), now)
             raw.not_local_in = caches.generation
         if not isinstance(entry, CachedReply):
             return None

@@ -15,19 +15,33 @@ def budget(raw: RawQuery, transport: str) -> int:
     return raw.udp_size if raw.edns else 512
 
 
+def without_additional(wire: bytes) -> bytes | None:
+    """The reply minus its additional records (OPT kept); None when there are none to drop or
+    the reply cannot be read."""
+    try:
+        record = DNSRecord.parse(wire)
+    except Exception:
+        return None
+    kept = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
+    if len(kept) == len(record.ar):
+        return None
+    record.ar = kept
+    return bytes(record.pack())
+
+
+def truncated(raw: RawQuery, wire: bytes) -> bytes:
+    """An empty reply with TC for ``raw``, keeping the rcode and AA bit of ``wire``."""
+    aa = bool(wire[2] << 8 & FLAG_AA) if len(wire) > 3 else False
+    return header_only_reply(raw, wire[3] & 0xF if len(wire) > 3 else 0, tc=True, aa=aa)
+
+
 def fit(wire: bytes, raw: RawQuery, transport: str) -> bytes:
     limit = budget(raw, transport)
     if len(wire) <= limit:
         return wire
     if transport == "tcp":
         return header_only_reply(raw, RCODE_SERVFAIL)
-    try:
-        record = DNSRecord.parse(wire)
-        record.ar = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
-        slim = bytes(record.pack())
-        if len(slim) <= limit:
-            return slim
-    except Exception:
-        pass
-    aa = bool(wire[2] << 8 & FLAG_AA) if len(wire) > 3 else False
-    return header_only_reply(raw, wire[3] & 0xF if len(wire) > 3 else 0, tc=True, aa=aa)
+    slim = without_additional(wire)
+    if slim is not None and len(slim) <= limit:
+        return slim
+    return truncated(raw, wire)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dns_svc.resolver import DEFAULT_ALLOW
 from dns_svc.steps.gather.step import Cluster, parse_cluster
-from shared.answers import Upstream
+from shared.answers import Upstream, parse_upstream
 from shared.settings import FlagParser, parse_host_port
 
 DESCRIPTION = """\
@@ -52,11 +52,6 @@ class DnsSettings:
     gather_timeout: float = 1.0
     http_host: str = ""
     http_port: int = 0
-
-
-def parse_upstream(text: str) -> Upstream:
-    host, port = parse_host_port(text, 53)
-    return str(ipaddress.ip_address(host)), port
 
 
 def resolv_conf_upstreams(path: str, never: tuple[str, ...]) -> tuple[Upstream, ...]:

@@ -10,7 +10,15 @@ import time
 from typing import Any
 
 from dns_svc.resolver import Resolver
-from dns_svc.wire import MAX_UDP_QUERY, RCODE_SERVFAIL, WireError, error_reply, header_only_reply, parse_query
+from dns_svc.wire import (
+    MAX_UDP_QUERY,
+    RCODE_SERVFAIL,
+    RawQuery,
+    WireError,
+    error_reply,
+    header_only_reply,
+    parse_query,
+)
 from shared.logs import log_event
 
 log = logging.getLogger("dns")
@@ -44,6 +52,16 @@ class Dispatcher:
         self.max_inflight = max_inflight
         self.tasks: set[asyncio.Task[None]] = set()
         self.bad = BadPacketLog()
+
+    def immediate(self, data: bytes, client: str, transport: str) -> tuple[RawQuery | None, bytes | None]:
+        """Everything answered without waiting: a bad packet (its error reply, or None to drop
+        it), the edge rcodes, and cache hits. ``(raw, None)`` means the chain must answer."""
+        try:
+            raw = parse_query(data)
+        except WireError as exc:
+            self.bad.note(client, str(exc))
+            return None, error_reply(data, exc.rcode) if exc.rcode is not None else None
+        return raw, self.resolver.edge(raw) or self.resolver.fast(raw, client, transport)
 
     async def slow(self, raw: Any, client: str, transport: str) -> bytes:
         try:
@@ -101,19 +119,12 @@ class UdpListener:
         if seen is not None:
             self.send(seen, addr)
             return
-        try:
-            raw = parse_query(data)
-        except WireError as exc:
-            d.bad.note(client, str(exc))
-            if exc.rcode is not None:
-                reply = error_reply(data, exc.rcode)
-                if reply is not None:
-                    self.send(reply, addr)
-            return
-        reply = d.resolver.edge(raw) or d.resolver.fast(raw, client, "udp")
+        raw, reply = d.immediate(data, client, "udp")
         if reply is not None:
             self.send(reply, addr)
             return
+        if raw is None:
+            return  # not worth an answer
         if len(d.tasks) >= d.max_inflight:
             self.send(header_only_reply(raw, RCODE_SERVFAIL), addr)
             return
@@ -154,18 +165,10 @@ class TcpServer:
                 async with asyncio.timeout(self.idle_timeout):
                     size = int.from_bytes(await reader.readexactly(2), "big")
                     data = await reader.readexactly(size)
-                try:
-                    raw = parse_query(data)
-                except WireError as exc:
-                    d.bad.note(client, str(exc))
-                    reply = error_reply(data, exc.rcode) if exc.rcode is not None else None
-                    if reply is None:
-                        return
-                    writer.write(len(reply).to_bytes(2, "big") + reply)
-                    await writer.drain()
-                    continue
-                reply = d.resolver.edge(raw) or d.resolver.fast(raw, client, "tcp")
+                raw, reply = d.immediate(data, client, "tcp")
                 if reply is None:
+                    if raw is None:
+                        return  # not worth an answer: close the connection
                     reply = await d.slow(raw, client, "tcp")
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()

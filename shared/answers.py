@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.model import Container, Fleet, Service
+from shared.settings import parse_host_port
 
 HEALTHY = frozenset({"", "healthy", "updating-healthy"})
 RUNNING = frozenset({"running", "starting"})
@@ -187,7 +188,7 @@ def _reverse_pointer(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer
 
 
-def _port_spec(spec: str) -> tuple[int, str] | None:
+def port_spec(spec: str) -> tuple[int, str] | None:
     """The container-side port and protocol of a Rancher port spec (``[ip:][public:]private[/proto]``)."""
     body, _, proto = spec.partition("/")
     private = body.rsplit(":", 1)[-1]
@@ -256,7 +257,7 @@ class _FleetAnswers:
                    if c.state in RUNNING and c.health_state in HEALTHY]
         out: dict[str, list[Srv]] = {}
         for spec in s.ports:
-            parsed = _port_spec(spec)
+            parsed = port_spec(spec)
             if parsed is None:
                 continue
             port, proto = parsed
@@ -333,11 +334,12 @@ class AnswersFileError(ValueError):
     """A rancher-dns answers file that cannot be used; the message names the key at fault."""
 
 
-def _upstream(text: str) -> Upstream:
-    host, sep, port = text.rpartition(":")
-    if sep and ":" not in host and port.isdigit():
-        return str(ipaddress.ip_address(host)), int(port)
-    return str(ipaddress.ip_address(text.strip("[]"))), 53
+def parse_upstream(text: str) -> Upstream:
+    """``IP``, ``IP:PORT`` or ``[IPv6]:PORT`` (port 53 by default); ValueError when malformed."""
+    if not text.strip():
+        raise ValueError("empty upstream address")
+    host, port = parse_host_port(text, 53)
+    return str(ipaddress.ip_address(host)), port
 
 
 def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
@@ -370,7 +372,7 @@ def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
                     raise AnswersFileError(f"{key}.txt.{name}: a string is longer than 255 bytes")
                 add(name, NameRecords(txt=texts, ttl=item.get("ttl")))
             search = tuple(str(s) for s in body.get("search") or ())
-            recurse = tuple(_upstream(str(r)) for r in body.get("recurse") or ())
+            recurse = tuple(parse_upstream(str(r)) for r in body.get("recurse") or ())
         except AnswersFileError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

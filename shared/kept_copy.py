@@ -1,6 +1,6 @@
 """The last good fleet on disk, so a restart serves it even when the source is unreadable.
 
-Written atomically (temporary file, fsync, rename) so a crash mid-write leaves the previous copy.
+Written atomically (``shared.atomic_file``) so a crash mid-write leaves the previous copy.
 It also carries the index, which is how versions keep moving forward across restarts.
 """
 
@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from shared.atomic_file import write_atomically
 from shared.model import Fleet, FleetError
 
 
@@ -57,13 +57,4 @@ class KeptCopy:
     def save(self, fleet: Fleet, index: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"index": index, "digest": fleet.digest, "fleet": fleet.raw}
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(doc, separators=(",", ":")))

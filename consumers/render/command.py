@@ -70,9 +70,7 @@ class RenderLoop:
             template = self.template()
             rendered = await renderer.render(template)
             if self.settings.check_mcrouter and (self.settings.pool_setup or _looks_like_mcrouter(template)):
-                import json
-
-                problems = check_mcrouter(json.loads(rendered.text))
+                problems = check_mcrouter(rendered.value)
                 if problems:
                     raise TemplateError(f"not a valid mcrouter config: {problems[0]}")
         except (TemplateError, TokenError) as exc:

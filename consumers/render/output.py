@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+from shared.atomic_file import write_atomically
 from shared.logs import log_event
 
 log = logging.getLogger("render")
-
-
-def write_atomically(path: Path, text: str, mode: int) -> None:
-    """A reader sees the old file or the new one, never a mix: temp file, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Output:

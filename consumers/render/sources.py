@@ -18,6 +18,7 @@ from consumers.render.tokens import (
     address_key,
     hostport,
 )
+from shared.answers import port_spec
 
 HEALTHY = {"", "healthy", "updating-healthy"}
 RUNNING = {"running", "starting"}
@@ -108,8 +109,9 @@ def _index(value: object) -> int:
 
 
 def _service_port(service: dict[str, object]) -> int | None:
+    """The container-side port of the service's first port spec (what its containers listen on)."""
     for spec in service.get("ports") or []:  # type: ignore[attr-defined]
-        private = str(spec).split("/", 1)[0].rsplit(":", 1)[-1]
-        if private.isdigit():
-            return int(private)
+        parsed = port_spec(str(spec))
+        if parsed is not None:
+            return parsed[0]
     return None

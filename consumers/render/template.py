@@ -18,7 +18,8 @@ class TemplateError(ValueError):
 
 @dataclass
 class Rendered:
-    text: str
+    value: Any               # the rendered document
+    text: str                # ... as written to the output
     ttl: int | None          # smallest DNS TTL among the tokens; None when no DNS token
     uses_metadata: bool
 
@@ -77,4 +78,4 @@ class TemplateRenderer:
             return value
 
         rendered = await walk(template, "$")
-        return Rendered(json.dumps(rendered, indent=2) + "\n", min(ttls) if ttls else None, uses_metadata)
+        return Rendered(rendered, json.dumps(rendered, indent=2) + "\n", min(ttls) if ttls else None, uses_metadata)

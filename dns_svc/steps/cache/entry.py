@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from dnslib import QTYPE, DNSRecord
-
-from dns_svc.wire import FLAG_AA, FLAG_CD, FLAG_RD, RawQuery, ReplyLayout, header_only_reply, layout
+from dns_svc.respond import truncated, without_additional
+from dns_svc.wire import FLAG_CD, FLAG_RD, RawQuery, ReplyLayout, layout
 
 _pack_ttl = struct.Struct("!I").pack_into
 _COPIED = FLAG_RD | FLAG_CD
@@ -49,15 +48,9 @@ class CachedReply:
 
     def _without_additional(self) -> CachedReply | None:
         """The same reply minus its additional records (OPT kept), for clients with a small budget."""
-        try:
-            record = DNSRecord.parse(self.wire)
-        except Exception:
+        wire = without_additional(self.wire)
+        if wire is None:
             return None
-        kept = [rr for rr in record.ar if rr.rtype == QTYPE.OPT]
-        if len(kept) == len(record.ar):
-            return None
-        record.ar = kept
-        wire = bytes(record.pack())
         return CachedReply(wire, layout(wire), self.stored_at, self.expires_at, self.countdown)
 
     def _age(self, elapsed: int) -> tuple[bytes, ...]:
@@ -84,8 +77,7 @@ class CachedReply:
         if len(self.wire) > budget:
             if self.slim is not None and len(self.slim.wire) <= budget:
                 return self.slim.render_tail(query, now, budget)
-            aa = bool(self.wire[2] << 8 & FLAG_AA)
-            return header_only_reply(query, self.layout.rcode, tc=True, aa=aa)[2:]
+            return truncated(query, self.wire)[2:]
         variants = self._age(int(now - self.stored_at)) if self.countdown else self.variants
         turn = 0
         if len(variants) > 1:

@@ -17,6 +17,7 @@ from dns_svc.chain import Answer, CallNext, Query, Source
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal
 from dns_svc.wire import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, RawQuery, layout
+from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
 Clock = Callable[[], float]
@@ -24,6 +25,13 @@ Clock = Callable[[], float]
 
 def cache_key(raw: RawQuery) -> CacheKey:
     return (raw.qname.lower(), raw.qtype, raw.qclass, (1 if raw.edns else 0) | (2 if raw.do else 0))
+
+
+def global_key(view: ClientView, key: CacheKey) -> CacheKey:
+    """The global cache key: clients with their own upstreams get a partition of their own."""
+    if view.recurse:
+        return (view.key.encode() + b"/" + key[0], *key[1:])
+    return key
 
 
 class ReplyCache:
@@ -116,6 +124,15 @@ class ClientCaches:
         self.shared = ReplyCache(shared_capacity, clock)
         self.generation = 0
 
+    def lookup(self, view: ClientView, key: CacheKey, now: float) -> CachedReply | _NotLocal | None:
+        """This client's entry, else a shared one, unless the client's own records (a link alias)
+        cover the name. The fast path and the client cache step both ask here."""
+        cache = self.by_view.get(view.key)
+        entry = cache.get(key, now) if cache is not None else None
+        if entry is None and key[0] not in view.overlay_wire:
+            entry = self.shared.get(key, now)
+        return entry
+
     def for_view(self, key: str) -> ReplyCache:
         cache = self.by_view.get(key)
         if cache is None:
@@ -149,14 +166,10 @@ class ClientCacheStep:
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         caches = self.caches
-        cache = caches.for_view(query.view.key)
-        shared = caches.shared
         key = cache_key(query.raw)
         now = caches.clock()
         generation = caches.generation
-        entry = cache.get(key, now)
-        if entry is None and key[0] not in query.view.overlay_wire:
-            entry = shared.get(key, now)
+        entry = caches.lookup(query.view, key, now)
         if isinstance(entry, CachedReply):
             return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL,
                           entry.countdown)
@@ -170,11 +183,11 @@ class ClientCacheStep:
             if stored is not None:
                 if query.shared_answer:
                     stored.built_from = frozenset(query.built_from)
-                    shared.put(key, stored)
+                    caches.shared.put(key, stored)
                 else:
-                    cache.put(key, stored)
+                    caches.for_view(query.view.key).put(key, stored)
         elif entry is None:
-            cache.put(key, NOT_LOCAL)
+            caches.for_view(query.view.key).put(key, NOT_LOCAL)
         return answer
 
 
@@ -189,17 +202,10 @@ class GlobalCacheStep:
         self.max_ttl = max_ttl
         self.servfail_ttl = servfail_ttl
 
-    @staticmethod
-    def key(query: Query) -> CacheKey:
-        base = cache_key(query.raw)
-        if query.view.recurse:
-            return (query.view.key.encode() + b"/" + base[0], *base[1:])
-        return base
-
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
             return await call_next(query)
-        key = self.key(query)
+        key = global_key(query.view, cache_key(query.raw))
         now = self.cache.clock()
         entry = self.cache.get(key, now)
         if isinstance(entry, CachedReply):

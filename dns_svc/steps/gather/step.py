@@ -25,7 +25,7 @@ from dns_svc.chain import Answer, CallNext, Query, Source
 from dns_svc.metrics import GatherMetrics
 from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
-from shared.answers import Upstream, fqdn
+from shared.answers import Upstream, fqdn, parse_upstream
 from shared.logs import log_event
 
 log = logging.getLogger("dns.gather")
@@ -42,8 +42,6 @@ class Cluster:
 
 def parse_cluster(text: str) -> Cluster:
     """``DOMAIN=PREFIX@IP[:PORT][,IP[:PORT]...]``, e.g. ``cluster-a.local.=a-@127.0.0.2:53``."""
-    from dns_svc.settings import parse_upstream
-
     domain, sep, rest = text.partition("=")
     prefix, at, servers = rest.partition("@")
     if not sep or not at or not domain.strip() or not servers.strip():
