@@ -5,6 +5,10 @@ The fast path is the chain's two cache steps done in plain code, with no corouti
 dnslib: a finished local answer from the client's cache, or (when the client cache says the name
 is not local and the client may recurse) a finished upstream answer from the global cache. Any
 miss, expiry, or reply that would not fit goes to the chain, which fills the caches for next time.
+
+A UDP query that every step would pass on to the upstreams is relayed with callbacks
+(``relay``); only what is left, local answers to build and the unusual cases, runs the chain's
+coroutines.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
-from dns_svc.chain import Chain, Query
+from dns_svc.chain import Answer, Chain, Query
 from dns_svc.respond import budget, fit
 from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
 from dns_svc.steps.cache.step import ClientCaches, global_key
@@ -113,6 +117,7 @@ class Resolver:
         self.policy = policy
         self.clock = clock
         self.fast_hits = 0
+        self.relayed = 0
         self.slow_calls = 0
         self.packets = PacketCache()
         # A query the client cache knows is not local skips it and the local step: a cache miss
@@ -161,6 +166,22 @@ class Resolver:
         if transport == "udp":
             self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
         return entry.render(raw, now, size)
+
+    def relay(self, raw: RawQuery, client_ip: str, reply_to: Callable[[Query, Answer | None], None],
+              context: object) -> bool:
+        """Relay a UDP query bound for the upstreams without a coroutine. True when it did:
+        ``reply_to(query, answer)`` is then called later (``query.context`` is ``context``), with
+        answer None when ``resolve`` must answer after all."""
+        allowed = self.policy.allows(client_ip)
+        if not allowed:
+            return False  # the chain answers REFUSED
+        table = self.tables.current
+        query = Query(raw, client_ip, "udp", table, table.view(client_ip), allowed, reply_to=reply_to,
+                      context=context)
+        if self.chain.relay(query):
+            self.relayed += 1
+            return True
+        return False
 
     async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
         self.slow_calls += 1

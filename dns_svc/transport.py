@@ -9,7 +9,9 @@ import socket
 import time
 from typing import Any
 
+from dns_svc.chain import Answer, Query
 from dns_svc.resolver import Resolver
+from dns_svc.respond import fit
 from dns_svc.wire import (
     MAX_UDP_QUERY,
     RCODE_SERVFAIL,
@@ -88,6 +90,7 @@ class UdpListener:
         self.loop.add_reader(sock.fileno(), self._readable)
         self.send_drops = 0
         self.closed = False
+        self._relayed_to = self._relayed  # one bound method, not one per relayed query
 
     def _readable(self) -> None:
         recv = self.sock.recvfrom
@@ -125,6 +128,17 @@ class UdpListener:
             return
         if raw is None:
             return  # not worth an answer
+        if not d.resolver.relay(raw, client, self._relayed_to, addr):
+            self._chain(raw, client, addr)
+
+    def _relayed(self, query: Query, answer: Answer | None) -> None:
+        if answer is None:
+            self._chain(query.raw, query.client_ip, query.context)
+        elif not self.closed:
+            self.send(fit(answer.wire, query.raw, "udp"), query.context)
+
+    def _chain(self, raw: RawQuery, client: str, addr: Any) -> None:
+        d = self.dispatcher
         if len(d.tasks) >= d.max_inflight:
             self.send(header_only_reply(raw, RCODE_SERVFAIL), addr)
             return

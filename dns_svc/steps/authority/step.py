@@ -5,13 +5,13 @@ made musl abandon its search list and lookups take five seconds."""
 
 from __future__ import annotations
 
-from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.steps.local.step import reply_for
 from dns_svc.wire import QTYPE_ANY, QTYPE_NS, QTYPE_SOA, RCODE_NXDOMAIN
 from dns_svc.zone import ns_rr, soa_rr
 
 
-class Authority:
+class Authority(Step):
     name = "authority"
 
     def __init__(self, ttl: int) -> None:
@@ -33,3 +33,6 @@ class Authority:
                 reply.header.rcode = RCODE_NXDOMAIN
             reply.add_auth(soa_rr(query.table, zone, self.ttl))
         return Answer(reply.pack(), Source.AUTHORITY, countdown=False)
+
+    def passes(self, query: Query) -> bool:
+        return query.table.zone_of(query.raw.text_name().lower()) is None

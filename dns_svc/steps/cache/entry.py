@@ -28,13 +28,16 @@ def _rotations(wire: bytes, rotate: tuple[int, int, int] | None) -> tuple[bytes,
 
 
 class CachedReply:
-    __slots__ = ("_aged", "_aged_for", "_tails", "built_from", "countdown", "expires_at", "layout", "slim", "stored_at",
-                 "turn", "variants", "wire")
+    # The layout's parts are kept as plain tuples of numbers rather than the layout object: the
+    # garbage collector stops following those, and the global cache holds hundreds of thousands.
+    __slots__ = ("_aged", "_aged_for", "_tails", "built_from", "countdown", "expires_at", "slim", "stored_at",
+                 "ttl_offsets", "ttls", "turn", "variants", "wire")
 
     def __init__(self, wire: bytes, layout: ReplyLayout, stored_at: float, expires_at: float,
                  countdown: bool) -> None:
         self.wire = wire
-        self.layout = layout
+        self.ttl_offsets = layout.ttl_offsets
+        self.ttls = layout.ttls
         self.stored_at = stored_at
         self.expires_at = expires_at
         self.countdown = countdown
@@ -55,11 +58,10 @@ class CachedReply:
 
     def _age(self, elapsed: int) -> tuple[bytes, ...]:
         if elapsed != self._aged_for:
-            lay = self.layout
             aged = []
             for variant in self.variants:
                 buf = bytearray(variant)
-                for offset, ttl in zip(lay.ttl_offsets, lay.ttls, strict=True):
+                for offset, ttl in zip(self.ttl_offsets, self.ttls, strict=True):
                     _pack_ttl(buf, offset, ttl - elapsed if ttl > elapsed else 0)
                 aged.append(bytes(buf))
             self._aged = tuple(aged)

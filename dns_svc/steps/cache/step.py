@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal
 from dns_svc.wire import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, RawQuery, layout
@@ -155,7 +155,7 @@ class ClientCaches:
         return sum(len(c) for c in self.by_view.values()) + len(self.shared)
 
 
-class ClientCacheStep:
+class ClientCacheStep(Step):
     """First step: finished local answers for this client, or a marker that the name is not local."""
 
     name = "client_cache"
@@ -164,34 +164,44 @@ class ClientCacheStep:
         self.caches = caches
         self.local_ttl_cap = local_ttl_cap
 
+    def _look(self, query: Query, now: float) -> CachedReply | _NotLocal | None:
+        query.generation = self.caches.generation
+        entry = self.caches.lookup(query.view, cache_key(query.raw), now)
+        if entry is NOT_LOCAL:
+            query.skip_local = True
+        return entry
+
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        caches = self.caches
-        key = cache_key(query.raw)
-        now = caches.clock()
-        generation = caches.generation
-        entry = caches.lookup(query.view, key, now)
+        now = self.caches.clock()
+        entry = self._look(query, now)
         if isinstance(entry, CachedReply):
             return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL,
                           entry.countdown)
-        if entry is NOT_LOCAL:
-            query.skip_local = True
         answer = await call_next(query)
-        if generation != self.caches.generation:
-            return answer  # the answers changed while we waited: do not store a stale reply
+        self.answered(query, answer)
+        return answer
+
+    def passes(self, query: Query) -> bool:
+        return not isinstance(self._look(query, self.caches.clock()), CachedReply)
+
+    def answered(self, query: Query, answer: Answer) -> None:
+        caches = self.caches
+        if query.generation != caches.generation:
+            return  # the answers changed while we waited: do not store a stale reply
+        key = cache_key(query.raw)
         if answer.source in (Source.LOCAL, Source.AUTHORITY):
-            stored = entry_for(answer, now, self.local_ttl_cap, 0)
+            stored = entry_for(answer, caches.clock(), self.local_ttl_cap, 0)
             if stored is not None:
                 if query.shared_answer:
                     stored.built_from = frozenset(query.built_from)
                     caches.shared.put(key, stored)
                 else:
                     caches.for_view(query.view.key).put(key, stored)
-        elif entry is None:
+        elif not query.skip_local:
             caches.for_view(query.view.key).put(key, NOT_LOCAL)
-        return answer
 
 
-class GlobalCacheStep:
+class GlobalCacheStep(Step):
     """Upstream replies, shared by clients that use the default upstreams; clients with their
     own upstreams get a partition of their own, so one client's resolver never answers another."""
 
@@ -205,14 +215,22 @@ class GlobalCacheStep:
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
             return await call_next(query)
-        key = global_key(query.view, cache_key(query.raw))
         now = self.cache.clock()
-        entry = self.cache.get(key, now)
+        entry = self.cache.get(global_key(query.view, cache_key(query.raw)), now)
         if isinstance(entry, CachedReply):
             return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.UPSTREAM)
         answer = await call_next(query)
-        if answer.source in (Source.UPSTREAM, Source.FAILURE):
-            stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)
-            if stored is not None:
-                self.cache.put(key, stored)
+        self.answered(query, answer)
         return answer
+
+    def passes(self, query: Query) -> bool:
+        if not query.recursion_allowed:
+            return True
+        entry = self.cache.get(global_key(query.view, cache_key(query.raw)), self.cache.clock())
+        return not isinstance(entry, CachedReply)
+
+    def answered(self, query: Query, answer: Answer) -> None:
+        if query.recursion_allowed and answer.source in (Source.UPSTREAM, Source.FAILURE):
+            stored = entry_for(answer, self.cache.clock(), self.max_ttl, self.servfail_ttl)
+            if stored is not None:
+                self.cache.put(global_key(query.view, cache_key(query.raw)), stored)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord, EDNSOption
 
-from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.metrics import GatherMetrics
 from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
@@ -53,7 +53,7 @@ def _under(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
-class GatherStep:
+class GatherStep(Step):
     name = "gather"
 
     def __init__(self, domain: str, clusters: Sequence[Cluster], upstream: UpstreamPool, deadline: float,
@@ -67,13 +67,20 @@ class GatherStep:
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         qname = query.raw.text_name()
         lowered = qname.lower()
-        if query.raw.qtype not in GATHERED_TYPES or not _under(lowered, self.domain) or lowered == self.domain:
+        if not self.gathers(query.raw.qtype, lowered):
             return await call_next(query)
         if self.metrics:
             self.metrics.queries.labels(QTYPE.get(query.raw.qtype)).inc()
         targets = self.route(lowered)
         replies = await asyncio.gather(*(self.ask(cluster, sub, query) for cluster, sub in targets))
         return Answer(self.merge(query, qname, targets, replies), Source.UPSTREAM)
+
+    def passes(self, query: Query) -> bool:
+        return not self.gathers(query.raw.qtype, query.raw.text_name().lower())
+
+    def gathers(self, qtype: int, name: str) -> bool:
+        """Questions below the distributed domain, of a type worth merging."""
+        return qtype in GATHERED_TYPES and _under(name, self.domain) and name != self.domain
 
     def route(self, name: str) -> list[tuple[Cluster, str]]:
         """The clusters to ask and what to ask each: a prefixed host goes to its cluster only."""

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from dnslib import AAAA, CNAME, EDNS0, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
 
-from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_ANY, QTYPE_CNAME, QTYPE_PTR, QTYPE_SRV, QTYPE_TXT
 from dns_svc.zone import soa_rr
 from shared.answers import NameRecords
@@ -30,7 +30,7 @@ def reply_for(query: Query) -> DNSRecord:
     return reply
 
 
-class LocalAnswers:
+class LocalAnswers(Step):
     name = "local"
 
     def __init__(self, ttl: int, ndots: int = 0, chase: Chase | None = None) -> None:
@@ -39,27 +39,31 @@ class LocalAnswers:
         self.chase = chase
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        if query.skip_local:
-            return await call_next(query)
-        table, view = query.table, query.view
-        asked = query.raw.text_name().lower()
-        found: NameRecords | None = None
-        for position, candidate in enumerate(table.candidates(view, asked, self.ndots)):
-            found = table.lookup(view, candidate)
-            if found is not None:
-                query.shared_answer = position == 0 and candidate not in view.records
-                query.built_from.add(candidate)
-                break
+        found = None if query.skip_local else self.find(query)
         if found is None:
             return await call_next(query)
         return await self.answer(query, found)
+
+    def passes(self, query: Query) -> bool:
+        return query.skip_local or self.find(query) is None
+
+    def find(self, query: Query) -> NameRecords | None:
+        """The records the question names, as asked or with one of the client's search suffixes."""
+        table, view = query.table, query.view
+        for position, candidate in enumerate(table.candidates(view, query.raw.text_name().lower(), self.ndots)):
+            found = table.lookup(view, candidate)
+            if found is not None:
+                query.shared_answer = position == 0 and candidate not in view.records
+                query.built_from += (candidate,)
+                return found
+        return None
 
     @staticmethod
     def lookup(query: Query, name: str) -> NameRecords | None:
         """A lookup on behalf of the answer; a link alias makes the answer this client's own."""
         if name in query.view.records:
             query.shared_answer = False
-        query.built_from.add(name)
+        query.built_from += (name,)
         return query.table.lookup(query.view, name)
 
     async def answer(self, query: Query, rec: NameRecords) -> Answer:
@@ -125,7 +129,7 @@ class LocalAnswers:
             return False
         for rr in records:
             reply.add_answer(rr)
-        return True
+        return query.skip_local or self.find(query) is None
 
     def services(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords) -> None:
         ttl = self.ttl_of(rec)

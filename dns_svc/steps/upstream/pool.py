@@ -4,6 +4,10 @@ The query is forwarded as the client sent it (EDNS, DO and all) with a fresh ID,
 comes back unchanged but for the ID, so rcode, flags and TTLs are the upstream's. Each attempt
 has its own timeout; a truncated UDP reply is retried over TCP on the same upstream; SERVFAIL and
 REFUSED move on to the next upstream; SERVFAIL is ours only when every upstream failed.
+
+Over UDP the same walk runs with callbacks (``relay``) when every step above passes the query
+on; over TCP, after a truncated reply, or while the first upstream is down, the chain's
+coroutine (``resolve``) does it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 
 from dnslib import QTYPE, RR, DNSRecord
 
-from dns_svc.chain import Answer, CallNext, Query, Source
+from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
 from dns_svc.steps.upstream.channel import UdpChannel, tcp_exchange
 from dns_svc.wire import FLAG_TC, RCODE_REFUSED, RCODE_SERVFAIL, header_only_reply
 from shared.answers import Upstream
@@ -23,7 +27,7 @@ from shared.logs import log_event
 log = logging.getLogger("dns.upstream")
 
 
-class UpstreamPool:
+class UpstreamPool(Step):
     name = "upstream"
 
     def __init__(self, default: Sequence[Upstream], timeout: float) -> None:
@@ -31,6 +35,7 @@ class UpstreamPool:
         self.timeout = timeout
         self._channels: dict[Upstream, UdpChannel] = {}
         self._down: set[Upstream] = set()
+        self._orders: dict[tuple[Upstream, ...], tuple[Upstream, ...]] = {}
         self.failures: dict[Upstream, int] = {}
 
     def channel(self, upstream: Upstream) -> UdpChannel:
@@ -39,12 +44,28 @@ class UpstreamPool:
             ch = self._channels[upstream] = UdpChannel(upstream)
         return ch
 
-    def upstreams_for(self, query: Query) -> list[Upstream]:
-        seen: list[Upstream] = []
-        for up in (*query.view.recurse, *self.default):
-            if up not in seen:
-                seen.append(up)
-        return seen
+    def relay(self, query: Query, done: Done) -> bool:
+        if query.transport != "udp" or not query.recursion_allowed:
+            return False
+        upstreams = self.upstreams_for(query)
+        if not upstreams or upstreams[0] in self._down:
+            return False  # the chain's path: it waits on each upstream in turn, with its own timeouts
+        _Relay(self, query, upstreams, done).next()
+        return True
+
+    def upstreams_for(self, query: Query) -> tuple[Upstream, ...]:
+        """The client's own upstreams, then the defaults, each once (worked out once per list)."""
+        own = query.view.recurse
+        order = self._orders.get(own)
+        if order is None:
+            seen: list[Upstream] = []
+            for up in (*own, *self.default):
+                if up not in seen:
+                    seen.append(up)
+            if len(self._orders) >= 4096:
+                self._orders.clear()
+            order = self._orders[own] = tuple(seen)
+        return order
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
@@ -64,15 +85,20 @@ class UpstreamPool:
                     if reply[2] & (FLAG_TC >> 8):
                         reply = await tcp_exchange(up, packet, self.timeout)
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
-                self.mark(up, False, type(exc).__name__ if not str(exc) else str(exc))
+                self.mark(up, False, _error_text(exc))
                 continue
-            rcode = reply[3] & 0xF
-            if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
-                log_event(log, logging.DEBUG, "upstream_refused", upstream=_text(up), rcode=rcode)
-                continue
-            self.mark(up, True, "")
-            return reply
+            if self.accepts(up, reply):
+                return reply
         return None
+
+    def accepts(self, up: Upstream, reply: bytes) -> bool:
+        """A reply worth passing on; SERVFAIL and REFUSED send the query to the next upstream."""
+        rcode = reply[3] & 0xF
+        if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
+            log_event(log, logging.DEBUG, "upstream_refused", upstream=_text(up), rcode=rcode)
+            return False
+        self.mark(up, True, "")
+        return True
 
     def mark(self, up: Upstream, ok: bool, error: str) -> None:
         """Log an upstream going down or coming back once, not once per query."""
@@ -101,6 +127,48 @@ class UpstreamPool:
     def close(self) -> None:
         for ch in self._channels.values():
             ch.close()
+
+
+class _Relay:
+    """One query walking the upstreams over UDP, one callback per reply (``forward`` without the
+    coroutine). A truncated reply hands the query back to the chain, which retries over TCP."""
+
+    __slots__ = ("done", "index", "pool", "query", "upstreams")
+
+    def __init__(self, pool: UpstreamPool, query: Query, upstreams: tuple[Upstream, ...], done: Done) -> None:
+        self.pool = pool
+        self.query = query
+        self.upstreams = upstreams
+        self.done = done
+        self.index = 0
+
+    def next(self) -> None:
+        pool = self.pool
+        while self.index < len(self.upstreams):
+            up = self.upstreams[self.index]
+            self.index += 1
+            try:
+                pool.channel(up).send(self.query.raw.packet, pool.timeout, self)
+                return
+            except (OSError, ValueError) as exc:
+                pool.mark(up, False, _error_text(exc))
+        self.done(self.query, Answer(header_only_reply(self.query.raw, RCODE_SERVFAIL), Source.FAILURE))
+
+    def on_reply(self, result: bytes | BaseException) -> None:
+        up = self.upstreams[self.index - 1]
+        if isinstance(result, BaseException):
+            self.pool.mark(up, False, _error_text(result))
+            self.next()
+        elif result[2] & (FLAG_TC >> 8):
+            self.done(self.query, None)
+        elif self.pool.accepts(up, result):
+            self.done(self.query, Answer(self.query.raw.packet[:2] + result[2:], Source.UPSTREAM))
+        else:
+            self.next()
+
+
+def _error_text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _text(up: Upstream) -> str:
