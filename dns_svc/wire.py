@@ -50,6 +50,9 @@ class RawQuery:
     do: bool
     edns_version: int
     not_local_in: int = -1   # the answers generation in which the fast path saw "not local" for it
+    # Worked out at most once per query, however many steps ask (see ``lower_text``, ``cache_key``).
+    lower: str | None = None
+    key: tuple[bytes, int, int, int] | None = None
 
     @property
     def key_name(self) -> bytes:
@@ -61,6 +64,13 @@ class RawQuery:
 
     def text_name(self) -> str:
         return name_to_text(self.qname)
+
+    def lower_text(self) -> str:
+        """The question name as text, lower case, with its final dot: what the table is keyed by."""
+        lower = self.lower
+        if lower is None:
+            lower = self.lower = name_to_text(self.qname).lower()
+        return lower
 
 
 def name_to_text(wire: bytes) -> str:

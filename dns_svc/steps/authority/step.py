@@ -18,7 +18,7 @@ class Authority(Step):
         self.ttl = ttl
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        name = query.raw.text_name().lower()
+        name = query.raw.lower_text()
         zone = query.table.zone_of(name)
         if zone is None:
             return await call_next(query)
@@ -35,4 +35,4 @@ class Authority(Step):
         return Answer(reply.pack(), Source.AUTHORITY, countdown=False)
 
     def passes(self, query: Query) -> bool:
-        return query.table.zone_of(query.raw.text_name().lower()) is None
+        return query.table.zone_of(query.raw.lower_text()) is None

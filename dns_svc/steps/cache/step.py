@@ -24,7 +24,10 @@ Clock = Callable[[], float]
 
 
 def cache_key(raw: RawQuery) -> CacheKey:
-    return (raw.qname.lower(), raw.qtype, raw.qclass, (1 if raw.edns else 0) | (2 if raw.do else 0))
+    key = raw.key
+    if key is None:
+        key = raw.key = (raw.qname.lower(), raw.qtype, raw.qclass, (1 if raw.edns else 0) | (2 if raw.do else 0))
+    return key
 
 
 def global_key(view: ClientView, key: CacheKey) -> CacheKey:

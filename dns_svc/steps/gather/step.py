@@ -66,7 +66,7 @@ class GatherStep(Step):
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         qname = query.raw.text_name()
-        lowered = qname.lower()
+        lowered = query.raw.lower_text()
         if not self.gathers(query.raw.qtype, lowered):
             return await call_next(query)
         if self.metrics:
@@ -76,7 +76,7 @@ class GatherStep(Step):
         return Answer(self.merge(query, qname, targets, replies), Source.UPSTREAM)
 
     def passes(self, query: Query) -> bool:
-        return not self.gathers(query.raw.qtype, query.raw.text_name().lower())
+        return not self.gathers(query.raw.qtype, query.raw.lower_text())
 
     def gathers(self, qtype: int, name: str) -> bool:
         """Questions below the distributed domain, of a type worth merging."""

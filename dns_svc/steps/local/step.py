@@ -50,7 +50,7 @@ class LocalAnswers(Step):
     def find(self, query: Query) -> NameRecords | None:
         """The records the question names, as asked or with one of the client's search suffixes."""
         table, view = query.table, query.view
-        for position, candidate in enumerate(table.candidates(view, query.raw.text_name().lower(), self.ndots)):
+        for position, candidate in enumerate(table.candidates(view, query.raw.lower_text(), self.ndots)):
             found = table.lookup(view, candidate)
             if found is not None:
                 query.shared_answer = position == 0 and candidate not in view.records
@@ -83,7 +83,7 @@ class LocalAnswers(Step):
         if qtype in (QTYPE_SRV, QTYPE_ANY):
             self.services(query, reply, owner, rec)
         if not reply.rr:
-            zone = query.table.zone_of(query.raw.text_name().lower())
+            zone = query.table.zone_of(query.raw.lower_text())
             if zone is not None:
                 reply.add_auth(soa_rr(query.table, zone, self.ttl))
         return Answer(reply.pack(), Source.LOCAL, countdown)

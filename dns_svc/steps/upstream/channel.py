@@ -104,11 +104,12 @@ class UdpChannel:
         self._sock, self._loop = sock, loop
         return sock
 
-    def send(self, packet: bytes, wait: float, waiter: Waiter) -> None:
+    def send(self, packet: bytes, wait: float, waiter: Waiter, question_end: int = 0) -> None:
         """Send ``packet`` with a fresh ID; ``waiter`` is told once, later, never from here.
+        ``question_end``, when the caller knows it, saves reading the question again.
         Raises OSError or ValueError when the query cannot be sent at all."""
         sock = self._open()
-        question = question_of(packet)
+        question = packet[12:question_end].lower() if question_end else question_of(packet)
         if question is None:
             raise ValueError("query without a readable question")
         pending = self._pending
@@ -158,9 +159,11 @@ class UdpChannel:
         entry = self._pending.get(qid)
         if entry is None:
             return
-        # Some servers send REFUSED/FORMERR without the question: accept an error reply by ID alone.
-        no_question = data[4:6] == b"\x00\x00" and data[3] & 0xF != 0
-        if no_question or question_of(data) == entry.question:
+        # The question is the reply's first name, so never compressed: compare it in place. Some
+        # servers send REFUSED/FORMERR without the question: accept an error reply by ID alone.
+        question = entry.question
+        if (data[4:6] == b"\x00\x01" and data[12:12 + len(question)].lower() == question) or (
+                data[4:6] == b"\x00\x00" and data[3] & 0xF != 0):
             del self._pending[qid]
             _deliver(entry, data)
 

@@ -148,7 +148,8 @@ class _Relay:
             up = self.upstreams[self.index]
             self.index += 1
             try:
-                pool.channel(up).send(self.query.raw.packet, pool.timeout, self)
+                raw = self.query.raw
+                pool.channel(up).send(raw.packet, pool.timeout, self, raw.question_end)
                 return
             except (OSError, ValueError) as exc:
                 pool.mark(up, False, _error_text(exc))
