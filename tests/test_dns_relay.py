@@ -100,3 +100,22 @@ async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound)
         async with run_dns(recurse=(quiet,), recurser_timeout=0.3) as server:
             assert rcode(await ask(server, "n3.wild.test")) == "SERVFAIL"
             assert server.upstream.failures[quiet] == 1 and server.resolver.slow_calls == 0
+
+
+async def test_an_upstream_reply_stored_unread_keeps_only_its_own_ttl(tmp_path: Path) -> None:
+    """Relayed replies go into the global cache unread; their TTLs are read on the first hit."""
+    clock = FakeClock()
+    extra = 'local-data: "zero.example.test. 0 IN A 192.0.2.30"\nlocal-data: "short.example.test. 5 IN A 192.0.2.31"\n'
+    with run_unbound(tmp_path / "ttl", extra=extra) as upstream:
+        async with run_dns(clock, recurse=(upstream.address,)) as server:
+            for name in ("zero.example.test", "short.example.test", "www.example.test"):
+                assert addresses(await ask(server, name))
+            assert len(server.global_cache) == 3 and server.resolver.relayed == 3
+            upstream.stop()
+            clock.advance(4)
+            assert rcode(await ask(server, "zero.example.test")) == "SERVFAIL"  # TTL 0: never served from cache
+            short = await ask(server, "short.example.test")
+            assert addresses(short) == ["192.0.2.31"] and short.answer[0].ttl == 1
+            clock.advance(2)
+            assert rcode(await ask(server, "short.example.test")) == "SERVFAIL"  # its own 5 s, not the cap
+            assert (await ask(server, "www.example.test")).answer[0].ttl == 294

@@ -12,7 +12,16 @@ from __future__ import annotations
 import struct
 
 from dns_svc.respond import truncated, without_additional
-from dns_svc.wire import FLAG_CD, FLAG_RD, RawQuery, ReplyLayout, layout
+from dns_svc.wire import (
+    FLAG_CD,
+    FLAG_RD,
+    RCODE_NOERROR,
+    RCODE_NXDOMAIN,
+    RCODE_SERVFAIL,
+    RawQuery,
+    ReplyLayout,
+    layout,
+)
 
 _pack_ttl = struct.Struct("!I").pack_into
 _COPIED = FLAG_RD | FLAG_CD
@@ -33,21 +42,51 @@ class CachedReply:
     __slots__ = ("_aged", "_aged_for", "_tails", "built_from", "countdown", "expires_at", "slim", "stored_at",
                  "ttl_offsets", "ttls", "turn", "variants", "wire")
 
-    def __init__(self, wire: bytes, layout: ReplyLayout, stored_at: float, expires_at: float,
+    def __init__(self, wire: bytes, layout: ReplyLayout | None, stored_at: float, expires_at: float,
                  countdown: bool) -> None:
         self.wire = wire
-        self.ttl_offsets = layout.ttl_offsets
-        self.ttls = layout.ttls
         self.stored_at = stored_at
         self.expires_at = expires_at
         self.countdown = countdown
         self.turn = 0
         self.built_from: frozenset[str] | None = None  # local answers: the table names behind it
-        self.variants = _rotations(wire, layout.rotate)
-        self._aged = self.variants
         self._aged_for = 0
         self._tails: dict[tuple[int, int, bytes], bytes] | None = None  # made on first use: 100k entries add up
-        self.slim = self._without_additional() if len(wire) > 512 else None
+        self.variants: tuple[bytes, ...] = ()  # none yet: unread (see ``unread``)
+        self._aged: tuple[bytes, ...] = ()
+        self.ttl_offsets: tuple[int, ...] = ()
+        self.ttls: tuple[int, ...] = ()
+        self.slim: CachedReply | None = None
+        if layout is not None:
+            self._read(layout)
+
+    @classmethod
+    def unread(cls, wire: bytes, stored_at: float, max_ttl: float) -> CachedReply:
+        """An upstream NOERROR/NXDOMAIN reply stored as it came, valid for at most ``max_ttl``
+        until its records are read on its first hit (``settle``). Many upstream replies are
+        never asked for again: they should not pay for a walk through their records."""
+        return cls(wire, None, stored_at, stored_at + max_ttl, True)
+
+    def settle(self) -> None:
+        """Read an unread reply: its TTLs set its real lifetime (expired at once when nothing
+        in it may be cached)."""
+        try:
+            lay = layout(self.wire)
+        except (ValueError, IndexError):
+            lay = None
+        lifetime = None if lay is None else lifetime_of(lay, False, True, self.expires_at - self.stored_at, 0)
+        if lay is None or not lifetime:
+            self.expires_at = self.stored_at
+            self.variants = self._aged = (self.wire,)
+            return
+        self.expires_at = self.stored_at + lifetime
+        self._read(lay)
+
+    def _read(self, layout: ReplyLayout) -> None:
+        self.ttl_offsets = layout.ttl_offsets
+        self.ttls = layout.ttls
+        self.variants = self._aged = _rotations(self.wire, layout.rotate)
+        self.slim = self._without_additional() if len(self.wire) > 512 else None
 
     def _without_additional(self) -> CachedReply | None:
         """The same reply minus its additional records (OPT kept), for clients with a small budget."""
@@ -100,6 +139,24 @@ class CachedReply:
                 tails.clear()
             tails[(turn, bits, qname)] = tail
         return tail
+
+
+def lifetime_of(lay: ReplyLayout, failure: bool, countdown: bool, max_ttl: float, servfail_ttl: float) -> float | None:
+    """How long a reply may be cached; None or 0 when it must not be (RFC 2308 for negative
+    answers: the SOA's TTL and minimum; SERVFAIL for a few seconds at most)."""
+    if lay.truncated:
+        return None
+    if failure or lay.rcode == RCODE_SERVFAIL:
+        lifetime: float | None = servfail_ttl
+    elif lay.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
+        lifetime = None
+    elif not countdown:
+        lifetime = max_ttl  # authoritative data: valid until the answers change (the cache is cleared)
+    elif lay.answers:
+        lifetime = min(max_ttl, lay.min_ttl or 0)
+    else:
+        lifetime = None if lay.negative_ttl is None else min(max_ttl, lay.negative_ttl)
+    return lifetime if lifetime and lifetime > 0 else None
 
 
 class _NotLocal:

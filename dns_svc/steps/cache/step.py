@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
-from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal
-from dns_svc.wire import RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL, RawQuery, layout
+from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal, lifetime_of
+from dns_svc.wire import FLAG_TC, RCODE_NOERROR, RCODE_NXDOMAIN, RawQuery, layout
 from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
@@ -60,10 +60,13 @@ class ReplyCache:
         if entry is None:
             self.misses += 1
             return None
-        if entry is not NOT_LOCAL and entry.expires_at <= now:  # type: ignore[union-attr]
-            del self._entries[key]
-            self.misses += 1
-            return None
+        if isinstance(entry, CachedReply):
+            if not entry.variants:
+                entry.settle()
+            if entry.expires_at <= now:
+                del self._entries[key]
+                self.misses += 1
+                return None
         self._entries.move_to_end(key)
         self.hits += 1
         return entry
@@ -96,21 +99,20 @@ def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -
         lay = layout(answer.wire)
     except (ValueError, IndexError):
         return None
-    if lay.truncated:
-        return None
-    if answer.source is Source.FAILURE or lay.rcode == RCODE_SERVFAIL:
-        lifetime: float | None = servfail_ttl
-    elif lay.rcode not in (RCODE_NOERROR, RCODE_NXDOMAIN):
-        lifetime = None
-    elif not answer.countdown:
-        lifetime = max_ttl  # authoritative data: valid until the answers change (the cache is cleared)
-    elif lay.answers:
-        lifetime = min(max_ttl, lay.min_ttl or 0)
-    else:
-        lifetime = None if lay.negative_ttl is None else min(max_ttl, lay.negative_ttl)
-    if not lifetime or lifetime <= 0:
+    lifetime = lifetime_of(lay, answer.source is Source.FAILURE, answer.countdown, max_ttl, servfail_ttl)
+    if lifetime is None:
         return None
     return CachedReply(answer.wire, lay, now, now + lifetime, answer.countdown)
+
+
+def upstream_entry(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
+    """``entry_for`` an upstream answer, stored unread when its header says it is an ordinary
+    NOERROR/NXDOMAIN reply (its TTLs are read on its first hit)."""
+    wire = answer.wire
+    if (answer.source is Source.UPSTREAM and len(wire) >= 12 and not wire[2] & (FLAG_TC >> 8)
+            and wire[3] & 0xF in (RCODE_NOERROR, RCODE_NXDOMAIN)):
+        return CachedReply.unread(wire, now, max_ttl)
+    return entry_for(answer, now, max_ttl, servfail_ttl)
 
 
 class ClientCaches:
@@ -234,6 +236,6 @@ class GlobalCacheStep(Step):
 
     def answered(self, query: Query, answer: Answer) -> None:
         if query.recursion_allowed and answer.source in (Source.UPSTREAM, Source.FAILURE):
-            stored = entry_for(answer, self.cache.clock(), self.max_ttl, self.servfail_ttl)
+            stored = upstream_entry(answer, self.cache.clock(), self.max_ttl, self.servfail_ttl)
             if stored is not None:
                 self.cache.put(global_key(query.view, cache_key(query.raw)), stored)
