@@ -95,7 +95,12 @@ def one(n: int, cache_entries: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     f = Fleet.from_mapping(data)
     t1 = time.perf_counter()
-    table = answers_from_fleet(f, metadata_answer=["169.254.169.250"])
+    rebuilds = []  # three runs: one on this VM can be twice another (collector, neighbours)
+    for _ in range(3):
+        started = time.perf_counter()
+        table = answers_from_fleet(f, metadata_answer=["169.254.169.250"])
+        rebuilds.append(time.perf_counter() - started)
+    rebuilds.sort()
     t2 = time.perf_counter()
     for i in range(0, n, max(n // 1000, 1)):  # client views are built on first query
         table.view(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}")
@@ -121,7 +126,8 @@ def one(n: int, cache_entries: int) -> dict[str, Any]:
         assert stored is not None
         cache.put((f"\x04n{i:07d}\x07example\x04test\x00".encode(), 1, 1, 0), stored)
     return {
-        "containers": n, "validate_ms": round((t1 - t0) * 1000, 1), "answers_ms": round((t2 - t1) * 1000, 1),
+        "containers": n, "validate_ms": round((t1 - t0) * 1000, 1), "answers_ms": round(rebuilds[1] * 1000, 1),
+        "answers_range": f"{rebuilds[0] * 1000:.0f}-{rebuilds[2] * 1000:.0f}",
         "views_1000_ms": round((t3 - t2) * 1000, 1), "tree_2016_ms": round((t4 - t3) * 1000, 1),
         "tree_2016_mb": round(len(json_new) / 1e6, 1), "fleet_doc_mb": round(len(fleet_doc) / 1e6, 1),
         "dns_refresh_ms": round(refresh * 1000, 1), "cache_entries": cache_entries,
@@ -142,7 +148,7 @@ def main() -> None:
     if args.one_dns:
         print(json.dumps(dns_memory(args.one_dns, args.cache_entries)))
         return
-    print("| containers | validate | answers rebuild | 1,000 client views | tree 2016-07-29 | JSON: tree / fleet doc |"
+    print("| containers | validate | answers rebuild (median of 3, range) | 1,000 client views | tree 2016-07-29 | JSON: tree / fleet doc |"
           " DNS refresh on change | DNS process RSS (its data) |")
     print("|--:|--:|--:|--:|--:|--:|--:|--:|")
     for n in args.containers:
@@ -152,7 +158,7 @@ def main() -> None:
         mem = json.loads(subprocess.run([sys.executable, __file__, "--one-dns", str(n), "--cache-entries",
                                          str(args.cache_entries)], capture_output=True, text=True, check=True,
                                         cwd=ROOT).stdout)
-        print(f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms | {r['views_1000_ms']} ms | "
+        print(f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms ({r['answers_range']}) | {r['views_1000_ms']} ms | "
               f"{r['tree_2016_ms']} ms | {r['tree_2016_mb']} / {r['fleet_doc_mb']} MB | {r['dns_refresh_ms']} ms | "
               f"{mem['dns_rss_mb']} MB ({mem['dns_data_mb']} MB, {mem['cache_entries']:,} cached replies) |",
               flush=True)
