@@ -148,7 +148,8 @@ def main() -> None:
     if args.one_dns:
         print(json.dumps(dns_memory(args.one_dns, args.cache_entries)))
         return
-    print("| containers | validate | answers rebuild (median of 3, range) | 1,000 client views | tree 2016-07-29 | JSON: tree / fleet doc |"
+    print("| containers | validate | answers rebuild (median of 3, range) | 1,000 client views | tree 2016-07-29 |"
+          " JSON: tree / fleet doc |"
           " DNS refresh on change | DNS process RSS (its data) |")
     print("|--:|--:|--:|--:|--:|--:|--:|--:|")
     for n in args.containers:
@@ -158,7 +159,8 @@ def main() -> None:
         mem = json.loads(subprocess.run([sys.executable, __file__, "--one-dns", str(n), "--cache-entries",
                                          str(args.cache_entries)], capture_output=True, text=True, check=True,
                                         cwd=ROOT).stdout)
-        print(f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms ({r['answers_range']}) | {r['views_1000_ms']} ms | "
+        print(f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms ({r['answers_range']}) | "
+              f"{r['views_1000_ms']} ms | "
               f"{r['tree_2016_ms']} ms | {r['tree_2016_mb']} / {r['fleet_doc_mb']} MB | {r['dns_refresh_ms']} ms | "
               f"{mem['dns_rss_mb']} MB ({mem['dns_data_mb']} MB, {mem['cache_entries']:,} cached replies) |",
               flush=True)

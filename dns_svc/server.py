@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import socket
@@ -15,6 +14,7 @@ from aiohttp import web
 
 from dns_svc.answers_file import AnswersFileWatcher
 from dns_svc.chain import Chain, Step
+from dns_svc.collector import CollectorSchedule
 from dns_svc.follower import VersionFollower
 from dns_svc.metrics import Metrics
 from dns_svc.resolver import RecursionPolicy, Resolver, TableRef
@@ -200,10 +200,10 @@ class DnsServer:
 
     async def serve_forever(self) -> None:
         await self.start()
-        # Modules, classes and the first table are here for good: keep the collector from
-        # walking them again on every full collection (a pause that grows with the process).
-        gc.collect()
-        gc.freeze()
+        s = self.settings
+        if s.gc_freeze_interval > 0:  # a whole process of its own: its collector is ours to schedule
+            collector = CollectorSchedule(s.gc_freeze_interval, s.gc_full_interval)
+            self._tasks.append(asyncio.create_task(collector.run(), name="collector"))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

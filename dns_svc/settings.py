@@ -52,6 +52,8 @@ class DnsSettings:
     gather_timeout: float = 1.0
     http_host: str = ""
     http_port: int = 0
+    gc_freeze_interval: float = 5.0
+    gc_full_interval: float = 3600.0
 
 
 def resolv_conf_upstreams(path: str, never: tuple[str, ...]) -> tuple[Upstream, ...]:
@@ -107,6 +109,11 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--http-listen", default="", help="HOST:PORT for /metrics (Prometheus) and /healthz; '' disables")
     p.flag("--workers", default=1, type=int,
            help="processes sharing the port with SO_REUSEPORT, each following metadata itself (needs a fixed port)")
+    p.flag("--gc-freeze-interval", default=5.0, type=float,
+           help="seconds between moving surviving objects (the caches) out of the garbage collector's "
+                "full passes, which would otherwise pause for ~0.3 us per cached reply; 0 disables")
+    p.flag("--gc-full-interval", default=3600.0, type=float,
+           help="seconds between full garbage collections over everything, frozen or not; 0: never")
     p.flag("--log-level", default="info", help="debug, info, warning or error")
     ns = p.parse_flags(argv)
     if ns.workers < 1:
@@ -136,4 +143,5 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
         allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
         resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers, gather_domain=ns.gather,
-        clusters=clusters, gather_timeout=ns.gather_timeout, http_host=http_host, http_port=http_port)
+        clusters=clusters, gather_timeout=ns.gather_timeout, http_host=http_host, http_port=http_port,
+        gc_freeze_interval=ns.gc_freeze_interval, gc_full_interval=ns.gc_full_interval)
