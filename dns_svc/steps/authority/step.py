@@ -32,7 +32,7 @@ class Authority(Step):
             if not query.table.exists(name):
                 reply.header.rcode = RCODE_NXDOMAIN
             reply.add_auth(soa_rr(query.table, zone, self.ttl))
-        return Answer(reply.pack(), Source.AUTHORITY, countdown=False)
+        return Answer(bytes(reply.pack()), Source.AUTHORITY, countdown=False)
 
     def passes(self, query: Query) -> bool:
         return query.table.zone_of(query.raw.lower_text()) is None

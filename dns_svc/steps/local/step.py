@@ -86,7 +86,7 @@ class LocalAnswers(Step):
             zone = query.table.zone_of(query.raw.lower_text())
             if zone is not None:
                 reply.add_auth(soa_rr(query.table, zone, self.ttl))
-        return Answer(reply.pack(), Source.LOCAL, countdown)
+        return Answer(bytes(reply.pack()), Source.LOCAL, countdown)
 
     def ttl_of(self, rec: NameRecords) -> int:
         return rec.ttl if rec.ttl is not None else self.ttl
