@@ -12,14 +12,22 @@ made since the last pass) and whatever survived is moved out of the collector's 
 only a reference cycle that turns to garbage after being frozen would wait, for the full pass
 that runs every ``full_interval`` seconds (unfreeze, collect everything, freeze again; logged
 with its duration and what it freed). ``full_interval`` 0: never.
+
+A fleet change makes a new parsed fleet and answers table in a worker thread. Collections
+triggered meanwhile ran in that thread and walked the half-built table: 50-140 ms each,
+during which the event loop could not run (the thread held the interpreter lock). So a fleet
+update runs inside ``long_lived()``: no collection while it is made, and what it made is
+frozen at the end (the table it replaces is freed by reference counting).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
+from collections.abc import Iterator
 
 from shared.logs import log_event
 
@@ -49,6 +57,20 @@ class CollectorSchedule:
         log_event(log, logging.INFO, "gc_full_pass", unreachable=found, frozen=gc.get_freeze_count(),
                   duration_ms=round((time.perf_counter() - started) * 1000, 1))
         return found
+
+    @contextlib.contextmanager
+    def long_lived(self) -> Iterator[None]:
+        """Around making what lives until the next fleet change: no collection meanwhile,
+        and what was made is frozen at the end."""
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.freeze()
+            self.freezes += 1
+            if was_enabled:
+                gc.enable()
 
     async def run(self) -> None:
         self.full_pass()  # startup: modules, classes and the first table, frozen for good

@@ -9,10 +9,12 @@ starts and once when it ends. The last good fleet is kept on disk for restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -43,6 +45,8 @@ class VersionFollower:
         self.restored: int | None = None
         parts = urlsplit(self.base_url)
         self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}/metadns/v1/fleet"
+        # What a fleet update runs inside: the process's collector policy, when it has one.
+        self.updating: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
     def load_kept(self) -> tuple[Fleet, int] | None:
         """The kept fleet to start from before metadata has answered, if there is a usable one."""
@@ -118,8 +122,9 @@ class VersionFollower:
         started = time.perf_counter()
         # Parsing a large fleet takes a while: it happens off the event loop, so queries keep
         # being answered meanwhile.
-        applied, fleet = await self.fetch(session, version)
-        await self.apply(fleet, version_index(applied))
+        with self.updating():
+            applied, fleet = await self.fetch(session, version)
+            await self.apply(fleet, version_index(applied))
         self.version = applied
         log_event(log, logging.INFO, "answers_updated", version=applied, containers=len(fleet.containers),
                   build_ms=round((time.perf_counter() - started) * 1000, 1))

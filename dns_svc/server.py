@@ -204,6 +204,8 @@ class DnsServer:
         if s.gc_freeze_interval > 0:  # a whole process of its own: its collector is ours to schedule
             collector = CollectorSchedule(s.gc_freeze_interval, s.gc_full_interval)
             self._tasks.append(asyncio.create_task(collector.run(), name="collector"))
+            if self.follower is not None:
+                self.follower.updating = collector.long_lived
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

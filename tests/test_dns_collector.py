@@ -45,3 +45,15 @@ def test_a_cycle_frozen_by_mistake_waits_for_the_full_pass() -> None:
     assert gone() is not None  # frozen: ordinary collections no longer look at it
     assert schedule.full_pass() >= 2
     assert gone() is None and schedule.full_passes == 1
+
+
+def test_a_fleet_update_is_made_without_collections_and_then_frozen() -> None:
+    schedule = CollectorSchedule()
+    before = gc.get_freeze_count()
+    with schedule.long_lived():
+        assert not gc.isenabled()
+        table = [Node() for _ in range(1000)]
+        gone = weakref.ref(table[0])
+    assert gc.isenabled() and gc.get_freeze_count() >= before + 1000
+    del table
+    assert gone() is None  # the replaced table is freed by reference counting, frozen or not
