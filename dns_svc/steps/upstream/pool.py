@@ -36,6 +36,7 @@ class UpstreamPool(Step):
         self._channels: dict[Upstream, UdpChannel] = {}
         self._down: set[Upstream] = set()
         self._orders: dict[tuple[Upstream, ...], tuple[Upstream, ...]] = {}
+        self.closed = False
         self.failures: dict[Upstream, int] = {}
 
     def channel(self, upstream: Upstream) -> UdpChannel:
@@ -45,7 +46,7 @@ class UpstreamPool(Step):
         return ch
 
     def relay(self, query: Query, done: Done) -> bool:
-        if query.transport != "udp" or not query.recursion_allowed:
+        if query.transport != "udp" or not query.recursion_allowed or self.closed:
             return False
         upstreams = self.upstreams_for(query)
         if not upstreams or upstreams[0] in self._down:
@@ -125,6 +126,9 @@ class UpstreamPool(Step):
             return None
 
     def close(self) -> None:
+        """Shut down: queries still in flight are dropped, not failed over (no new sockets, no
+        "upstream down" lines for a server that is only stopping)."""
+        self.closed = True
         for ch in self._channels.values():
             ch.close()
 
@@ -156,6 +160,8 @@ class _Relay:
         self.done(self.query, Answer(header_only_reply(self.query.raw, RCODE_SERVFAIL), Source.FAILURE))
 
     def on_reply(self, result: bytes | BaseException) -> None:
+        if self.pool.closed:
+            return
         up = self.upstreams[self.index - 1]
         if isinstance(result, BaseException):
             self.pool.mark(up, False, _error_text(result))
