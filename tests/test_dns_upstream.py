@@ -142,3 +142,20 @@ async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Pa
             assert rcode(await ask(server, "www.example.test", source="127.0.0.31")) == "NXDOMAIN"
             own.stop()
             assert addresses(await ask(server, "payments.example.test", source="127.0.0.31")) == ["192.0.2.20"]
+
+
+async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path: Path, unbound, clock) -> None:  # type: ignore[no-untyped-def]
+    """Upstream data inside a local answer lives by its TTLs (and the CNAME's), not until the
+    answers change."""
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps({"default": {
+        "authoritative": ["rancher.internal"],
+        "cname": {"pay.rancher.internal.": {"answer": "payments.example.test."}}}}))
+    async with run_dns(clock, recurse=(unbound.address,), answers=str(answers)) as server:
+        first = await ask(server, "pay.rancher.internal")
+        assert addresses(first) == ["192.0.2.20"] and first.answer[1].ttl == 120
+        unbound.stop()
+        clock.advance(20)
+        again = await ask(server, "pay.rancher.internal")
+        assert str(again.answer[0][0].target) == "payments.example.test."
+        assert addresses(again) == []  # past the CNAME's 1 s: chased again, and the upstream is gone
