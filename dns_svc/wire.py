@@ -54,14 +54,6 @@ class RawQuery:
     lower: str | None = None
     key: tuple[bytes, int, int, int] | None = None
 
-    @property
-    def key_name(self) -> bytes:
-        """The question name folded to lower case: DNS compares names case-insensitively.
-
-        ``bytes.lower`` only touches A-Z; length bytes are at most 63, below 'A' (65), so the
-        wire form stays intact."""
-        return self.qname.lower()
-
     def text_name(self) -> str:
         return name_to_text(self.qname)
 

@@ -113,9 +113,8 @@ class AnswersTable:
     def _zone_names(self) -> frozenset[str]:
         """Every owner name inside our zones plus its ancestors (empty non-terminals exist too)."""
         names: set[str] = set(self.zones)
-        suffixes = self._zone_suffixes
         for name in self.records:
-            if not name.endswith(suffixes) and name not in self.zones:
+            if self.zone_of(name) is None:
                 continue
             names.add(name)
             dot = name.find(".")
@@ -288,9 +287,8 @@ class _FleetAnswers:
         for c in self.fleet.containers:
             if not self.live(c):
                 continue
-            ip = c.primary_ip
-            add(f"{c.name}.{d}", NameRecords(aaaa=(ip,), ttl=self.ttl) if ":" in ip
-                else NameRecords(a=(ip,), ttl=self.ttl))
+            v4, v6 = _addresses((c.primary_ip,))
+            add(f"{c.name}.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
             add(_reverse_pointer(c.primary_ip) + ".", NameRecords(ptr=f"{c.name}.{d}".lower(), ttl=self.ttl))
         if self.metadata_answer:
             v4, v6 = _addresses(self.metadata_answer)

@@ -26,6 +26,8 @@ Clock = Callable[[], float]
 def cache_key(raw: RawQuery) -> CacheKey:
     key = raw.key
     if key is None:
+        # ``bytes.lower`` only touches A-Z; label lengths are at most 63, below 'A' (65), so the
+        # wire form of the name stays intact.
         key = raw.key = (raw.qname.lower(), raw.qtype, raw.qclass, (1 if raw.edns else 0) | (2 if raw.do else 0))
     return key
 
