@@ -13,6 +13,7 @@ step would pass on can be relayed by the last step with callbacks instead of cor
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 
 from dnslib import DNSRecord
 
-from dns_svc.wire import RCODE_SERVFAIL, RawQuery, header_only_reply
+from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
 from shared.answers import AnswersTable, ClientView
 
 
@@ -30,6 +31,7 @@ class Source(enum.Enum):
     UPSTREAM = "upstream"    # relayed from an upstream server: global cache, by its TTL
     FAILURE = "failure"      # every upstream failed: SERVFAIL, cached for a few seconds at most
     REFUSED = "refused"      # recursion not allowed for this client: never cached
+    STALE = "stale"          # an expired upstream answer served while the upstreams fail (RFC 8767)
 
 
 @dataclass(slots=True)
@@ -37,6 +39,7 @@ class Answer:
     wire: bytes
     source: Source
     countdown: bool = True   # False: authoritative data, served with its full TTL every time
+    layout: ReplyLayout | None = None  # the reply walked already (upstream replies are, once)
 
 
 @dataclass(slots=True)
@@ -56,13 +59,20 @@ class Query:
     # A relayed query's way back (``Chain.relay``): who gets the answer, and what they need with it.
     reply_to: Callable[[Query, Answer | None], None] | None = None
     context: Any = None
+    # Set by a step that can answer if the steps below take too long (serve-stale): a relayed
+    # query gets ``fallback(query)`` after ``fallback_after`` seconds, and the real answer still
+    # comes up through ``answered`` to refresh the caches.
+    fallback: Callable[[Query], Answer] | None = None
+    fallback_after: float = 0.0
+    timer: Any = None
     _request: Any = field(default=None, repr=False)
 
     @property
     def request(self) -> DNSRecord:
         """The full dnslib parse, done only when a step needs it (cache misses)."""
         if self._request is None:
-            self._request = DNSRecord.parse(self.raw.packet)
+            raw = self.raw
+            self._request = DNSRecord.parse(raw.packet if raw.qname.isascii() else ascii_packet(raw))
         return self._request
 
 
@@ -83,8 +93,10 @@ class Step:
         """True when ``resolve`` would hand ``query`` on without answering it (decided without waiting)."""
         return False
 
-    def answered(self, query: Query, answer: Answer) -> None:
-        """What ``resolve`` does with an answer from below; called bottom-up after a relay."""
+    def answered(self, query: Query, answer: Answer) -> Answer:
+        """What ``resolve`` does with an answer from below, and the answer to pass up (the same
+        one, or one the step has instead); called bottom-up after a relay."""
+        return answer
 
     def relay(self, query: Query, done: Done) -> bool:
         """The last step only: answer ``query`` later through ``done(query, answer)`` (answer
@@ -114,14 +126,30 @@ class Chain:
         for step in self._upper:
             if not step.passes(query):
                 return False
-        return self.steps[-1].relay(query, self._finish)
+        if not self.steps[-1].relay(query, self._finish):
+            return False
+        if query.fallback is not None and query.reply_to is not None:
+            query.timer = asyncio.get_running_loop().call_later(query.fallback_after, self._fall_back, query)
+        return True
+
+    @staticmethod
+    def _fall_back(query: Query) -> None:
+        """The steps below took too long: answer with the fallback now, once."""
+        reply_to, query.reply_to = query.reply_to, None
+        query.timer = None
+        if reply_to is not None and query.fallback is not None:
+            reply_to(query, query.fallback(query))
 
     def _finished(self, query: Query, answer: Answer | None) -> None:
+        if query.timer is not None:
+            query.timer.cancel()
+            query.timer = None
         if answer is not None:
             for step in self._upper_reversed:
-                step.answered(query, answer)
-        assert query.reply_to is not None
-        query.reply_to(query, answer)
+                answer = step.answered(query, answer)
+        reply_to, query.reply_to = query.reply_to, None
+        if reply_to is not None:  # None: the fallback has answered already
+            reply_to(query, answer)
 
     async def _call(self, index: int, query: Query) -> Answer:
         if index == len(self.steps):  # nobody answered

@@ -31,6 +31,7 @@ from dns_svc.wire import (
     RCODE_REFUSED,
     RawQuery,
     header_only_reply,
+    with_question,
 )
 from shared.answers import AnswersTable
 
@@ -192,5 +193,6 @@ class Resolver:
             answer = await self.chain.resolve(query, self.after_local)
         else:
             answer = await self.chain.resolve(query)
-        return fit(answer.wire, raw, transport)
+        wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
+        return fit(wire, raw, transport)
 

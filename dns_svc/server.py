@@ -21,7 +21,7 @@ from dns_svc.resolver import RecursionPolicy, Resolver, TableRef
 from dns_svc.settings import DnsSettings
 from dns_svc.steps.authority import Authority
 from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
-from dns_svc.steps.cache.step import ClientCaches
+from dns_svc.steps.cache.step import ClientCaches, ReplyStore
 from dns_svc.steps.gather import GatherStep
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
@@ -44,7 +44,7 @@ def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache
     return Chain([
         ClientCacheStep(client_caches),
         LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
-        GlobalCacheStep(global_cache, settings.cache_max_ttl, settings.servfail_ttl),
+        GlobalCacheStep(global_cache, settings.cache_max_ttl, settings.servfail_ttl, settings.stale_answer_timeout),
         *gather,  # merged answers come back up through the global cache
         Authority(settings.ttl),
         upstream,
@@ -54,8 +54,9 @@ def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache
 class DnsServer:
     def __init__(self, settings: DnsSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self.client_caches = ClientCaches(settings.client_cache_capacity, clock, settings.cache_capacity)
-        self.global_cache = ReplyCache(settings.cache_capacity, clock)
+        self.cache_store = ReplyStore(settings.cache_capacity)
+        self.client_caches = ClientCaches(self.cache_store, clock)
+        self.global_cache = ReplyCache(clock=clock, store=self.cache_store, stale_for=settings.serve_stale)
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
         self.metrics = Metrics(self.counters)
@@ -63,11 +64,13 @@ class DnsServer:
                                  build_chain(settings, self.client_caches, self.global_cache, self.upstream,
                                              self.metrics),
                                  RecursionPolicy(settings.allow_recursion), clock)
-        self.dispatcher = Dispatcher(self.resolver)
+        self.dispatcher = Dispatcher(self.resolver, udp_cap=settings.max_udp_size)
         self.follower: VersionFollower | None = None
         self.answers_watcher: AnswersFileWatcher | None = None
         self._udp: UdpListener | None = None
         self._tcp: asyncio.Server | None = None
+        self.tcp: TcpServer | None = None
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._http: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
@@ -96,7 +99,35 @@ class DnsServer:
         self.http_address = sockets[0].getsockname()[:2] if sockets else None
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        if self.draining:
+            return web.json_response({"status": "draining", "serial": self.tables.current.serial}, status=503)
         return web.json_response({"status": "ok", "serial": self.tables.current.serial})
+
+    def in_flight(self) -> int:
+        """Queries taken in and not answered yet: relayed upstream, or in the chain."""
+        return self.upstream.in_flight() + len(self.dispatcher.tasks)
+
+    async def drain(self) -> None:
+        """Stop like CoreDNS's lameduck and uvicorn's graceful shutdown: /healthz fails first (for
+        ``--lameduck`` seconds, still serving), then no new queries are read, and the ones in
+        flight are answered, for up to ``--drain-timeout`` seconds."""
+        s = self.settings
+        self.draining = True
+        if s.lameduck > 0:
+            await asyncio.sleep(s.lameduck)
+        if self._udp is not None:
+            self._udp.stop_reading()
+        if self._tcp is not None:
+            self._tcp.close()
+        if self.tcp is not None:
+            self.tcp.stop()
+        pending = self.in_flight()
+        log_event(log, logging.INFO, "draining", in_flight=pending, timeout_s=s.drain_timeout)
+        deadline = time.monotonic() + s.drain_timeout
+        while (self.in_flight() or (self.tcp is not None and self.tcp.connections)) and time.monotonic() < deadline:  # noqa: ASYNC110 (counts, no event to wait on)
+            await asyncio.sleep(0.02)
+        log_event(log, logging.INFO, "drained", answered=pending - min(pending, self.in_flight()),
+                  dropped=self.in_flight())
 
     def table_for(self, fleet: Fleet, serial: int) -> AnswersTable:
         s = self.settings
@@ -153,7 +184,8 @@ class DnsServer:
     async def _listen(self) -> None:
         """TCP first on the requested port (0: any), then UDP on the same number, retried when
         an ephemeral TCP port happens to be taken for UDP."""
-        tcp = TcpServer(self.dispatcher)
+        s = self.settings
+        tcp = self.tcp = TcpServer(self.dispatcher, s.tcp_idle_timeout, s.tcp_max_connections, s.tcp_per_client)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         for attempt in range(20):
             server = await asyncio.start_server(tcp.handle, self.settings.host, self.settings.port, family=family,
@@ -213,5 +245,7 @@ class DnsServer:
                 loop.add_signal_handler(sig, stop.set)
         try:
             await stop.wait()
+            await self.drain()
         finally:
             await self.close()
+            log_event(log, logging.INFO, "stopped")

@@ -32,8 +32,15 @@ class DnsSettings:
     recurse: tuple[Upstream, ...] = ()
     domain: str = "rancher.internal"
     ttl: int = 1
-    cache_capacity: int = 10000
-    client_cache_capacity: int = 1000
+    cache_capacity: int = 100000
+    serve_stale: float = 86400.0
+    stale_answer_timeout: float = 1.8
+    max_udp_size: int = 1232
+    drain_timeout: float = 5.0
+    lameduck: float = 0.0
+    tcp_max_connections: int = 512
+    tcp_per_client: int = 16
+    tcp_idle_timeout: float = 10.0
     cache_max_ttl: float = 3600.0
     servfail_ttl: float = 2.0
     recurser_timeout: float = 2.0
@@ -88,8 +95,25 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--never-recurse-to", default="169.254.169.250", help="comma list of addresses never used as upstream")
     p.flag("--domain", default="rancher.internal", help="the fleet's DNS zone")
     p.flag("--ttl", default=1, type=int, help="TTL in seconds of local answers (and the SOA minimum)")
-    p.flag("--cache-capacity", default=10000, type=int, help="entries in the global (upstream) cache; 0 disables")
-    p.flag("--client-cache-capacity", default=1000, type=int, help="entries in each client's cache")
+    p.flag("--cache-capacity", default=100000, type=int,
+           help="cached replies in all (upstream, shared local and every client's) together, least recently "
+                "used out first; about 0.75 KB each; 0 disables")
+    p.flag("--serve-stale", default=86400.0, type=float,
+           help="seconds past its expiry an upstream answer may still be served while the upstreams fail "
+                "(RFC 8767); 0 disables")
+    p.flag("--stale-answer-timeout", default=1.8, type=float,
+           help="seconds to wait for an upstream before a stale answer is served (the client-response timer)")
+    p.flag("--max-udp-size", default=1232, type=int,
+           help="cap in bytes on UDP replies whatever size the client advertises (larger: TC, retry over TCP)")
+    p.flag("--drain-timeout", default=5.0, type=float,
+           help="seconds to finish queries in flight on SIGTERM before exiting")
+    p.flag("--lameduck", default=0.0, type=float,
+           help="seconds between /healthz failing and the listeners closing on SIGTERM, so an orchestrator "
+                "stops sending first")
+    p.flag("--tcp-max-connections", default=512, type=int, help="TCP connections open at once")
+    p.flag("--tcp-per-client", default=16, type=int, help="TCP connections open at once from one client address")
+    p.flag("--tcp-idle-timeout", default=10.0, type=float,
+           help="seconds an idle TCP connection is kept (shorter when connections run short, RFC 7766)")
     p.flag("--cache-max-ttl", default=3600.0, type=float, help="cap in seconds on how long upstream answers are cached")
     p.flag("--servfail-ttl", default=2.0, type=float, help="seconds a SERVFAIL is cached (0: never)")
     p.flag("--recurser-timeout", default=2.0, type=float, help="seconds per upstream attempt")
@@ -118,6 +142,10 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     ns = p.parse_flags(argv)
     if ns.workers < 1:
         p.error("--workers must be at least 1")
+    if not 512 <= ns.max_udp_size <= 65535:
+        p.error("--max-udp-size must be between 512 and 65535")
+    if ns.tcp_max_connections < 1 or ns.tcp_per_client < 1:
+        p.error("--tcp-max-connections and --tcp-per-client must be at least 1")
     try:
         host, port = parse_host_port(ns.listen, 53)
         recurse_flags = tuple(parse_upstream(r) for r in ns.recurse)
@@ -139,7 +167,9 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     return DnsSettings(
         host=host, port=port, metadata_url="" if ns.answers else ns.metadata_url, answers=ns.answers,
         recurse=recurse, domain=ns.domain, ttl=ns.ttl, cache_capacity=ns.cache_capacity,
-        client_cache_capacity=ns.client_cache_capacity, cache_max_ttl=ns.cache_max_ttl,
+        serve_stale=ns.serve_stale, stale_answer_timeout=ns.stale_answer_timeout, max_udp_size=ns.max_udp_size,
+        drain_timeout=ns.drain_timeout, lameduck=ns.lameduck, tcp_max_connections=ns.tcp_max_connections,
+        tcp_per_client=ns.tcp_per_client, tcp_idle_timeout=ns.tcp_idle_timeout, cache_max_ttl=ns.cache_max_ttl,
         servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
         allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
         resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers, gather_domain=ns.gather,

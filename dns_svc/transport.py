@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from typing import Any
 
 from dns_svc.chain import Answer, Query
@@ -21,45 +20,37 @@ from dns_svc.wire import (
     header_only_reply,
     parse_query,
 )
-from shared.logs import log_event
+from shared.logs import ThrottledLog
 
 log = logging.getLogger("dns")
 
 
-class BadPacketLog:
+class BadPacketLog(ThrottledLog):
     """Says what was wrong with a bad packet, once per ``interval`` seconds, with a count."""
 
     def __init__(self, interval: float = 10.0) -> None:
-        self.interval = interval
-        self.last = -interval
-        self.suppressed = 0
-        self.total = 0
+        super().__init__(log, "bad_packet", interval)
 
-    def note(self, client: str, problem: str) -> None:
-        self.total += 1
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            self.suppressed += 1
-            return
-        log_event(log, logging.WARNING, "bad_packet", client=client, problem=problem, since_last=self.suppressed)
-        self.last = now
-        self.suppressed = 0
+    def note(self, client: str = "", problem: str = "", **fields: object) -> None:
+        super().note(client=client, problem=problem, **fields)
 
 
 class Dispatcher:
     """Shared by both transports: edge checks, fast path, then a tracked task for the chain."""
 
-    def __init__(self, resolver: Resolver, max_inflight: int = 2048) -> None:
+    def __init__(self, resolver: Resolver, max_inflight: int = 2048, udp_cap: int = 1232) -> None:
         self.resolver = resolver
         self.max_inflight = max_inflight
+        self.udp_cap = udp_cap
         self.tasks: set[asyncio.Task[None]] = set()
         self.bad = BadPacketLog()
+        self.failed = ThrottledLog(log, "resolve_failed")
 
     def immediate(self, data: bytes, client: str, transport: str) -> tuple[RawQuery | None, bytes | None]:
         """Everything answered without waiting: a bad packet (its error reply, or None to drop
         it), the edge rcodes, and cache hits. ``(raw, None)`` means the chain must answer."""
         try:
-            raw = parse_query(data)
+            raw = parse_query(data, self.udp_cap)
         except WireError as exc:
             self.bad.note(client, str(exc))
             return None, error_reply(data, exc.rcode) if exc.rcode is not None else None
@@ -68,9 +59,9 @@ class Dispatcher:
     async def slow(self, raw: Any, client: str, transport: str) -> bytes:
         try:
             return await self.resolver.resolve(raw, client, transport)
-        except Exception:
-            log.exception("resolve failed", extra={"fields": {"event": "resolve_failed", "client": client,
-                                                              "qname": raw.text_name(), "qtype": raw.qtype}})
+        except Exception as exc:  # a bug or a packet we cannot handle: a counter and a throttled line
+            self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype,
+                             error=f"{type(exc).__name__}: {exc}")
             return header_only_reply(raw, RCODE_SERVFAIL)
 
 
@@ -90,6 +81,7 @@ class UdpListener:
         self.loop.add_reader(sock.fileno(), self._readable)
         self.send_drops = 0
         self.closed = False
+        self.reading_stopped = False
         self._relayed_to = self._relayed  # one bound method, not one per relayed query
 
     def _readable(self) -> None:
@@ -151,43 +143,111 @@ class UdpListener:
         if not self.closed:
             self.send(reply, addr)
 
+    def stop_reading(self) -> None:
+        """Draining: take no new queries; answers to those in flight still go out."""
+        if not self.reading_stopped and not self.closed:
+            self.reading_stopped = True
+            self.loop.remove_reader(self.sock.fileno())
+
     def close(self) -> None:
         if not self.closed:
+            self.stop_reading()
             self.closed = True
-            self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
 
-class TcpServer:
-    """DNS over TCP (RFC 7766): length-prefixed messages, several per connection, idle timeout."""
+class _Connection:
+    __slots__ = ("client", "writer")
 
-    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, max_connections: int = 512) -> None:
+    def __init__(self, client: str, writer: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.writer = writer
+
+
+class TcpServer:
+    """DNS over TCP (RFC 7766): length-prefixed messages, several per connection.
+
+    Connection slots are shared so that no source can hold them: at most ``per_client``
+    connections per client address; when every slot is taken, a new connection closes the one
+    that has been idle longest (waiting for a query, or half-way through sending one), and only
+    when none is idle is the newcomer turned away; once three quarters of the slots are taken,
+    idle connections get ``pressure_timeout`` instead of ``idle_timeout``."""
+
+    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, max_connections: int = 512,
+                 per_client: int = 16, pressure_timeout: float = 1.0) -> None:
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
+        self.pressure_timeout = min(pressure_timeout, idle_timeout)
         self.max_connections = max_connections
-        self.connections = 0
+        self.per_client = per_client
+        self.open: set[_Connection] = set()
+        self.idle: dict[_Connection, None] = {}  # insertion order: longest idle first
+        self.by_client: dict[str, int] = {}
+        self.refused = ThrottledLog(log, "tcp_connection_refused")
+        self.evicted = 0
+        self.draining = False
+
+    @property
+    def connections(self) -> int:
+        return len(self.open)
+
+    def _admit(self, conn: _Connection) -> bool:
+        if self.draining:
+            return False
+        if self.by_client.get(conn.client, 0) >= self.per_client:
+            self.refused.note(client=conn.client, reason="per-client limit", limit=self.per_client)
+            return False
+        if len(self.open) >= self.max_connections:
+            if not self.idle:
+                self.refused.note(client=conn.client, reason="every connection busy", limit=self.max_connections)
+                return False
+            oldest = next(iter(self.idle))
+            del self.idle[oldest]
+            oldest.writer.transport.abort()
+            self.evicted += 1
+        self.open.add(conn)
+        self.by_client[conn.client] = self.by_client.get(conn.client, 0) + 1
+        return True
+
+    def _release(self, conn: _Connection) -> None:
+        self.open.discard(conn)
+        self.idle.pop(conn, None)
+        left = self.by_client.get(conn.client, 1) - 1
+        if left:
+            self.by_client[conn.client] = left
+        else:
+            self.by_client.pop(conn.client, None)
+
+    def stop(self) -> None:
+        """Draining: no new connections, idle ones closed now, busy ones after their answer."""
+        self.draining = True
+        for conn in list(self.idle):
+            conn.writer.transport.abort()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        client = peer[0] if peer else ""
+        conn = _Connection(peer[0] if peer else "", writer)
+        if not self._admit(conn):
+            writer.transport.abort()
+            return
         d = self.dispatcher
-        self.connections += 1
         try:
-            if self.connections > self.max_connections:
-                return
-            while True:
-                async with asyncio.timeout(self.idle_timeout):
+            while not self.draining:
+                busy = len(self.open) * 4 >= self.max_connections * 3
+                self.idle[conn] = None
+                async with asyncio.timeout(self.pressure_timeout if busy else self.idle_timeout):
                     size = int.from_bytes(await reader.readexactly(2), "big")
                     data = await reader.readexactly(size)
-                raw, reply = d.immediate(data, client, "tcp")
+                self.idle.pop(conn, None)
+                raw, reply = d.immediate(data, conn.client, "tcp")
                 if reply is None:
                     if raw is None:
                         return  # not worth an answer: close the connection
-                    reply = await d.slow(raw, client, "tcp")
+                    reply = await d.slow(raw, conn.client, "tcp")
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass
         finally:
-            self.connections -= 1
+            self._release(conn)
             writer.close()

@@ -65,6 +65,19 @@ class RawQuery:
         return lower
 
 
+def ascii_packet(raw: RawQuery) -> bytes:
+    """The query with every byte >= 0x80 of its name replaced by ``-``, for dnslib, which cannot
+    read such labels (they are legal DNS, and never a fleet name). Same length, same layout: the
+    reply's question is put back to the original bytes (``with_question``)."""
+    name = bytes(b if b < 0x80 else 0x2D for b in raw.qname)
+    return raw.packet[:12] + name + raw.packet[12 + len(name):]
+
+
+def with_question(wire: bytes, raw: RawQuery) -> bytes:
+    """``wire`` with the question name exactly as ``raw`` spelled it (same length)."""
+    return wire[:12] + raw.qname + wire[12 + len(raw.qname):]
+
+
 def name_to_text(wire: bytes) -> str:
     labels = []
     i = 0
@@ -75,8 +88,9 @@ def name_to_text(wire: bytes) -> str:
     return ".".join(labels) + "."
 
 
-def parse_query(packet: bytes) -> RawQuery:
-    """Read a query. Raises WireError with FORMERR/NOTIMP/BADVERS, or None when not worth a reply."""
+def parse_query(packet: bytes, udp_cap: int = 65535) -> RawQuery:
+    """Read a query. Raises WireError with FORMERR/NOTIMP/BADVERS, or None when not worth a reply.
+    ``udp_cap`` bounds the reply size over UDP whatever the client advertises (amplification)."""
     size = len(packet)
     if size < 12:
         raise WireError("shorter than a DNS header", None)
@@ -115,7 +129,14 @@ def parse_query(packet: bytes) -> RawQuery:
         rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(packet, end + 1)
         if rtype != QTYPE_OPT or end + 11 + rdlen != size:
             raise WireError("malformed OPT record", RCODE_FORMERR)
-        edns, udp_size = True, min(max(rclass, 512), 65535)
+        j = end + 11
+        while j < size:  # the options must fill the record exactly: dnslib raises on a short one
+            if j + 4 > size:
+                raise WireError("EDNS option header cut short", RCODE_FORMERR)
+            j += 4 + (packet[j + 2] << 8 | packet[j + 3])
+            if j > size:
+                raise WireError("EDNS option longer than its OPT record", RCODE_FORMERR)
+        edns, udp_size = True, min(max(rclass, 512), udp_cap)
         version = (ttl >> 16) & 0xFF
         do = bool(ttl & 0x8000)
     elif end != size:
@@ -152,7 +173,15 @@ class ReplyLayout:
 
 
 def layout(packet: bytes) -> ReplyLayout:
-    """Walk a reply's sections and note every TTL (except OPT's, which is not a TTL)."""
+    """Walk a reply's sections and note every TTL (except OPT's, which is not a TTL). Raises
+    ValueError, and only that, for a reply that cannot be walked to its end."""
+    try:
+        return _layout(packet)
+    except (IndexError, struct.error) as exc:
+        raise ValueError(f"reply cut short: {exc}") from None
+
+
+def _layout(packet: bytes) -> ReplyLayout:
     _, flags, qd, an, ns, ar = _HEADER.unpack_from(packet)
     i = 12
     for _ in range(qd):

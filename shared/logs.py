@@ -48,3 +48,29 @@ def setup_logging(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class ThrottledLog:
+    """One line per ``interval`` seconds for an event that can come in floods (garbage packets,
+    malformed upstream replies): the first occurrence is logged at once, the rest are counted
+    and the count goes out with the next line. A flood costs a counter, not a line each."""
+
+    def __init__(self, logger: logging.Logger, event: str, interval: float = 10.0,
+                 level: int = logging.WARNING) -> None:
+        self.logger = logger
+        self.event = event
+        self.interval = interval
+        self.level = level
+        self.last = -interval
+        self.suppressed = 0
+        self.total = 0
+
+    def note(self, **fields: Any) -> None:
+        self.total += 1
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        log_event(self.logger, self.level, self.event, **fields, since_last=self.suppressed)
+        self.last = now
+        self.suppressed = 0

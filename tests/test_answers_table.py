@@ -84,4 +84,4 @@ def test_an_answers_change_keeps_the_shared_replies_it_does_not_touch() -> None:
     assert caches.shared.get((b"web", 1, 1, 0), 0.0) is not None      # untouched by the move
     assert caches.shared.get((b"db", 1, 1, 0), 0.0) is None           # built from the moved container
     assert caches.shared.get((b"srv", 1, 1, 0), 0.0) is None          # its SRV glue named it too
-    assert caches.by_view == {}                                       # per-client caches go whole
+    assert caches.for_view("127.0.0.11").get((b"x", 1, 1, 0), 0.0) is None  # per-client caches go whole

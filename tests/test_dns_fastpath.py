@@ -10,7 +10,7 @@ import dns.flags
 import dns.message
 import pytest
 
-from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns
+from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange
 from tests.support.upstream import run_unbound
 
 BIG = "".join(f'local-data: "big.example.test. 300 IN A 192.0.2.{i}"\n' for i in range(1, 61))
@@ -97,13 +97,6 @@ async def test_upstream_ttl_counts_down_on_the_fast_path_and_size_is_respected(t
 
 
 async def _udp(address: tuple[str, int], packet: bytes) -> bytes:
-    import asyncio
-    import socket
-
-    loop = asyncio.get_running_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setblocking(False)
-        s.bind(("127.0.0.1", 0))
-        await loop.sock_sendto(s, packet, address)
-        async with asyncio.timeout(3):
-            return await loop.sock_recv(s, 65535)
+    reply = await udp_exchange(address, packet)
+    assert reply is not None
+    return reply

@@ -102,15 +102,15 @@ async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound)
             assert server.upstream.failures[quiet] == 1 and server.resolver.slow_calls == 0
 
 
-async def test_an_upstream_reply_stored_unread_keeps_only_its_own_ttl(tmp_path: Path) -> None:
-    """Relayed replies go into the global cache unread; their TTLs are read on the first hit."""
+async def test_an_upstream_reply_keeps_only_its_own_ttl(tmp_path: Path) -> None:
+    """Relayed replies are walked once, on their way to the cache; a TTL 0 one is not kept."""
     clock = FakeClock()
     extra = 'local-data: "zero.example.test. 0 IN A 192.0.2.30"\nlocal-data: "short.example.test. 5 IN A 192.0.2.31"\n'
     with run_unbound(tmp_path / "ttl", extra=extra) as upstream:
-        async with run_dns(clock, recurse=(upstream.address,)) as server:
+        async with run_dns(clock, recurse=(upstream.address,), serve_stale=0) as server:
             for name in ("zero.example.test", "short.example.test", "www.example.test"):
                 assert addresses(await ask(server, name))
-            assert len(server.global_cache) == 3 and server.resolver.relayed == 3
+            assert len(server.global_cache) == 2 and server.resolver.relayed == 3
             upstream.stop()
             clock.advance(4)
             assert rcode(await ask(server, "zero.example.test")) == "SERVFAIL"  # TTL 0: never served from cache

@@ -41,7 +41,7 @@ async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:  # type
 
 
 async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock) -> None:  # type: ignore[no-untyped-def]
-    async with run_dns(clock, recurse=(unbound.address,)) as server:
+    async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert ttls(await ask(server, "www.example.test")) == [300]
         unbound.stop()
         clock.advance(45)
@@ -53,7 +53,7 @@ async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock)
 
 
 async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None:  # type: ignore[no-untyped-def]
-    async with run_dns(clock, recurse=(unbound.address,)) as server:
+    async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert rcode(await ask(server, "gone.example.test")) == "NXDOMAIN"
         unbound.stop()
         clock.advance(29)

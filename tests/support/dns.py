@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,3 +105,20 @@ async def dig(server: DnsServer, *args: str, source: str = "127.0.0.1") -> DigRe
 
 
 
+
+
+async def udp_exchange(address: tuple[str, int], packet: bytes, wait: float = 3.0,
+                       source: str = "127.0.0.1") -> bytes | None:
+    """Send raw bytes over UDP and return the first datagram back, or None after ``wait``.
+    A connected socket with ``sock_sendall``/``sock_recv``: uvloop has no ``sock_sendto``."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        s.bind((source, 0))
+        s.connect(address)
+        await loop.sock_sendall(s, packet)
+        try:
+            async with asyncio.timeout(wait):
+                return await loop.sock_recv(s, 65535)
+        except TimeoutError:
+            return None

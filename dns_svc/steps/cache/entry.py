@@ -52,35 +52,13 @@ class CachedReply:
         self.built_from: frozenset[str] | None = None  # local answers: the table names behind it
         self._aged_for = 0
         self._tails: dict[tuple[int, int, bytes], bytes] | None = None  # made on first use: 100k entries add up
-        self.variants: tuple[bytes, ...] = ()  # none yet: unread (see ``unread``)
-        self._aged: tuple[bytes, ...] = ()
+        self.variants: tuple[bytes, ...] = (wire,)
+        self._aged: tuple[bytes, ...] = (wire,)
         self.ttl_offsets: tuple[int, ...] = ()
         self.ttls: tuple[int, ...] = ()
         self.slim: CachedReply | None = None
         if layout is not None:
             self._read(layout)
-
-    @classmethod
-    def unread(cls, wire: bytes, stored_at: float, max_ttl: float) -> CachedReply:
-        """An upstream NOERROR/NXDOMAIN reply stored as it came, valid for at most ``max_ttl``
-        until its records are read on its first hit (``settle``). Many upstream replies are
-        never asked for again: they should not pay for a walk through their records."""
-        return cls(wire, None, stored_at, stored_at + max_ttl, True)
-
-    def settle(self) -> None:
-        """Read an unread reply: its TTLs set its real lifetime (expired at once when nothing
-        in it may be cached)."""
-        try:
-            lay = layout(self.wire)
-        except (ValueError, IndexError):
-            lay = None
-        lifetime = None if lay is None else lifetime_of(lay, False, True, self.expires_at - self.stored_at, 0)
-        if lay is None or not lifetime:
-            self.expires_at = self.stored_at
-            self.variants = self._aged = (self.wire,)
-            return
-        self.expires_at = self.stored_at + lifetime
-        self._read(lay)
 
     def _read(self, layout: ReplyLayout) -> None:
         self.ttl_offsets = layout.ttl_offsets
@@ -107,6 +85,19 @@ class CachedReply:
             self._aged_for = elapsed
             self._tails = None
         return self._aged
+
+    def render_stale(self, query: RawQuery, budget: int, ttl: int = 30) -> bytes:
+        """The reply past its expiry, for serve-stale (RFC 8767): every TTL ``ttl``, so that the
+        client asks again soon, when the upstream may be back."""
+        buf = bytearray(self.variants[0])
+        for offset in self.ttl_offsets:
+            _pack_ttl(buf, offset, ttl)
+        flags = ((buf[2] << 8 | buf[3]) & ~_COPIED) | (query.flags & _COPIED)
+        wire = query.packet[:2] + flags.to_bytes(2, "big") + bytes(buf[4:12]) + query.qname + \
+            bytes(buf[12 + len(query.qname):])
+        if len(wire) > budget:
+            return truncated(query, wire)
+        return wire
 
     def render(self, query: RawQuery, now: float, budget: int = 65535) -> bytes:
         """The reply for ``query``: its ID, its RD/CD bits, its letter case, TTLs aged, A records rotated;

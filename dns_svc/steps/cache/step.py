@@ -9,6 +9,7 @@ never everything (rancher-dns's ``EvictRandom`` emptied the whole cache).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal, lifetime_of
-from dns_svc.wire import FLAG_TC, RCODE_NOERROR, RCODE_NXDOMAIN, RawQuery, layout
+from dns_svc.wire import RCODE_SERVFAIL, RawQuery, header_only_reply, layout
 from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
@@ -39,111 +40,170 @@ def global_key(view: ClientView, key: CacheKey) -> CacheKey:
     return key
 
 
-class ReplyCache:
-    """An LRU of finished replies with per-entry expiry.
+class ReplyStore:
+    """Every cached reply of the process, in one LRU of ``capacity`` entries: the global cache,
+    the shared local answers and every client's cache are partitions of it (their keys carry
+    the partition's tag). One bound for all of them, whatever the number of clients: 10k
+    clients with a cache each of their own could otherwise hold gigabytes. The least recently
+    used entry goes first, whichever partition or client it belongs to."""
 
-    Built on ``OrderedDict`` (whose lookups and reordering run in C) rather than on
-    ``cachetools.LRUCache``: this is the hot path, and cachetools' Python-level bookkeeping cost
-    a measured 7% of server CPU per cache hit (bench/RESULTS.md)."""
-
-    def __init__(self, capacity: int, clock: Clock = time.monotonic) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.clock = clock
-        self._entries: OrderedDict[CacheKey, CachedReply | _NotLocal] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.entries: OrderedDict[tuple[tuple[object, ...], CacheKey], CachedReply | _NotLocal] = OrderedDict()
+        self.counts: dict[object, int] = {GLOBAL: 0, SHARED: 0}  # client partitions: (CLIENT, generation)
+        self.shared_keys: set[CacheKey] = set()
         self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
+
+    def put(self, tag: tuple[object, ...], key: CacheKey, entry: CachedReply | _NotLocal) -> None:
+        if self.capacity <= 0:
+            return
+        entries = self.entries
+        k = (tag, key)
+        if k not in entries:
+            counted = tag[:2] if tag[0] is CLIENT else tag[0]
+            self.counts[counted] = self.counts.get(counted, 0) + 1
+            if tag[0] is SHARED:
+                self.shared_keys.add(key)
+        entries[k] = entry
+        entries.move_to_end(k)
+        while len(entries) > self.capacity:  # drop the least recently used one, never everything
+            old, _ = entries.popitem(last=False)
+            self._forget(old)
+            self.evictions += 1
+
+    def delete(self, tag: tuple[object, ...], key: CacheKey) -> None:
+        k = (tag, key)
+        if self.entries.pop(k, None) is not None:
+            self._forget(k)
+
+    def _forget(self, k: tuple[tuple[object, ...], CacheKey]) -> None:
+        kind = k[0][0]
+        counted = k[0][:2] if kind is CLIENT else kind
+        left = self.counts[counted] - 1
+        if left or kind is not CLIENT:
+            self.counts[counted] = left
+        else:
+            del self.counts[counted]
+        if kind is SHARED:
+            self.shared_keys.discard(k[1])
+
+
+GLOBAL, SHARED, CLIENT = "global", "shared", "client"
+
+
+class ReplyCache:
+    """One partition of a ``ReplyStore``: finished replies with per-entry expiry.
+
+    Built on ``OrderedDict`` (whose lookups and reordering run in C) rather than on
+    ``cachetools.LRUCache``: this is the hot path, and cachetools' Python-level bookkeeping cost
+    a measured 7% of server CPU per cache hit (bench/RESULTS.md).
+
+    With ``stale_for``, an expired entry is kept that much longer for serve-stale (RFC 8767):
+    ``get`` no longer returns it, ``stale`` does."""
+
+    def __init__(self, capacity: int = 0, clock: Clock = time.monotonic, *, store: ReplyStore | None = None,
+                 tag: tuple[object, ...] = (GLOBAL,), stale_for: float = 0.0) -> None:
+        self.store = store if store is not None else ReplyStore(capacity)
+        self.tag = tag
+        self.clock = clock
+        self.stale_for = stale_for
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return self.store.counts.get(self.tag[:2] if self.tag[0] is CLIENT else self.tag[0], 0)
+
+    @property
+    def evictions(self) -> int:
+        return self.store.evictions
 
     def get(self, key: CacheKey, now: float) -> CachedReply | _NotLocal | None:
-        entry = self._entries.get(key)
+        k = (self.tag, key)
+        entries = self.store.entries
+        entry = entries.get(k)
         if entry is None:
             self.misses += 1
             return None
-        if isinstance(entry, CachedReply):
-            if not entry.variants:
-                entry.settle()
-            if entry.expires_at <= now:
-                del self._entries[key]
-                self.misses += 1
-                return None
-        self._entries.move_to_end(key)
+        if isinstance(entry, CachedReply) and entry.expires_at <= now:
+            if entry.expires_at + self.stale_for <= now:
+                self.store.delete(self.tag, key)
+            self.misses += 1
+            return None
+        entries.move_to_end(k)
         self.hits += 1
         return entry
 
-    def put(self, key: CacheKey, entry: CachedReply | _NotLocal) -> None:
-        if self.capacity <= 0:
-            return
-        entries = self._entries
-        entries[key] = entry
-        entries.move_to_end(key)
-        if len(entries) > self.capacity:  # drop the least recently used one, never everything
-            entries.popitem(last=False)
-            self.evictions += 1
+    def stale(self, key: CacheKey, now: float) -> CachedReply | None:
+        """An expired entry still within ``stale_for`` of its expiry, for serve-stale."""
+        entry = self.store.entries.get((self.tag, key))
+        if isinstance(entry, CachedReply) and entry.expires_at <= now < entry.expires_at + self.stale_for:
+            return entry
+        return None
 
-    def clear(self) -> None:
-        self._entries.clear()
+    def put(self, key: CacheKey, entry: CachedReply | _NotLocal) -> None:
+        self.store.put(self.tag, key, entry)
 
     def drop_built_from(self, names: set[str]) -> int:
-        """Drop the entries built from any of ``names`` (or from unknown names); keep the rest."""
-        stale = [key for key, entry in self._entries.items()
-                 if not isinstance(entry, CachedReply) or entry.built_from is None or entry.built_from & names]
+        """Drop the shared entries built from any of ``names`` (or from unknown names)."""
+        entries = self.store.entries
+        stale = []
+        for key in self.store.shared_keys:
+            entry = entries.get((self.tag, key))
+            if not isinstance(entry, CachedReply) or entry.built_from is None or entry.built_from & names:
+                stale.append(key)
         for key in stale:
-            del self._entries[key]
+            self.store.delete(self.tag, key)
         return len(stale)
 
 
 def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
-    """How long ``answer`` may be cached, as an entry; None when it must not be cached."""
-    try:
-        lay = layout(answer.wire)
-    except (ValueError, IndexError):
-        return None
+    """How long ``answer`` may be cached, as an entry; None when it must not be cached (a reply
+    whose records cannot be walked never is)."""
+    lay = answer.layout
+    if lay is None:
+        try:
+            lay = layout(answer.wire)
+        except ValueError:
+            return None
     lifetime = lifetime_of(lay, answer.source is Source.FAILURE, answer.countdown, max_ttl, servfail_ttl)
     if lifetime is None:
         return None
     return CachedReply(answer.wire, lay, now, now + lifetime, answer.countdown)
 
 
-def upstream_entry(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
-    """``entry_for`` an upstream answer, stored unread when its header says it is an ordinary
-    NOERROR/NXDOMAIN reply (its TTLs are read on its first hit)."""
-    wire = answer.wire
-    if (answer.source is Source.UPSTREAM and len(wire) >= 12 and not wire[2] & (FLAG_TC >> 8)
-            and wire[3] & 0xF in (RCODE_NOERROR, RCODE_NXDOMAIN)):
-        return CachedReply.unread(wire, now, max_ttl)
-    return entry_for(answer, now, max_ttl, servfail_ttl)
-
-
 class ClientCaches:
-    """Local answers, dropped whenever the answers change: one ReplyCache per client view, plus
-    one ``shared`` cache for answers no view can change (an exact name from the shared records,
-    with no search suffix and no link alias involved). Without the shared cache, N clients
-    asking the same 1,000 names cost N x 1,000 rebuilds after every fleet change."""
+    """Local answers, dropped whenever the answers change: one partition per client view, plus
+    one ``shared`` partition for answers no view can change (an exact name from the shared
+    records, with no search suffix and no link alias involved). Without the shared partition, N
+    clients asking the same 1,000 names cost N x 1,000 rebuilds after every fleet change.
 
-    def __init__(self, capacity: int, clock: Clock = time.monotonic, shared_capacity: int = 10000) -> None:
-        self.capacity = capacity
+    The per-client partitions carry the answers generation in their tag: an answers change
+    makes them unreachable at once, and the store's LRU drops their entries first."""
+
+    def __init__(self, store: ReplyStore | int, clock: Clock = time.monotonic) -> None:
+        self.store = store if isinstance(store, ReplyStore) else ReplyStore(store)
         self.clock = clock
-        self.shared_capacity = shared_capacity
-        self.by_view: dict[str, ReplyCache] = {}
-        self.shared = ReplyCache(shared_capacity, clock)
+        self.views: dict[str, ReplyCache] = {}
+        self.shared = ReplyCache(clock=clock, store=self.store, tag=(SHARED,))
         self.generation = 0
 
     def lookup(self, view: ClientView, key: CacheKey, now: float) -> CachedReply | _NotLocal | None:
         """This client's entry, else a shared one, unless the client's own records (a link alias)
         cover the name. The fast path and the client cache step both ask here."""
-        cache = self.by_view.get(view.key)
+        cache = self.views.get(view.key)
         entry = cache.get(key, now) if cache is not None else None
         if entry is None and key[0] not in view.overlay_wire:
             entry = self.shared.get(key, now)
         return entry
 
     def for_view(self, key: str) -> ReplyCache:
-        cache = self.by_view.get(key)
+        cache = self.views.get(key)
         if cache is None:
-            cache = self.by_view[key] = ReplyCache(self.capacity, self.clock)
+            cache = self.views[key] = ReplyCache(clock=self.clock, store=self.store,
+                                                 tag=(CLIENT, self.generation, key))
         return cache
 
     def clear(self, changed: set[str] | None = None) -> None:
@@ -151,15 +211,17 @@ class ClientCaches:
         search list or links may have changed); from the shared cache only the replies built from
         a ``changed`` name go, so one moved container does not cost 1,000 rebuilds.
         ``changed=None``: everything goes."""
-        self.by_view = {}
+        self.views = {}
         if changed is None:
-            self.shared = ReplyCache(self.shared_capacity, self.clock)
+            for key in list(self.store.shared_keys):
+                self.store.delete(self.shared.tag, key)
         else:
             self.shared.drop_built_from(changed)
         self.generation += 1
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self.by_view.values()) + len(self.shared)
+        """Entries that can still be served: this generation's and the shared ones."""
+        return self.store.counts.get((CLIENT, self.generation), 0) + self.store.counts[SHARED]
 
 
 class ClientCacheStep(Step):
@@ -184,17 +246,15 @@ class ClientCacheStep(Step):
         if isinstance(entry, CachedReply):
             return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL,
                           entry.countdown)
-        answer = await call_next(query)
-        self.answered(query, answer)
-        return answer
+        return self.answered(query, await call_next(query))
 
     def passes(self, query: Query) -> bool:
         return not isinstance(self._look(query, self.caches.clock()), CachedReply)
 
-    def answered(self, query: Query, answer: Answer) -> None:
+    def answered(self, query: Query, answer: Answer) -> Answer:
         caches = self.caches
         if query.generation != caches.generation:
-            return  # the answers changed while we waited: do not store a stale reply
+            return answer  # the answers changed while we waited: do not store a stale reply
         key = cache_key(query.raw)
         if answer.source in (Source.LOCAL, Source.AUTHORITY):
             stored = entry_for(answer, caches.clock(), self.local_ttl_cap, 0)
@@ -206,38 +266,79 @@ class ClientCacheStep(Step):
                     caches.for_view(query.view.key).put(key, stored)
         elif not query.skip_local:
             caches.for_view(query.view.key).put(key, NOT_LOCAL)
+        return answer
 
 
 class GlobalCacheStep(Step):
     """Upstream replies, shared by clients that use the default upstreams; clients with their
-    own upstreams get a partition of their own, so one client's resolver never answers another."""
+    own upstreams get a partition of their own, so one client's resolver never answers another.
+
+    Serve-stale (RFC 8767): an expired reply is kept for ``cache.stale_for`` seconds. When every
+    upstream fails, or none has answered within ``stale_after`` seconds (the client-response
+    timer), the client gets the expired reply with TTL ``stale_ttl``, and the upstream answer,
+    when it comes, refreshes the cache."""
 
     name = "global_cache"
 
-    def __init__(self, cache: ReplyCache, max_ttl: float, servfail_ttl: float) -> None:
+    def __init__(self, cache: ReplyCache, max_ttl: float, servfail_ttl: float, stale_after: float = 1.8,
+                 stale_ttl: int = 30) -> None:
         self.cache = cache
         self.max_ttl = max_ttl
         self.servfail_ttl = servfail_ttl
+        self.stale_after = stale_after
+        self.stale_ttl = stale_ttl
+        self.stale_served = 0
+        self._fallback = self.stale_answer  # one bound method, not one per query
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
             return await call_next(query)
         now = self.cache.clock()
-        entry = self.cache.get(global_key(query.view, cache_key(query.raw)), now)
+        key = global_key(query.view, cache_key(query.raw))
+        entry = self.cache.get(key, now)
         if isinstance(entry, CachedReply):
             return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.UPSTREAM)
-        answer = await call_next(query)
-        self.answered(query, answer)
-        return answer
+        if self.cache.stale(key, now) is None:
+            return self.answered(query, await call_next(query))
+        below = asyncio.ensure_future(call_next(query))
+        done, _ = await asyncio.wait({below}, timeout=self.stale_after)
+        if not done:  # the client-response timer: stale now, the cache refreshed when it comes
+            below.add_done_callback(lambda task: self._refreshed(query, task))
+            return self.stale_answer(query)
+        return self.answered(query, below.result())
+
+    def _refreshed(self, query: Query, task: asyncio.Future[Answer]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.answered(query, task.result())
 
     def passes(self, query: Query) -> bool:
         if not query.recursion_allowed:
             return True
-        entry = self.cache.get(global_key(query.view, cache_key(query.raw)), self.cache.clock())
-        return not isinstance(entry, CachedReply)
+        now = self.cache.clock()
+        key = global_key(query.view, cache_key(query.raw))
+        if isinstance(self.cache.get(key, now), CachedReply):
+            return False
+        if self.cache.stale_for and self.cache.stale(key, now) is not None:
+            query.fallback, query.fallback_after = self._fallback, self.stale_after
+        return True
 
-    def answered(self, query: Query, answer: Answer) -> None:
-        if query.recursion_allowed and answer.source in (Source.UPSTREAM, Source.FAILURE):
-            stored = upstream_entry(answer, self.cache.clock(), self.max_ttl, self.servfail_ttl)
-            if stored is not None:
-                self.cache.put(global_key(query.view, cache_key(query.raw)), stored)
+    def stale_answer(self, query: Query) -> Answer:
+        """The expired reply for ``query`` (if it is still there), else SERVFAIL."""
+        entry = self.cache.stale(global_key(query.view, cache_key(query.raw)), self.cache.clock())
+        if entry is None:
+            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+        self.stale_served += 1
+        return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), self.stale_ttl),
+                      Source.STALE)
+
+    def answered(self, query: Query, answer: Answer) -> Answer:
+        if not query.recursion_allowed or answer.source not in (Source.UPSTREAM, Source.FAILURE):
+            return answer
+        now = self.cache.clock()
+        key = global_key(query.view, cache_key(query.raw))
+        if answer.source is Source.FAILURE and self.cache.stale_for and self.cache.stale(key, now) is not None:
+            return self.stale_answer(query)  # keep the expired reply: it beats a SERVFAIL
+        stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)
+        if stored is not None:
+            self.cache.put(key, stored)
+        return answer

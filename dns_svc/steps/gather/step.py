@@ -101,7 +101,7 @@ class GatherStep(Step):
         rcode = "timeout"
         try:
             async with asyncio.timeout(self.deadline):
-                wire = await self.upstream.forward(bytes(request.pack()), cluster.upstreams)
+                wire = await self.upstream.forward_packet(bytes(request.pack()), cluster.upstreams)
             if wire is None:
                 rcode = "failed"
                 return None

@@ -70,23 +70,37 @@ class LocalAnswers(Step):
         reply = reply_for(query)
         owner = query.request.q.qname
         qtype = query.raw.qtype
+        if qtype == QTYPE_ANY:
+            qtype = self.one_type_for_any(rec)
         countdown = False
-        if qtype in (QTYPE_A, QTYPE_AAAA, QTYPE_ANY):
+        if qtype in (QTYPE_A, QTYPE_AAAA):
             countdown = await self.addresses(query, reply, owner, rec, qtype)
-        if qtype in (QTYPE_CNAME, QTYPE_ANY) and rec.cname and not (qtype == QTYPE_ANY and reply.rr):
+        if qtype == QTYPE_CNAME and rec.cname:
             reply.add_answer(RR(owner, QTYPE.CNAME, ttl=self.ttl_of(rec), rdata=CNAME(rec.cname)))
-        if qtype in (QTYPE_TXT, QTYPE_ANY):
+        if qtype == QTYPE_TXT:
             for text in rec.txt:
                 reply.add_answer(RR(owner, QTYPE.TXT, ttl=self.ttl_of(rec), rdata=TXT(text)))
-        if qtype in (QTYPE_PTR, QTYPE_ANY) and rec.ptr:
+        if qtype == QTYPE_PTR and rec.ptr:
             reply.add_answer(RR(owner, QTYPE.PTR, ttl=self.ttl_of(rec), rdata=PTR(rec.ptr)))
-        if qtype in (QTYPE_SRV, QTYPE_ANY):
+        if qtype == QTYPE_SRV:
             self.services(query, reply, owner, rec)
         if not reply.rr:
             zone = query.table.zone_of(query.raw.lower_text())
             if zone is not None:
                 reply.add_auth(soa_rr(query.table, zone, self.ttl))
         return Answer(bytes(reply.pack()), Source.LOCAL, countdown)
+
+    @staticmethod
+    def one_type_for_any(rec: NameRecords) -> int:
+        """ANY gets one kind of record, not all of them (RFC 8482): a full ANY answer for a big
+        service is a 20 KB reply to a 40-byte query, an amplifier for anyone who can spoof."""
+        if rec.a or rec.aaaa or rec.cname:
+            return QTYPE_A
+        if rec.srv:
+            return QTYPE_SRV
+        if rec.txt:
+            return QTYPE_TXT
+        return QTYPE_PTR
 
     def ttl_of(self, rec: NameRecords) -> int:
         return rec.ttl if rec.ttl is not None else self.ttl
@@ -111,10 +125,10 @@ class LocalAnswers(Step):
         if current.cname and not (current.a or current.aaaa):
             return False  # too long: stop at the depth limit
         ttl = self.ttl_of(current)
-        if qtype in (QTYPE_A, QTYPE_ANY):
+        if qtype == QTYPE_A:
             for ip in current.a:
                 reply.add_answer(RR(name, QTYPE.A, ttl=ttl, rdata=A(ip)))
-        if qtype in (QTYPE_AAAA, QTYPE_ANY):
+        if qtype == QTYPE_AAAA:
             for ip in current.aaaa:
                 reply.add_answer(RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(ip)))
         return False

@@ -1,36 +1,50 @@
-"""One UDP socket per upstream, shared by all queries to it and demultiplexed by ID and question.
+"""Queries to one upstream over UDP: each on a socket of its own, from a random port, with a
+random ID, identical questions in flight merged into one.
 
-A socket per query would cost a bind and an epoll registration each time; a shared socket with
-random IDs costs a dict entry. Replies are matched on ID *and* question (case-insensitive), so a
-stray or spoofed datagram cannot complete the wrong query; the socket is connected, so the kernel
-drops datagrams from any other address.
+This is what makes forged replies expensive (RFC 5452): an attacker who wants to plant an
+answer must guess the 16-bit ID *and* the source port (about 15 more bits) while the one real
+query is in flight, and cannot multiply its chances by making us send the same question many
+times (the birthday attack), because identical questions share one upstream query. A reply is
+taken only when it comes from the upstream's address and port (the socket is connected, so the
+kernel drops anything else), carries the query's ID, and repeats its question (name compared
+case-insensitively, type, class); a reply without a question is never taken.
+
+A socket per query also means no socket outlives one error: an ICMP port-unreachable (the
+upstream restarting) fails that one query, and the next one starts afresh. (On uvloop a socket
+error stops the reader watcher of that socket for good; a long-lived shared socket then went
+deaf for every later query.)
 
 The channel works with callbacks, not futures: a relayed cache miss is sent from the UDP
-listener's read callback and finished from this socket's, with no coroutine in between (the
-miss path's cost was mostly the coroutines, bench/RESULTS.md). ``exchange`` wraps the same
-machinery in a future for the chain. Deadlines sit in one queue per wait length, oldest first,
-swept by a single timer: no timer object per query.
+listener's read callback and finished from this socket's, with no coroutine in between.
+``exchange`` wraps the same machinery in a future for the chain. Deadlines sit in one queue per
+wait length, oldest first, swept by a single timer: no timer object per query.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
+import os
 import socket
 import struct
 import time
 from collections import deque
 from typing import Protocol
 
+from dns_svc.wire import FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery
+
 log = logging.getLogger("dns.upstream")
-_HEADER_ID = struct.Struct("!H")
-BATCH = 64
-MAX_IN_FLIGHT = 60000
+_HEADER = struct.Struct("!HHHHHH")
+_U16 = struct.Struct("!H")
+MAX_IN_FLIGHT = 8192
+UPSTREAM_UDP_SIZE = 1232
+
 
 class Waiter(Protocol):
-    """Whoever sent a query: told once, with the reply (its ID still the channel's) or the
-    exception that ended it. An object rather than a callback, so a query costs no bound method."""
+    """Whoever sent a query: told once, with the reply (everything after its ID, the question in
+    this waiter's letter case) or the exception that ended it. An object rather than a callback,
+    so a query costs no bound method."""
 
     def on_reply(self, result: bytes | BaseException) -> None: ...
 
@@ -46,132 +60,233 @@ class _FutureWaiter:
             self.future.set_result(result)
 
 
-def question_of(packet: bytes) -> bytes | None:
-    """The question section (name, type, class) folded to lower case, for matching."""
-    i = 12
+class Entropy:
+    """Random 16-bit numbers from the kernel's CSPRNG, read in blocks: ``secrets`` per number
+    costs a system call each time, ``random`` is predictable from its outputs."""
+
+    __slots__ = ("_at", "_block")
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def u16(self) -> int:
+        at = self._at
+        if at + 2 > len(self._block):
+            self._block, at = os.urandom(4096), 0
+        self._at = at + 2
+        return int(_U16.unpack_from(self._block, at)[0])
+
+    def below(self, n: int) -> int:
+        """Uniform in [0, n) for n <= 65536 (rejection sampling: no modulo bias)."""
+        limit = 65536 - 65536 % n
+        while True:
+            value = self.u16()
+            if value < limit:
+                return value % n
+
+
+def local_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The kernel's ephemeral range: ports no listening service is configured to expect."""
     try:
-        while packet[i]:
-            if packet[i] > 63:
-                return None
-            i += 1 + packet[i]
-    except IndexError:
-        return None
-    end = i + 5
-    return packet[12:end].lower() if end <= len(packet) else None
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        if 1024 <= low < high <= 65535:
+            return low, high
+    except (OSError, ValueError):
+        pass
+    return 32768, 60999
 
 
-class _Pending:
-    """A query in flight, freed as soon as it is answered. Its deadline queue entry, which
-    outlives it, is a tuple of numbers (deadline, ID, serial): nothing for the garbage
-    collector to follow, and it holds no callback alive."""
+def upstream_query(raw: RawQuery, qid: int) -> bytes:
+    """What we send upstream for ``raw``: its question and RD/CD bits, and our own EDNS (size
+    1232, the client's DO bit, no options) when it had EDNS. Rebuilt rather than forwarded, so
+    that one question is one upstream query whatever EDNS options (cookies) each client sent,
+    and a client's cookie never reaches a server it did not talk to."""
+    flags = raw.flags & (FLAG_RD | FLAG_CD)
+    head = _HEADER.pack(qid, flags, 1, 0, 0, 1 if raw.edns else 0)
+    question = raw.packet[12:raw.question_end]
+    if not raw.edns:
+        return head + question
+    return head + question + b"\x00" + struct.pack("!HHIH", QTYPE_OPT, UPSTREAM_UDP_SIZE,
+                                                   0x8000 if raw.do else 0, 0)
 
-    __slots__ = ("question", "serial", "waiter")
 
-    def __init__(self, waiter: Waiter, question: bytes, serial: int) -> None:
-        self.waiter: Waiter | None = waiter
+def merge_key(raw: RawQuery) -> bytes:
+    """Queries with equal keys get the same upstream reply: same question (any letter case),
+    same RD/CD bits, same EDNS and DO."""
+    flags = raw.flags & (FLAG_RD | FLAG_CD) | (1 if raw.edns else 0) | (2 if raw.do else 0)
+    return _U16.pack(flags) + raw.packet[12:raw.question_end].lower()
+
+
+def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
+    """The reply carries our ID and repeats our question (``question`` is lower case)."""
+    if len(data) < 12 + len(question) or data[0] << 8 | data[1] != qid or data[4:6] != b"\x00\x01":
+        return False
+    if not data[2] & 0x80:
+        return False  # a query, not a reply
+    return data[12:12 + len(question)].lower() == question
+
+
+class UpstreamRefused(OSError):
+    """The upstream said no (REFUSED, FORMERR...) without repeating the question, as some
+    servers do: never an answer, only a reason to try the next upstream at once."""
+
+
+def refusal_without_question(data: bytes, qid: int) -> bool:
+    return (len(data) >= 12 and data[0] << 8 | data[1] == qid and bool(data[2] & 0x80)
+            and data[4:6] == b"\x00\x00" and data[3] & 0xF != 0)
+
+
+class _Flight:
+    """One upstream query in flight: its own socket, ID and deadline, and everyone waiting for
+    its answer (each with its own spelling of the name). Its deadline queue entry, which outlives
+    it, is a tuple of numbers: nothing for the garbage collector to follow."""
+
+    __slots__ = ("channel", "key", "qid", "question", "serial", "sock", "waiters")
+
+    def __init__(self, channel: UdpChannel, key: bytes, sock: socket.socket, qid: int, question: bytes,
+                 serial: int) -> None:
+        self.channel = channel
+        self.key = key
+        self.sock: socket.socket | None = sock
+        self.qid = qid
         self.question = question
         self.serial = serial
+        self.waiters: list[tuple[Waiter, bytes]] = []
 
-
-class UdpChannel:
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.address = address
-        self._sock: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, _Pending] = {}
-        self._deadlines: dict[float, deque[tuple[float, int, int]]] = {}
-        self._serial = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
-
-    def _open(self) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
-        family = socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            except OSError:
-                pass
-            sock.connect(self.address)
-            loop = asyncio.get_running_loop()
-            loop.add_reader(sock.fileno(), self._readable)
-        except BaseException:
-            sock.close()
-            raise
-        self._sock, self._loop = sock, loop
-        return sock
-
-    def send(self, packet: bytes, wait: float, waiter: Waiter, question_end: int = 0) -> None:
-        """Send ``packet`` with a fresh ID; ``waiter`` is told once, later, never from here.
-        ``question_end``, when the caller knows it, saves reading the question again.
-        Raises OSError or ValueError when the query cannot be sent at all."""
-        sock = self._open()
-        question = packet[12:question_end].lower() if question_end else question_of(packet)
-        if question is None:
-            raise ValueError("query without a readable question")
-        pending = self._pending
-        if len(pending) >= MAX_IN_FLIGHT:
-            raise OSError("too many queries in flight to one upstream")
-        qid = random.getrandbits(16)
-        while qid in pending:
-            qid = random.getrandbits(16)
-        sock.send(_HEADER_ID.pack(qid) + packet[2:])
-        deadline = time.monotonic() + wait
-        serial = self._serial = self._serial + 1
-        pending[qid] = _Pending(waiter, question, serial)
-        queue = self._deadlines.get(wait)
-        if queue is None:
-            queue = self._deadlines[wait] = deque()
-        queue.append((deadline, qid, serial))
-        if self._timer is None or deadline < self._timer_at:
-            self._arm(deadline)
-
-    async def exchange(self, packet: bytes, wait: float) -> bytes:
-        """Send ``packet`` (its ID is replaced) and return the matching reply with the original ID."""
-        future: asyncio.Future[bytes | BaseException] = asyncio.get_running_loop().create_future()
-        self.send(packet, wait, _FutureWaiter(future))
-        result = await future
-        if isinstance(result, BaseException):
-            raise result
-        return packet[:2] + result[2:]
-
-    def _readable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        for _ in range(BATCH):
+    def readable(self) -> None:
+        sock = self.sock
+        channel = self.channel
+        for _ in range(16):
+            if sock is None:
+                return
             try:
                 data = sock.recv(65535)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # ICMP port unreachable and the like, reported on the next read
-                self._fail_all(ConnectionRefusedError(str(exc)))
-                continue
-            self.received(data)
+            except OSError as exc:  # ICMP port unreachable and the like: this query only
+                channel.finish(self, ConnectionRefusedError(str(exc) or "connection refused"))
+                return
+            if reply_matches(data, self.qid, self.question):
+                channel.finish(self, data)
+                return
+            if refusal_without_question(data, self.qid):
+                channel.finish(self, UpstreamRefused("error reply without the question"))
+                return
+            channel.mismatched += 1  # a forgery or a late duplicate: keep waiting for the real one
 
-    def received(self, data: bytes) -> None:
-        if len(data) < 12:
-            return
-        qid = _HEADER_ID.unpack_from(data)[0]
-        entry = self._pending.get(qid)
-        if entry is None:
-            return
-        # The question is the reply's first name, so never compressed: compare it in place. Some
-        # servers send REFUSED/FORMERR without the question: accept an error reply by ID alone.
-        question = entry.question
-        if (data[4:6] == b"\x00\x01" and data[12:12 + len(question)].lower() == question) or (
-                data[4:6] == b"\x00\x00" and data[3] & 0xF != 0):
-            del self._pending[qid]
-            _deliver(entry, data)
 
-    def _fail_all(self, exc: BaseException) -> None:
-        """Fail everything in flight now, not at the timeout."""
-        pending, self._pending = self._pending, {}
-        for entry in pending.values():
-            _deliver(entry, exc)
+class UdpChannel:
+    def __init__(self, address: tuple[str, int], entropy: Entropy | None = None,
+                 ports: tuple[int, int] | None = None) -> None:
+        self.address = address
+        self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.entropy = entropy or Entropy()
+        self.ports = ports or local_port_range()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flights: dict[bytes, _Flight] = {}
+        self._by_serial: dict[int, _Flight] = {}
+        self._deadlines: dict[float, deque[tuple[float, int]]] = {}
+        self._serial = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self.sent = 0
+        self.merged = 0
+        self.mismatched = 0
+
+    def __len__(self) -> int:
+        return len(self._by_serial)
+
+    def _socket(self) -> socket.socket:
+        """A UDP socket connected to the upstream, bound to a random port of the ephemeral range."""
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            low, high = self.ports
+            for _ in range(10):
+                try:
+                    sock.bind(("::" if self.family == socket.AF_INET6 else "0.0.0.0",
+                               low + self.entropy.below(high - low + 1)))
+                    break
+                except OSError:
+                    continue  # taken: draw again (the kernel picks one after ten tries)
+            sock.connect(self.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def send(self, raw: RawQuery, wait: float, waiter: Waiter) -> None:
+        """Ask the upstream ``raw``'s question; ``waiter`` is told once, later, never from here.
+        Raises OSError when the query cannot be sent at all."""
+        key = merge_key(raw)
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.waiters.append((waiter, raw.qname))
+            self.merged += 1
+            return
+        if len(self._by_serial) >= MAX_IN_FLIGHT:
+            raise OSError("too many queries in flight to one upstream")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        sock = self._socket()
+        qid = self.entropy.u16()
+        try:
+            sock.send(upstream_query(raw, qid))
+            serial = self._serial = self._serial + 1
+            flight = _Flight(self, key, sock, qid, key[2:], serial)
+            loop.add_reader(sock.fileno(), flight.readable)
+        except BaseException:
+            sock.close()
+            raise
+        flight.waiters.append((waiter, raw.qname))
+        self._flights[key] = flight
+        self._by_serial[serial] = flight
+        self.sent += 1
+        deadline = time.monotonic() + wait
+        queue = self._deadlines.get(wait)
+        if queue is None:
+            queue = self._deadlines[wait] = deque()
+        queue.append((deadline, serial))
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline)
+
+    async def exchange(self, raw: RawQuery, wait: float) -> bytes:
+        """Ask ``raw``'s question and return the reply with ``raw``'s ID and letter case."""
+        future: asyncio.Future[bytes | BaseException] = asyncio.get_running_loop().create_future()
+        self.send(raw, wait, _FutureWaiter(future))
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return raw.packet[:2] + result
+
+    def finish(self, flight: _Flight, result: bytes | BaseException) -> None:
+        """End ``flight``: close its socket and tell each waiter (a reply in its own spelling)."""
+        if flight.sock is None:
+            return
+        self._close_socket(flight)
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+        self._by_serial.pop(flight.serial, None)
+        waiters, flight.waiters = flight.waiters, []
+        for waiter, qname in waiters:
+            if isinstance(result, bytes):
+                tail = result[2:12] + qname + result[12 + len(qname):]
+                _deliver(waiter, tail)
+            else:
+                _deliver(waiter, result)
+
+    def _close_socket(self, flight: _Flight) -> None:
+        sock, flight.sock = flight.sock, None
+        if sock is None:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock.fileno())
+        sock.close()
 
     def _arm(self, deadline: float) -> None:
         assert self._loop is not None
@@ -185,15 +300,14 @@ class UdpChannel:
     def _expire(self) -> None:
         self._timer = None
         now = time.monotonic()
-        pending = self._pending
+        by_serial = self._by_serial
         earliest: float | None = None
         for wait, queue in list(self._deadlines.items()):
             while queue and queue[0][0] <= now:
-                _, qid, serial = queue.popleft()
-                entry = pending.get(qid)
-                if entry is not None and entry.serial == serial:
-                    del pending[qid]
-                    _deliver(entry, TimeoutError())
+                _, serial = queue.popleft()
+                flight = by_serial.get(serial)
+                if flight is not None:
+                    self.finish(flight, TimeoutError())
             if not queue:
                 del self._deadlines[wait]
             elif earliest is None or queue[0][0] < earliest:
@@ -205,27 +319,23 @@ class UdpChannel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-            self._sock = None
-        self._fail_all(ConnectionError("channel closed"))
+        for flight in list(self._by_serial.values()):
+            self.finish(flight, ConnectionError("channel closed"))
         self._deadlines.clear()
 
 
-def _deliver(entry: _Pending, result: bytes | BaseException) -> None:
-    """Hand a result to its query, once; a failing callback costs that query, not the socket's others."""
-    waiter, entry.waiter = entry.waiter, None
-    if waiter is None:
-        return
+def _deliver(waiter: Waiter, result: bytes | BaseException) -> None:
+    """Hand a result to one waiter; a failing callback costs that query, not the others."""
     try:
         waiter.on_reply(result)
     except Exception:
         log.exception("reply callback failed", extra={"fields": {"event": "reply_callback_failed"}})
 
 
-async def tcp_exchange(address: tuple[str, int], packet: bytes, wait: float) -> bytes:
+async def tcp_exchange(address: tuple[str, int], raw: RawQuery, wait: float, entropy: Entropy) -> bytes:
+    """``raw``'s question over TCP, on a fresh connection; the reply with ``raw``'s ID and case."""
+    qid = entropy.u16()
+    packet = upstream_query(raw, qid)
     async with asyncio.timeout(wait):
         reader, writer = await asyncio.open_connection(*address)
         try:
@@ -235,6 +345,7 @@ async def tcp_exchange(address: tuple[str, int], packet: bytes, wait: float) -> 
             reply = await reader.readexactly(size)
         finally:
             writer.close()
-    if reply[:2] != packet[:2] or question_of(reply) != question_of(packet):
+    question = packet[12:raw.question_end].lower()
+    if not reply_matches(reply, qid, question):
         raise ValueError("TCP reply does not match the query")
-    return reply
+    return raw.packet[:2] + reply[2:12] + raw.qname + reply[12 + len(raw.qname):]

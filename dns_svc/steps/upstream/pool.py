@@ -1,9 +1,10 @@
 """Recursion: relay the client's query to its own upstreams, then to the default ones.
 
-The query is forwarded as the client sent it (EDNS, DO and all) with a fresh ID, and the reply
-comes back unchanged but for the ID, so rcode, flags and TTLs are the upstream's. Each attempt
-has its own timeout; a truncated UDP reply is retried over TCP on the same upstream; SERVFAIL and
-REFUSED move on to the next upstream; SERVFAIL is ours only when every upstream failed.
+The client's question goes upstream with its RD/CD bits and DO bit, a fresh random ID and source
+port (``channel``), and the reply comes back unchanged but for the ID and the question's letter
+case, so rcode, flags and TTLs are the upstream's. Each attempt has its own timeout; a truncated
+UDP reply is retried over TCP on the same upstream; SERVFAIL, REFUSED and a reply whose records
+cannot be walked move on to the next upstream; SERVFAIL is ours only when every upstream failed.
 
 Over UDP the same walk runs with callbacks (``relay``) when every step above passes the query
 on; over TCP, after a truncated reply, or while the first upstream is down, the chain's
@@ -19,10 +20,20 @@ from collections.abc import Sequence
 from dnslib import QTYPE, RR, DNSRecord
 
 from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
-from dns_svc.steps.upstream.channel import UdpChannel, tcp_exchange
-from dns_svc.wire import FLAG_TC, RCODE_REFUSED, RCODE_SERVFAIL, header_only_reply
+from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamRefused, local_port_range, tcp_exchange
+from dns_svc.wire import (
+    FLAG_TC,
+    RCODE_REFUSED,
+    RCODE_SERVFAIL,
+    RawQuery,
+    ReplyLayout,
+    WireError,
+    header_only_reply,
+    layout,
+    parse_query,
+)
 from shared.answers import Upstream
-from shared.logs import log_event
+from shared.logs import ThrottledLog, log_event
 
 log = logging.getLogger("dns.upstream")
 
@@ -38,12 +49,23 @@ class UpstreamPool(Step):
         self._orders: dict[tuple[Upstream, ...], tuple[Upstream, ...]] = {}
         self.closed = False
         self.failures: dict[Upstream, int] = {}
+        self.entropy = Entropy()
+        self.ports = local_port_range()
+        self.malformed = ThrottledLog(log, "upstream_reply_malformed")
 
     def channel(self, upstream: Upstream) -> UdpChannel:
         ch = self._channels.get(upstream)
         if ch is None:
-            ch = self._channels[upstream] = UdpChannel(upstream)
+            ch = self._channels[upstream] = UdpChannel(upstream, self.entropy, self.ports)
         return ch
+
+    def in_flight(self) -> int:
+        return sum(len(ch) for ch in self._channels.values())
+
+    def counters(self) -> dict[str, int]:
+        channels = self._channels.values()
+        return {"sent": sum(ch.sent for ch in channels), "merged": sum(ch.merged for ch in channels),
+                "mismatched": sum(ch.mismatched for ch in channels), "malformed": self.malformed.total}
 
     def relay(self, query: Query, done: Done) -> bool:
         if query.transport != "udp" or not query.recursion_allowed or self.closed:
@@ -71,35 +93,56 @@ class UpstreamPool(Step):
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
             return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
-        reply = await self.forward(query.raw.packet, self.upstreams_for(query), query.transport)
-        if reply is None:
+        found = await self.forward(query.raw, self.upstreams_for(query), query.transport)
+        if found is None:
             return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
-        return Answer(reply, Source.UPSTREAM)
+        return Answer(found[0], Source.UPSTREAM, layout=found[1])
 
-    async def forward(self, packet: bytes, upstreams: Sequence[Upstream], transport: str = "udp") -> bytes | None:
+    async def forward(self, raw: RawQuery, upstreams: Sequence[Upstream],
+                      transport: str = "udp") -> tuple[bytes, ReplyLayout] | None:
+        """The first acceptable reply to ``raw`` (with its ID and letter case) and its layout."""
         for up in upstreams:
             try:
                 if transport == "tcp":
-                    reply = await tcp_exchange(up, packet, self.timeout)
+                    reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
                 else:
-                    reply = await self.channel(up).exchange(packet, self.timeout)
+                    reply = await self.channel(up).exchange(raw, self.timeout)
                     if reply[2] & (FLAG_TC >> 8):
-                        reply = await tcp_exchange(up, packet, self.timeout)
+                        reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
+            except UpstreamRefused:
+                continue
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
                 self.mark(up, False, _error_text(exc))
                 continue
-            if self.accepts(up, reply):
-                return reply
+            lay = self.accepts(up, reply)
+            if lay is not None:
+                return reply, lay
         return None
 
-    def accepts(self, up: Upstream, reply: bytes) -> bool:
-        """A reply worth passing on; SERVFAIL and REFUSED send the query to the next upstream."""
+    async def forward_packet(self, packet: bytes, upstreams: Sequence[Upstream]) -> bytes | None:
+        """``forward`` for a query we built ourselves (a CNAME chase, a gathered sub-query)."""
+        try:
+            raw = parse_query(packet)
+        except WireError:
+            return None
+        found = await self.forward(raw, upstreams)
+        return None if found is None else found[0]
+
+    def accepts(self, up: Upstream, reply: bytes) -> ReplyLayout | None:
+        """The reply's layout when it is worth passing on. SERVFAIL and REFUSED send the query to
+        the next upstream, and so does a reply whose records cannot be walked: it would reach the
+        client malformed, and must never enter the cache."""
         rcode = reply[3] & 0xF
         if rcode in (RCODE_SERVFAIL, RCODE_REFUSED):
             log_event(log, logging.DEBUG, "upstream_refused", upstream=_text(up), rcode=rcode)
-            return False
+            return None
+        try:
+            lay = layout(reply)
+        except ValueError as exc:
+            self.malformed.note(upstream=_text(up), problem=str(exc))
+            return None
         self.mark(up, True, "")
-        return True
+        return lay
 
     def mark(self, up: Upstream, ok: bool, error: str) -> None:
         """Log an upstream going down or coming back once, not once per query."""
@@ -117,7 +160,7 @@ class UpstreamPool(Step):
     async def lookup(self, query: Query, name: str, qtype: int) -> list[RR] | None:
         """Resolve ``name`` upstream for a local CNAME that points outside the table."""
         packet = DNSRecord.question(name, QTYPE.get(qtype)).pack()
-        reply = await self.forward(bytes(packet), self.upstreams_for(query))
+        reply = await self.forward_packet(bytes(packet), self.upstreams_for(query))
         if reply is None:
             return None
         try:
@@ -152,8 +195,7 @@ class _Relay:
             up = self.upstreams[self.index]
             self.index += 1
             try:
-                raw = self.query.raw
-                pool.channel(up).send(raw.packet, pool.timeout, self, raw.question_end)
+                pool.channel(up).send(self.query.raw, pool.timeout, self)
                 return
             except (OSError, ValueError) as exc:
                 pool.mark(up, False, _error_text(exc))
@@ -164,14 +206,19 @@ class _Relay:
             return
         up = self.upstreams[self.index - 1]
         if isinstance(result, BaseException):
-            self.pool.mark(up, False, _error_text(result))
+            if not isinstance(result, UpstreamRefused):
+                self.pool.mark(up, False, _error_text(result))
             self.next()
-        elif result[2] & (FLAG_TC >> 8):
+            return
+        wire = self.query.raw.packet[:2] + result
+        if wire[2] & (FLAG_TC >> 8):
             self.done(self.query, None)
-        elif self.pool.accepts(up, result):
-            self.done(self.query, Answer(self.query.raw.packet[:2] + result[2:], Source.UPSTREAM))
-        else:
+            return
+        lay = self.pool.accepts(up, wire)
+        if lay is None:
             self.next()
+        else:
+            self.done(self.query, Answer(wire, Source.UPSTREAM, layout=lay))
 
 
 def _error_text(exc: BaseException) -> str:
