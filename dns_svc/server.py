@@ -34,7 +34,7 @@ from shared.model import Fleet
 log = logging.getLogger("dns")
 
 
-def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache: ReplyCache,
+def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_step: GlobalCacheStep,
                 upstream: UpstreamPool, metrics: Metrics) -> Chain:
     """The resolution order, top to bottom. Each step answers or hands the query down."""
     gather: list[Step] = []
@@ -44,7 +44,7 @@ def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_cache
     return Chain([
         ClientCacheStep(client_caches),
         LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
-        GlobalCacheStep(global_cache, settings.cache_max_ttl, settings.servfail_ttl, settings.stale_answer_timeout),
+        global_step,
         *gather,  # merged answers come back up through the global cache
         Authority(settings.ttl),
         upstream,
@@ -60,8 +60,10 @@ class DnsServer:
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
         self.metrics = Metrics(self.counters)
+        self.global_step = GlobalCacheStep(self.global_cache, settings.cache_max_ttl, settings.servfail_ttl,
+                                           settings.stale_answer_timeout)
         self.resolver = Resolver(self.tables, self.client_caches, self.global_cache,
-                                 build_chain(settings, self.client_caches, self.global_cache, self.upstream,
+                                 build_chain(settings, self.client_caches, self.global_step, self.upstream,
                                              self.metrics),
                                  RecursionPolicy(settings.allow_recursion), clock)
         self.dispatcher = Dispatcher(self.resolver, udp_cap=settings.max_udp_size)

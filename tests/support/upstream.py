@@ -6,11 +6,13 @@ everything the tests ask it comes from the ``local-data`` lines below.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,11 +106,13 @@ remote-control:
 
 @contextlib.contextmanager
 def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE,
-                access: str = "allow") -> Iterator[Unbound]:
+                access: str = "allow", port: int = 0) -> Iterator[Unbound]:
+    """A real unbound on ``host`` (on ``port``, when given: restarting one where it was)."""
     binary = require_tool("unbound", "/usr/sbin/unbound")
     workdir.mkdir(parents=True, exist_ok=True)
+    wanted = port
     for attempt in range(5):
-        port = reserve_port()
+        port = wanted or reserve_port()
         conf = workdir / "unbound.conf"
         conf.write_text(unbound_config(workdir, host, port, zone + extra, access))
         proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stderr=subprocess.PIPE)
@@ -125,5 +129,77 @@ def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: s
         err = proc.stderr.read().decode() if proc.stderr else ""
         if proc.stderr is not None:
             proc.stderr.close()
-        if "address already in use" not in err.lower() or attempt == 4:
+        if "address already in use" not in err.lower() or attempt == 4 or wanted:
             raise RuntimeError(f"unbound did not start: {err}")
+
+
+class ScriptedUpstream:
+    """A UDP "upstream" whose replies the test decides: held back for ``delay`` seconds, cut
+    short, or never sent. No real resolver can be told to do that on cue, so this stand-in is
+    used only by the tests that need it, and only for the upstream's side. It sees what a real
+    upstream sees: every query, its ID and the port it came from."""
+
+    def __init__(self, delay: float = 0.0, host: str = "127.0.0.1",
+                 reply: Callable[[bytes], bytes | None] | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.address: tuple[str, int] = self.sock.getsockname()
+        self.delay = delay
+        self.reply = reply or answer_a("192.0.2.55")
+        self.queries: list[tuple[bytes, tuple[str, int]]] = []
+        self.silent = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.sock.fileno(), self._readable)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            self.queries.append((data, addr))
+            if self.silent:
+                continue
+            out = self.reply(data)
+            if out is not None:
+                assert self._loop is not None
+                self._loop.call_later(self.delay, self._send, out, addr)
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendto(data, addr)
+
+
+def answer_a(address: str, ttl: int = 300) -> Callable[[bytes], bytes | None]:
+    """A reply function: one A record for whatever was asked."""
+    from dnslib import RR, A, DNSRecord
+
+    def reply(query: bytes) -> bytes | None:
+        request = DNSRecord.parse(query)
+        out = request.reply()
+        out.add_answer(RR(request.q.qname, 1, ttl=ttl, rdata=A(address)))
+        return bytes(out.pack())
+
+    return reply
+
+
+def spoofed_udp(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> None:
+    """Send a UDP datagram with a forged source address and port, from a raw socket (root only):
+    what an off-path attacker does to plant a reply."""
+    ip_src, ip_dst = socket.inet_aton(source[0]), socket.inet_aton(destination[0])
+    udp = struct.pack("!HHHH", source[1], destination[1], 8 + len(payload), 0) + payload
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0, ip_src, ip_dst)
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+        raw.sendto(header + udp, (destination[0], 0))

@@ -128,16 +128,6 @@ def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
     return data[12:12 + len(question)].lower() == question
 
 
-class UpstreamRefused(OSError):
-    """The upstream said no (REFUSED, FORMERR...) without repeating the question, as some
-    servers do: never an answer, only a reason to try the next upstream at once."""
-
-
-def refusal_without_question(data: bytes, qid: int) -> bool:
-    return (len(data) >= 12 and data[0] << 8 | data[1] == qid and bool(data[2] & 0x80)
-            and data[4:6] == b"\x00\x00" and data[3] & 0xF != 0)
-
-
 class _Flight:
     """One upstream query in flight: its own socket, ID and deadline, and everyone waiting for
     its answer (each with its own spelling of the name). Its deadline queue entry, which outlives
@@ -170,9 +160,6 @@ class _Flight:
                 return
             if reply_matches(data, self.qid, self.question):
                 channel.finish(self, data)
-                return
-            if refusal_without_question(data, self.qid):
-                channel.finish(self, UpstreamRefused("error reply without the question"))
                 return
             channel.mismatched += 1  # a forgery or a late duplicate: keep waiting for the real one
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dnslib import QTYPE, RR, DNSRecord
 
 from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
-from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamRefused, local_port_range, tcp_exchange
+from dns_svc.steps.upstream.channel import Entropy, UdpChannel, local_port_range, tcp_exchange
 from dns_svc.wire import (
     FLAG_TC,
     RCODE_REFUSED,
@@ -93,24 +93,20 @@ class UpstreamPool(Step):
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
         if not query.recursion_allowed:
             return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
-        found = await self.forward(query.raw, self.upstreams_for(query), query.transport)
+        found = await self.forward(query.raw, self.upstreams_for(query))
         if found is None:
             return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
         return Answer(found[0], Source.UPSTREAM, layout=found[1])
 
-    async def forward(self, raw: RawQuery, upstreams: Sequence[Upstream],
-                      transport: str = "udp") -> tuple[bytes, ReplyLayout] | None:
-        """The first acceptable reply to ``raw`` (with its ID and letter case) and its layout."""
+    async def forward(self, raw: RawQuery, upstreams: Sequence[Upstream]) -> tuple[bytes, ReplyLayout] | None:
+        """The first acceptable reply to ``raw`` (with its ID and letter case) and its layout.
+        Over UDP whatever the client used, as unbound and dnsmasq do (and merged with the same
+        question in flight); over TCP only when the UDP reply was truncated."""
         for up in upstreams:
             try:
-                if transport == "tcp":
+                reply = await self.channel(up).exchange(raw, self.timeout)
+                if reply[2] & (FLAG_TC >> 8):
                     reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
-                else:
-                    reply = await self.channel(up).exchange(raw, self.timeout)
-                    if reply[2] & (FLAG_TC >> 8):
-                        reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
-            except UpstreamRefused:
-                continue
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
                 self.mark(up, False, _error_text(exc))
                 continue
@@ -206,8 +202,7 @@ class _Relay:
             return
         up = self.upstreams[self.index - 1]
         if isinstance(result, BaseException):
-            if not isinstance(result, UpstreamRefused):
-                self.pool.mark(up, False, _error_text(result))
+            self.pool.mark(up, False, _error_text(result))
             self.next()
             return
         wire = self.query.raw.packet[:2] + result
