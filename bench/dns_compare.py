@@ -187,7 +187,7 @@ def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subproc
                   "--state-file=", "--poll-interval=3600", "--log-level=warning"], 1, data.workdir / "metadata.log")
     dns = p.start([sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
              f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29", f"--recurse=127.0.0.1:{upstream}",
-             "--state-file=", "--log-level=warning", "--cache-capacity=500000", "--client-cache-capacity=5000"],
+             "--state-file=", "--log-level=warning", "--cache-capacity=500000"],
             0, data.workdir / "dns.log")
     wait_udp(dns_port, b"\x05app-0\x07rancher\x08internal\x00")
     return dns_port, md, dns.pid

@@ -154,12 +154,16 @@ class Resolver:
         key = cache_key(raw)
         now = self.clock()
         entry = caches.lookup(view, key, now)
+        if entry is None:
+            raw.missed_in = caches.generation  # the client cache step need not look again
+            return None
         recursive = entry is NOT_LOCAL
         if recursive:
             if not self.policy.allows(client_ip):
                 return None
             entry = self.global_cache.get(global_key(view, key), now)
             raw.not_local_in = caches.generation
+            raw.global_missed = entry is None
         if not isinstance(entry, CachedReply):
             return None
         self.fast_hits += 1

@@ -86,7 +86,14 @@ class DnsServer:
                 "global_cache_evictions": self.global_cache.evictions,
                 "bad_packets": self.dispatcher.bad.total, "answers_serial": self.tables.current.serial,
                 "upstream_failures": sum(self.upstream.failures.values()),
-                "inflight_queries": len(self.dispatcher.tasks)}
+                "inflight_queries": len(self.dispatcher.tasks),
+                "upstream_inflight": self.upstream.in_flight(),
+                "stale_answers": self.global_step.stale_served,
+                "resolve_failures": self.dispatcher.failed.total,
+                "tcp_connections": self.tcp.connections if self.tcp else 0,
+                "tcp_evicted": self.tcp.evicted if self.tcp else 0,
+                "tcp_refused": self.tcp.refused.total if self.tcp else 0,
+                **{f"upstream_{name}": value for name, value in self.upstream.counters().items()}}
 
     async def _serve_http(self) -> None:
         app = web.Application()

@@ -249,6 +249,13 @@ class ClientCacheStep(Step):
         return self.answered(query, await call_next(query))
 
     def passes(self, query: Query) -> bool:
+        raw = query.raw
+        generation = self.caches.generation
+        if raw.missed_in == generation or raw.not_local_in == generation:
+            # the fast path looked a moment ago, in this generation: nothing, or "not local"
+            query.generation = generation
+            query.skip_local = raw.not_local_in == generation
+            return True
         return not isinstance(self._look(query, self.caches.clock()), CachedReply)
 
     def answered(self, query: Query, answer: Answer) -> Answer:
@@ -316,7 +323,7 @@ class GlobalCacheStep(Step):
             return True
         now = self.cache.clock()
         key = global_key(query.view, cache_key(query.raw))
-        if isinstance(self.cache.get(key, now), CachedReply):
+        if not query.raw.global_missed and isinstance(self.cache.get(key, now), CachedReply):
             return False
         if self.cache.stale_for and self.cache.stale(key, now) is not None:
             query.fallback, query.fallback_after = self._fallback, self.stale_after
