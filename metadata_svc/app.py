@@ -58,9 +58,26 @@ class SourceFollower:
             await self.kept.save_in_background(fleet, index)
             self._kept_error = None
         except OSError as exc:
-            if self._kept_error != str(exc):  # say it once, not on every reload
-                log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))
-            self._kept_error = str(exc)
+            self.unwritable(exc)
+
+    def unwritable(self, exc: OSError) -> None:
+        """The kept copy cannot be written: indexes follow the clock from now on (so a restart
+        cannot repeat one), said once, not on every reload."""
+        assert self.kept is not None
+        self.store.clock_indexes = True
+        self.store.kept_error = str(exc)
+        if self._kept_error != str(exc):
+            log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc),
+                      indexes="from the clock in ms, so that a restart cannot repeat one")
+        self._kept_error = str(exc)
+
+    def check_kept(self) -> None:
+        if self.kept is None:
+            return
+        try:
+            self.kept.check_writable()
+        except OSError as exc:
+            self.unwritable(exc)
 
     def restore(self) -> None:
         if self.kept is None:
@@ -85,12 +102,13 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
     app[SETTINGS] = settings
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
-    fleet_source = source or FileSource(settings.data, settings.poll_interval)
+    fleet_source = source or FileSource(settings.data, settings.poll_interval, use_inotify=settings.watch == "auto")
 
     async def follow_source(app: web.Application) -> AsyncIterator[None]:
         store = app[STORE]
         follower = SourceFollower(fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None)
         follower.restore()
+        follower.check_kept()
         updates = fleet_source.updates()
         await follower.apply(await anext(updates))  # serve the file's data from the first request
         task = asyncio.create_task(follower.run(updates), name="metadata-source")

@@ -49,7 +49,9 @@ def _step(value: Any, segment: str) -> Any:
     if isinstance(value, Mapping):
         return value.get(segment, MISSING)
     if isinstance(value, Sequence) and not isinstance(value, str):
-        if segment.isdigit():
+        if segment.isascii() and segment.isdigit():  # not "²", which isdigit() accepts and int() refuses
+            if len(segment) > 9:
+                return MISSING  # no list is that long (and int() refuses 5,000 digits)
             index = int(segment)
             return value[index] if index < len(value) else MISSING
         for item in value:

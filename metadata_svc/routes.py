@@ -42,14 +42,22 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(text=body, headers=_headers(snapshot, fmt))
 
 
+class BadQuery(ValueError):
+    """A query parameter that is not what it must be: 400, like a malformed path."""
+
+
 def _wait_seconds(raw: str | None, default: float, cap: float) -> float:
+    """``maxWait``: absent or 0 means Rancher's default; anything but a non-negative finite
+    number is refused, as ``index=abc`` is."""
+    if raw is None:
+        return min(default, cap)
     try:
-        seconds = float(raw) if raw is not None else 0.0
+        seconds = float(raw)
     except ValueError:
-        seconds = 0.0
-    if not seconds > 0:  # absent, zero, negative or NaN: Rancher's default
-        seconds = default
-    return min(seconds, cap)
+        raise BadQuery("maxWait must be a number of seconds") from None
+    if not 0 <= seconds < float("inf"):  # negative, NaN, infinite
+        raise BadQuery("maxWait must be a non-negative number of seconds")
+    return min(seconds or default, cap)
 
 
 async def metadata(request: web.Request) -> web.Response:
@@ -68,11 +76,16 @@ async def metadata(request: web.Request) -> web.Response:
         api = LATEST if segments[0] == "latest" else segments[0]
         segments = segments[1:]
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    client = request.app[IDENTITY].client_ip(peer[0] if peer else None,
-                                             request.headers.get("X-Forwarded-For"))
+    # Every X-Forwarded-For line, in order: a proxy appends its own line after the client's
+    # (possibly forged) one, and only the combined list read from the right is the truth.
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
+    client = request.app[IDENTITY].client_ip(peer[0] if peer else None, forwarded)
     query = request.query
     loop_time = asyncio.get_running_loop().time
-    wait = _wait_seconds(query.get("maxWait"), settings.default_wait, settings.max_wait)
+    try:
+        wait = _wait_seconds(query.get("maxWait"), settings.default_wait, settings.max_wait)
+    except BadQuery as exc:
+        return _error(400, f"Bad request: {exc}", fmt, snapshot)
 
     value = walk(snapshot.tree_for(api, client), segments)
     if query.get("wait", "").lower() == "true" and "value" in query:
@@ -129,6 +142,8 @@ async def status(request: web.Request) -> web.Response:
         ("stacks", str(len(fleet.stacks))), ("services", str(len(fleet.services))),
         ("containers", str(len(fleet.containers))), ("last reload", reload_text),
         ("waiting long-polls", str(store.waiting)), ("source", request.app[SETTINGS].data),
+        ("kept copy", f"NOT WRITABLE ({store.kept_error}); indexes follow the clock" if store.kept_error
+         else request.app[SETTINGS].state_file or "off"),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>metadns metadata</title></head>"

@@ -30,6 +30,7 @@ class MetadataSettings:
     max_wait: float = 120.0
     default_wait: float = 60.0
     poll_interval: float = 1.0
+    watch: str = "auto"
     self_host: str = ""
     log_level: str = "info"
 
@@ -50,6 +51,9 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
            help="cap in seconds on a long-poll's maxWait")
     p.flag("--poll-interval", default=1.0, type=float,
            help="seconds between checks of the fleet file for changes")
+    p.flag("--watch", default="auto", choices=("auto", "poll"),
+           help="how file changes are noticed: 'auto' reads a change once its writer closed it (inotify "
+                "on Linux, polling elsewhere), 'poll' only polls (a change is read once unchanged over two polls)")
     p.flag("--self-host", default="",
            help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
                 "default: the only host of the fleet")
@@ -64,5 +68,5 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     return MetadataSettings(
         host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
         xff_trusted=parse_networks(ns.xff_trusted.split(",")), max_wait=ns.max_wait,
-        default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval,
+        default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval, watch=ns.watch,
         self_host=ns.self_host, log_level=ns.log_level)

@@ -96,6 +96,11 @@ class VersionedStore:
         self.waiting = 0
         self.has_data = fleet is not None
         self.last_reload: ReloadResult | None = None
+        # Without a writable kept copy a restart would count from the last copy that was written
+        # (or from 0) and hand out indexes again, for other content. Then new indexes are at
+        # least the wall clock in milliseconds: still only growing, across restarts too.
+        self.clock_indexes = False
+        self.kept_error = ""
 
     @staticmethod
     def _pick_host(fleet: Fleet | None, wanted: str) -> str:
@@ -122,6 +127,8 @@ class VersionedStore:
         if self.has_data and fleet.digest == current.fleet.digest:
             return False
         new_index = max(current.index + 1, index or 0)
+        if self.clock_indexes:
+            new_index = max(new_index, int(time.time() * 1000))
         self._snapshot = Snapshot(fleet, new_index, self._pick_host(fleet, self._self_host_uuid))
         self.has_data = True
         changed, self._changed = self._changed, asyncio.Event()

@@ -54,6 +54,13 @@ class KeptCopy:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise FleetError(str(self.path), f"kept copy unusable: {exc}") from None
 
+    def check_writable(self) -> None:
+        """Raise OSError when the copy could not be written (a read-only volume, no directory)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        probe = self.path.with_name(f".{self.path.name}.probe-{os.getpid()}")
+        probe.write_bytes(b"")
+        probe.unlink()
+
     def save(self, fleet: Fleet, index: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"index": index, "digest": fleet.digest, "fleet": fleet.raw}

@@ -176,7 +176,7 @@ class Fleet:
 
     @classmethod
     def empty(cls) -> Fleet:
-        return cls.from_mapping({})
+        return cls.from_mapping({"containers": []})
 
     @classmethod
     def from_mapping(cls, data: Any, locate: Locate | None = None) -> Fleet:
@@ -320,9 +320,13 @@ class _FleetBuilder:
     def build(self) -> Fleet:
         data = self.data
         if data is None:
-            data = self.data = {}
+            # An empty file is a writer caught half-way or a mistake, never "no fleet": publishing
+            # it would take every name out of DNS on every host.
+            raise FleetError("fleet", "the document is empty (an empty fleet is 'containers: []')")
         if not isinstance(data, Mapping):
             raise FleetError("fleet", f"the top level must be a mapping, not {type(data).__name__}")
+        if "containers" not in data:
+            raise FleetError("fleet", "no 'containers' key (an empty fleet is 'containers: []')")
         unknown = set(data) - {"environment", "hosts", "stacks", "services", "containers", "version",
                                "name", "uuid", "self", "networks", "environments"}
         if unknown:

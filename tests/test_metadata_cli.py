@@ -33,7 +33,7 @@ async def test_sighup_reloads_and_env_configures(fleet_file: Path, tmp_path: Pat
     port = free_port()
     env = {**os.environ, "METADNS_METADATA_LISTEN": f"127.0.0.1:{port}", "METADNS_METADATA_DATA": str(fleet_file),
            "METADNS_METADATA_STATE_FILE": str(tmp_path / "kept.json"),
-           "METADNS_METADATA_POLL_INTERVAL": "3600"}  # only SIGHUP can notice the change
+           "METADNS_METADATA_POLL_INTERVAL": "3600", "METADNS_METADATA_WATCH": "poll"}  # only SIGHUP notices
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "metadata_svc", env=env,
                                                 stderr=asyncio.subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"

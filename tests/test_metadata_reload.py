@@ -55,8 +55,12 @@ async def test_identical_data_keeps_the_version(metadata: RunningMetadata, fleet
 
 @pytest.mark.parametrize(("broken", "where", "problem"), [
     ("stacks: [{name: a}\nservices: [", "line 2", "bad YAML"),
-    ("{}\n", None, None),  # an empty fleet is valid: used below as the control case
-], ids=["bad-yaml", "empty-is-valid"])
+    ("", "fleet", "the document is empty"),          # `: > fleet.yaml` used to wipe every name
+    ("# nothing but a comment\n", "fleet", "the document is empty"),
+    ("{}\n", "fleet", "no 'containers' key"),
+    ("- a\n- b\n", "fleet", "top level must be a mapping"),
+    ("containers: []\n", None, None),  # an empty fleet said explicitly is valid: the control case
+], ids=["bad-yaml", "empty-file", "only-a-comment", "empty-mapping", "a-list", "explicitly-empty-is-valid"])
 async def test_yaml_errors_name_the_line(metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture,
                                          broken: str, where: str | None, problem: str | None) -> None:
     store = metadata.app[STORE]

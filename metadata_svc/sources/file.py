@@ -1,9 +1,13 @@
-"""The fleet from one YAML or JSON file, re-read whenever it changes.
+"""The fleet from one YAML or JSON file, re-read whenever it changes, once its writer is done.
 
-The file is polled with ``stat`` (size, mtime, inode) rather than inotify because it is usually a
-bind mount or a Kubernetes ConfigMap, which are replaced by renaming a symlink that inotify on the
-old inode never reports. A change is parsed and validated as a whole; a broken file is reported
-with its path and the line or object at fault, and nothing is published.
+A file is read only when it is whole: on Linux when inotify on its directory says the file was
+closed after writing or moved into place (a rename, which is how it should be replaced: write a
+temporary file, then rename it over the fleet file); a writer that pauses half-way has modified
+the file without closing it, and is waited for. Changes inotify does not see (another host's
+mount, a ConfigMap's symlink swap) are found by polling ``stat`` (size, mtime, inode), and so is
+everything where inotify is missing; a polled change is read once the file has stayed the same
+over two polls. SIGHUP reads at once. A change is parsed and validated as a whole; a broken file
+is reported with its path and the line or object at fault, and nothing is published.
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ from typing import Any
 
 import yaml
 
+from metadata_svc.sources.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_MODIFY,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    InotifyDirectory,
+)
 from shared.model import Fleet, FleetError
 
 try:
@@ -73,16 +88,19 @@ def _stamp(path: Path) -> tuple[int, int, int, int] | None:
 
 
 class FileSource:
-    """Reads ``path`` at start, on every change seen by polling, and on ``request_reload``."""
+    """Reads ``path`` at start, on every finished change, and on ``request_reload``."""
 
-    def __init__(self, path: str | os.PathLike[str], poll_interval: float = 1.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], poll_interval: float = 1.0, use_inotify: bool = True) -> None:
         self.path = Path(path)
         self.name = f"file:{self.path}"
         self.poll_interval = poll_interval
+        self.use_inotify = use_inotify
         self._reload = asyncio.Event()
+        self._wake = asyncio.Event()
 
     def request_reload(self) -> None:
         self._reload.set()
+        self._wake.set()
 
     def load(self) -> Fleet:
         try:
@@ -92,18 +110,51 @@ class FileSource:
         return parse_fleet_text(text, str(self.path))
 
     async def updates(self) -> AsyncIterator[Fleet | FleetError]:
-        last: tuple[int, int, int, int] | str | None = "never"
-        while True:
-            stamp = _stamp(self.path)
-            if stamp != last or self._reload.is_set():
+        notify = InotifyDirectory.open(self.path.parent) if self.use_inotify else None
+        loop = asyncio.get_running_loop()
+        if notify is not None:
+            loop.add_reader(notify.fd, self._wake.set)
+        last: tuple[int, int, int, int] | str | None = "never"  # the stamp of the last read
+        polled: tuple[int, int, int, int] | str | None = "never"  # the stamp at the previous poll
+        writing = False  # inotify: the file was modified and not closed since
+        first = True
+        try:
+            while True:
+                finished = False
+                if notify is not None:
+                    for mask, name in notify.read():
+                        if mask & (IN_DELETE_SELF | IN_MOVE_SELF):  # the directory itself went away
+                            loop.remove_reader(notify.fd)
+                            notify.close()
+                            notify, writing = None, False
+                            break
+                        if name == self.path.name:
+                            if mask & (IN_MODIFY | IN_CREATE):
+                                writing = True
+                            if mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM):
+                                writing = False
+                                finished = finished or bool(mask & (IN_CLOSE_WRITE | IN_MOVED_TO))
+                        elif mask & IN_MOVED_TO:  # something renamed into place: a symlink swap
+                            finished = True
+                stamp = _stamp(self.path)
+                stable = stamp == polled and not writing
+                polled = stamp
+                hup = self._reload.is_set()
                 self._reload.clear()
-                last = stamp
+                if first or hup or (stamp != last and (finished or stable)):
+                    first = False
+                    last = stamp
+                    try:
+                        yield await asyncio.to_thread(self.load)
+                    except FleetError as exc:
+                        yield exc
+                self._wake.clear()
                 try:
-                    yield await asyncio.to_thread(self.load)
-                except FleetError as exc:
-                    yield exc
-            try:
-                async with asyncio.timeout(self.poll_interval):
-                    await self._reload.wait()
-            except TimeoutError:
-                pass
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            if notify is not None:
+                loop.remove_reader(notify.fd)
+                notify.close()

@@ -1,0 +1,192 @@
+"""The metadata service as an attacker and an unlucky operator find it: half-written files,
+forged X-Forwarded-For lines, garbage paths and parameters, an unwritable state directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from yarl import URL
+
+from metadata_svc.identity import parse_networks
+from metadata_svc.keys import STORE
+from tests.support.metadata import RunningMetadata, run_metadata
+
+
+async def get(md: RunningMetadata, path: str, source_ip: str = "127.0.0.1",
+              headers: dict[str, str] | None = None) -> tuple[int, str]:
+    url = URL(md.url + path, encoded=True)  # as written: no re-encoding of a bad escape
+    async with md.client(source_ip) as s, s.get(url, headers=headers) as r:
+        return r.status, await r.text()
+
+
+async def wait_for(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(seconds):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("watch", ["auto", "poll"])
+async def test_a_file_still_being_written_is_not_published(fleet_file: Path, watch: str) -> None:
+    """A writer that stops half-way (here for 5 polls) must not get its first half served: with
+    inotify the file is read once closed; with polling only, once unchanged over two polls."""
+    data = yaml.safe_load(fleet_file.read_text())
+    containers = data.pop("containers")
+    extra = [{"name": f"late-{i}", "stack_name": "Shop", "service_name": "db", "primary_ip": f"127.0.0.{90 + i}",
+              "host_uuid": "host-a"} for i in range(3)]
+    data["containers"] = containers + extra  # last in the file: the first half is a valid fleet too
+    whole = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    half = whole[:whole.index("- name: late-1")]
+    assert len(yaml.safe_load(half)["containers"]) == len(containers) + 1
+    poll = 0.05 if watch == "auto" else 0.2
+    async with run_metadata(fleet_file, watch=watch, poll_interval=poll) as md:
+        store = md.app[STORE]
+        before = store.snapshot.version
+        await asyncio.sleep(poll / 2)  # polling: the next poll falls inside the writer's pause
+        with fleet_file.open("w") as writer:
+            writer.write(half)
+            writer.flush()
+            os.fsync(writer.fileno())
+            # inotify: eight polls see the half file unchanged, but it is still open; polling: a
+            # pause shorter than one poll interval can never be seen twice
+            await asyncio.sleep(0.4 if watch == "auto" else 0.15)
+            assert store.snapshot.version == before, store.last_reload
+            writer.write(whole[len(half):])
+        await wait_for(lambda: store.snapshot.version != before)
+        assert (await get(md, "/latest/containers/late-2/primary_ip"))[1] == "127.0.0.92"
+        assert len(store.snapshot.fleet.containers) == len(data["containers"])
+
+
+async def test_a_file_replaced_by_rename_is_read_at_once(fleet_file: Path) -> None:
+    async with run_metadata(fleet_file, poll_interval=3600) as md:  # only inotify can see it this soon
+        store = md.app[STORE]
+        before = store.snapshot.version
+        data = yaml.safe_load(fleet_file.read_text())
+        data["containers"][3]["primary_ip"] = "127.0.0.29"
+        tmp = fleet_file.with_name(".fleet.yaml.tmp")
+        tmp.write_text(yaml.safe_dump(data))
+        tmp.rename(fleet_file)
+        await wait_for(lambda: store.snapshot.version != before, 3)
+        assert (await get(md, "/latest/containers/shop-db-1/primary_ip"))[1] == "127.0.0.29"
+
+
+async def test_forged_x_forwarded_for_line_before_the_proxys_own(fleet_file: Path) -> None:
+    """The db container sends its own X-Forwarded-For naming web-1; the proxy appends a second
+    line with the real client. Only the first line was read: db got web's token."""
+    from multidict import CIMultiDict
+
+    async with run_metadata(fleet_file, xff=True, xff_trusted=parse_networks(["127.0.0.1/32"])) as md:
+        headers = CIMultiDict([("X-Forwarded-For", "127.0.0.11"), ("X-Forwarded-For", "127.0.0.21")])
+        async with md.client("127.0.0.1") as s:
+            async with s.get("/latest/self/service/token", headers=headers) as r:
+                assert await r.text() == "db-secret"
+            async with s.get("/latest/self/container/name", headers=headers) as r:
+                assert await r.text() == "shop-db-1"
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("/latest/containers/%C2%B2", 404),                     # "²": isdigit() is true, int() refuses it
+    ("/latest/containers/" + "9" * 5000, 404),             # int() refuses 5,000 digits
+    ("/latest/containers/%C2%B2/name", 404),
+    ("/latest/containers/%ZZ", 400),
+    ("/latest/version?maxWait=abc", 400),
+    ("/latest/version?wait=true&value=x&maxWait=-5", 400),
+    ("/latest/version?wait=true&value=x&maxWait=nan", 400),
+    ("/latest/version?index=abc", 400),
+    ("/latest/version?maxWait=0", 200),
+])
+async def test_garbage_paths_and_parameters_are_400_or_404(fleet_file: Path, path: str, status: int) -> None:
+    async with run_metadata(fleet_file) as md:
+        got, body = await get(md, path)
+        assert got == status, body
+        assert "Traceback" not in body and "Internal" not in body
+
+
+async def test_indexes_never_repeat_when_the_kept_copy_cannot_be_written(fleet_file: Path, tmp_path: Path) -> None:
+    """State directory unwritable (here: its path runs through a file, which even root cannot
+    write below): a restart used to count again from the last copy written, and served index 2
+    after having served 4, for other content."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    kept = blocker / "metadata.json"
+    served: list[int] = []
+    for change in range(3):
+        data = yaml.safe_load(fleet_file.read_text())
+        data["containers"][3]["primary_ip"] = f"127.0.0.{40 + change}"
+        fleet_file.write_text(yaml.safe_dump(data))
+        async with run_metadata(fleet_file, kept) as md:
+            store = md.app[STORE]
+            served.append(store.index)
+            data["containers"][3]["primary_ip"] = f"127.0.0.{50 + change}"
+            fleet_file.write_text(yaml.safe_dump(data))
+            await wait_for(lambda: store.index != served[-1])  # noqa: B023
+            served.append(store.index)
+            status = (await get(md, "/status"))[1]
+            assert "NOT WRITABLE" in status and str(store.index) in status
+    assert served == sorted(served) and len(set(served)) == len(served), served
+
+
+async def test_the_isolation_audit(fleet_file: Path) -> None:
+    """Every path of every API version, asked as every container from its own address, with and
+    without --xff (and a header claiming another container): no other service's token, no other
+    container's self. Text for every path; JSON and YAML for every collection near the top, whose
+    rendering holds everything below it."""
+    data = yaml.safe_load(fleet_file.read_text())
+    containers = data["containers"]
+    tokens = {(s["stack_name"].lower(), s["name"].lower()): s["token"] for s in data["services"] if s.get("token")}
+    formats = ({}, {"Accept": "application/json"}, {"Accept": "application/yaml"})
+    checked = 0
+    for xff in (False, True):
+        async with run_metadata(fleet_file, xff=xff, xff_trusted=parse_networks(["127.0.0.1/32"])) as md:
+            store = md.app[STORE]
+            for api in ("2015-07-25", "2015-12-19", "2016-07-29", "latest"):
+                tree = store.snapshot.default_tree("2016-07-29" if api == "latest" else api)
+                deep = all_paths(tree) if api != "latest" else []  # latest is 2016-07-29: its top only
+                top = ["", "self", "self/container", "self/service", "self/stack", "self/host",
+                       *[p for p in all_paths(tree) if p.count("/") <= 1]]
+                asks = [(p, f) for p in top for f in formats] + [(p, formats[0]) for p in deep]
+                for c in containers:
+                    own = (c["stack_name"].lower(), c["service_name"].lower())
+                    foreign = [t for key, t in tokens.items() if key != own]
+                    others = {o["name"].lower() for o in containers if o is not c}
+                    claim = {"X-Forwarded-For": next(o["primary_ip"] for o in containers if o is not c)}
+                    connector = aiohttp.TCPConnector(local_addr=(c["primary_ip"], 0), limit=20)
+                    async with aiohttp.ClientSession(md.url, connector=connector) as session:
+
+                        async def ask(path: str, accept: dict[str, str], session: aiohttp.ClientSession = session,
+                                      api: str = api, claim: dict[str, str] = claim) -> tuple[str, str]:
+                            async with session.get(f"/{api}/{path}", headers={**accept, **claim}) as r:
+                                return path, await r.text()
+
+                        for chunk in range(0, len(asks), 200):
+                            for path, body in await asyncio.gather(*(ask(p, f) for p, f in asks[chunk:chunk + 200])):
+                                checked += 1
+                                assert not any(t in body for t in foreign), (api, path, c["name"])
+                                if path == "self/container/name":
+                                    assert body == c["name"].lower() or body == c["name"], (api, c["name"])
+                                    assert body.lower() not in others
+    assert checked > 10000, checked
+
+
+def all_paths(tree: object, prefix: str = "", depth: int = 0) -> list[str]:
+    """Every path into ``tree`` (list items by index and by name), bounded in depth."""
+    out: list[str] = []
+    if depth > 6:
+        return out
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            path = f"{prefix}{key}"
+            out.append(path)
+            out += all_paths(value, path + "/", depth + 1)
+    elif isinstance(tree, list):
+        for i, item in enumerate(tree):
+            path = f"{prefix}{i}"
+            out.append(path)
+            if isinstance(item, dict) and item.get("name"):
+                out.append(f"{prefix}{item['name']}")
+            out += all_paths(item, path + "/", depth + 1)
+    return out
