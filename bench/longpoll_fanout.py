@@ -102,7 +102,9 @@ async def main() -> None:
         for n in args.waiters:
             port = free_port()
             cmd = [sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{port}", f"--data={fleet}",
-                   "--state-file=", "--poll-interval=3600", "--log-level=warning"]
+                   "--state-file=", "--poll-interval=3600", "--log-level=warning",
+                   # every waiter comes from one address here: lift the per-client cap for the bench
+                   "--max-connections=100000", "--max-connections-per-client=100000"]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT)
             if two_cpus:
                 os.sched_setaffinity(proc.pid, {0})

@@ -1,15 +1,51 @@
-"""``python -m metadata_svc`` / ``metadata-svc``: parse flags, run the app."""
+"""``python -m metadata_svc`` / ``metadata-svc``: parse flags, serve until SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import signal
+import sys
 
 from aiohttp import web
 
 from metadata_svc.app import create_app
-from metadata_svc.settings import parse_settings
+from metadata_svc.connections import GatedSite, raise_open_files_limit
+from metadata_svc.keys import GATE
+from metadata_svc.settings import MetadataSettings, parse_settings
 from shared.logs import log_event, setup_logging
+
+log = logging.getLogger("metadata")
+
+
+async def serve(settings: MetadataSettings) -> None:
+    limit = raise_open_files_limit()
+    # leave room under the open-files limit for the fleet file, the kept copy and the loop itself
+    settings = dataclasses.replace(settings, max_connections=max(min(settings.max_connections, limit - 64), 1))
+    app = create_app(settings)
+    gate = app[GATE]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, keepalive_timeout=settings.keepalive_timeout)
+    await runner.setup()
+    try:
+        site = GatedSite(runner, settings.host, settings.port, gate)
+        try:
+            await site.start()
+        except OSError as exc:
+            log_event(log, logging.ERROR, "cannot_listen", listen=f"{settings.host}:{settings.port}", error=str(exc))
+            raise SystemExit(1) from None
+        log_event(log, logging.INFO, "listening", address=f"{site.address[0]}:{site.address[1]}",
+                  data=settings.data, xff=settings.xff, max_connections=gate.max_total)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log_event(log, logging.INFO, "stopped")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,14 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         import uvloop
     except ImportError:
-        loop = None
+        asyncio.run(serve(settings))
     else:
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-    log_event(logging.getLogger("metadata"), logging.INFO, "starting", listen=f"{settings.host}:{settings.port}",
-              data=settings.data, xff=settings.xff)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                shutdown_timeout=5, access_log=None, loop=loop, handle_signals=True)
+        uvloop.run(serve(settings))
+    sys.exit(0)
 
 
 if __name__ == "__main__":

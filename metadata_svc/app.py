@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from metadata_svc.connections import ConnectionGate
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.keys import IDENTITY, SETTINGS, STORE
+from metadata_svc.keys import GATE, IDENTITY, SETTINGS, STORE
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.sources import FleetSource
@@ -101,6 +102,7 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
     app = web.Application()
     app[SETTINGS] = settings
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
+    app[GATE] = ConnectionGate(settings.max_connections_per_client, settings.max_connections)
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
     fleet_source = source or FileSource(settings.data, settings.poll_interval, use_inotify=settings.watch == "auto")
 

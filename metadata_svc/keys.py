@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from metadata_svc.connections import ConnectionGate
 from metadata_svc.identity import ClientIdentity
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.store import VersionedStore
@@ -11,3 +12,4 @@ from metadata_svc.store import VersionedStore
 SETTINGS = web.AppKey("settings", MetadataSettings)
 STORE = web.AppKey("store", VersionedStore)
 IDENTITY = web.AppKey("identity", ClientIdentity)
+GATE = web.AppKey("gate", ConnectionGate)

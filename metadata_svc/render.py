@@ -84,9 +84,18 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    """Read-only mappings (a client's tree, frozen labels) as dicts, without copying the rest."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cannot render {type(value).__name__}")
+
+
 def render(value: Any, fmt: Format) -> str:
     if fmt is JSON:
-        return json.dumps(plain(value), ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False, default=_json_default)
     if fmt is YAML:
         return yaml.safe_dump(plain(value), default_flow_style=False, allow_unicode=True, sort_keys=False)
     return text(value)
@@ -95,8 +104,16 @@ def render(value: Any, fmt: Format) -> str:
 def comparable(value: Any) -> str:
     """The form a long-poll ``value=`` is compared with: text for scalars, canonical JSON otherwise."""
     if _is_collection(value):
-        return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
     return scalar_text(value)
+
+
+def with_self(base: str, own: str, fmt: Format) -> str:
+    """A whole tree rendered without ``self`` (shared by every client) joined with one client's
+    ``{"self": ...}``: the big part is rendered once per version, the small part per client."""
+    if fmt is JSON:
+        return own if base == "{}" else f"{base[:-1]},{own[1:]}"
+    return base + own  # YAML: two block mappings of top-level keys make one
 
 
 def error_body(code: int, message: str, fmt: Format) -> str:

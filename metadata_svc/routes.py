@@ -11,7 +11,7 @@ from aiohttp import hdrs, web
 
 from metadata_svc.keys import IDENTITY, SETTINGS, STORE
 from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
-from metadata_svc.render import JSON, TEXT, Format, comparable, error_body, negotiate, render
+from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
 from metadata_svc.store import Snapshot
 from metadata_svc.tree import API_VERSIONS, LATEST
 
@@ -60,7 +60,7 @@ def _wait_seconds(raw: str | None, default: float, cap: float) -> float:
     return min(seconds or default, cap)
 
 
-async def metadata(request: web.Request) -> web.Response:
+async def metadata(request: web.Request) -> web.StreamResponse:
     """Any path into the tree. ``?wait=true&value=V`` blocks until the value there differs from V;
     ``?index=N`` blocks until the whole store moves past index N (Consul's blocking query)."""
     store = request.app[STORE]
@@ -91,7 +91,7 @@ async def metadata(request: web.Request) -> web.Response:
     if query.get("wait", "").lower() == "true" and "value" in query:
         known = query["value"]
         deadline = loop_time() + wait
-        while value is MISSING or comparable(value) == known:
+        while value is MISSING or snapshot.comparable(api, segments, value) == known:
             remaining = deadline - loop_time()
             if remaining <= 0 or store.closed:
                 break
@@ -108,7 +108,43 @@ async def metadata(request: web.Request) -> web.Response:
 
     if value is MISSING:
         return _error(404, "Not found", fmt, snapshot)
-    return web.Response(text=render(value, fmt), headers=_headers(snapshot, fmt))
+    headers = _headers(snapshot, fmt)
+    compressed = snapshot.gzipped(api, segments, fmt, value) if _accepts_gzip(request) else None
+    if compressed is not None:
+        body = compressed
+        headers[hdrs.CONTENT_ENCODING] = "gzip"
+        headers[hdrs.VARY] = "Accept-Encoding"
+    else:
+        body = snapshot.body(api, segments, fmt, value)
+    if len(body) <= BIG_BODY:
+        return web.Response(body=body, headers=headers)
+    return await _send_in_pieces(request, body, headers)
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    for part in request.headers.get(hdrs.ACCEPT_ENCODING, "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0")
+    return False
+
+
+BIG_BODY = 64 << 10
+
+
+async def _send_in_pieces(request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    """A big body (the whole tree is megabytes) goes out a piece at a time, with the event loop
+    free in between: one client fetching it in a loop must not hold up a small request for the
+    length of a 2.6 MB copy."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(body)
+    await response.prepare(request)
+    view = memoryview(body)
+    for start in range(0, len(body), BIG_BODY):
+        await response.write(view[start:start + BIG_BODY])
+        await asyncio.sleep(0)
+    await response.write_eof()
+    return response
 
 
 async def fleet(request: web.Request) -> web.Response:

@@ -31,6 +31,9 @@ class MetadataSettings:
     default_wait: float = 60.0
     poll_interval: float = 1.0
     watch: str = "auto"
+    max_connections: int = 4096
+    max_connections_per_client: int = 64
+    keepalive_timeout: float = 15.0
     self_host: str = ""
     log_level: str = "info"
 
@@ -54,6 +57,12 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     p.flag("--watch", default="auto", choices=("auto", "poll"),
            help="how file changes are noticed: 'auto' reads a change once its writer closed it (inotify "
                 "on Linux, polling elsewhere), 'poll' only polls (a change is read once unchanged over two polls)")
+    p.flag("--max-connections", default=4096, type=int,
+           help="HTTP connections open at once (kept below the open-files limit, raised to its maximum at start)")
+    p.flag("--max-connections-per-client", default=64, type=int,
+           help="HTTP connections open at once from one client address")
+    p.flag("--keepalive-timeout", default=15.0, type=float,
+           help="seconds an idle keep-alive connection is kept (1 s once three quarters of the slots are taken)")
     p.flag("--self-host", default="",
            help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
                 "default: the only host of the fleet")
@@ -65,8 +74,12 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         p.error(f"--listen: {exc}")
     if ns.max_wait <= 0:
         p.error("--max-wait must be positive")
+    if ns.max_connections < 1 or ns.max_connections_per_client < 1:
+        p.error("--max-connections and --max-connections-per-client must be at least 1")
     return MetadataSettings(
         host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
         xff_trusted=parse_networks(ns.xff_trusted.split(",")), max_wait=ns.max_wait,
         default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval, watch=ns.watch,
+        max_connections=ns.max_connections, max_connections_per_client=ns.max_connections_per_client,
+        keepalive_timeout=ns.keepalive_timeout,
         self_host=ns.self_host, log_level=ns.log_level)

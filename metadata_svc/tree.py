@@ -162,3 +162,11 @@ class ClientTree(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._base)
+
+    @property
+    def own_self(self) -> Tree:
+        return self._self
+
+    def without_self(self) -> Tree:
+        """Every key but ``self``: the same for every client (and rendered once for them all)."""
+        return {key: value for key, value in self._base.items() if key != "self"}

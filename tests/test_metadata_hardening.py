@@ -4,6 +4,7 @@ forged X-Forwarded-For lines, garbage paths and parameters, an unwritable state 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -190,3 +191,115 @@ def all_paths(tree: object, prefix: str = "", depth: int = 0) -> list[str]:
                 out.append(f"{prefix}{item['name']}")
             out += all_paths(item, path + "/", depth + 1)
     return out
+
+
+async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> None:
+    """The real process under a small open-files limit (300, soft and hard): 300 idle connections
+    from ten clients, then a normal request from an eleventh still gets its answer; the
+    connections refused are logged. Without limits, accept() failed with EMFILE for everyone."""
+    import resource
+    import socket
+    import sys
+
+    from tests.support.upstream import reserve_port
+
+    port = reserve_port()
+
+    def small_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "metadata_svc", "--listen", f"127.0.0.1:{port}", "--data", str(fleet_file),
+        "--state-file", "", preexec_fn=small_limit, stderr=asyncio.subprocess.PIPE)
+    idle: list[socket.socket] = []
+    try:
+        url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(url) as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+        for i in range(300):
+            s = socket.socket()
+            s.bind((f"127.0.6.{1 + i % 10}", 0))
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            idle.append(s)
+        for _ in range(80):  # one client alone, past its cap
+            s = socket.socket()
+            s.bind(("127.0.7.1", 0))
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            idle.append(s)
+        await asyncio.sleep(1.3)  # the idle ones are now idle for more than a second
+        connector = aiohttp.TCPConnector(local_addr=("127.0.8.1", 0), force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            for _ in range(5):
+                async with http.get(url) as r:
+                    assert r.status == 200 and await r.text() == "127.0.0.21"
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert "event=connection_refused" in log
+
+
+async def test_one_client_gets_at_most_its_share_of_connections(fleet_file: Path) -> None:
+    from metadata_svc.keys import GATE
+
+    async with run_metadata(fleet_file, max_connections_per_client=5) as md:
+        _host, port = md.url.rsplit(":", 1)
+        opened = [await asyncio.open_connection("127.0.0.1", int(port), local_addr=("127.0.9.1", 0))
+                  for _ in range(12)]
+        await asyncio.sleep(0.1)
+        gate = md.app[GATE]
+        assert gate.by_client.get("127.0.9.1") == 5 and gate.refused.total == 7
+        assert (await get(md, "/latest/containers/shop-db-1/primary_ip", "127.0.9.2"))[1] == "127.0.0.21"
+        for _, writer in opened:
+            writer.close()
+
+
+async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self(tmp_path: Path) -> None:
+    """A big tree (sent in pieces, gzip when asked) is the same document for everyone but
+    ``self``: rendered once per version, joined with each client's own ``self``."""
+    import gzip
+    import json
+
+    containers = [{"name": f"app-{i}", "stack_name": "s", "service_name": "svc", "primary_ip": f"127.0.10.{i + 1}",
+                   "labels": {"filler": "x" * 200}} for i in range(200)]
+    fleet = {"stacks": [{"name": "s"}], "services": [{"name": "svc", "stack_name": "s", "token": "svc-token"}],
+             "containers": containers}
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(fleet))
+    async with run_metadata(path) as md:
+        bodies = {}
+        for ip in ("127.0.10.1", "127.0.10.2", "127.0.0.1"):
+            for accept in ("application/json", "application/yaml"):
+                async with md.client(ip) as s, s.get("/latest", headers={"Accept": accept}) as r:
+                    raw = await r.read()
+                doc = json.loads(raw) if "json" in accept else yaml.safe_load(raw)
+                assert len(raw) > 64 << 10 and len(doc["containers"]) == 200
+                own = doc["self"].get("container", {}).get("name")
+                assert own == (None if ip == "127.0.0.1" else f"app-{int(ip.rsplit('.', 1)[1]) - 1}")
+                bodies[(ip, accept)] = doc
+        assert bodies[("127.0.10.1", "application/json")]["self"]["service"]["token"] == "svc-token"
+        assert "token" not in json.dumps(bodies[("127.0.0.1", "application/json")]["self"])
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0), force_close=True)
+        async with aiohttp.ClientSession(md.url, connector=connector, auto_decompress=False) as s:
+            async with s.get("/latest/containers", headers={"Accept": "application/json",
+                                                            "Accept-Encoding": "gzip"}) as r:
+                assert r.headers["Content-Encoding"] == "gzip"
+                zipped = await r.read()
+            async with s.get("/latest/containers", headers={"Accept": "application/json",
+                                                            "Accept-Encoding": "identity"}) as r:
+                assert "Content-Encoding" not in r.headers
+                plain = await r.read()
+        assert gzip.decompress(zipped) == plain and len(zipped) < len(plain) / 5

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
 
+import aiohttp
 import yaml
 
 from metadata_svc.keys import STORE
@@ -97,14 +99,16 @@ async def test_index_blocking_query_on_the_whole_tree(metadata: RunningMetadata,
 async def test_one_change_wakes_a_thousand_waiters(metadata: RunningMetadata) -> None:
     store = metadata.app[STORE]
     current = await version(metadata)
-    async with metadata.client() as s:
+    async with contextlib.AsyncExitStack() as stack:
+        # 20 clients with 50 long-polls each: within the per-client connection cap
+        sessions = [await stack.enter_async_context(metadata.client(f"127.0.5.{k + 1}")) for k in range(20)]
 
-        async def wait_once() -> str:
+        async def wait_once(s: aiohttp.ClientSession) -> str:
             async with s.get(f"/version?wait=true&value={current}&maxWait=60") as r:
                 assert r.status == 200
                 return await r.text()
 
-        waiters = [asyncio.create_task(wait_once()) for _ in range(1000)]
+        waiters = [asyncio.create_task(wait_once(sessions[i % 20])) for i in range(1000)]
         async with asyncio.timeout(30):
             while store.waiting < 1000:
                 await asyncio.sleep(0.05)

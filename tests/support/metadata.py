@@ -13,6 +13,8 @@ import aiohttp
 from aiohttp import web
 
 from metadata_svc.app import create_app
+from metadata_svc.connections import GatedSite
+from metadata_svc.keys import GATE
 from metadata_svc.settings import MetadataSettings
 
 
@@ -36,11 +38,11 @@ async def run_metadata(data: Path, state_file: Path | None = None, port: int = 0
                                    "state_file": str(state_file) if state_file else "", "poll_interval": 0.05,
                                    **overrides})
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=2)
+    runner = web.AppRunner(app, shutdown_timeout=2, keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
+    site = GatedSite(runner, "127.0.0.1", port, app[GATE])  # the production site, connection gate and all
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site.address[1]
     try:
         yield RunningMetadata(f"http://127.0.0.1:{port}", app, settings)
     finally:
