@@ -6,8 +6,9 @@ connections under a small open-files limit.
            fetch /latest as JSON in a loop; reported as the ratio loaded/idle.
   waiters  --waiters whole-tree blocking queries (/latest?index=N, JSON, from 10 addresses), one
            fleet change (file rewrite + SIGHUP): seconds until the last one has its answer.
-  idle     the service started with RLIMIT_NOFILE 1024: --idle idle connections from 20 addresses,
-           then 50 normal requests from another; how many succeed, and the refusals logged.
+  idle     the service started with RLIMIT_NOFILE 1024: --idle keep-alive connections from 20
+           addresses, each idle after one request, then 50 normal requests from another address;
+           how many succeed, and the refusals logged.
 
 The service runs pinned to CPU 0 (with two CPUs or more), the clients in this process.
 
@@ -241,12 +242,15 @@ async def idle_connections(path: Path, n: int) -> None:
     proc = await start(path, port, nofile=1024)
     held: list[socket.socket] = []
     try:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # one request, then idle keep-alive
         for i in range(n):
             s = socket.socket()
             s.bind((f"127.0.6.{1 + i % 20}", 0))
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
+            s.settimeout(2)
+            with contextlib.suppress(OSError):
                 s.connect(("127.0.0.1", port))
+                s.sendall(request)
+                s.recv(4096)
             held.append(s)
         await asyncio.sleep(1.5)
         ok = 0

@@ -56,8 +56,11 @@ def test_production_shape(compose: dict[str, Any]) -> None:
     assert "--listen=169.254.169.250:53" in dns["command"]
     assert metadata["build"]["dockerfile"] == "Dockerfile" and (ROOT / "Dockerfile").exists()
     assert dns["image"] == metadata["image"]
-    fleet_mount = next(v for v in metadata["volumes"] if v["target"] == "/etc/metadns/fleet.yaml")
-    assert fleet_mount["read_only"] is True and (ROOT / fleet_mount["source"]).exists()
+    # the fleet's directory is mounted, not the file: a bind-mounted file never sees a rename
+    data = next(arg.split("=", 1)[1] for arg in metadata["command"] if arg.startswith("--data="))
+    fleet_mount = next(v for v in metadata["volumes"] if v["target"] == data.rsplit("/", 1)[0])
+    assert fleet_mount["read_only"] is True and (ROOT / fleet_mount["source"]).is_dir()
+    assert (ROOT / fleet_mount["source"] / data.rsplit("/", 1)[1]).is_file()
     assert "NET_ADMIN" in metadata["cap_add"]
     entrypoint = ROOT / "deploy" / "entrypoint.sh"
     assert os.access(entrypoint, os.X_OK) and "169.254.169.250" in entrypoint.read_text()
