@@ -21,7 +21,7 @@ from dns_svc.steps.cache import CachedReply
 from dns_svc.wire import RawQuery, WireError, layout, parse_query
 
 FUZZ = Path(__file__).parent / "fuzz"
-BOUNDED = settings(max_examples=400, deadline=None, derandomize=True,
+BOUNDED = settings(max_examples=400, deadline=None, derandomize=True, database=None,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
