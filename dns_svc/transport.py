@@ -20,6 +20,7 @@ from dns_svc.wire import (
     header_only_reply,
     parse_query,
 )
+from shared.client_slots import ClientSlots
 from shared.logs import ThrottledLog
 
 log = logging.getLogger("dns")
@@ -182,7 +183,7 @@ class TcpServer:
         self.per_client = per_client
         self.open: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # insertion order: longest idle first
-        self.by_client: dict[str, int] = {}
+        self.by_client = ClientSlots(per_client)
         self.refused = ThrottledLog(log, "tcp_connection_refused")
         self.evicted = 0
         self.draining = False
@@ -194,7 +195,7 @@ class TcpServer:
     def _admit(self, conn: _Connection) -> bool:
         if self.draining:
             return False
-        if self.by_client.get(conn.client, 0) >= self.per_client:
+        if self.by_client.get(conn.client) >= self.per_client:
             self.refused.note(client=conn.client, reason="per-client limit", limit=self.per_client)
             return False
         if len(self.open) >= self.max_connections:
@@ -206,17 +207,14 @@ class TcpServer:
             oldest.writer.transport.abort()
             self.evicted += 1
         self.open.add(conn)
-        self.by_client[conn.client] = self.by_client.get(conn.client, 0) + 1
+        self.by_client.take(conn.client)
         return True
 
     def _release(self, conn: _Connection) -> None:
-        self.open.discard(conn)
-        self.idle.pop(conn, None)
-        left = self.by_client.get(conn.client, 1) - 1
-        if left:
-            self.by_client[conn.client] = left
-        else:
-            self.by_client.pop(conn.client, None)
+        if conn in self.open:
+            self.open.discard(conn)
+            self.idle.pop(conn, None)
+            self.by_client.give_back(conn.client)
 
     def stop(self) -> None:
         """Draining: no new connections, idle ones closed now, busy ones after their answer."""

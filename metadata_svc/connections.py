@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from shared.client_slots import ClientSlots
 from shared.logs import ThrottledLog, log_event
 
 log = logging.getLogger("metadata")
@@ -49,7 +50,7 @@ class ConnectionGate:
         self.max_total = max_total
         self.pressure_idle = pressure_idle
         self.open: dict[GatedConnection, None] = {}
-        self.by_client: dict[str, int] = {}
+        self.by_client = ClientSlots(per_client)
         self.refused = ThrottledLog(log, "connection_refused")
         self.closed_idle = 0
 
@@ -58,7 +59,7 @@ class ConnectionGate:
 
     def admit(self, conn: GatedConnection) -> bool:
         client = conn.client
-        if self.by_client.get(client, 0) >= self.per_client:
+        if self.by_client.get(client) >= self.per_client:
             self.refused.note(client=client, reason="per-client limit", limit=self.per_client)
             return False
         if len(self.open) * 4 >= self.max_total * 3:
@@ -67,17 +68,13 @@ class ConnectionGate:
             self.refused.note(client=client, reason="every connection busy", limit=self.max_total)
             return False
         self.open[conn] = None
-        self.by_client[client] = self.by_client.get(client, 0) + 1
+        self.by_client.take(client)
         return True
 
     def release(self, conn: GatedConnection) -> None:
         if conn in self.open:
             del self.open[conn]
-            left = self.by_client.get(conn.client, 1) - 1
-            if left:
-                self.by_client[conn.client] = left
-            else:
-                self.by_client.pop(conn.client, None)
+            self.by_client.give_back(conn.client)
 
     def close_idle(self) -> None:
         """Under pressure: close keep-alive connections idle for ``pressure_idle`` seconds or

@@ -306,7 +306,7 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
                 async with http.get(f"http://127.0.0.1:{http_port}/healthz") as r:
                     assert r.status == 503
             replies = await asyncio.gather(*asking)
-            assert all(addresses(r) == ["192.0.2.55"] for r in replies)
+            assert all(addresses(r) == ["192.0.2.55"] for r in replies), [(rcode(r), addresses(r)) for r in replies]
             assert await asyncio.wait_for(proc.wait(), 10) == 0
             assert proc.stderr is not None
             log = (await proc.stderr.read()).decode()
@@ -322,3 +322,21 @@ def _answers(tmp_path: Path) -> Path:
     path.write_text('{"default": {"authoritative": ["rancher.internal"]}}')
     return path
 
+
+
+async def test_drain_answers_relayed_and_chained_queries_in_flight() -> None:
+    """In process, on both loops: queries waiting on a slow upstream, over UDP (relayed) and TCP
+    (the chain), are answered by ``drain``; a query sent after it started is not read."""
+    async with ScriptedUpstream(delay=0.5) as upstream, \
+            run_dns(recurse=(upstream.address,), drain_timeout=3, recurser_timeout=2) as server:
+        waiting = [asyncio.ensure_future(ask(server, f"d{i}.example.test", tcp=i % 2 == 1)) for i in range(10)]
+        while len(upstream.queries) < 10:
+            await asyncio.sleep(0.01)
+        draining = asyncio.ensure_future(server.drain())
+        await asyncio.sleep(0.05)
+        assert server.draining
+        late = await udp_exchange(server.address, dns.message.make_query("late.example.test", "A").to_wire(), 0.8)
+        assert late is None
+        replies = await asyncio.gather(*waiting)
+        await draining
+        assert all(addresses(r) == ["192.0.2.55"] for r in replies), [(rcode(r), addresses(r)) for r in replies]
