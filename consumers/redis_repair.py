@@ -84,11 +84,34 @@ def repair(text: str, names: Mapping[str, str], addresses: Mapping[str, str]) ->
 
 
 def load_mapping(path: str) -> dict[str, str]:
+    """Node ID to container name: YAML/JSON (``node_id: name``), or the redis-cluster seed's own
+    ConfigMap form, ``<node-id> <pod-name>`` per line (``#`` comments and blank lines skipped)."""
     text = Path(path).read_text(encoding="utf-8")
-    data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    plain = _two_columns(text)
+    if plain is not None:
+        return plain
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise NodesConfError(f"{path}: neither '<node-id> <name>' lines nor a mapping: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise NodesConfError(f"{path}: expected a mapping of node id to container name")
+        raise NodesConfError(f"{path}: expected a mapping of node id to container name, or '<node-id> <name>' lines")
     return {k.lower(): v for k, v in data.items()}
+
+
+def _two_columns(text: str) -> dict[str, str] | None:
+    """The ``<node-id> <name>`` form, or None when the text is not in it (node IDs are 40 hex
+    digits, which is what tells it from YAML)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.split()
+        if len(fields) != 2 or len(fields[0]) != 40 or any(c not in "0123456789abcdefABCDEF" for c in fields[0]):
+            return None
+        out[fields[0].lower()] = fields[1]
+    return out or None
 
 
 def fleet_names(containers: list[dict[str, object]], label: str) -> tuple[dict[str, str], dict[str, str]]:

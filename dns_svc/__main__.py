@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 
-from dns_svc.server import DnsServer
+from dns_svc.server import DnsServer, StartupError
 from dns_svc.settings import DnsSettings, parse_settings
 from shared.logs import log_event, setup_logging
 
@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level)
     if settings.workers > 1:
         sys.exit(serve_workers(settings))
-    serve(settings)
+    try:
+        serve(settings)
+    except StartupError as exc:
+        log_event(log, logging.ERROR, "cannot_start", reason=str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

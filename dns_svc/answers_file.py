@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +16,13 @@ log = logging.getLogger("dns.answers")
 
 
 def load_answers_file(path: str, serial: int) -> AnswersTable:
+    """Read as YAML whatever the name says, as rancher-dns did: JSON is (almost) YAML, and the
+    answers files people have, rancher-dns's own fixture among them, carry trailing commas."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise AnswersFileError(f"{path}: {exc}") from None
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AnswersFileError(f"{path}: {' '.join(str(exc).split())}") from None
     try:
         return answers_from_rancher_file(data, serial=serial)
     except AnswersFileError as exc:

@@ -34,6 +34,10 @@ from shared.model import Fleet
 log = logging.getLogger("dns")
 
 
+class StartupError(RuntimeError):
+    """The service cannot start serving what it was told to: one line, a non-zero exit."""
+
+
 def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_step: GlobalCacheStep,
                 upstream: UpstreamPool, metrics: Metrics) -> Chain:
     """The resolution order, top to bottom. Each step answers or hands the query down."""
@@ -58,6 +62,7 @@ class DnsServer:
         self.client_caches = ClientCaches(self.cache_store, clock)
         self.global_cache = ReplyCache(clock=clock, store=self.cache_store, stale_for=settings.serve_stale)
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
+        self.upstream.table_first = settings.recurse_from_resolv_conf
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
         self.metrics = Metrics(self.counters)
         self.global_step = GlobalCacheStep(self.global_cache, settings.cache_max_ttl, settings.servfail_ttl,
@@ -167,7 +172,9 @@ class DnsServer:
         s = self.settings
         if s.answers:
             self.answers_watcher = AnswersFileWatcher(s.answers, self.apply_table)
-            self.answers_watcher.load()
+            if not self.answers_watcher.load():
+                # an empty zone would answer NXDOMAIN for every fleet name, authoritatively
+                raise StartupError(f"--answers {s.answers} cannot be served (the reason is logged above)")
             self._tasks.append(asyncio.create_task(self.answers_watcher.run(), name="answers-file"))
         elif s.metadata_url:
             self.follower = VersionFollower(s.metadata_url, self.apply_fleet, max_wait=s.max_wait,

@@ -30,6 +30,7 @@ class DnsSettings:
     metadata_url: str = ""
     answers: str = ""
     recurse: tuple[Upstream, ...] = ()
+    recurse_from_resolv_conf: bool = False
     domain: str = "rancher.internal"
     ttl: int = 1
     cache_capacity: int = 100000
@@ -163,10 +164,12 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     if ns.workers > 1 and port == 0:
         p.error("--workers needs a fixed port in --listen: workers cannot share port 0")
     never = (*never, host)
-    recurse = tuple(u for u in recurse_flags if u[0] not in never[:-1]) or resolv_conf_upstreams(ns.resolv_conf, never)
+    flagged = tuple(u for u in recurse_flags if u[0] not in never[:-1])
+    recurse = flagged or resolv_conf_upstreams(ns.resolv_conf, never)
     return DnsSettings(
         host=host, port=port, metadata_url="" if ns.answers else ns.metadata_url, answers=ns.answers,
-        recurse=recurse, domain=ns.domain, ttl=ns.ttl, cache_capacity=ns.cache_capacity,
+        recurse=recurse, recurse_from_resolv_conf=not flagged, domain=ns.domain, ttl=ns.ttl,
+        cache_capacity=ns.cache_capacity,
         serve_stale=ns.serve_stale, stale_answer_timeout=ns.stale_answer_timeout, max_udp_size=ns.max_udp_size,
         drain_timeout=ns.drain_timeout, lameduck=ns.lameduck, tcp_max_connections=ns.tcp_max_connections,
         tcp_per_client=ns.tcp_per_client, tcp_idle_timeout=ns.tcp_idle_timeout, cache_max_ttl=ns.cache_max_ttl,

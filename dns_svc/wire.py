@@ -7,6 +7,7 @@ TTLs, and sends it. dnslib builds replies only on a miss and handles everything 
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 
@@ -221,6 +222,21 @@ def _layout(packet: bytes) -> ReplyLayout:
     return ReplyLayout(rcode=flags & 0xF, answers=an, ttl_offsets=tuple(offsets), ttls=tuple(ttls),
                        min_ttl=min(answer_ttls) if answer_ttls else None, negative_ttl=negative,
                        rotate=best, truncated=bool(flags & FLAG_TC))
+
+
+def cap_ttls(wire: bytes, lay: ReplyLayout, cap: int) -> tuple[bytes, ReplyLayout]:
+    """``wire`` with every TTL above ``cap`` lowered to it (unbound's cache-max-ttl, dnsmasq's
+    --max-cache-ttl): a client must not keep an answer longer than we would."""
+    if not any(ttl > cap for ttl in lay.ttls):
+        return wire, lay
+    buf = bytearray(wire)
+    ttls = tuple(min(ttl, cap) for ttl in lay.ttls)
+    for offset, ttl in zip(lay.ttl_offsets, ttls, strict=True):
+        struct.pack_into("!I", buf, offset, ttl)
+    negative = None if lay.negative_ttl is None else min(lay.negative_ttl, cap)
+    answer_ttls = ttls[:lay.answers] if lay.answers else ttls
+    return bytes(buf), dataclasses.replace(lay, ttls=ttls, negative_ttl=negative,
+                                           min_ttl=min(answer_ttls) if answer_ttls else None)
 
 
 def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool = False, ra: bool = True) -> bytes:

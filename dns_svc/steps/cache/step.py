@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal, lifetime_of
-from dns_svc.wire import RCODE_SERVFAIL, RawQuery, header_only_reply, layout
+from dns_svc.wire import RCODE_SERVFAIL, RawQuery, cap_ttls, header_only_reply, layout
 from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
@@ -329,14 +329,27 @@ class GlobalCacheStep(Step):
             query.fallback, query.fallback_after = self._fallback, self.stale_after
         return True
 
+    def capped(self, answer: Answer) -> Answer:
+        """The upstream answer with no TTL above ``--cache-max-ttl``, as served and as cached."""
+        lay = answer.layout
+        if lay is None:
+            try:
+                lay = layout(answer.wire)
+            except ValueError:
+                return answer
+        wire, lay = cap_ttls(answer.wire, lay, int(self.max_ttl))
+        if wire is answer.wire:
+            return answer
+        return Answer(wire, answer.source, answer.countdown, lay)
+
     def stale_answer(self, query: Query) -> Answer:
         """The expired reply for ``query`` (if it is still there), else SERVFAIL."""
         entry = self.cache.stale(global_key(query.view, cache_key(query.raw)), self.cache.clock())
         if entry is None:
             return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
         self.stale_served += 1
-        return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), self.stale_ttl),
-                      Source.STALE)
+        ttl = min(self.stale_ttl, int(self.max_ttl))
+        return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), ttl), Source.STALE)
 
     def answered(self, query: Query, answer: Answer) -> Answer:
         if not query.recursion_allowed or answer.source not in (Source.UPSTREAM, Source.FAILURE):
@@ -345,6 +358,8 @@ class GlobalCacheStep(Step):
         key = global_key(query.view, cache_key(query.raw))
         if answer.source is Source.FAILURE and self.cache.stale_for and self.cache.stale(key, now) is not None:
             return self.stale_answer(query)  # keep the expired reply: it beats a SERVFAIL
+        if answer.source is Source.UPSTREAM:
+            answer = self.capped(answer)
         stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)
         if stored is not None:
             self.cache.put(key, stored)

@@ -134,14 +134,16 @@ class GatherStep(Step):
     def merge(self, query: Query, qname: str, targets: list[tuple[Cluster, str]],
               replies: list[DNSRecord | None]) -> bytes:
         reply = query.request.reply(ra=1)
+        reply.header.ad = 0  # merged from several clusters: nothing here was validated
         if query.raw.edns:
             reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
         answered = [(cluster, sub, r) for (cluster, sub), r in zip(targets, replies, strict=True) if r is not None]
         if not answered:
             reply.header.rcode = RCODE.SERVFAIL
-            ede = EDNSOption(EDE_OPTION, struct.pack("!H", EDE_NETWORK_ERROR) + b"Sub-queries timed out")
-            reply.ar = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
-            reply.add_ar(EDNS0(udp_len=1232, opts=[ede]))
+            if query.raw.edns:  # RFC 6891 7: no OPT in a reply to a query that had none
+                ede = EDNSOption(EDE_OPTION, struct.pack("!H", EDE_NETWORK_ERROR) + b"Sub-queries timed out")
+                reply.ar = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
+                reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else "", opts=[ede]))
             log_event(log, logging.WARNING, "gather_failed", qname=qname, clusters=len(targets))
             return bytes(reply.pack())
         noerror = [r for _, _, r in answered if r.header.rcode == RCODE.NOERROR]

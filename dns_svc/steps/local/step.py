@@ -25,6 +25,9 @@ Chase = Callable[[Query, str, int], Awaitable[list[RR] | None]]
 def reply_for(query: Query) -> DNSRecord:
     """An empty authoritative reply to ``query``, with OPT when the query had one."""
     reply = query.request.reply(ra=1, aa=1)
+    # dnslib's reply copies the query's flag bits, AD among them; we validate nothing, and a client
+    # with glibc's trust-ad would believe it (RFC 4035 3.1.6): only RD and CD come from the query
+    reply.header.ad = 0
     if query.raw.edns:
         reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
     return reply

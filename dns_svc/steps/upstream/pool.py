@@ -46,7 +46,10 @@ class UpstreamPool(Step):
         self.timeout = timeout
         self._channels: dict[Upstream, UdpChannel] = {}
         self._down: set[Upstream] = set()
-        self._orders: dict[tuple[Upstream, ...], tuple[Upstream, ...]] = {}
+        self._orders: dict[tuple[tuple[Upstream, ...], tuple[Upstream, ...]], tuple[Upstream, ...]] = {}
+        # True when ``default`` is only the host's resolv.conf: a table with upstreams of its own
+        # (an answers file's ``recurse``) then replaces it, as in rancher-dns, which never read it.
+        self.table_first = False
         self.closed = False
         self.failures: dict[Upstream, int] = {}
         self.entropy = Entropy()
@@ -77,17 +80,21 @@ class UpstreamPool(Step):
         return True
 
     def upstreams_for(self, query: Query) -> tuple[Upstream, ...]:
-        """The client's own upstreams, then the defaults, each once (worked out once per list)."""
-        own = query.view.recurse
-        order = self._orders.get(own)
+        """The client's own upstreams, then the table's default ones (an answers file's
+        ``default.recurse``, as rancher-dns tried them), then ``--recurse``/resolv.conf; each
+        once (worked out once per combination)."""
+        own, table_default = query.view.recurse, query.table.default.recurse
+        key = (own, table_default)
+        order = self._orders.get(key)
         if order is None:
             seen: list[Upstream] = []
-            for up in (*own, *self.default):
+            fallback = () if table_default and self.table_first else self.default
+            for up in (*own, *table_default, *fallback):
                 if up not in seen:
                     seen.append(up)
             if len(self._orders) >= 4096:
                 self._orders.clear()
-            order = self._orders[own] = tuple(seen)
+            order = self._orders[key] = tuple(seen)
         return order
 
     async def resolve(self, query: Query, call_next: CallNext) -> Answer:
