@@ -53,7 +53,7 @@ class TreeBuilder:
         return out
 
     def container(self, c: Container) -> Tree:
-        cached = self._containers.get(c.name)
+        cached = self._containers.get(c.uuid)
         if cached is not None:
             return cached
         stack = self.fleet.stack(c.stack_name) if c.stack_name else None
@@ -75,7 +75,7 @@ class TreeBuilder:
             "service_uuid": service.uuid if service else "", **self.env,
         }
         out.update(c.extra)
-        self._containers[c.name] = out
+        self._containers[c.uuid] = out
         return out
 
     def service(self, s: Service, *, with_token: bool = False) -> Tree:

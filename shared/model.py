@@ -443,15 +443,19 @@ class _FleetBuilder:
         service_keys = {(s.stack_name.lower(), s.name.lower()) for s in services}
         host_ids = {h.uuid for h in hosts} | {h.name for h in hosts}
         host_by_name = {h.name: h.uuid for h in hosts}
-        names: dict[str, object] = {}
+        # A container is its uuid; names may repeat (Rancher runs one "Network Agent" per host,
+        # all with that name), and then a name-derived uuid would not tell them apart.
+        items = self.items("containers")
+        name_counts: dict[str, int] = {}
+        for item in items:
+            key = str(item.get("name") or "").lower()
+            name_counts[key] = name_counts.get(key, 0) + 1
+        uuids: dict[str, object] = {}
         ips: dict[str, object] = {}
         out: list[Container] = []
-        for i, item in enumerate(self.items("containers")):
+        for i, item in enumerate(items):
             where = self.where("containers", i, item)
             name = self.text(item, "name", where, required=True)
-            if name.lower() in names:
-                raise FleetError(where, f"duplicate container name {name!r} (also {names[name.lower()]})")
-            names[name.lower()] = where
             ip = self.ip(self.text(item, "primary_ip", where, required=True), where, "primary_ip")
             if ip in ips:
                 raise FleetError(where, f"duplicate IP {ip} (also {ips[ip]})")
@@ -471,8 +475,13 @@ class _FleetBuilder:
             if not isinstance(create_index, int) or isinstance(create_index, bool):
                 raise FleetError(where, "'create_index' must be an integer")
             dns = tuple(self.ip(v, where, "dns") for v in self.strings(item, "dns", where))
+            uuid = self.text(item, "uuid", where) or stable_uuid(
+                "container", name if name_counts[name.lower()] == 1 else f"{name}@{host}/{ip}")
+            if uuid in uuids:
+                raise FleetError(where, f"duplicate container uuid {uuid!r} (also {uuids[uuid]})")
+            uuids[uuid] = where
             out.append(Container(
-                name=name, uuid=self.text(item, "uuid", where) or stable_uuid("container", f"{name}"),
+                name=name, uuid=uuid,
                 primary_ip=ip, stack_name=stack, service_name=service,
                 host_uuid=host_by_name.get(host, host),
                 state=self.text(item, "state", where) or "running",

@@ -122,3 +122,35 @@ def test_redis_mapping_in_the_seeds_two_column_form(tmp_path: Path) -> None:
     yaml_form = tmp_path / "nodes.yaml"
     yaml_form.write_text(f"{a}: redis-cluster-0\n")
     assert load_mapping(str(yaml_form)) == {a: "redis-cluster-0"}
+
+
+async def test_container_names_may_repeat_as_in_rancher(tmp_path: Path) -> None:
+    """One "Network Agent" per host, all with that name: a container is its uuid. The name
+    answers every address, as a service name does; each container's ``self`` is its own."""
+    import yaml
+
+    from dns_svc.follower import version_index
+    from metadata_svc.keys import STORE
+    from shared.model import Fleet, FleetError
+    from tests.support.dns import wait_for_version
+    from tests.support.metadata import run_metadata
+
+    fleet = {"hosts": [{"uuid": "h1", "name": "h1"}, {"uuid": "h2", "name": "h2"}],
+             "containers": [{"name": "Network Agent", "primary_ip": "127.0.0.61", "host_uuid": "h1"},
+                            {"name": "Network Agent", "primary_ip": "127.0.0.62", "host_uuid": "h2"},
+                            {"name": "web", "primary_ip": "127.0.0.63", "host_uuid": "h1"}]}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(fleet))
+    async with run_metadata(path) as md:
+        snapshot = md.app[STORE].snapshot
+        assert len({c.uuid for c in snapshot.fleet.containers}) == 3
+        for ip in ("127.0.0.61", "127.0.0.62"):
+            async with md.client(ip) as s, s.get("/latest/self/container/primary_ip") as r:
+                assert await r.text() == ip
+        async with run_dns(metadata_url=f"{md.url}/2016-07-29") as server:
+            await wait_for_version(server, version_index(snapshot.version))
+            reply = await ask(server, "network agent.rancher.internal")
+            assert sorted(addresses(reply)) == ["127.0.0.61", "127.0.0.62"]
+    fleet["containers"][1]["uuid"] = fleet["containers"][0]["uuid"] = "same"
+    with pytest.raises(FleetError, match="duplicate container uuid"):
+        Fleet.from_mapping(fleet)
