@@ -297,7 +297,8 @@ class _FleetAnswers:
 
     def client_inputs(self) -> dict[str, Any]:
         return {c.primary_ip: (c.name, c.stack_name, c.service_name, c.dns, c.dns_search, tuple(c.links.items()))
-                for c in self.fleet.containers if self.live(c)}
+                for c in self.fleet.containers
+                if self.live(c) and self.fleet.container_by_ip(c.primary_ip) is c}  # a shared IP: no view
 
     def make_view(self, table: AnswersTable, client_ip: str, _inputs: Any) -> ClientView:
         c = self.fleet.container_by_ip(client_ip)

@@ -151,7 +151,16 @@ class Fleet:
         return self._stack_services.get(stack.name.lower(), ())
 
     def __post_init__(self) -> None:
-        by_ip = {c.primary_ip: c for c in self.containers}
+        # An address several containers share (Rancher gives host-network containers the host's)
+        # names none of them: ``self`` and per-client answers need to know who is asking.
+        by_ip: dict[str, Container] = {}
+        shared: set[str] = set()
+        for c in self.containers:
+            if c.primary_ip in by_ip:
+                shared.add(c.primary_ip)
+            by_ip[c.primary_ip] = c
+        for ip in shared:
+            del by_ip[ip]
         members: dict[tuple[str, str], list[Container]] = {}
         for c in self.containers:
             if c.service_name:
@@ -451,15 +460,11 @@ class _FleetBuilder:
             key = str(item.get("name") or "").lower()
             name_counts[key] = name_counts.get(key, 0) + 1
         uuids: dict[str, object] = {}
-        ips: dict[str, object] = {}
         out: list[Container] = []
         for i, item in enumerate(items):
             where = self.where("containers", i, item)
             name = self.text(item, "name", where, required=True)
             ip = self.ip(self.text(item, "primary_ip", where, required=True), where, "primary_ip")
-            if ip in ips:
-                raise FleetError(where, f"duplicate IP {ip} (also {ips[ip]})")
-            ips[ip] = where
             stack = self.text(item, "stack_name", where)
             service = self.text(item, "service_name", where)
             if stack and stack.lower() not in stack_names:

@@ -154,3 +154,39 @@ async def test_container_names_may_repeat_as_in_rancher(tmp_path: Path) -> None:
     fleet["containers"][1]["uuid"] = fleet["containers"][0]["uuid"] = "same"
     with pytest.raises(FleetError, match="duplicate container uuid"):
         Fleet.from_mapping(fleet)
+
+
+async def test_an_address_several_containers_share_names_none_of_them(tmp_path: Path) -> None:
+    """Rancher gives host-network containers the host's IP. Such a fleet is served; the shared
+    address gets no container ``self`` (no token to hand to the wrong one), names still resolve."""
+    import yaml
+
+    from dns_svc.follower import version_index
+    from metadata_svc.keys import STORE
+    from tests.support.dns import wait_for_version
+    from tests.support.metadata import run_metadata
+
+    fleet = {"hosts": [{"uuid": "h1", "name": "h1", "agent_ip": "127.0.0.70"}],
+             "stacks": [{"name": "infra"}],
+             "services": [{"name": "agent", "stack_name": "infra", "token": "agent-secret"}],
+             "containers": [{"name": "scheduler", "primary_ip": "127.0.0.70", "host_uuid": "h1",
+                             "stack_name": "infra", "service_name": "agent"},
+                            {"name": "healthcheck", "primary_ip": "127.0.0.70", "host_uuid": "h1"},
+                            {"name": "web", "primary_ip": "127.0.0.71", "host_uuid": "h1",
+                             "stack_name": "infra", "service_name": "agent"}]}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(fleet))
+    async with run_metadata(path) as md:
+        async with md.client("127.0.0.70") as s:
+            async with s.get("/latest/self/container/name") as r:
+                assert r.status == 404
+            async with s.get("/latest/self", headers={"Accept": "application/json"}) as r:
+                body = await r.text()
+                assert "agent-secret" not in body and '"host"' in body
+        async with md.client("127.0.0.71") as s, s.get("/latest/self/service/token") as r:
+            assert await r.text() == "agent-secret"
+        async with run_dns(metadata_url=f"{md.url}/2016-07-29") as server:
+            await wait_for_version(server, version_index(md.app[STORE].snapshot.version))
+            for name in ("scheduler", "healthcheck"):
+                assert addresses(await ask(server, f"{name}.rancher.internal", source="127.0.0.70")) == ["127.0.0.70"]
+            assert rcode(await ask(server, "web.rancher.internal", source="127.0.0.70")) == "NOERROR"

@@ -82,13 +82,13 @@ async def test_yaml_errors_name_the_line(metadata: RunningMetadata, fleet_file: 
 @pytest.mark.parametrize(("mutate", "where", "problem"), [
     (lambda d: d["containers"][3].update(service_name="nosuch"), "containers[3] name=Shop-db-1 (line 2",
      "service 'nosuch' does not exist in stack 'Shop'"),
-    (lambda d: d["containers"][4].update(primary_ip="127.0.0.11"), "containers[4] name=infra-cache-1",
-     "duplicate IP 127.0.0.11"),
+    (lambda d: d["containers"][4].update(uuid="c-web-1"), "containers[4] name=infra-cache-1",
+     "duplicate container uuid 'c-web-1'"),
     (lambda d: d["containers"][0].update(primary_ip="not-an-ip"), "containers[0] name=Shop-Web-1",
      "not an IP address"),
     (lambda d: d["services"][0]["links"].update({"Shop/gone": "x"}), "services[0] name=Web",
      "link target 'Shop/gone' is not a service"),
-], ids=["missing-service", "duplicate-ip", "bad-ip", "dangling-link"])
+], ids=["missing-service", "duplicate-uuid", "bad-ip", "dangling-link"])
 async def test_invalid_fleet_is_refused_and_old_data_served(
         metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture,
         mutate, where: str, problem: str) -> None:  # type: ignore[no-untyped-def]
