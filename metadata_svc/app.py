@@ -13,17 +13,20 @@ from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.keys import GATE, IDENTITY, SETTINGS, STORE
+from metadata_svc.keys import GATE, IDENTITY, SETTINGS, SOURCE, STORE
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.sources import FleetSource
+from metadata_svc.sources.etcd import EtcdSource, parse_etcd_source
 from metadata_svc.sources.file import FileSource
 from metadata_svc.store import ReloadResult, VersionedStore
+from shared.etcd import EtcdEndpoints
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
 
 log = logging.getLogger("metadata")
+FIRST_LOAD_WAIT = 5.0
 
 
 class SourceFollower:
@@ -34,15 +37,19 @@ class SourceFollower:
         self.store = store
         self.kept = kept
         self._kept_error: str | None = None
+        self.first_result = asyncio.Event()
 
-    async def apply(self, result: Fleet | FleetError) -> None:
+    async def apply(self, result: Fleet | tuple[Fleet, int] | FleetError) -> None:
         store = self.store
+        index: int | None = None
+        if isinstance(result, tuple):
+            result, index = result
         if isinstance(result, FleetError):
             store.last_reload = ReloadResult(time.time(), False, str(result))
             log_event(log, logging.ERROR, "fleet_rejected", source=self.source.name, where=result.where,
                       problem=result.problem, serving=store.snapshot.version if store.has_data else "nothing")
             return
-        changed = store.publish(result)
+        changed = store.publish(result, index=index)
         store.last_reload = ReloadResult(time.time(), True, "published" if changed else "unchanged")
         if not changed:
             log_event(log, logging.DEBUG, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
@@ -92,9 +99,22 @@ class SourceFollower:
         log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path),
                   version=self.store.snapshot.version, containers=len(fleet.containers))
 
-    async def run(self, updates: AsyncIterator[Fleet | FleetError]) -> None:
+    async def run(self, updates: AsyncIterator[Fleet | tuple[Fleet, int] | FleetError]) -> None:
         async for result in updates:
             await self.apply(result)
+            self.first_result.set()
+
+
+def source_for(settings: MetadataSettings) -> FleetSource:
+    """``--source``: ``etcd://HOST:PORT[,...]/PREFIX`` or ``file:PATH``; else the ``--data`` file."""
+    if settings.source.startswith("etcd://"):
+        hosts, prefix = parse_etcd_source(settings.source)
+        endpoints = EtcdEndpoints.parse(hosts, tls=settings.etcd_tls, username=settings.etcd_user,
+                                        password=settings.etcd_password, ca_file=settings.etcd_ca,
+                                        cert_file=settings.etcd_cert, key_file=settings.etcd_key)
+        return EtcdSource(endpoints, prefix, idle_timeout=settings.etcd_idle_timeout)
+    path = settings.source[len("file:"):] if settings.source.startswith("file:") else settings.data
+    return FileSource(path, settings.poll_interval, use_inotify=settings.watch == "auto")
 
 
 def create_app(settings: MetadataSettings, source: FleetSource | None = None) -> web.Application:
@@ -104,7 +124,8 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
     app[GATE] = ConnectionGate(settings.max_connections_per_client, settings.max_connections)
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
-    fleet_source = source or FileSource(settings.data, settings.poll_interval, use_inotify=settings.watch == "auto")
+    fleet_source = source or source_for(settings)
+    app[SOURCE] = fleet_source
 
     async def follow_source(app: web.Application) -> AsyncIterator[None]:
         store = app[STORE]
@@ -112,8 +133,15 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
         follower.restore()
         follower.check_kept()
         updates = fleet_source.updates()
-        await follower.apply(await anext(updates))  # serve the file's data from the first request
         task = asyncio.create_task(follower.run(updates), name="metadata-source")
+        # Serve the source's data from the first request, unless it takes long to come (etcd
+        # unreachable): then start with the kept copy (or nothing) and let it arrive later.
+        try:
+            async with asyncio.timeout(FIRST_LOAD_WAIT):
+                await follower.first_result.wait()
+        except TimeoutError:
+            log_event(log, logging.WARNING, "source_not_ready", source=fleet_source.name, waited_s=FIRST_LOAD_WAIT,
+                      serving=store.snapshot.version if store.has_data else "nothing yet")
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, fleet_source.request_reload)

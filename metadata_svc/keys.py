@@ -13,3 +13,4 @@ SETTINGS = web.AppKey("settings", MetadataSettings)
 STORE = web.AppKey("store", VersionedStore)
 IDENTITY = web.AppKey("identity", ClientIdentity)
 GATE = web.AppKey("gate", ConnectionGate)
+SOURCE = web.AppKey("source", object)  # the FleetSource: /status shows what it knows about itself

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from metadata_svc.keys import IDENTITY, SETTINGS, STORE
+from metadata_svc.keys import IDENTITY, SETTINGS, SOURCE, STORE
 from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
 from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
 from metadata_svc.store import Snapshot
@@ -177,10 +177,15 @@ async def status(request: web.Request) -> web.Response:
         ("environment", fleet.environment.name), ("hosts", str(len(fleet.hosts))),
         ("stacks", str(len(fleet.stacks))), ("services", str(len(fleet.services))),
         ("containers", str(len(fleet.containers))), ("last reload", reload_text),
-        ("waiting long-polls", str(store.waiting)), ("source", request.app[SETTINGS].data),
+        ("waiting long-polls", str(store.waiting)), ("source", str(getattr(request.app[SOURCE], "name", ""))),
         ("kept copy", f"NOT WRITABLE ({store.kept_error}); indexes follow the clock" if store.kept_error
          else request.app[SETTINGS].state_file or "off"),
     ]
+    etcd = getattr(request.app[SOURCE], "status", None)
+    if etcd is not None:
+        rows += [("etcd", f"{'connected to ' + etcd.endpoint if etcd.connected else 'UNREACHABLE: ' + etcd.problem}"
+                          f", at revision {etcd.revision}"),
+                 *((f"held back: {key}", problem) for key, problem in sorted(etcd.held_back.items()))]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>metadns metadata</title></head>"
             f"<body><h1>metadns metadata</h1><table>{body}</table></body></html>")

@@ -31,6 +31,14 @@ class MetadataSettings:
     default_wait: float = 60.0
     poll_interval: float = 1.0
     watch: str = "auto"
+    source: str = ""
+    etcd_tls: bool = False
+    etcd_user: str = ""
+    etcd_password: str = ""
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_idle_timeout: float = 30.0
     max_connections: int = 4096
     max_connections_per_client: int = 64
     keepalive_timeout: float = 15.0
@@ -54,6 +62,19 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
            help="cap in seconds on a long-poll's maxWait")
     p.flag("--poll-interval", default=1.0, type=float,
            help="seconds between checks of the fleet file for changes")
+    p.flag("--source", default="",
+           help="where the fleet comes from: etcd://HOST:PORT[,HOST:PORT...]/PREFIX, or file:PATH "
+                "(default: the --data file)")
+    p.flag("--etcd-tls", action="store_true", help="talk HTTPS to etcd (implied by --etcd-ca/--etcd-cert)")
+    p.flag("--etcd-ca", default="", help="CA bundle that signed etcd's certificates")
+    p.flag("--etcd-cert", default="", help="client certificate for etcd")
+    p.flag("--etcd-key", default="", help="client certificate's key")
+    p.flag("--etcd-user", default="", help="etcd user (with --etcd-password)")
+    p.flag("--etcd-password", default="", help="etcd password")
+    p.flag("--etcd-idle-timeout", default=30.0, type=float,
+           help="seconds without any watch message (not even a progress notification) before the watch is "
+                "started again on the next endpoint; set etcd's --experimental-watch-progress-notify-interval "
+                "well below it")
     p.flag("--watch", default="auto", choices=("auto", "poll"),
            help="how file changes are noticed: 'auto' reads a change once its writer closed it (inotify "
                 "on Linux, polling elsewhere), 'poll' only polls (a change is read once unchanged over two polls)")
@@ -74,12 +95,22 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         p.error(f"--listen: {exc}")
     if ns.max_wait <= 0:
         p.error("--max-wait must be positive")
+    if ns.source and not ns.source.startswith(("etcd://", "file:")):
+        p.error(f"--source {ns.source!r}: give etcd://HOST:PORT[,...]/PREFIX or file:PATH")
+    if ns.source.startswith("etcd://"):
+        try:
+            from metadata_svc.sources.etcd import parse_etcd_source
+            parse_etcd_source(ns.source)
+        except ValueError as exc:
+            p.error(f"--source: {exc}")
     if ns.max_connections < 1 or ns.max_connections_per_client < 1:
         p.error("--max-connections and --max-connections-per-client must be at least 1")
     return MetadataSettings(
         host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
         xff_trusted=parse_networks(ns.xff_trusted.split(",")), max_wait=ns.max_wait,
         default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval, watch=ns.watch,
+        source=ns.source, etcd_tls=ns.etcd_tls, etcd_user=ns.etcd_user, etcd_password=ns.etcd_password,
+        etcd_ca=ns.etcd_ca, etcd_cert=ns.etcd_cert, etcd_key=ns.etcd_key, etcd_idle_timeout=ns.etcd_idle_timeout,
         max_connections=ns.max_connections, max_connections_per_client=ns.max_connections_per_client,
         keepalive_timeout=ns.keepalive_timeout,
         self_host=ns.self_host, log_level=ns.log_level)

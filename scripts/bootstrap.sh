@@ -19,6 +19,7 @@ APT_PACKAGES=(
     golang-github-rancher-go-rancher-metadata-dev
     redis-server           # redis-repair: a real three-master cluster
     memcached              # render: real memcached pools
+    etcd-server            # the fleet in etcd: a real etcd for the tests
 )
 
 install_debian_packages() {

@@ -32,6 +32,9 @@ class FleetError(ValueError):
         super().__init__(f"{where}: {problem}")
         self.where = str(where)
         self.problem = problem
+        # which object, when it is one of a collection (a source can then hold back just that one)
+        self.collection: str | None = getattr(where, "collection", None)
+        self.index: int | None = getattr(where, "index", None)
 
 
 class _Where:

@@ -1,0 +1,149 @@
+"""``metadns fleet apply|get|delete``: the fleet in etcd, written from a fleet file.
+
+``apply`` validates the file exactly as the file source does (a file that fails writes nothing
+and exits 1 with the same one-line reason), reads what is under the prefix, and writes only the
+difference: new and changed objects put, objects no longer in the file deleted, in
+transactions of at most 128 operations (etcd's default ``--max-txn-ops``; a larger change is
+several transactions, each applied whole, and followers may see the steps between them).
+Keys held by a lease are an agent's registrations (``metadns register``): ``apply`` never
+changes or removes them. ``--dry-run`` prints the difference and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from metadata_svc.sources.file import parse_fleet_text
+from shared.etcd import EtcdClient, EtcdEndpoints, EtcdError, b64
+from shared.etcd_fleet import fleet_from_keys, fleet_keys
+from shared.model import FleetError
+from shared.settings import FlagParser
+
+MAX_TXN_OPS = 128
+T = TypeVar("T")
+
+FLEET_HELP = """\
+The fleet in etcd, for every host's metadata service (metadata-svc --source etcd://HOST:PORT/PREFIX):
+
+  metadns fleet apply --etcd 127.0.0.1:2379 --prefix /metadns/v1/ fleet.yaml [--dry-run]
+  metadns fleet get   --etcd 127.0.0.1:2379 --prefix /metadns/v1/ > fleet.yaml
+  metadns fleet delete --etcd 127.0.0.1:2379 --prefix /metadns/v1/ containers/host-a/c-web-1
+"""
+
+
+def _parser(command: str) -> FlagParser:
+    p = FlagParser("METADNS_FLEET", prog=f"metadns fleet {command}", description=FLEET_HELP)
+    p.flag("--etcd", default="127.0.0.1:2379", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
+    p.flag("--prefix", default="/metadns/v1/", help="where the fleet's keys are")
+    p.flag("--etcd-ca", default="", help="CA bundle for etcd's certificates (implies HTTPS)")
+    p.flag("--etcd-cert", default="", help="client certificate")
+    p.flag("--etcd-key", default="", help="client certificate's key")
+    p.flag("--etcd-user", default="", help="etcd user")
+    p.flag("--etcd-password", default="", help="etcd password")
+    return p
+
+
+def _client(ns: argparse.Namespace) -> EtcdClient:
+    return EtcdClient(EtcdEndpoints.parse(
+        ns.etcd, username=ns.etcd_user, password=ns.etcd_password,
+        ca_file=ns.etcd_ca, cert_file=ns.etcd_cert, key_file=ns.etcd_key))
+
+
+def _prefix(text: str) -> bytes:
+    return ("/" + text.strip("/") + "/").encode() if text.strip("/") else b"/"
+
+
+async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes],
+                dry_run: bool) -> list[tuple[str, str]]:
+    """Write the difference between ``wanted`` and what is under ``prefix``; the changes as
+    (sign, key): ``+`` new, ``~`` changed, ``-`` deleted."""
+    kvs, _ = await client.list_prefix(prefix)
+    current = {kv.key[len(prefix):].decode(): kv for kv in kvs}
+    changes: list[tuple[str, str]] = []
+    ops: list[dict[str, object]] = []
+    for key, value in sorted(wanted.items()):
+        old = current.get(key)
+        if old is not None and old.lease:
+            continue  # an agent's registration: not ours to change
+        if old is None or old.value != value:
+            changes.append(("+" if old is None else "~", key))
+            ops.append({"request_put": {"key": b64(prefix + key.encode()), "value": b64(value)}})
+    for key, kv in sorted(current.items()):
+        if key not in wanted and not kv.lease:
+            changes.append(("-", key))
+            ops.append({"request_delete_range": {"key": b64(prefix + key.encode())}})
+    if not dry_run:
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            await client.txn([], ops[start:start + MAX_TXN_OPS])
+    return changes
+
+
+async def current_fleet(client: EtcdClient, prefix: bytes) -> tuple[Mapping[str, Any], dict[str, str]]:
+    kvs, _ = await client.list_prefix(prefix)
+    fleet, bad = fleet_from_keys({kv.key[len(prefix):].decode(): kv.value for kv in kvs})
+    return fleet.raw, bad
+
+
+def fleet_main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("apply", "get", "delete"):
+        print("usage: metadns fleet {apply,get,delete} [--help]\n\n" + FLEET_HELP, file=sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    p = _parser(command)
+    if command == "apply":
+        p.add_argument("file", help="the fleet file (YAML or JSON), as the file source reads it")
+        p.flag("--dry-run", action="store_true", help="print the difference, write nothing")
+    elif command == "delete":
+        p.add_argument("keys", nargs="+", help="keys below the prefix, as 'fleet get --keys' prints them")
+    else:
+        p.flag("--keys", action="store_true", help="print the keys and their values instead of a fleet file")
+    ns = p.parse_flags(rest)
+    prefix = _prefix(ns.prefix)
+    try:
+        if command == "apply":
+            try:
+                fleet = parse_fleet_text(Path(ns.file).read_text(encoding="utf-8"), ns.file)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise FleetError(ns.file, f"cannot read: {exc}") from None
+            changes = asyncio.run(_run(ns, lambda c: apply(c, prefix, fleet_keys(fleet), ns.dry_run)))
+            for sign, key in changes:
+                print(f"{sign} {prefix.decode()}{key}")
+            print(f"{'would change' if ns.dry_run else 'changed'} {len(changes)} key(s)", file=sys.stderr)
+        elif command == "get":
+            if ns.keys:
+                kvs = asyncio.run(_run(ns, lambda c: c.list_prefix(prefix)))[0]
+                for kv in kvs:
+                    print(f"{kv.key.decode()} {kv.value.decode('utf-8', 'replace')}")
+                return 0
+            raw, bad = asyncio.run(_run(ns, lambda c: current_fleet(c, prefix)))
+            for key, problem in bad.items():
+                print(f"held back: {prefix.decode()}{key}: {problem}", file=sys.stderr)
+            print(yaml.safe_dump(json.loads(json.dumps(raw)), sort_keys=False, allow_unicode=True), end="")
+        else:
+            async def delete(c: EtcdClient) -> None:
+                ops = [{"request_delete_range": {"key": b64(prefix + k.strip("/").encode())}} for k in ns.keys]
+                for start in range(0, len(ops), MAX_TXN_OPS):
+                    await c.txn([], ops[start:start + MAX_TXN_OPS])
+
+            asyncio.run(_run(ns, delete))
+    except FleetError as exc:
+        print(f"metadns fleet {command}: refused, nothing written: {exc.where}: {exc.problem}", file=sys.stderr)
+        return 1
+    except EtcdError as exc:
+        print(f"metadns fleet {command}: etcd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run(ns: argparse.Namespace, work: Callable[[EtcdClient], Awaitable[T]]) -> T:
+    async with _client(ns) as client:
+        return await work(client)
+

@@ -1,0 +1,125 @@
+"""The fleet as etcd keys: one JSON object per key under a prefix, with the fleet file's field
+names, so that a change to one container is one event and a watcher applies whole objects.
+
+    <prefix>environment                      {"name", "uuid"}
+    <prefix>hosts/<host uuid>                a hosts[] entry
+    <prefix>stacks/<stack>                   a stacks[] entry
+    <prefix>services/<stack>/<service>       a services[] entry
+    <prefix>containers/<host uuid>/<uuid>    a containers[] entry ("-" for no host)
+
+A follower reads every key and validates each object on its own: an object that is not JSON,
+sits under the wrong key, or that validation refuses (a dangling reference, a malformed IP) is
+held back and reported with its key, and never keeps the rest of the fleet from being served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, unquote
+
+from shared.model import Fleet, FleetError
+
+KINDS = ("environment", "hosts", "stacks", "services", "containers")
+
+
+def _part(text: str) -> str:
+    return quote(text, safe="")
+
+
+def object_key(kind: str, obj: Mapping[str, Any]) -> str:
+    """The key (below the prefix) of one object of a validated fleet."""
+    if kind == "environment":
+        return "environment"
+    if kind == "hosts":
+        return f"hosts/{_part(obj['uuid'])}"
+    if kind == "stacks":
+        return f"stacks/{_part(obj['name'])}"
+    if kind == "services":
+        return f"services/{_part(obj['stack_name'])}/{_part(obj['name'])}"
+    return f"containers/{_part(obj.get('host_uuid') or '-')}/{_part(obj['uuid'])}"
+
+
+def fleet_keys(fleet: Fleet) -> dict[str, bytes]:
+    """Every key and value that stores ``fleet`` (values as compact, sorted JSON)."""
+    raw = fleet.raw
+    out = {"environment": _dump(raw.get("environment") or {})}
+    for kind in KINDS[1:]:
+        for obj in raw.get(kind) or ():
+            out[object_key(kind, obj)] = _dump(obj)
+    return out
+
+
+def _dump(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tuple[Fleet, dict[str, str]]:
+    """The fleet stored under ``values`` (keys below the prefix), and the keys held back with
+    why. Objects are validated together (references cross them); each refused object is taken
+    out and the rest validated again, so one bad object costs only itself."""
+    bad: dict[str, str] = {}
+    objects: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS[1:]}
+    environment: dict[str, Any] = {}
+    for key in sorted(values):
+        try:
+            obj = json.loads(values[key])
+        except (ValueError, UnicodeDecodeError) as exc:
+            bad[key] = f"not JSON: {exc}"
+            continue
+        if not isinstance(obj, dict):
+            bad[key] = f"not a JSON object but {type(obj).__name__}"
+            continue
+        if key == "environment":
+            environment = obj
+            continue
+        kind = key.split("/", 1)[0]
+        problem = _named_by_key(kind, key, obj) if kind in objects else "not a key of the fleet layout"
+        if problem:
+            bad[key] = problem
+        else:
+            objects[kind].append((key, obj))
+    def locate(kind: str, i: int) -> str | None:
+        return f"key {objects[kind][i][0]}" if kind in objects and i < len(objects[kind]) else None
+
+    for _ in range(max_rounds):
+        data: dict[str, Any] = {"environment": environment, **{k: [o for _, o in v] for k, v in objects.items()}}
+        try:
+            fleet = Fleet.from_mapping(data, locate)
+        except FleetError as exc:
+            if exc.collection in objects and exc.index is not None and exc.index < len(objects[exc.collection]):
+                key, _ = objects[exc.collection].pop(exc.index)
+                bad[key] = exc.problem
+                continue
+            raise
+        return fleet, bad
+    raise FleetError("etcd", "too many invalid objects")
+
+
+_KEY_FIELDS = {"hosts": ("uuid",), "stacks": ("name",), "services": ("stack_name", "name"),
+               "containers": ("host_uuid", "uuid")}
+
+
+def _named_by_key(kind: str, key: str, obj: dict[str, Any]) -> str | None:
+    """The key names the object: fields it leaves out are taken from it, fields that say
+    otherwise make the object refused (two keys must never claim one object)."""
+    parts = key_names(key)[1:]
+    fields = _KEY_FIELDS[kind]
+    if len(parts) != len(fields):
+        return "not a key of the fleet layout"
+    for field, part in zip(fields, parts, strict=True):
+        if field == "host_uuid" and part == "-":
+            part = ""
+        value = obj.get(field)
+        if value in (None, ""):
+            if part:
+                obj[field] = part
+        elif str(value) != part:
+            return f"its {field} {value!r} is not the {part!r} its key says"
+    return None
+
+
+def key_names(key: str) -> list[str]:
+    """The decoded parts of a key below the prefix."""
+    return [unquote(p) for p in key.split("/")]

@@ -1,0 +1,170 @@
+"""The fleet in a real etcd (Debian's 3.4), followed by several hosts' metadata services, each
+with a DNS service reading it over HTTP, as on real hosts; written with ``metadns fleet``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from consumers.fleet_command import fleet_main
+from dns_svc.follower import version_index
+from metadata_svc.keys import STORE
+from shared.etcd import EtcdClient, EtcdEndpoints
+from tests.support.dns import addresses, ask, run_dns, wait_for_version
+from tests.support.etcd import EtcdCluster, run_etcd
+from tests.support.metadata import RunningMetadata, run_metadata
+
+PREFIX = "/metadns/test/"
+
+
+def fleet(ip: str = "127.0.0.11") -> dict[str, Any]:
+    return {"environment": {"name": "etcd-test"},
+            "hosts": [{"uuid": "host-a", "name": "host-a"}, {"uuid": "host-b", "name": "host-b"}],
+            "stacks": [{"name": "shop"}],
+            "services": [{"name": "web", "stack_name": "shop", "ports": ["80/tcp"], "token": "web-secret"}],
+            "containers": [{"name": "web-1", "stack_name": "shop", "service_name": "web", "primary_ip": ip,
+                            "host_uuid": "host-a"},
+                           {"name": "web-2", "stack_name": "shop", "service_name": "web",
+                            "primary_ip": "127.0.0.12", "host_uuid": "host-b"}]}
+
+
+async def apply(cluster: EtcdCluster, data: dict[str, Any], tmp_path: Path, *extra: str) -> int:
+    path = tmp_path / f"apply-{id(data)}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return await asyncio.to_thread(fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX,
+                                                *extra, str(path)])
+
+
+@contextlib.asynccontextmanager
+async def host(cluster: EtcdCluster, tmp_path: Path, name: str,
+               endpoints: str | None = None) -> AsyncIterator[tuple[RunningMetadata, Any]]:
+    """One host: its metadata service on etcd, and its DNS service on that."""
+    source = f"etcd://{endpoints or cluster.endpoints}{PREFIX}"
+    async with run_metadata(tmp_path / "unused.yaml", tmp_path / f"{name}-kept.json", source=source,
+                            etcd_idle_timeout=3.0) as md:
+        async with run_dns(metadata_url=f"{md.url}/2016-07-29", state_file=str(tmp_path / f"{name}-dns.json"),
+                           max_wait=5) as dns:
+            yield md, dns
+
+
+async def until(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(seconds):
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+
+async def answer(dns: Any, name: str = "web.shop.rancher.internal") -> list[str]:
+    return sorted(addresses(await ask(dns, name)))
+
+
+async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path) -> None:
+    with run_etcd(tmp_path / "etcd") as cluster:
+        assert await apply(cluster, fleet(), tmp_path) == 0
+        async with host(cluster, tmp_path, "a") as (md_a, dns_a), host(cluster, tmp_path, "b") as (md_b, dns_b):
+            for md, dns in ((md_a, dns_a), (md_b, dns_b)):
+                await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
+                assert await answer(dns) == ["127.0.0.11", "127.0.0.12"]
+            assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
+            # a change reaches every host's DNS within a second, with one version everywhere
+            started = asyncio.get_running_loop().time()
+            assert await apply(cluster, fleet("127.0.0.21"), tmp_path) == 0
+            for dns in (dns_a, dns_b):
+                await until(lambda dns=dns: _has(dns, "127.0.0.21"), 1.0)
+            assert asyncio.get_running_loop().time() - started < 1.5
+            assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
+            async with md_a.client("127.0.0.21") as s, s.get("/latest/self/service/token") as r:
+                assert await r.text() == "web-secret"
+
+
+async def _has(dns: Any, ip: str) -> bool:
+    return ip in await answer(dns)
+
+
+async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itself(tmp_path: Path) -> None:
+    with run_etcd(tmp_path / "etcd") as cluster:
+        assert await apply(cluster, fleet(), tmp_path) == 0
+        client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
+        before, _ = await client.list_prefix(PREFIX.encode())
+        broken = copy.deepcopy(fleet())
+        broken["containers"][1]["service_name"] = "nosuch"
+        assert await apply(cluster, broken, tmp_path) == 1
+        assert await apply(cluster, {}, tmp_path) == 1  # no containers key: refused like the file
+        after, _ = await client.list_prefix(PREFIX.encode())
+        assert [(kv.key, kv.value, kv.mod_revision) for kv in after] == \
+            [(kv.key, kv.value, kv.mod_revision) for kv in before]
+        async with host(cluster, tmp_path, "a") as (md, dns):
+            await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
+            await client.put(f"{PREFIX}containers/host-a/garbage".encode(), b"{not json")
+            dangling = {"name": "web-9", "stack_name": "nosuch", "primary_ip": "127.0.0.19"}
+            await client.put(f"{PREFIX}containers/host-a/dangling".encode(), json.dumps(dangling).encode())
+            await client.put(f"{PREFIX}containers/host-b/c3".encode(), json.dumps(
+                {"name": "web-3", "stack_name": "shop", "service_name": "web", "primary_ip": "127.0.0.13"}).encode())
+            await until(lambda: _has(dns, "127.0.0.13"))
+            assert await answer(dns) == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+            async with md.client() as s, s.get("/status") as r:
+                status = await r.text()
+            assert "containers/host-a/garbage" in status and "not JSON" in status
+            assert "containers/host-a/dangling" in status and "nosuch" in status
+        await client.close()
+
+
+async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path) -> None:
+    with run_etcd(tmp_path / "etcd") as cluster:
+        assert await apply(cluster, fleet(), tmp_path) == 0
+        async with host(cluster, tmp_path, "a") as (md, _):
+            version = md.app[STORE].snapshot.version
+            await asyncio.sleep(0.2)  # the kept copy is written
+        cluster.stop(cluster.members[0])
+        async with host(cluster, tmp_path, "a") as (md, dns):
+            assert md.app[STORE].snapshot.version == version
+            await wait_for_version(dns, version_index(version))
+            assert await answer(dns) == ["127.0.0.11", "127.0.0.12"]
+            async with md.client() as s, s.get("/status") as r:
+                assert "UNREACHABLE" in await r.text()
+
+
+@pytest.mark.parametrize("members", [3])
+async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(tmp_path: Path, members: int) -> None:
+    """Three members. Killing the one a host follows changes nothing; losing quorum leaves every
+    host answering with what it had; with quorum back they converge. A host away while the
+    history was compacted lists again and catches up."""
+    with run_etcd(tmp_path / "etcd", members=members) as cluster:
+        m0, m1, m2 = cluster.members
+        assert await apply(cluster, fleet(), tmp_path) == 0
+        async with host(cluster, tmp_path, "a") as (md_a, dns_a), \
+                host(cluster, tmp_path, "b", endpoints=m2.endpoint) as (md_b, dns_b):
+            for md, dns in ((md_a, dns_a), (md_b, dns_b)):
+                await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
+            cluster.stop(m0)  # host a follows m0 first: it moves on
+            assert await apply(cluster, fleet("127.0.0.31"), tmp_path) == 0
+            for dns in (dns_a, dns_b):
+                await until(lambda dns=dns: _has(dns, "127.0.0.31"))
+            cluster.stop(m1)  # quorum lost: the fleet stays served everywhere
+            await asyncio.sleep(1.5)
+            for dns in (dns_a, dns_b):
+                assert await answer(dns) == ["127.0.0.12", "127.0.0.31"]
+            cluster.stop(m2)  # host b is now away from etcd altogether
+            for m in (m0, m1):
+                cluster.start(m, state="existing")
+            for m in (m0, m1):
+                cluster.wait_healthy(m)
+            assert await apply(cluster, fleet("127.0.0.41"), tmp_path) == 0
+            await until(lambda: _has(dns_a, "127.0.0.41"), 10)
+            client = EtcdClient(EtcdEndpoints.parse(f"{m0.endpoint},{m1.endpoint}"))
+            _, revision = await client.list_prefix(PREFIX.encode())
+            assert await apply(cluster, fleet("127.0.0.42"), tmp_path) == 0
+            await client.compact(revision + 1)  # host b's next revision is gone
+            await client.close()
+            cluster.start(m2, state="existing")
+            cluster.wait_healthy(m2)
+            await until(lambda: _has(dns_b, "127.0.0.42"), 15)
+            await until(lambda: _has(dns_a, "127.0.0.42"), 5)
+            assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
