@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 
 from consumers import redis_repair
-from consumers.fleet_command import FLEET_HELP, fleet_main
+from consumers.fleet_command import FLEET_HELP, REGISTER_HELP, fleet_main, register_main
 from consumers.render.command import RenderLoop, RenderSettings, parse_mode
 from shared.logs import log_event, setup_logging
 from shared.settings import FlagParser
@@ -122,10 +122,10 @@ def repair_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    commands = {"render": render_main, "redis-repair": repair_main, "fleet": fleet_main}
+    commands = {"render": render_main, "redis-repair": repair_main, "fleet": fleet_main, "register": register_main}
     if not args or args[0] not in commands:
-        print("usage: metadns {render,redis-repair,fleet} [--help]\n\n" + RENDER_HELP + "\n" + REPAIR_HELP + "\n"
-              + FLEET_HELP, file=sys.stderr)
+        print("usage: metadns {render,redis-repair,fleet,register} [--help]\n\n" + RENDER_HELP + "\n" + REPAIR_HELP
+              + "\n" + FLEET_HELP + "\n" + REGISTER_HELP, file=sys.stderr)
         sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
     sys.exit(commands[args[0]](args[1:]))
 

@@ -39,8 +39,9 @@ The fleet in etcd, for every host's metadata service (metadata-svc --source etcd
 """
 
 
-def _parser(command: str) -> FlagParser:
-    p = FlagParser("METADNS_FLEET", prog=f"metadns fleet {command}", description=FLEET_HELP)
+def _parser(command: str, env: str = "METADNS_FLEET", description: str = FLEET_HELP) -> FlagParser:
+    """A parser with the etcd connection flags every etcd command takes."""
+    p = FlagParser(env, prog=f"metadns {command}", description=description)
     p.flag("--etcd", default="127.0.0.1:2379", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
     p.flag("--prefix", default="/metadns/v1/", help="where the fleet's keys are")
     p.flag("--etcd-ca", default="", help="CA bundle for etcd's certificates (implies HTTPS)")
@@ -92,12 +93,53 @@ async def current_fleet(client: EtcdClient, prefix: bytes) -> tuple[Mapping[str,
     return fleet.raw, bad
 
 
+REGISTER_HELP = """\
+The per-host agent: keep this host and its containers in etcd under a lease (they vanish from
+every host's answers within --lease-ttl seconds when the agent stops or the host dies).
+
+  metadns register --etcd 127.0.0.1:2379 --prefix /metadns/v1/ --host host-a --containers host-a.yaml
+"""
+
+
+def register_main(argv: list[str]) -> int:
+    from consumers.register import Agent
+    from shared.logs import setup_logging
+
+    p = _parser("").__class__("METADNS_REGISTER", prog="metadns register", description=REGISTER_HELP)
+    for flag in ("--etcd", "--prefix", "--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-user", "--etcd-password"):
+        p.flag(flag, default=_parser("").get_default(flag.lstrip("-").replace("-", "_")), help="as for metadns fleet")
+    p.flag("--host", default="", help="this host's uuid (its hosts[] entry is found by uuid or name)")
+    p.flag("--containers", default="", help="file with this host's hosts[] entry and its containers[]")
+    p.flag("--lease-ttl", default=10, type=int, help="seconds a dead host's containers stay registered")
+    p.flag("--poll-interval", default=1.0, type=float, help="seconds between checks of --containers for changes")
+    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    ns = p.parse_flags(argv)
+    if not ns.host or not ns.containers:
+        p.error("--host and --containers are required")
+    if ns.lease_ttl < 2:
+        p.error("--lease-ttl must be at least 2 seconds")
+    setup_logging(ns.log_level)
+
+    async def run(client: EtcdClient) -> int:
+        return await Agent(client, _prefix(ns.prefix), ns.host, Path(ns.containers), ns.lease_ttl,
+                           ns.poll_interval).run()
+
+    try:
+        return asyncio.run(_run(ns, run))
+    except FleetError as exc:
+        print(f"metadns register: refused, nothing registered: {exc.where}: {exc.problem}", file=sys.stderr)
+        return 1
+    except EtcdError as exc:
+        print(f"metadns register: etcd: {exc}", file=sys.stderr)
+        return 1
+
+
 def fleet_main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("apply", "get", "delete"):
         print("usage: metadns fleet {apply,get,delete} [--help]\n\n" + FLEET_HELP, file=sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    p = _parser(command)
+    p = _parser(f"fleet {command}")
     if command == "apply":
         p.add_argument("file", help="the fleet file (YAML or JSON), as the file source reads it")
         p.flag("--dry-run", action="store_true", help="print the difference, write nothing")

@@ -6,6 +6,7 @@ names, so that a change to one container is one event and a watcher applies whol
     <prefix>stacks/<stack>                   a stacks[] entry
     <prefix>services/<stack>/<service>       a services[] entry
     <prefix>containers/<host uuid>/<uuid>    a containers[] entry ("-" for no host)
+    <prefix>claims/uuid/<uuid>               the host whose agent registered that container
 
 A follower reads every key and validates each object on its own: an object that is not JSON,
 sits under the wrong key, or that validation refuses (a dangling reference, a malformed IP) is
@@ -63,6 +64,8 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
     objects: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS[1:]}
     environment: dict[str, Any] = {}
     for key in sorted(values):
+        if key.startswith("claims/"):  # the agents' uniqueness claims, not fleet objects
+            continue
         try:
             obj = json.loads(values[key])
         except (ValueError, UnicodeDecodeError) as exc:

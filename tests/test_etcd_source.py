@@ -168,3 +168,63 @@ async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(t
             await until(lambda: _has(dns_b, "127.0.0.42"), 15)
             await until(lambda: _has(dns_a, "127.0.0.42"), 5)
             assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
+
+
+async def _register(cluster: EtcdCluster, path: Path, host_uuid: str, ttl: int = 2) -> asyncio.subprocess.Process:
+    import sys
+
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumers", "register", "--etcd", cluster.endpoints, "--prefix", PREFIX,
+        "--host", host_uuid, "--containers", str(path), "--lease-ttl", str(ttl), "--poll-interval", "0.2",
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Path) -> None:
+    """Each host's agent registers its containers under a lease of 2 s; killed (-9), its
+    containers leave every host's answers within the TTL and a second or two. Two agents
+    claiming one container: the first keeps it, the second is refused for it."""
+    base = fleet()
+    base["containers"] = []
+    with run_etcd(tmp_path / "etcd") as cluster:
+        assert await apply(cluster, base, tmp_path) == 0
+        c = {"stack_name": "shop", "service_name": "web"}
+        (tmp_path / "a.yaml").write_text(yaml.safe_dump({
+            "hosts": [{"uuid": "host-c", "name": "host-c"}],
+            "containers": [{**c, "name": "web-c1", "uuid": "u-c1", "primary_ip": "127.0.0.51"},
+                           {**c, "name": "web-c2", "uuid": "u-c2", "primary_ip": "127.0.0.52"}]}))
+        (tmp_path / "b.yaml").write_text(yaml.safe_dump({
+            "hosts": [{"uuid": "host-d", "name": "host-d"}],
+            "containers": [{**c, "name": "web-d1", "uuid": "u-c1", "primary_ip": "127.0.0.61"},  # u-c1 is taken
+                           {**c, "name": "web-d2", "uuid": "u-d2", "primary_ip": "127.0.0.62"}]}))
+        agent_a = await _register(cluster, tmp_path / "a.yaml", "host-c")
+        await asyncio.sleep(1.0)
+        agent_b = await _register(cluster, tmp_path / "b.yaml", "host-d")
+        try:
+            async with host(cluster, tmp_path, "x") as (_, dns_x), host(cluster, tmp_path, "y") as (_, dns_y):
+                for dns in (dns_x, dns_y):
+                    await until(lambda dns=dns: _has(dns, "127.0.0.62"), 10)
+                    assert await answer(dns) == ["127.0.0.51", "127.0.0.52", "127.0.0.62"]
+                agent_a.kill()
+                await agent_a.wait()
+                killed = asyncio.get_running_loop().time()
+                for dns in (dns_x, dns_y):
+                    await until(lambda dns=dns: _lost(dns, "127.0.0.51"), 6)
+                assert asyncio.get_running_loop().time() - killed < 2 + 2.5  # TTL, plus a little
+                assert await answer(dns_x) == ["127.0.0.62"]
+                # the agent follows its file: a container added appears
+                data = yaml.safe_load((tmp_path / "b.yaml").read_text())
+                data["containers"].append({**c, "name": "web-d3", "uuid": "u-d3", "primary_ip": "127.0.0.63"})
+                (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+                await until(lambda: _has(dns_x, "127.0.0.63"), 5)
+        finally:
+            for agent in (agent_a, agent_b):
+                if agent.returncode is None:
+                    agent.terminate()
+                    await agent.wait()
+        assert agent_b.stderr is not None
+        log_b = (await agent_b.stderr.read()).decode()
+        assert "event=registration_refused" in log_b and "u-c1" in log_b and "host-c" in log_b
+
+
+async def _lost(dns: Any, ip: str) -> bool:
+    return ip not in await answer(dns)
