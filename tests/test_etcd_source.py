@@ -97,9 +97,15 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
         broken["containers"][1]["service_name"] = "nosuch"
         assert await apply(cluster, broken, tmp_path) == 1
         assert await apply(cluster, {}, tmp_path) == 1  # no containers key: refused like the file
+        assert await apply(cluster, fleet("127.0.0.29"), tmp_path, "--dry-run") == 0  # prints, writes nothing
         after, _ = await client.list_prefix(PREFIX.encode())
         assert [(kv.key, kv.value, kv.mod_revision) for kv in after] == \
             [(kv.key, kv.value, kv.mod_revision) for kv in before]
+        web2 = next(kv.key.decode() for kv in after if b"containers/host-b/" in kv.key)
+        assert await asyncio.to_thread(fleet_main, ["delete", "--etcd", cluster.endpoints, "--prefix", PREFIX,
+                                                    web2[len(PREFIX):]]) == 0
+        assert len((await client.list_prefix(PREFIX.encode()))[0]) == len(after) - 1
+        assert await apply(cluster, fleet(), tmp_path) == 0  # and back
         async with host(cluster, tmp_path, "a") as (md, dns):
             await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
             await client.put(f"{PREFIX}containers/host-a/garbage".encode(), b"{not json")
