@@ -73,3 +73,17 @@ def test_dockerfile_installs_the_package_and_its_console_scripts() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'metadata-svc = "metadata_svc.__main__:main"' in pyproject
     assert 'dns-svc = "dns_svc.__main__:main"' in pyproject
+
+
+def test_the_etcd_variant_matches_the_specification(compose_schema: dict[str, Any]) -> None:
+    """compose.etcd.yaml, merged over compose.yaml as `docker compose -f ... -f ...` does (a
+    service's keys replaced one by one): valid, following etcd, with an agent per host."""
+    base = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    variant = yaml.safe_load((ROOT / "compose.etcd.yaml").read_text())
+    jsonschema.Draft201909Validator(compose_schema).validate(variant)
+    merged = json.loads(json.dumps(base))
+    for name, service in variant["services"].items():
+        merged["services"][name] = {**merged["services"].get(name, {}), **service}
+    jsonschema.Draft201909Validator(compose_schema).validate(merged)
+    assert any(a.startswith("--source=etcd://") for a in merged["services"]["metadata"]["command"])
+    assert merged["services"]["agent"]["command"][:2] == ["metadns", "register"]
