@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal, lifetime_of
-from dns_svc.wire import RCODE_SERVFAIL, RawQuery, cap_ttls, header_only_reply, layout
+from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, cap_ttls, header_only_reply, layout
 from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
@@ -159,15 +159,22 @@ class ReplyCache:
         return len(stale)
 
 
+def layout_of(answer: Answer) -> ReplyLayout | None:
+    """The answer's layout (walked once, when it was not yet); None when it cannot be walked."""
+    if answer.layout is not None:
+        return answer.layout
+    try:
+        return layout(answer.wire)
+    except ValueError:
+        return None
+
+
 def entry_for(answer: Answer, now: float, max_ttl: float, servfail_ttl: float) -> CachedReply | None:
     """How long ``answer`` may be cached, as an entry; None when it must not be cached (a reply
     whose records cannot be walked never is)."""
-    lay = answer.layout
+    lay = layout_of(answer)
     if lay is None:
-        try:
-            lay = layout(answer.wire)
-        except ValueError:
-            return None
+        return None
     lifetime = lifetime_of(lay, answer.source is Source.FAILURE, answer.countdown, max_ttl, servfail_ttl)
     if lifetime is None:
         return None
@@ -331,12 +338,9 @@ class GlobalCacheStep(Step):
 
     def capped(self, answer: Answer) -> Answer:
         """The upstream answer with no TTL above ``--cache-max-ttl``, as served and as cached."""
-        lay = answer.layout
+        lay = layout_of(answer)
         if lay is None:
-            try:
-                lay = layout(answer.wire)
-            except ValueError:
-                return answer
+            return answer
         wire, lay = cap_ttls(answer.wire, lay, int(self.max_ttl))
         if wire is answer.wire:
             return answer
