@@ -234,3 +234,37 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
 
 async def _lost(dns: Any, ip: str) -> bool:
     return ip not in await answer(dns)
+
+
+async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> None:
+    """Started at the same moment, both agents see the container free; the claim is a
+    transaction, so exactly one holds it and the other is refused for it."""
+    base = fleet()
+    base["containers"] = []
+    with run_etcd(tmp_path / "etcd") as cluster:
+        assert await apply(cluster, base, tmp_path) == 0
+        c = {"stack_name": "shop", "service_name": "web", "name": "web-x", "uuid": "u-race"}
+        for k, ip in enumerate(("127.0.0.81", "127.0.0.82")):
+            (tmp_path / f"r{k}.yaml").write_text(yaml.safe_dump({
+                "hosts": [{"uuid": f"race-{k}", "name": f"race-{k}"}], "containers": [{**c, "primary_ip": ip}]}))
+        agents = await asyncio.gather(*(_register(cluster, tmp_path / f"r{k}.yaml", f"race-{k}") for k in range(2)))
+        try:
+            client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
+            claim = f"{PREFIX}claims/uuid/u-race".encode()
+
+            async def registered() -> bool:
+                kvs, _ = await client.list_prefix(f"{PREFIX}containers/".encode())
+                return len(kvs) >= 1 and len((await client.range(claim))[0]) == 1
+
+            await until(registered, 10)
+            await asyncio.sleep(1.0)  # both have had their try
+            holder = (await client.range(claim))[0][0].value.decode()
+            kvs, _ = await client.list_prefix(f"{PREFIX}containers/".encode())
+            assert [kv.key.decode() for kv in kvs] == [f"{PREFIX}containers/{holder}/u-race"]
+            await client.close()
+        finally:
+            for agent in agents:
+                agent.terminate()
+            logs = [(await a.communicate())[1].decode() for a in agents]
+        loser = 1 - int(holder.rsplit("-", 1)[1])
+        assert "event=registration_refused" in logs[loser] and "event=registration_refused" not in logs[1 - loser]
