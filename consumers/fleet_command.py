@@ -68,6 +68,14 @@ async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes],
     (sign, key): ``+`` new, ``~`` changed, ``-`` deleted."""
     kvs, _ = await client.list_prefix(prefix)
     current = {kv.key[len(prefix):].decode(): kv for kv in kvs}
+    # What the agents hold must still stand after the change: a stack or service they use
+    # cannot be taken away under them.
+    leased = {key: kv.value for key, kv in current.items() if kv.lease}
+    _, stranded = fleet_from_keys({**wanted, **leased})
+    stranded = {key: problem for key, problem in stranded.items() if key in leased}
+    if stranded:
+        key, problem = next(iter(sorted(stranded.items())))
+        raise FleetError(f"agent-registered {prefix.decode()}{key}", f"would no longer stand: {problem}")
     changes: list[tuple[str, str]] = []
     ops: list[dict[str, object]] = []
     for key, value in sorted(wanted.items()):

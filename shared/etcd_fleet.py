@@ -4,7 +4,8 @@ names, so that a change to one container is one event and a watcher applies whol
     <prefix>environment                      {"name", "uuid"}
     <prefix>hosts/<host uuid>                a hosts[] entry
     <prefix>stacks/<stack>                   a stacks[] entry
-    <prefix>services/<stack>/<service>       a services[] entry
+    <prefix>services/<stack>/<service>       a services[] entry, without its token
+    <prefix>tokens/<stack>/<service>         {"token"}: a range of its own, for etcd's access control
     <prefix>containers/<host uuid>/<uuid>    a containers[] entry ("-" for no host)
     <prefix>claims/uuid/<uuid>               the host whose agent registered that container
 
@@ -48,6 +49,11 @@ def fleet_keys(fleet: Fleet) -> dict[str, bytes]:
     out = {"environment": _dump(raw.get("environment") or {})}
     for kind in KINDS[1:]:
         for obj in raw.get(kind) or ():
+            if kind == "services":
+                token = obj.get("token") or ""
+                obj = {k: v for k, v in obj.items() if k != "token"}
+                if token:
+                    out[f"tokens/{_part(obj['stack_name'])}/{_part(obj['name'])}"] = _dump({"token": token})
             out[object_key(kind, obj)] = _dump(obj)
     return out
 
@@ -63,6 +69,7 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
     bad: dict[str, str] = {}
     objects: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS[1:]}
     environment: dict[str, Any] = {}
+    tokens: dict[str, dict[str, Any]] = {}
     for key in sorted(values):
         if key.startswith("claims/"):  # the agents' uniqueness claims, not fleet objects
             continue
@@ -77,12 +84,22 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
         if key == "environment":
             environment = obj
             continue
+        if key.startswith("tokens/"):
+            tokens[key[len("tokens/"):]] = obj
+            continue
         kind = key.split("/", 1)[0]
         problem = _named_by_key(kind, key, obj) if kind in objects else "not a key of the fleet layout"
         if problem:
             bad[key] = problem
         else:
             objects[kind].append((key, obj))
+    for key, obj in objects["services"]:
+        token = tokens.pop(key[len("services/"):], None)
+        if token is not None:
+            obj["token"] = token.get("token") or ""
+    for rest in tokens:
+        bad[f"tokens/{rest}"] = "a token for a service that does not exist"
+
     def locate(kind: str, i: int) -> str | None:
         return f"key {objects[kind][i][0]}" if kind in objects and i < len(objects[kind]) else None
 

@@ -93,6 +93,9 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
         assert await apply(cluster, fleet(), tmp_path) == 0
         client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
         before, _ = await client.list_prefix(PREFIX.encode())
+        stored = {kv.key.decode()[len(PREFIX):]: json.loads(kv.value) for kv in before}
+        assert "token" not in stored["services/shop/web"]  # tokens live in a range of their own
+        assert stored["tokens/shop/web"] == {"token": "web-secret"}
         broken = copy.deepcopy(fleet())
         broken["containers"][1]["service_name"] = "nosuch"
         assert await apply(cluster, broken, tmp_path) == 1
@@ -216,6 +219,11 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
                 for dns in (dns_x, dns_y):
                     await until(lambda dns=dns: _lost(dns, "127.0.0.51"), 6)
                 assert asyncio.get_running_loop().time() - killed < 2 + 2.5  # TTL, plus a little
+                assert await answer(dns_x) == ["127.0.0.62"]
+                # an apply cannot take away the service an agent's containers use
+                without_web = copy.deepcopy(base)
+                without_web["services"] = []
+                assert await apply(cluster, without_web, tmp_path) == 1
                 assert await answer(dns_x) == ["127.0.0.62"]
                 # the agent follows its file: a container added appears
                 data = yaml.safe_load((tmp_path / "b.yaml").read_text())
