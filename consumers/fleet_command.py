@@ -71,11 +71,11 @@ async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes],
     # What the agents hold must still stand after the change: a stack or service they use
     # cannot be taken away under them.
     leased = {key: kv.value for key, kv in current.items() if kv.lease}
-    _, stranded = fleet_from_keys({**wanted, **leased})
-    stranded = {key: problem for key, problem in stranded.items() if key in leased}
-    if stranded:
-        key, problem = next(iter(sorted(stranded.items())))
-        raise FleetError(f"agent-registered {prefix.decode()}{key}", f"would no longer stand: {problem}")
+    _, conflicts = fleet_from_keys({**wanted, **leased})
+    if conflicts:  # the file alone is valid: what clashes, clashes with an agent's registration
+        key, problem = next(iter(sorted(conflicts.items())))
+        whose = "agent-registered " if key in leased else ""
+        raise FleetError(f"{whose}{prefix.decode()}{key}", f"clashes with what the agents registered: {problem}")
     changes: list[tuple[str, str]] = []
     ops: list[dict[str, object]] = []
     for key, value in sorted(wanted.items()):

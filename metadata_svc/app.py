@@ -13,7 +13,8 @@ from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.keys import GATE, IDENTITY, SETTINGS, SOURCE, STORE
+from metadata_svc.keys import COUNTERS, GATE, IDENTITY, SETTINGS, SOURCE, STORE
+from metadata_svc.metrics import MetadataCounters
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.sources import FleetSource
@@ -32,7 +33,9 @@ FIRST_LOAD_WAIT = 5.0
 class SourceFollower:
     """Applies each result of a source to the store and the kept copy, logging one line each."""
 
-    def __init__(self, source: FleetSource, store: VersionedStore, kept: KeptCopy | None) -> None:
+    def __init__(self, source: FleetSource, store: VersionedStore, kept: KeptCopy | None,
+                 counters: MetadataCounters | None = None) -> None:
+        self.counters = counters or MetadataCounters()
         self.source = source
         self.store = store
         self.kept = kept
@@ -45,11 +48,13 @@ class SourceFollower:
         if isinstance(result, tuple):
             result, index = result
         if isinstance(result, FleetError):
+            self.counters.reloads["rejected"] += 1
             store.last_reload = ReloadResult(time.time(), False, str(result))
             log_event(log, logging.ERROR, "fleet_rejected", source=self.source.name, where=result.where,
                       problem=result.problem, serving=store.snapshot.version if store.has_data else "nothing")
             return
         changed = store.publish(result, index=index)
+        self.counters.reloads["published" if changed else "unchanged"] += 1
         store.last_reload = ReloadResult(time.time(), True, "published" if changed else "unchanged")
         if not changed:
             log_event(log, logging.DEBUG, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
@@ -123,13 +128,15 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
     app[SETTINGS] = settings
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
     app[GATE] = ConnectionGate(settings.max_connections_per_client, settings.max_connections)
+    app[COUNTERS] = MetadataCounters()
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
     fleet_source = source or source_for(settings)
     app[SOURCE] = fleet_source
 
     async def follow_source(app: web.Application) -> AsyncIterator[None]:
         store = app[STORE]
-        follower = SourceFollower(fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None)
+        follower = SourceFollower(fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None,
+                                  app[COUNTERS])
         follower.restore()
         follower.check_kept()
         updates = fleet_source.updates()

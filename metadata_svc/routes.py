@@ -9,8 +9,9 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from metadata_svc.keys import IDENTITY, SETTINGS, SOURCE, STORE
+from metadata_svc.keys import COUNTERS, IDENTITY, SETTINGS, SOURCE, STORE
 from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
+from metadata_svc.metrics import metrics_handler, path_kind
 from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
 from metadata_svc.store import Snapshot
 from metadata_svc.tree import API_VERSIONS, LATEST
@@ -61,6 +62,16 @@ def _wait_seconds(raw: str | None, default: float, cap: float) -> float:
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:
+    """Counted by path kind and status (``/metrics``), then answered by ``answer``."""
+    response = await answer(request)
+    parts = [p for p in request.path.split("/") if p]
+    if parts and parts[0] in VERSION_NAMES:
+        parts = parts[1:]
+    request.app[COUNTERS].request(path_kind(parts), response.status)
+    return response
+
+
+async def answer(request: web.Request) -> web.StreamResponse:
     """Any path into the tree. ``?wait=true&value=V`` blocks until the value there differs from V;
     ``?index=N`` blocks until the whole store moves past index N (Consul's blocking query)."""
     store = request.app[STORE]
@@ -197,6 +208,7 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics_handler(app))
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)

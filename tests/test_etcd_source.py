@@ -122,6 +122,9 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
                 status = await r.text()
             assert "containers/host-a/garbage" in status and "not JSON" in status
             assert "containers/host-a/dangling" in status and "nosuch" in status
+            async with md.client() as s, s.get("/metrics") as r:
+                metrics = await r.text()
+            assert "metadns_metadata_source_up 1.0" in metrics and "metadns_metadata_source_held_back 2.0" in metrics
         await client.close()
 
 
@@ -138,6 +141,8 @@ async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path)
             assert await answer(dns) == ["127.0.0.11", "127.0.0.12"]
             async with md.client() as s, s.get("/status") as r:
                 assert "UNREACHABLE" in await r.text()
+            async with md.client() as s, s.get("/metrics") as r:
+                assert "metadns_metadata_source_up 0.0" in await r.text()
 
 
 @pytest.mark.parametrize("members", [3])

@@ -303,3 +303,15 @@ async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self
                 assert "Content-Encoding" not in r.headers
                 plain = await r.read()
         assert gzip.decompress(zipped) == plain and len(zipped) < len(plain) / 5
+
+
+async def test_metrics_count_requests_and_reloads_as_counters(fleet_file: Path) -> None:
+    async with run_metadata(fleet_file) as md:
+        for path in ("/latest/self/container/name", "/latest/containers/nosuch", "/latest/version"):
+            await get(md, path, "127.0.0.11")
+        text = (await get(md, "/metrics"))[1]
+    assert "# TYPE metadns_metadata_requests_total counter" in text
+    assert 'metadns_metadata_requests_total{kind="self",status="200"} 1.0' in text
+    assert 'metadns_metadata_requests_total{kind="containers",status="404"} 1.0' in text
+    assert 'metadns_metadata_reloads_total{result="published"} 1.0' in text
+    assert 'metadns_metadata_fleet_objects{kind="containers"} 5.0' in text
