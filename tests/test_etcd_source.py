@@ -66,8 +66,19 @@ async def answer(dns: Any, name: str = "web.shop.rancher.internal") -> list[str]
 
 
 async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path) -> None:
-    with run_etcd(tmp_path / "etcd") as cluster:
+    with run_etcd(tmp_path / "etcd", members=3) as cluster:
         assert await apply(cluster, fleet(), tmp_path) == 0
+        # what `fleet get` prints is a file `fleet apply` takes back as it is
+        printed = tmp_path / "printed.yaml"
+        with printed.open("w") as out, contextlib.redirect_stdout(out):
+            assert await asyncio.to_thread(fleet_main, ["get", "--etcd", cluster.endpoints, "--prefix", PREFIX]) == 0
+        assert yaml.safe_load(printed.read_text())["containers"][0]["name"] == "web-1"
+        client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
+        before = (await client.list_prefix(PREFIX.encode()))[1]
+        assert await asyncio.to_thread(fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX,
+                                                    str(printed)]) == 0
+        assert (await client.list_prefix(PREFIX.encode()))[1] == before  # nothing to write
+        await client.close()
         async with host(cluster, tmp_path, "a") as (md_a, dns_a), host(cluster, tmp_path, "b") as (md_b, dns_b):
             for md, dns in ((md_a, dns_a), (md_b, dns_b)):
                 await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
@@ -229,6 +240,9 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
                 without_web = copy.deepcopy(base)
                 without_web["services"] = []
                 assert await apply(cluster, without_web, tmp_path) == 1
+                assert await answer(dns_x) == ["127.0.0.62"]
+                assert await apply(cluster, base, tmp_path) == 0  # an apply leaves the agents' keys alone
+                await asyncio.sleep(0.3)
                 assert await answer(dns_x) == ["127.0.0.62"]
                 # the agent follows its file: a container added appears
                 data = yaml.safe_load((tmp_path / "b.yaml").read_text())
