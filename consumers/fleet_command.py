@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from metadata_svc.sources.file import parse_fleet_text
-from shared.etcd import EtcdClient, EtcdEndpoints, EtcdError, b64
+from shared.etcd import EtcdClient, EtcdError, add_etcd_flags, b64, endpoints_from_flags
 from shared.etcd_fleet import fleet_from_keys, fleet_keys
 from shared.model import FleetError
 from shared.settings import FlagParser
@@ -44,18 +44,12 @@ def _parser(command: str, env: str = "METADNS_FLEET", description: str = FLEET_H
     p = FlagParser(env, prog=f"metadns {command}", description=description)
     p.flag("--etcd", default="127.0.0.1:2379", help="etcd endpoints, HOST:PORT[,HOST:PORT...]")
     p.flag("--prefix", default="/metadns/v1/", help="where the fleet's keys are")
-    p.flag("--etcd-ca", default="", help="CA bundle for etcd's certificates (implies HTTPS)")
-    p.flag("--etcd-cert", default="", help="client certificate")
-    p.flag("--etcd-key", default="", help="client certificate's key")
-    p.flag("--etcd-user", default="", help="etcd user")
-    p.flag("--etcd-password", default="", help="etcd password")
+    add_etcd_flags(p)
     return p
 
 
 def _client(ns: argparse.Namespace) -> EtcdClient:
-    return EtcdClient(EtcdEndpoints.parse(
-        ns.etcd, username=ns.etcd_user, password=ns.etcd_password,
-        ca_file=ns.etcd_ca, cert_file=ns.etcd_cert, key_file=ns.etcd_key))
+    return EtcdClient(endpoints_from_flags(ns.etcd, ns))
 
 
 def _prefix(text: str) -> bytes:

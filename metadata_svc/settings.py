@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from metadata_svc.identity import IPNetwork, parse_networks
+from shared.etcd import add_etcd_flags
 from shared.settings import FlagParser, parse_host_port
 
 DESCRIPTION = """\
@@ -65,12 +66,7 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     p.flag("--source", default="",
            help="where the fleet comes from: etcd://HOST:PORT[,HOST:PORT...]/PREFIX, or file:PATH "
                 "(default: the --data file)")
-    p.flag("--etcd-tls", action="store_true", help="talk HTTPS to etcd (implied by --etcd-ca/--etcd-cert)")
-    p.flag("--etcd-ca", default="", help="CA bundle that signed etcd's certificates")
-    p.flag("--etcd-cert", default="", help="client certificate for etcd")
-    p.flag("--etcd-key", default="", help="client certificate's key")
-    p.flag("--etcd-user", default="", help="etcd user (with --etcd-password)")
-    p.flag("--etcd-password", default="", help="etcd password")
+    add_etcd_flags(p)
     p.flag("--etcd-idle-timeout", default=30.0, type=float,
            help="seconds without any watch message (not even a progress notification) before the watch is "
                 "started again on the next endpoint; set etcd's --experimental-watch-progress-notify-interval "

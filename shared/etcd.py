@@ -118,6 +118,21 @@ class EtcdEndpoints:
         return context
 
 
+def add_etcd_flags(p: Any) -> None:
+    """The etcd connection options every command that talks to etcd takes (a ``FlagParser``)."""
+    p.flag("--etcd-tls", action="store_true", help="talk HTTPS to etcd (implied by --etcd-ca/--etcd-cert)")
+    p.flag("--etcd-ca", default="", help="CA bundle that signed etcd's certificates")
+    p.flag("--etcd-cert", default="", help="client certificate for etcd")
+    p.flag("--etcd-key", default="", help="client certificate's key")
+    p.flag("--etcd-user", default="", help="etcd user (with --etcd-password)")
+    p.flag("--etcd-password", default="", help="etcd password")
+
+
+def endpoints_from_flags(hosts: str, ns: Any) -> EtcdEndpoints:
+    return EtcdEndpoints.parse(hosts, tls=ns.etcd_tls, username=ns.etcd_user, password=ns.etcd_password,
+                               ca_file=ns.etcd_ca, cert_file=ns.etcd_cert, key_file=ns.etcd_key)
+
+
 class EtcdClient:
     def __init__(self, endpoints: EtcdEndpoints, timeout: float = 5.0) -> None:
         self.endpoints = endpoints
