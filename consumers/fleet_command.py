@@ -107,9 +107,7 @@ def register_main(argv: list[str]) -> int:
     from consumers.register import Agent
     from shared.logs import setup_logging
 
-    p = _parser("").__class__("METADNS_REGISTER", prog="metadns register", description=REGISTER_HELP)
-    for flag in ("--etcd", "--prefix", "--etcd-ca", "--etcd-cert", "--etcd-key", "--etcd-user", "--etcd-password"):
-        p.flag(flag, default=_parser("").get_default(flag.lstrip("-").replace("-", "_")), help="as for metadns fleet")
+    p = _parser("register", "METADNS_REGISTER", REGISTER_HELP)
     p.flag("--host", default="", help="this host's uuid (its hosts[] entry is found by uuid or name)")
     p.flag("--containers", default="", help="file with this host's hosts[] entry and its containers[]")
     p.flag("--lease-ttl", default=10, type=int, help="seconds a dead host's containers stay registered")
