@@ -124,9 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     commands = {"render": render_main, "redis-repair": repair_main, "fleet": fleet_main, "register": register_main}
     if not args or args[0] not in commands:
-        print("usage: metadns {render,redis-repair,fleet,register} [--help]\n\n" + RENDER_HELP + "\n" + REPAIR_HELP
-              + "\n" + FLEET_HELP + "\n" + REGISTER_HELP, file=sys.stderr)
-        sys.exit(0 if args and args[0] in ("-h", "--help") else 2)
+        usage = ("usage: metadns {render,redis-repair,fleet,register} [--help]\n\n" + RENDER_HELP + "\n"
+                 + REPAIR_HELP + "\n" + FLEET_HELP + "\n" + REGISTER_HELP)
+        if args and args[0] in ("-h", "--help"):
+            print(usage)
+            sys.exit(0)
+        if args:
+            print(f"metadns: unknown command {args[0]!r} (commands: {', '.join(commands)})", file=sys.stderr)
+        else:
+            print(usage, file=sys.stderr)
+        sys.exit(2)
     sys.exit(commands[args[0]](args[1:]))
 
 

@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     except StartupError as exc:
         log_event(log, logging.ERROR, "cannot_start", reason=str(exc))
         sys.exit(1)
+    except OSError as exc:  # the port taken, the address not ours: one line, not a traceback
+        log_event(log, logging.ERROR, "cannot_listen", listen=f"{settings.host}:{settings.port}", error=str(exc))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

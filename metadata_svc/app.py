@@ -57,7 +57,7 @@ class SourceFollower:
         self.counters.reloads["published" if changed else "unchanged"] += 1
         store.last_reload = ReloadResult(time.time(), True, "published" if changed else "unchanged")
         if not changed:
-            log_event(log, logging.DEBUG, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
+            log_event(log, logging.INFO, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
             return
         fleet = result
         log_event(log, logging.INFO, "fleet_published", source=self.source.name, version=store.snapshot.version,

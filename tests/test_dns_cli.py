@@ -129,3 +129,32 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
         finally:
             log = await stop(proc)
     assert "event=workers_started workers=2" in log and log.count("event=answers_updated") >= 4
+
+
+async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import socket as socket_module
+
+    taken = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    with taken:
+        port = taken.getsockname()[1]
+        holder = socket_module.socket()
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with holder:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--metadata-url=", "--state-file=",
+                "--resolv-conf=/nonexistent", stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    text = err.decode()
+    assert "event=cannot_listen" in text and "Traceback" not in text and len(text.strip().splitlines()) <= 2
+
+
+def test_metadns_help_goes_to_stdout_and_an_unknown_command_is_named() -> None:
+
+
+    ok = subprocess.run([sys.executable, "-m", "consumers", "--help"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0 and "metadns render" in ok.stdout and not ok.stderr
+    bad = subprocess.run([sys.executable, "-m", "consumers", "rendr"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown command 'rendr'" in bad.stderr
