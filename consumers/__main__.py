@@ -48,7 +48,7 @@ def render_main(argv: list[str]) -> int:
     p.flag("--retry", default=5.0, type=float, help="seconds before retrying a failed render")
     p.flag("--poll-interval", default=1.0, type=float, help="seconds between template change checks")
     p.flag("--once", action="store_true", help="render once and exit (1 when the render failed)")
-    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     if not ns.output:
         p.error("--output is required")
@@ -93,7 +93,7 @@ def repair_main(argv: list[str]) -> int:
     p.flag("--label", default=redis_repair.DEFAULT_LABEL, help="container label holding the node id (no --mapping)")
     p.flag("--backup-suffix", default=".bak", help="the original is kept as nodes.conf<suffix>")
     p.flag("--dry-run", action="store_true", help="report, change nothing")
-    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     if not ns.nodes_conf:
         p.error("--nodes-conf is required")

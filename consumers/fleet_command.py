@@ -112,7 +112,7 @@ def register_main(argv: list[str]) -> int:
     p.flag("--containers", default="", help="file with this host's hosts[] entry and its containers[]")
     p.flag("--lease-ttl", default=10, type=int, help="seconds a dead host's containers stay registered")
     p.flag("--poll-interval", default=1.0, type=float, help="seconds between checks of --containers for changes")
-    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     if not ns.host or not ns.containers:
         p.error("--host and --containers are required")

@@ -84,7 +84,7 @@ def serve_workers(settings: DnsSettings) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, with_pid=settings.workers > 1)
     if settings.workers > 1:
         sys.exit(serve_workers(settings))
     try:

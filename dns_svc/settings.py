@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dns_svc.resolver import DEFAULT_ALLOW
 from dns_svc.steps.gather.step import Cluster, parse_cluster
@@ -139,7 +140,7 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
                 "full passes, which would otherwise pause for ~0.3 us per cached reply; 0 disables")
     p.flag("--gc-full-interval", default=3600.0, type=float,
            help="seconds between full garbage collections over everything, frozen or not; 0: never")
-    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     if ns.workers < 1:
         p.error("--workers must be at least 1")
@@ -159,6 +160,10 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         http_host, http_port = parse_host_port(ns.http_listen, 9153) if ns.http_listen else ("", 0)
     except ValueError as exc:
         p.error(str(exc))
+    if ns.metadata_url and not ns.answers:
+        url = urlsplit(ns.metadata_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            p.error(f"--metadata-url {ns.metadata_url!r}: give http://HOST[:PORT]/2016-07-29 (or '' with --answers)")
     if ns.gather and not clusters:
         p.error("--gather needs at least one --cluster")
     if ns.workers > 1 and port == 0:

@@ -83,7 +83,7 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     p.flag("--self-host", default="",
            help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
                 "default: the only host of the fleet")
-    p.flag("--log-level", default="info", help="debug, info, warning or error")
+    p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     try:
         host, port = parse_host_port(ns.listen, 80)
@@ -101,9 +101,13 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
             p.error(f"--source: {exc}")
     if ns.max_connections < 1 or ns.max_connections_per_client < 1:
         p.error("--max-connections and --max-connections-per-client must be at least 1")
+    try:
+        xff_trusted = parse_networks(ns.xff_trusted.split(","))
+    except ValueError as exc:
+        p.error(f"--xff-trusted: {exc}")
     return MetadataSettings(
         host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
-        xff_trusted=parse_networks(ns.xff_trusted.split(",")), max_wait=ns.max_wait,
+        xff_trusted=xff_trusted, max_wait=ns.max_wait,
         default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval, watch=ns.watch,
         source=ns.source, etcd_tls=ns.etcd_tls, etcd_user=ns.etcd_user, etcd_password=ns.etcd_password,
         etcd_ca=ns.etcd_ca, etcd_cert=ns.etcd_cert, etcd_key=ns.etcd_key, etcd_idle_timeout=ns.etcd_idle_timeout,

@@ -21,13 +21,20 @@ def _quote(value: Any) -> str:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """Formats ``log_event`` records (and plain records) as one ``key=value`` line."""
+    """Formats ``log_event`` records (and plain records) as one ``key=value`` line; with
+    ``with_pid``, each line names its process (several workers write to one stream)."""
+
+    def __init__(self, with_pid: bool = False) -> None:
+        super().__init__()
+        self.with_pid = with_pid
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         fields: dict[str, Any] = getattr(record, "fields", None) or {"msg": record.getMessage()}
         parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
                  f"logger={record.name}"]
+        if self.with_pid:
+            parts.append(f"pid={record.process}")
         parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
@@ -40,10 +47,10 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> 
         logger.log(level, event, extra={"fields": {"event": event, **fields}})
 
 
-def setup_logging(level: str = "info") -> None:
+def setup_logging(level: str = "info", with_pid: bool = False) -> None:
     """Send every logger to stderr in the key=value format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(KeyValueFormatter(with_pid))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -21,6 +21,8 @@ class FlagParser(argparse.ArgumentParser):
         self.env_prefix = env_prefix
         self.env = os.environ if env is None else env
         self._append_defaults: dict[str, list[Any]] = {}
+        self._env_checks: list[tuple[str, str, Any]] = []  # (dest, env name, choices) of values from the environment
+        self._env_errors: list[str] = []
 
     def env_name(self, flag: str) -> str:
         return f"{self.env_prefix}_{flag.lstrip('-').replace('-', '_').upper()}"
@@ -38,7 +40,13 @@ class FlagParser(argparse.ArgumentParser):
             elif action == "append":
                 default = [item.strip() for item in raw.split(env_separator) if item.strip()]
             else:
-                default = kwargs["type"](raw) if "type" in kwargs else raw
+                try:
+                    default = kwargs["type"](raw) if "type" in kwargs else raw
+                except ValueError:
+                    self._env_errors.append(f"{env_name}={raw!r} is not a valid value for {name}")
+                    default = None
+                if "choices" in kwargs:
+                    self._env_checks.append((name.lstrip("-").replace("-", "_"), env_name, kwargs["choices"]))
         shown = "off" if action == "store_true" and not default else default
         if isinstance(shown, list):
             shown = ",".join(map(str, shown)) or "none"
@@ -52,7 +60,13 @@ class FlagParser(argparse.ArgumentParser):
         self.add_argument(name, default=default, help=full_help, **kwargs)
 
     def parse_flags(self, argv: list[str] | None = None) -> argparse.Namespace:
+        """Parse ``argv``; a bad value from the environment is an error like a bad flag."""
         ns = self.parse_args(argv)
+        if self._env_errors:
+            self.error(self._env_errors[0])
+        for dest, env_name, choices in self._env_checks:
+            if getattr(ns, dest) not in choices:
+                self.error(f"{env_name}={getattr(ns, dest)!r}: choose from {', '.join(map(str, choices))}")
         for dest, default in self._append_defaults.items():
             if getattr(ns, dest) is None:
                 setattr(ns, dest, list(default))

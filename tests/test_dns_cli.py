@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +130,10 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
         finally:
             log = await stop(proc)
     assert "event=workers_started workers=2" in log and log.count("event=answers_updated") >= 4
+    # with several workers every line names its process: two workers' pids, and the parent's
+
+    pids = {m for m in re.findall(r"logger=dns(?:\.\w+)? pid=(\d+)", log)}
+    assert len(pids) >= 3
 
 
 async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 
 
@@ -68,3 +69,27 @@ async def test_sighup_reloads_and_env_configures(fleet_file: Path, tmp_path: Pat
     log = (await proc.stderr.read()).decode()
     assert "event=fleet_published" in log
     assert log.count("event=fleet_published") == 2
+
+
+@pytest.mark.parametrize(("args", "env", "needle"), [
+    (["--xff-trusted", "banana"], {}, "--xff-trusted"),
+    (["--log-level", "verbose"], {}, "--log-level"),
+    ([], {"METADNS_METADATA_LOG_LEVEL": "verbose"}, "METADNS_METADATA_LOG_LEVEL"),
+    ([], {"METADNS_METADATA_MAX_WAIT": "soon"}, "METADNS_METADATA_MAX_WAIT"),
+    (["--source", "etcd://"], {}, "--source"),
+])
+def test_a_bad_flag_or_variable_is_one_clear_line_and_exit_2(args: list[str], env: dict[str, str],
+                                                            needle: str) -> None:
+
+
+    proc = subprocess.run([sys.executable, "-m", "metadata_svc", *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, **env})
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dns_svc_refuses_a_metadata_url_that_is_not_one() -> None:
+
+
+    proc = subprocess.run([sys.executable, "-m", "dns_svc", "--metadata-url", "notaurl"], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "--metadata-url" in proc.stderr and "Traceback" not in proc.stderr
