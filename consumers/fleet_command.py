@@ -126,12 +126,8 @@ def register_main(argv: list[str]) -> int:
 
     try:
         return asyncio.run(_run(ns, run))
-    except FleetError as exc:
-        print(f"metadns register: refused, nothing registered: {exc.where}: {exc.problem}", file=sys.stderr)
-        return 1
-    except EtcdError as exc:
-        print(f"metadns register: etcd: {exc}", file=sys.stderr)
-        return 1
+    except (FleetError, EtcdError) as exc:
+        return _refused("register", "nothing registered", exc)
 
 
 def fleet_main(argv: list[str]) -> int:
@@ -176,13 +172,18 @@ def fleet_main(argv: list[str]) -> int:
                     await c.txn([], ops[start:start + MAX_TXN_OPS])
 
             asyncio.run(_run(ns, delete))
-    except FleetError as exc:
-        print(f"metadns fleet {command}: refused, nothing written: {exc.where}: {exc.problem}", file=sys.stderr)
-        return 1
-    except EtcdError as exc:
-        print(f"metadns fleet {command}: etcd: {exc}", file=sys.stderr)
-        return 1
+    except (FleetError, EtcdError) as exc:
+        return _refused(f"fleet {command}", "nothing written", exc)
     return 0
+
+
+def _refused(command: str, outcome: str, exc: FleetError | EtcdError) -> int:
+    """One line on stderr saying why, and the exit code 1."""
+    if isinstance(exc, FleetError):
+        print(f"metadns {command}: refused, {outcome}: {exc.where}: {exc.problem}", file=sys.stderr)
+    else:
+        print(f"metadns {command}: etcd: {exc}", file=sys.stderr)
+    return 1
 
 
 async def _run(ns: argparse.Namespace, work: Callable[[EtcdClient], Awaitable[T]]) -> T:

@@ -61,8 +61,7 @@ class DnsServer:
         self.cache_store = ReplyStore(settings.cache_capacity)
         self.client_caches = ClientCaches(self.cache_store, clock)
         self.global_cache = ReplyCache(clock=clock, store=self.cache_store, stale_for=settings.serve_stale)
-        self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout)
-        self.upstream.table_first = settings.recurse_from_resolv_conf
+        self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout, settings.recurse_from_resolv_conf)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
         self.metrics = Metrics(self.counters)
         self.global_step = GlobalCacheStep(self.global_cache, settings.cache_max_ttl, settings.servfail_ttl,

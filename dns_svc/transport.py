@@ -26,16 +26,6 @@ from shared.logs import ThrottledLog
 log = logging.getLogger("dns")
 
 
-class BadPacketLog(ThrottledLog):
-    """Says what was wrong with a bad packet, once per ``interval`` seconds, with a count."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        super().__init__(log, "bad_packet", interval)
-
-    def note(self, client: str = "", problem: str = "", **fields: object) -> None:
-        super().note(client=client, problem=problem, **fields)
-
-
 class Dispatcher:
     """Shared by both transports: edge checks, fast path, then a tracked task for the chain."""
 
@@ -44,7 +34,7 @@ class Dispatcher:
         self.max_inflight = max_inflight
         self.udp_cap = udp_cap
         self.tasks: set[asyncio.Task[None]] = set()
-        self.bad = BadPacketLog()
+        self.bad = ThrottledLog(log, "bad_packet")  # what was wrong, once per 10 s, with a count
         self.failed = ThrottledLog(log, "resolve_failed")
 
     def immediate(self, data: bytes, client: str, transport: str) -> tuple[RawQuery | None, bytes | None]:
@@ -53,7 +43,7 @@ class Dispatcher:
         try:
             raw = parse_query(data, self.udp_cap)
         except WireError as exc:
-            self.bad.note(client, str(exc))
+            self.bad.note(client=client, problem=str(exc))
             return None, error_reply(data, exc.rcode) if exc.rcode is not None else None
         return raw, self.resolver.edge(raw) or self.resolver.fast(raw, client, transport)
 
@@ -109,7 +99,7 @@ class UdpListener:
         d = self.dispatcher
         client = addr[0]
         if len(data) > MAX_UDP_QUERY:
-            d.bad.note(client, f"oversized query of more than {MAX_UDP_QUERY} bytes")
+            d.bad.note(client=client, problem=f"oversized query of more than {MAX_UDP_QUERY} bytes")
             return
         seen = d.resolver.fast_packet(data, client)
         if seen is not None:
@@ -180,7 +170,6 @@ class TcpServer:
         self.idle_timeout = idle_timeout
         self.pressure_timeout = min(pressure_timeout, idle_timeout)
         self.max_connections = max_connections
-        self.per_client = per_client
         self.open: set[_Connection] = set()
         self.idle: dict[_Connection, None] = {}  # insertion order: longest idle first
         self.by_client = ClientSlots(per_client)
@@ -195,11 +184,12 @@ class TcpServer:
     def _admit(self, conn: _Connection) -> bool:
         if self.draining:
             return False
-        if self.by_client.get(conn.client) >= self.per_client:
-            self.refused.note(client=conn.client, reason="per-client limit", limit=self.per_client)
+        if not self.by_client.take(conn.client):
+            self.refused.note(client=conn.client, reason="per-client limit", limit=self.by_client.per_client)
             return False
         if len(self.open) >= self.max_connections:
             if not self.idle:
+                self.by_client.give_back(conn.client)
                 self.refused.note(client=conn.client, reason="every connection busy", limit=self.max_connections)
                 return False
             oldest = next(iter(self.idle))
@@ -207,7 +197,6 @@ class TcpServer:
             oldest.writer.transport.abort()
             self.evicted += 1
         self.open.add(conn)
-        self.by_client.take(conn.client)
         return True
 
     def _release(self, conn: _Connection) -> None:

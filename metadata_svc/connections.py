@@ -46,7 +46,6 @@ def raise_open_files_limit() -> int:
 
 class ConnectionGate:
     def __init__(self, per_client: int = 64, max_total: int = 4096, pressure_idle: float = 1.0) -> None:
-        self.per_client = per_client
         self.max_total = max_total
         self.pressure_idle = pressure_idle
         self.open: dict[GatedConnection, None] = {}
@@ -59,16 +58,16 @@ class ConnectionGate:
 
     def admit(self, conn: GatedConnection) -> bool:
         client = conn.client
-        if self.by_client.get(client) >= self.per_client:
-            self.refused.note(client=client, reason="per-client limit", limit=self.per_client)
+        if not self.by_client.take(client):
+            self.refused.note(client=client, reason="per-client limit", limit=self.by_client.per_client)
             return False
         if len(self.open) * 4 >= self.max_total * 3:
             self.close_idle()
         if len(self.open) >= self.max_total:
+            self.by_client.give_back(client)
             self.refused.note(client=client, reason="every connection busy", limit=self.max_total)
             return False
         self.open[conn] = None
-        self.by_client.take(client)
         return True
 
     def release(self, conn: GatedConnection) -> None:

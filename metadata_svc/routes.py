@@ -100,7 +100,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
 
     value = walk(snapshot.tree_for(api, client), segments)
     if query.get("wait", "").lower() == "true" and "value" in query:
-        known = query["value"]
+        known = query["value"].encode()
         deadline = loop_time() + wait
         while value is MISSING or snapshot.comparable(api, segments, value) == known:
             remaining = deadline - loop_time()

@@ -76,42 +76,38 @@ class Snapshot:
         the whole tree at 1,000 containers is 2.4 MB, and rendering it per request let four
         clients in a loop stall everyone else. What is a client's own (``self``) is rendered per
         request; it is small."""
-        if segments and segments[0].lower() == "self":
+        if _personal(segments, value):
+            if isinstance(value, ClientTree) and fmt is not TEXT:
+                base = self._rendered_once((api, ("<without self>",), fmt.name),
+                                           lambda: render(value.without_self(), fmt).encode())
+                return with_self(base.decode(), render({"self": value.own_self}, fmt), fmt).encode()
             return render(value, fmt).encode()
-        if isinstance(value, ClientTree) and fmt is not TEXT:
-            base = self._rendered_once((api, ("<without self>",), fmt.name), lambda: render(value.without_self(), fmt))
-            return with_self(base.decode(), render({"self": value.own_self}, fmt), fmt).encode()
-        return self._rendered_once((api, tuple(segments), fmt.name), lambda: render(value, fmt))
+        return self._rendered_once((api, tuple(segments), fmt.name), lambda: render(value, fmt).encode())
 
     def gzipped(self, api: str, segments: Sequence[str], fmt: Format, value: Any) -> bytes | None:
         """The shared ``body`` compressed once, for clients that accept gzip (Go's HTTP client asks
         for it by default): 400 whole-tree long-polls woken at once are 1 GB as they are, 60 MB
         compressed. None where the body is a client's own or too small to be worth it."""
-        if (segments and segments[0].lower() == "self") or isinstance(value, ClientTree):
+        if _personal(segments, value):
             return None
-        key = (api, tuple(segments), f"{fmt.name}+gzip")
-        found = self._rendered.get(key)
-        if found is None:
+
+        def compress() -> bytes:
             body = self.body(api, segments, fmt, value)
-            found = gzip.compress(body, compresslevel=5, mtime=0) if len(body) >= 8192 else b""
-            self._rendered[key] = found
-        return found or None
+            return gzip.compress(body, compresslevel=5, mtime=0) if len(body) >= 8192 else b""
 
-    def comparable(self, api: str, segments: Sequence[str], value: Any) -> str:
-        """``render.comparable`` of ``value``, once per snapshot where it is the same for all."""
-        if (segments and segments[0].lower() == "self") or isinstance(value, ClientTree):
-            return comparable(value)
-        key = (api, tuple(segments), "<comparable>")
+        return self._rendered_once((api, tuple(segments), f"{fmt.name}+gzip"), compress) or None
+
+    def comparable(self, api: str, segments: Sequence[str], value: Any) -> bytes:
+        """``render.comparable`` of ``value`` as UTF-8, once per snapshot where it is the same
+        for all (a waiter compares it with its ``value=`` on every wake-up)."""
+        if _personal(segments, value):
+            return comparable(value).encode()
+        return self._rendered_once((api, tuple(segments), "<comparable>"), lambda: comparable(value).encode())
+
+    def _rendered_once(self, key: tuple[str, tuple[str, ...], str], make: Callable[[], bytes]) -> bytes:
         found = self._rendered.get(key)
         if found is None:
-            found = self._rendered[key] = comparable(value).encode()
-        return found.decode()
-
-    def _rendered_once(self, key: tuple[str, tuple[str, ...], str], make: Callable[[], str]) -> bytes:
-        found = self._rendered.get(key)
-        if found is None:
-            found = make().encode()
-            self._rendered[key] = found
+            found = self._rendered[key] = make()
         return found
 
     def tree_for(self, api: str, client_ip: str) -> ClientTree | Tree:
@@ -126,6 +122,11 @@ class Snapshot:
             tree = ClientTree(base, self._builder(api).self_for(container))
             self._selves[key] = tree
         return tree
+
+
+def _personal(segments: Sequence[str], value: Any) -> bool:
+    """Whether what a path found depends on who asks (its ``self``): not shared between clients."""
+    return bool(segments and segments[0].lower() == "self") or isinstance(value, ClientTree)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ class ReplyStore:
         entries = self.entries
         k = (tag, key)
         if k not in entries:
-            counted = tag[:2] if tag[0] is CLIENT else tag[0]
+            counted = _counted(tag)
             self.counts[counted] = self.counts.get(counted, 0) + 1
             if tag[0] is SHARED:
                 self.shared_keys.add(key)
@@ -81,7 +81,7 @@ class ReplyStore:
 
     def _forget(self, k: tuple[tuple[object, ...], CacheKey]) -> None:
         kind = k[0][0]
-        counted = k[0][:2] if kind is CLIENT else kind
+        counted = _counted(k[0])
         left = self.counts[counted] - 1
         if left or kind is not CLIENT:
             self.counts[counted] = left
@@ -92,6 +92,12 @@ class ReplyStore:
 
 
 GLOBAL, SHARED, CLIENT = "global", "shared", "client"
+
+
+def _counted(tag: tuple[object, ...]) -> object:
+    """What a partition's entries are counted under: the kind, and for a client's the generation
+    too (an answers change makes the older generation's entries unreachable at once)."""
+    return tag[:2] if tag[0] is CLIENT else tag[0]
 
 
 class ReplyCache:
@@ -114,7 +120,7 @@ class ReplyCache:
         self.misses = 0
 
     def __len__(self) -> int:
-        return self.store.counts.get(self.tag[:2] if self.tag[0] is CLIENT else self.tag[0], 0)
+        return self.store.counts.get(_counted(self.tag), 0)
 
     @property
     def evictions(self) -> int:

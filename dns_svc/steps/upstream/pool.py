@@ -41,7 +41,7 @@ log = logging.getLogger("dns.upstream")
 class UpstreamPool(Step):
     name = "upstream"
 
-    def __init__(self, default: Sequence[Upstream], timeout: float) -> None:
+    def __init__(self, default: Sequence[Upstream], timeout: float, table_first: bool = False) -> None:
         self.default = tuple(default)
         self.timeout = timeout
         self._channels: dict[Upstream, UdpChannel] = {}
@@ -49,7 +49,7 @@ class UpstreamPool(Step):
         self._orders: dict[tuple[tuple[Upstream, ...], tuple[Upstream, ...]], tuple[Upstream, ...]] = {}
         # True when ``default`` is only the host's resolv.conf: a table with upstreams of its own
         # (an answers file's ``recurse``) then replaces it, as in rancher-dns, which never read it.
-        self.table_first = False
+        self.table_first = table_first
         self.closed = False
         self.failures: dict[Upstream, int] = {}
         self.entropy = Entropy()
