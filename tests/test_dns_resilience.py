@@ -66,6 +66,7 @@ async def test_each_upstream_query_has_its_own_random_port_and_id() -> None:
             assert addresses(await ask(server, f"n{i}.example.test")) == ["192.0.2.55"]
         ports = {addr[1] for _, addr in upstream.queries}
         assert len(upstream.queries) == 60 and len(ports) >= 55  # a fresh port per query
+        assert server.upstream.sockets.reused >= 55  # ... on a reused socket, given back in between
         # IDs do not come from ``random``: seeding it the same way twice gives different IDs.
         ids = []
         for attempt in range(2):
@@ -73,6 +74,26 @@ async def test_each_upstream_query_has_its_own_random_port_and_id() -> None:
             await ask(server, f"seeded{attempt}.example.test")
             ids.append(upstream.queries[-1][0][:2])
         assert ids[0] != ids[1]
+
+
+async def test_a_reused_socket_starts_with_nothing_queued() -> None:
+    """Datagrams that reach a query's port after its reply (a duplicate, a forger spraying the
+    port it learnt) are dropped when the socket is given back: the next query on that socket,
+    from a new port, never reads them (each would be one more try at its ID)."""
+    async with ScriptedUpstream(copies=4) as upstream, run_dns(recurse=(upstream.address,)) as server:
+        for i in range(10):
+            assert addresses(await ask(server, f"dup{i}.example.test")) == ["192.0.2.55"]
+        assert server.upstream.sockets.reused >= 9
+        assert server.upstream.counters()["mismatched"] == 0
+
+
+async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
+    port = reserve_port()  # nothing listens: each query gets an ICMP port-unreachable
+    async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
+        for i in range(3):
+            assert rcode(await ask(server, f"refused{i}.example.test")) == "SERVFAIL"
+        sockets = server.upstream.sockets
+        assert sockets.created >= 3 and sockets.reused == 0 and sockets.idle() == 0
 
 
 async def test_identical_questions_in_flight_share_one_upstream_query() -> None:

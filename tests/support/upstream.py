@@ -140,7 +140,7 @@ class ScriptedUpstream:
     upstream sees: every query, its ID and the port it came from."""
 
     def __init__(self, delay: float = 0.0, host: str = "127.0.0.1",
-                 reply: Callable[[bytes], bytes | None] | None = None) -> None:
+                 reply: Callable[[bytes], bytes | None] | None = None, copies: int = 1) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         self.sock.setblocking(False)
@@ -149,6 +149,7 @@ class ScriptedUpstream:
         self.reply = reply or answer_a("192.0.2.55")
         self.queries: list[tuple[bytes, tuple[str, int]]] = []
         self.silent = False
+        self.copies = copies  # each reply sent this many times (a duplicating network)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> ScriptedUpstream:
@@ -179,7 +180,8 @@ class ScriptedUpstream:
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         with contextlib.suppress(OSError):
-            self.sock.sendto(data, addr)
+            for _ in range(self.copies):
+                self.sock.sendto(data, addr)
 
 
 def answer_a(address: str, ttl: int = 300) -> Callable[[bytes], bytes | None]:

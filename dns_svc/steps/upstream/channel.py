@@ -1,5 +1,5 @@
-"""Queries to one upstream over UDP: each on a socket of its own, from a random port, with a
-random ID, identical questions in flight merged into one.
+"""Queries to one upstream over UDP: each from a fresh random port, with a random ID, identical
+questions in flight merged into one.
 
 This is what makes forged replies expensive (RFC 5452): an attacker who wants to plant an
 answer must guess the 16-bit ID *and* the source port (about 15 more bits) while the one real
@@ -9,10 +9,11 @@ taken only when it comes from the upstream's address and port (the socket is con
 kernel drops anything else), carries the query's ID, and repeats its question (name compared
 case-insensitively, type, class); a reply without a question is never taken.
 
-A socket per query also means no socket outlives one error: an ICMP port-unreachable (the
-upstream restarting) fails that one query, and the next one starts afresh. (On uvloop a socket
-error stops the reader watcher of that socket for good; a long-lived shared socket then went
-deaf for every later query.)
+A query's socket serves no other query while it waits, and one that saw an error is closed: an
+ICMP port-unreachable (the upstream restarting) fails that one query, and the next one starts
+afresh. (On uvloop a socket error stops the reader watcher of that socket for good; a long-lived
+shared socket then went deaf for every later query.) Sockets are reused between queries, each
+time from a new port (``UpstreamSockets``).
 
 The channel works with callbacks, not futures: a relayed cache miss is sent from the UDP
 listener's read callback and finished from this socket's, with no coroutine in between.
@@ -25,11 +26,13 @@ from __future__ import annotations
 import _socket
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import select
 import socket
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -111,57 +114,140 @@ def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
     return data[12:12 + len(question)].lower() == question
 
 
-class SocketWatch:
-    """Readiness of many short-lived sockets through one epoll set, itself one reader of the
-    event loop. Registering a socket is then one ``epoll_ctl`` (closing it takes it out), where
-    a loop reader per socket cost a handle object, its registration and its removal: about half
-    of what a fresh socket per query added to a cache miss. Where epoll is missing, the loop's
-    own readers are used."""
+class UpstreamSockets:
+    """The UDP sockets of upstream queries, watched through one epoll set that is itself one
+    reader of the event loop, and reused: a socket whose query has ended is disconnected
+    (``connect`` to AF_UNSPEC), which gives its port back to the kernel, and its next ``connect``
+    draws a new random port. So every query still leaves from a fresh port, but a cache miss
+    costs two system calls where a new socket cost four (create, connect, register, close) and
+    the kernel's file and socket set-up and tear-down with them.
 
-    def __init__(self) -> None:
+    A socket that saw an error is closed, never reused. Where epoll or the disconnect call is
+    missing, each query gets a new socket and a loop reader of its own.
+    """
+
+    def __init__(self, idle_limit: int = 512) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
+        self._disconnect = _disconnect_call() if self._epoll is not None else None
         self._handlers: dict[int, Callable[[], None]] = {}
+        self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        self.idle_limit = idle_limit
+        self.created = 0
+        self.reused = 0
 
-    def watch(self, sock: _socket.socket, handler: Callable[[], None]) -> None:
-        fd = sock.fileno()
+    def open(self, family: int, address: tuple[str, int], handler: Callable[[], None]) -> _socket.socket:
+        """A socket connected to ``address`` from a fresh random port, ``handler`` called when it
+        is readable. Raises OSError when none can be had."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             if self._epoll is not None:
                 self._loop.add_reader(self._epoll.fileno(), self._ready)
-        if self._epoll is None:
-            self._loop.add_reader(fd, handler)
-            return
-        self._epoll.register(fd, select.EPOLLIN)
-        self._handlers[fd] = handler
+        idle = self._idle[family]
+        if idle:
+            sock = idle.pop()
+            try:
+                sock.connect(address)
+            except BaseException:
+                self._drop(sock)
+                raise
+            self._handlers[sock.fileno()] = handler
+            self.reused += 1
+            return sock
+        # the C socket type: ``socket.socket``'s Python wrapper costs 2 us on every cache miss
+        sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        try:
+            # connect() binds the socket to a port of the ephemeral range drawn by the kernel's
+            # CSPRNG (get_random_u32 in udp_lib_get_port), as random as drawing it here and one
+            # system call cheaper on every cache miss.
+            sock.connect(address)
+            if self._epoll is None:
+                self._loop.add_reader(sock.fileno(), handler)
+            else:
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
+                self._handlers[sock.fileno()] = handler
+        except BaseException:
+            sock.close()
+            raise
+        self.created += 1
+        return sock
 
-    def forget(self, sock: _socket.socket) -> None:
-        """Before ``sock`` is closed (closing it removes it from the epoll set)."""
+    def release(self, sock: _socket.socket, reusable: bool) -> None:
+        """``sock``'s query has ended; ``reusable`` is False after an error on it."""
+        disconnect = self._disconnect
+        fd = sock.fileno()
+        if (reusable and disconnect is not None and len(self._idle[sock.family]) < self.idle_limit
+                and disconnect(fd, _UNSPEC, len(_UNSPEC)) == 0 and _drained(sock)):
+            self._handlers.pop(fd, None)
+            self._idle[sock.family].append(sock)
+            return
+        self._drop(sock)
+
+    def _drop(self, sock: _socket.socket) -> None:
         fd = sock.fileno()
         if self._epoll is None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(fd)
-            return
-        self._handlers.pop(fd, None)
+        else:
+            self._handlers.pop(fd, None)  # closing the socket takes it out of the epoll set
+        sock.close()
 
     def _ready(self) -> None:
         assert self._epoll is not None
         handlers = self._handlers
-        # A handler may close its socket and open another on the same number within the batch:
+        # A handler may end its query and the socket be taken by another within the batch:
         # handlers cope with a wake-up that finds nothing to read.
         for fd, _events in self._epoll.poll(0, 256):
             handler = handlers.get(fd)
             if handler is not None:
                 handler()
 
+    def idle(self) -> int:
+        return sum(len(socks) for socks in self._idle.values())
+
     def close(self) -> None:
+        for socks in self._idle.values():
+            for sock in socks:
+                self._drop(sock)
+            socks.clear()
         if self._epoll is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
         self._handlers.clear()
+
+
+_UNSPEC = bytes(16)  # a struct sockaddr with sa_family AF_UNSPEC: "disconnect" to connect(2)
+
+
+def _disconnect_call() -> Callable[[int, bytes, int], int] | None:
+    """libc's connect(2), for the AF_UNSPEC address Python's ``socket.connect`` cannot pass."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.connect
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    return call
+
+
+def _drained(sock: _socket.socket) -> bool:
+    """Read what was queued for the old port before it was given back: left there, forged
+    replies sprayed at that port would each be a try at the next query's ID, the port already
+    guessed. A socket with more than a few queued is not worth keeping."""
+    for _ in range(8):
+        try:
+            sock.recv(65535)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+    return False
 
 
 class _Flight:
@@ -171,7 +257,7 @@ class _Flight:
 
     __slots__ = ("channel", "key", "qid", "question", "serial", "sock", "waiters")
 
-    def __init__(self, channel: UdpChannel, key: bytes, sock: _socket.socket, qid: int, question: bytes,
+    def __init__(self, channel: UdpChannel, key: bytes, sock: _socket.socket | None, qid: int, question: bytes,
                  serial: int) -> None:
         self.channel = channel
         self.key = key
@@ -192,7 +278,7 @@ class _Flight:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # ICMP port unreachable and the like: this query only
-                channel.finish(self, ConnectionRefusedError(str(exc) or "connection refused"))
+                channel.finish(self, ConnectionRefusedError(str(exc) or "connection refused"), reusable=False)
                 return
             if reply_matches(data, self.qid, self.question):
                 channel.finish(self, data)
@@ -202,9 +288,9 @@ class _Flight:
 
 class UdpChannel:
     def __init__(self, address: tuple[str, int], entropy: Entropy | None = None,
-                 watch: SocketWatch | None = None) -> None:
+                 sockets: UpstreamSockets | None = None) -> None:
         self.address = address
-        self.watch = watch or SocketWatch()
+        self.sockets = sockets or UpstreamSockets()
         self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.entropy = entropy or Entropy()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -221,20 +307,6 @@ class UdpChannel:
     def __len__(self) -> int:
         return len(self._by_serial)
 
-    def _socket(self) -> _socket.socket:
-        """A UDP socket connected to the upstream, from a random port of the ephemeral range."""
-        # the C socket type: ``socket.socket``'s Python wrapper costs 2 us on every cache miss
-        sock = _socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
-        try:
-            # connect() binds the socket to a port of the ephemeral range drawn by the kernel's
-            # CSPRNG (get_random_u32 in udp_lib_get_port), as random as drawing it here and one
-            # system call cheaper on every cache miss.
-            sock.connect(self.address)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
     def send(self, raw: RawQuery, wait: float, waiter: Waiter) -> None:
         """Ask the upstream ``raw``'s question; ``waiter`` is told once, later, never from here.
         Raises OSError when the query cannot be sent at all."""
@@ -249,15 +321,15 @@ class UdpChannel:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        sock = self._socket()
         qid = self.entropy.u16()
+        serial = self._serial = self._serial + 1
+        flight = _Flight(self, key, None, qid, key[2:], serial)
+        sock = flight.sock = self.sockets.open(self.family, self.address, flight.readable)
         try:
             sock.send(upstream_query(raw, qid))
-            serial = self._serial = self._serial + 1
-            flight = _Flight(self, key, sock, qid, key[2:], serial)
-            self.watch.watch(sock, flight.readable)
         except BaseException:
-            sock.close()
+            flight.sock = None
+            self.sockets.release(sock, False)
             raise
         flight.waiters.append((waiter, raw.qname))
         self._flights[key] = flight
@@ -280,11 +352,14 @@ class UdpChannel:
             raise result
         return raw.packet[:2] + result
 
-    def finish(self, flight: _Flight, result: bytes | BaseException) -> None:
-        """End ``flight``: close its socket and tell each waiter (a reply in its own spelling)."""
-        if flight.sock is None:
+    def finish(self, flight: _Flight, result: bytes | BaseException, reusable: bool = True) -> None:
+        """End ``flight``: give back its socket (``reusable`` False after an error on it) and tell
+        each waiter (a reply in its own spelling)."""
+        sock = flight.sock
+        if sock is None:
             return
-        self._close_socket(flight)
+        flight.sock = None
+        self.sockets.release(sock, reusable)
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
         self._by_serial.pop(flight.serial, None)
@@ -297,13 +372,6 @@ class UdpChannel:
         else:
             for waiter, _qname in waiters:
                 _deliver(waiter, result)
-
-    def _close_socket(self, flight: _Flight) -> None:
-        sock, flight.sock = flight.sock, None
-        if sock is None:
-            return
-        self.watch.forget(sock)
-        sock.close()
 
     def _arm(self, deadline: float) -> None:
         assert self._loop is not None

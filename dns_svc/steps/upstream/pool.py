@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dnslib import QTYPE, RR, DNSRecord
 
 from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
-from dns_svc.steps.upstream.channel import Entropy, SocketWatch, UdpChannel, tcp_exchange
+from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamSockets, tcp_exchange
 from dns_svc.wire import (
     FLAG_TC,
     RCODE_REFUSED,
@@ -53,13 +53,13 @@ class UpstreamPool(Step):
         self.closed = False
         self.failures: dict[Upstream, int] = {}
         self.entropy = Entropy()
-        self.watch = SocketWatch()
+        self.sockets = UpstreamSockets()
         self.malformed = ThrottledLog(log, "upstream_reply_malformed")
 
     def channel(self, upstream: Upstream) -> UdpChannel:
         ch = self._channels.get(upstream)
         if ch is None:
-            ch = self._channels[upstream] = UdpChannel(upstream, self.entropy, self.watch)
+            ch = self._channels[upstream] = UdpChannel(upstream, self.entropy, self.sockets)
         return ch
 
     def in_flight(self) -> int:
@@ -177,7 +177,7 @@ class UpstreamPool(Step):
         self.closed = True
         for ch in self._channels.values():
             ch.close()
-        self.watch.close()
+        self.sockets.close()
 
 
 class _Relay:
