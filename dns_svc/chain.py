@@ -65,6 +65,7 @@ class Query:
     fallback: Callable[[Query], Answer] | None = None
     fallback_after: float = 0.0
     timer: Any = None
+    started: float = 0.0          # when the query was read (perf_counter), for its duration
     _request: Any = field(default=None, repr=False)
 
     @property

@@ -23,6 +23,7 @@ from dns_svc.chain import Answer, Chain, Query
 from dns_svc.respond import budget, fit
 from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
 from dns_svc.steps.cache.step import ClientCaches, global_key
+from dns_svc.tally import ResponseTally, clock
 from dns_svc.wire import (
     CLASS_IN,
     QTYPE_AXFR,
@@ -90,8 +91,12 @@ class PacketCache:
         self.capacity = capacity
         self._map: dict[tuple[str, bytes], tuple[CachedReply, RawQuery, int, int, bool]] = {}
 
-    def get(self, view_key: str, data: bytes, generation: int, now: float) -> tuple[bytes, bool] | None:
-        """The reply, and whether it is a recursive answer (which only some clients may have)."""
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, view_key: str, data: bytes, generation: int, now: float) -> tuple[bytes, bool, int] | None:
+        """The reply, whether it is a recursive answer (which only some clients may have), and the
+        question type."""
         hit = self._map.get((view_key, data[2:]))
         if hit is None:
             return None
@@ -99,7 +104,7 @@ class PacketCache:
         if gen != generation or entry.expires_at <= now:
             del self._map[(view_key, data[2:])]
             return None
-        return data[:2] + entry.render_tail(raw, now, size), recursive
+        return data[:2] + entry.render_tail(raw, now, size), recursive, raw.qtype
 
     def put(self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int,
             recursive: bool) -> None:
@@ -121,20 +126,24 @@ class Resolver:
         self.relayed = 0
         self.slow_calls = 0
         self.packets = PacketCache()
+        self.tally = ResponseTally()
+        self.client_misses = 0
+        self.global_misses = 0
         # A query the client cache knows is not local skips it and the local step: a cache miss
         # bound for an upstream then costs two coroutine frames less.
         self.after_local = chain.index("global_cache")
 
-    def fast_packet(self, data: bytes, client_ip: str) -> bytes | None:
+    def fast_packet(self, data: bytes, client_ip: str, started: float) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
         hit = self.packets.get(self.tables.current.view(client_ip).key, data, self.client_caches.generation,
                                self.clock())
         if hit is None:
             return None
-        reply, recursive = hit
+        reply, recursive, qtype = hit
         if recursive and not self.policy.allows(client_ip):
             return None  # a cached upstream answer: the chain answers REFUSED to this client
         self.fast_hits += 1
+        self.tally.note("udp", "packet_cache", qtype, reply, started)
         return reply
 
     @staticmethod
@@ -148,7 +157,7 @@ class Resolver:
             return header_only_reply(raw, RCODE_REFUSED)
         return None
 
-    def fast(self, raw: RawQuery, client_ip: str, transport: str) -> bytes | None:
+    def fast(self, raw: RawQuery, client_ip: str, transport: str, started: float) -> bytes | None:
         view = self.tables.current.view(client_ip)
         caches = self.client_caches
         key = cache_key(raw)
@@ -156,6 +165,7 @@ class Resolver:
         entry = caches.lookup(view, key, now)
         if entry is None:
             raw.missed_in = caches.generation  # the client cache step need not look again
+            self.client_misses += 1
             return None
         recursive = entry is NOT_LOCAL
         if recursive:
@@ -164,16 +174,20 @@ class Resolver:
             entry = self.global_cache.get(global_key(view, key), now)
             raw.not_local_in = caches.generation
             raw.global_missed = entry is None
+            if entry is None:
+                self.global_misses += 1
         if not isinstance(entry, CachedReply):
             return None
         self.fast_hits += 1
         size = budget(raw, transport)
         if transport == "udp":
             self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
-        return entry.render(raw, now, size)
+        reply = entry.render(raw, now, size)
+        self.tally.note(transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started)
+        return reply
 
     def relay(self, raw: RawQuery, client_ip: str, reply_to: Callable[[Query, Answer | None], None],
-              context: object) -> bool:
+              context: object, started: float) -> bool:
         """Relay a UDP query bound for the upstreams without a coroutine. True when it did:
         ``reply_to(query, answer)`` is then called later (``query.context`` is ``context``), with
         answer None when ``resolve`` must answer after all."""
@@ -182,21 +196,31 @@ class Resolver:
             return False  # the chain answers REFUSED
         table = self.tables.current
         query = Query(raw, client_ip, "udp", table, table.view(client_ip), allowed, reply_to=reply_to,
-                      context=context)
+                      context=context, started=started)
         if self.chain.relay(query):
             self.relayed += 1
             return True
         return False
 
-    async def resolve(self, raw: RawQuery, client_ip: str, transport: str) -> bytes:
+    async def resolve(self, raw: RawQuery, client_ip: str, transport: str, started: float = 0.0) -> bytes:
         self.slow_calls += 1
+        started = started or clock()
         table = self.tables.current
-        query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip))
+        query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip),
+                      started=started)
         if raw.not_local_in == self.client_caches.generation and query.recursion_allowed:
             query.skip_local = True
             answer = await self.chain.resolve(query, self.after_local)
         else:
             answer = await self.chain.resolve(query)
         wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
-        return fit(wire, raw, transport)
+        reply = fit(wire, raw, transport)
+        self.tally.note(transport, answer.source.value, raw.qtype, reply, started)
+        return reply
+
+    def relayed_reply(self, query: Query, answer: Answer) -> bytes:
+        """The reply to a relayed query, counted."""
+        reply = fit(answer.wire, query.raw, "udp")
+        self.tally.note("udp", answer.source.value, query.raw.qtype, reply, query.started)
+        return reply
 

@@ -63,7 +63,7 @@ class DnsServer:
         self.global_cache = ReplyCache(clock=clock, store=self.cache_store, stale_for=settings.serve_stale)
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout, settings.recurse_from_resolv_conf)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
-        self.metrics = Metrics(self.counters)
+        self.metrics = Metrics()
         self.global_step = GlobalCacheStep(self.global_cache, settings.cache_max_ttl, settings.servfail_ttl,
                                            settings.stale_answer_timeout)
         self.resolver = Resolver(self.tables, self.client_caches, self.global_cache,
@@ -81,23 +81,7 @@ class DnsServer:
         self._http: web.AppRunner | None = None
         self.http_address: tuple[str, int] | None = None
         self.address: tuple[str, int] = (settings.host, settings.port)
-
-    def counters(self) -> dict[str, float]:
-        """Read at scrape time; the hot path only bumps plain integers."""
-        r = self.resolver
-        return {"cache_fast_hits": r.fast_hits, "relayed_queries": r.relayed, "chain_queries": r.slow_calls,
-                "client_cache_entries": len(self.client_caches), "global_cache_entries": len(self.global_cache),
-                "global_cache_evictions": self.global_cache.evictions,
-                "bad_packets": self.dispatcher.bad.total, "answers_serial": self.tables.current.serial,
-                "upstream_failures": sum(self.upstream.failures.values()),
-                "inflight_queries": len(self.dispatcher.tasks),
-                "upstream_inflight": self.upstream.in_flight(),
-                "stale_answers": self.global_step.stale_served,
-                "resolve_failures": self.dispatcher.failed.total,
-                "tcp_connections": self.tcp.connections if self.tcp else 0,
-                "tcp_evicted": self.tcp.evicted if self.tcp else 0,
-                "tcp_refused": self.tcp.refused.total if self.tcp else 0,
-                **{f"upstream_{name}": value for name, value in self.upstream.counters().items()}}
+        self.metrics.watch(self)
 
     async def _serve_http(self) -> None:
         app = web.Application()
@@ -105,6 +89,9 @@ class DnsServer:
         app.router.add_get("/healthz", self._healthz)
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
+        if self.settings.http_unix:
+            await web.UnixSite(self._http, self.settings.http_unix).start()
+            return
         site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port,
                            reuse_port=self.settings.reuse_port or None)
         await site.start()
@@ -183,7 +170,7 @@ class DnsServer:
                 await self.apply_fleet(*kept)
             self._tasks.append(asyncio.create_task(self.follower.run(), name="metadata-follower"))
         await self._listen()
-        if self.settings.http_host:
+        if self.settings.http_host or self.settings.http_unix:
             await self._serve_http()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -61,6 +61,7 @@ class DnsSettings:
     gather_timeout: float = 1.0
     http_host: str = ""
     http_port: int = 0
+    http_unix: str = ""  # a worker's /metrics and /healthz, on a Unix socket its parent reads
     gc_freeze_interval: float = 5.0
     gc_full_interval: float = 3600.0
 

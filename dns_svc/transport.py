@@ -10,7 +10,7 @@ from typing import Any
 
 from dns_svc.chain import Answer, Query
 from dns_svc.resolver import Resolver
-from dns_svc.respond import fit
+from dns_svc.tally import clock
 from dns_svc.wire import (
     MAX_UDP_QUERY,
     RCODE_SERVFAIL,
@@ -37,23 +37,38 @@ class Dispatcher:
         self.bad = ThrottledLog(log, "bad_packet")  # what was wrong, once per 10 s, with a count
         self.failed = ThrottledLog(log, "resolve_failed")
 
-    def immediate(self, data: bytes, client: str, transport: str) -> tuple[RawQuery | None, bytes | None]:
+    def immediate(self, data: bytes, client: str, transport: str, started: float = 0.0
+                  ) -> tuple[RawQuery | None, bytes | None]:
         """Everything answered without waiting: a bad packet (its error reply, or None to drop
         it), the edge rcodes, and cache hits. ``(raw, None)`` means the chain must answer."""
+        started = started or clock()
+        resolver = self.resolver
         try:
             raw = parse_query(data, self.udp_cap)
         except WireError as exc:
             self.bad.note(client=client, problem=str(exc))
-            return None, error_reply(data, exc.rcode) if exc.rcode is not None else None
-        return raw, self.resolver.edge(raw) or self.resolver.fast(raw, client, transport)
+            if exc.rcode is None:
+                return None, None
+            reply = error_reply(data, exc.rcode)
+            if reply is not None:
+                resolver.tally.note(transport, "malformed", 0, reply, started)
+            return None, reply
+        reply = resolver.edge(raw)
+        if reply is not None:
+            resolver.tally.note(transport, "edge", raw.qtype, reply, started)
+            return raw, reply
+        return raw, resolver.fast(raw, client, transport, started)
 
-    async def slow(self, raw: Any, client: str, transport: str) -> bytes:
+    async def slow(self, raw: Any, client: str, transport: str, started: float = 0.0) -> bytes:
+        started = started or clock()
         try:
-            return await self.resolver.resolve(raw, client, transport)
+            return await self.resolver.resolve(raw, client, transport, started)
         except Exception as exc:  # a bug or a packet we cannot handle: a counter and a throttled line
             self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype,
                              error=f"{type(exc).__name__}: {exc}")
-            return header_only_reply(raw, RCODE_SERVFAIL)
+            reply = header_only_reply(raw, RCODE_SERVFAIL)
+            self.resolver.tally.note(transport, "failure", raw.qtype, reply, started)
+            return reply
 
 
 class UdpListener:
@@ -101,36 +116,39 @@ class UdpListener:
         if len(data) > MAX_UDP_QUERY:
             d.bad.note(client=client, problem=f"oversized query of more than {MAX_UDP_QUERY} bytes")
             return
-        seen = d.resolver.fast_packet(data, client)
+        started = clock()
+        seen = d.resolver.fast_packet(data, client, started)
         if seen is not None:
             self.send(seen, addr)
             return
-        raw, reply = d.immediate(data, client, "udp")
+        raw, reply = d.immediate(data, client, "udp", started)
         if reply is not None:
             self.send(reply, addr)
             return
         if raw is None:
             return  # not worth an answer
-        if not d.resolver.relay(raw, client, self._relayed_to, addr):
-            self._chain(raw, client, addr)
+        if not d.resolver.relay(raw, client, self._relayed_to, addr, started):
+            self._chain(raw, client, addr, started)
 
     def _relayed(self, query: Query, answer: Answer | None) -> None:
         if answer is None:
-            self._chain(query.raw, query.client_ip, query.context)
+            self._chain(query.raw, query.client_ip, query.context, query.started)
         elif not self.closed:
-            self.send(fit(answer.wire, query.raw, "udp"), query.context)
+            self.send(self.dispatcher.resolver.relayed_reply(query, answer), query.context)
 
-    def _chain(self, raw: RawQuery, client: str, addr: Any) -> None:
+    def _chain(self, raw: RawQuery, client: str, addr: Any, started: float) -> None:
         d = self.dispatcher
         if len(d.tasks) >= d.max_inflight:
-            self.send(header_only_reply(raw, RCODE_SERVFAIL), addr)
+            reply = header_only_reply(raw, RCODE_SERVFAIL)
+            d.resolver.tally.note("udp", "overload", raw.qtype, reply, started)
+            self.send(reply, addr)
             return
-        task = self.loop.create_task(self._answer(raw, client, addr))
+        task = self.loop.create_task(self._answer(raw, client, addr, started))
         d.tasks.add(task)
         task.add_done_callback(d.tasks.discard)
 
-    async def _answer(self, raw: Any, client: str, addr: Any) -> None:
-        reply = await self.dispatcher.slow(raw, client, "udp")
+    async def _answer(self, raw: Any, client: str, addr: Any, started: float) -> None:
+        reply = await self.dispatcher.slow(raw, client, "udp", started)
         if not self.closed:
             self.send(reply, addr)
 
@@ -226,11 +244,12 @@ class TcpServer:
                     size = int.from_bytes(await reader.readexactly(2), "big")
                     data = await reader.readexactly(size)
                 self.idle.pop(conn, None)
-                raw, reply = d.immediate(data, conn.client, "tcp")
+                started = clock()
+                raw, reply = d.immediate(data, conn.client, "tcp", started)
                 if reply is None:
                     if raw is None:
                         return  # not worth an answer: close the connection
-                    reply = await d.slow(raw, conn.client, "tcp")
+                    reply = await d.slow(raw, conn.client, "tcp", started)
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):

@@ -7,6 +7,7 @@ our own (no lock, no metric object on the request path), exported as Prometheus 
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -71,6 +72,10 @@ class _Collector(Collector):
             yield _gauge("metadns_metadata_source_up", "1 while the etcd source is connected", int(etcd.connected))
             yield _gauge("metadns_metadata_source_revision", "etcd revision the source has applied", etcd.revision)
             yield _gauge("metadns_metadata_source_held_back", "etcd objects held back as invalid", len(etcd.held_back))
+            # How far behind the fleet may be: the watch hears from etcd at least every progress
+            # interval while it is healthy, so this age is the source's lag bound.
+            yield _gauge("metadns_metadata_source_last_heard_seconds", "Seconds since etcd last answered the watch",
+                         time.monotonic() - etcd.heard_at if etcd.heard_at else -1)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

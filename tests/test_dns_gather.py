@@ -142,7 +142,7 @@ async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> N
         assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"
         text = await metrics(server)
         assert sample(text, "metadns_gather_queries_total", qtype="MX") == 0
-        assert "metadns_cache_fast_hits" in text
+        assert "metadns_dns_responses_total" in text
 
 
 def test_additional_records_are_renamed_like_srv_targets() -> None:

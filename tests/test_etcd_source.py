@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
             async with md.client() as s, s.get("/metrics") as r:
                 metrics = await r.text()
             assert "metadns_metadata_source_up 1.0" in metrics and "metadns_metadata_source_held_back 2.0" in metrics
+            heard = re.search(r"^metadns_metadata_source_last_heard_seconds (\S+)$", metrics, re.M)
+            assert heard is not None and 0 <= float(heard.group(1)) < 5  # the watch has just answered
         await client.close()
 
 
@@ -153,7 +156,9 @@ async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path)
             async with md.client() as s, s.get("/status") as r:
                 assert "UNREACHABLE" in await r.text()
             async with md.client() as s, s.get("/metrics") as r:
-                assert "metadns_metadata_source_up 0.0" in await r.text()
+                metrics = await r.text()
+            assert "metadns_metadata_source_up 0.0" in metrics
+            assert "metadns_metadata_source_last_heard_seconds -1.0" in metrics  # never, since this start
 
 
 @pytest.mark.parametrize("members", [3])

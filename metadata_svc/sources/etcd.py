@@ -63,6 +63,7 @@ class EtcdStatus:
     connected: bool = False
     problem: str = ""
     held_back: dict[str, str] = field(default_factory=dict)
+    heard_at: float = 0.0  # time.monotonic() of etcd's last answer (watch progress included)
 
 
 class EtcdSource:
@@ -136,6 +137,7 @@ class EtcdSource:
             self.status.problem = ""
         self.status.endpoint = client.endpoint
         self.status.revision = self._revision
+        self.status.heard_at = time.monotonic()
 
     async def _list(self, client: EtcdClient) -> tuple[Fleet, int] | FleetError | None:
         kvs, revision = await client.list_prefix(self.prefix)

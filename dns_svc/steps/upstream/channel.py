@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from dns_svc.tally import Durations, clock
 from dns_svc.wire import FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery
 
 log = logging.getLogger("dns.upstream")
@@ -255,7 +256,7 @@ class _Flight:
     its answer (each with its own spelling of the name). Its deadline queue entry, which outlives
     it, is a tuple of numbers: nothing for the garbage collector to follow."""
 
-    __slots__ = ("channel", "key", "qid", "question", "serial", "sock", "waiters")
+    __slots__ = ("channel", "key", "qid", "question", "sent_at", "serial", "sock", "waiters")
 
     def __init__(self, channel: UdpChannel, key: bytes, sock: _socket.socket | None, qid: int, question: bytes,
                  serial: int) -> None:
@@ -265,6 +266,7 @@ class _Flight:
         self.qid = qid
         self.question = question
         self.serial = serial
+        self.sent_at = clock()
         self.waiters: list[tuple[Waiter, bytes]] = []
 
     def readable(self) -> None:
@@ -303,6 +305,10 @@ class UdpChannel:
         self.sent = 0
         self.merged = 0
         self.mismatched = 0
+        # For /metrics: replies by rcode, queries that got none by why, and the time to a reply.
+        self.rcodes: dict[int, int] = {}
+        self.errors: dict[str, int] = {}
+        self.durations = Durations()
 
     def __len__(self) -> int:
         return len(self._by_serial)
@@ -365,11 +371,17 @@ class UdpChannel:
         self._by_serial.pop(flight.serial, None)
         waiters, flight.waiters = flight.waiters, []
         if isinstance(result, bytes):
+            rcode = result[3] & 0xF
+            self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
+            self.durations.observe(clock() - flight.sent_at)
             sent = result[12:12 + len(waiters[0][1])]
             for waiter, qname in waiters:
                 # each waiter gets the question in its own spelling (the reply repeats ours)
                 _deliver(waiter, result[2:] if qname == sent else result[2:12] + qname + result[12 + len(qname):])
         else:
+            why = "timeout" if isinstance(result, TimeoutError) else "refused" if isinstance(
+                result, ConnectionRefusedError) else "closed"
+            self.errors[why] = self.errors.get(why, 0) + 1
             for waiter, _qname in waiters:
                 _deliver(waiter, result)
 

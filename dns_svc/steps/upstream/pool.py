@@ -70,6 +70,10 @@ class UpstreamPool(Step):
         return {"sent": sum(ch.sent for ch in channels), "merged": sum(ch.merged for ch in channels),
                 "mismatched": sum(ch.mismatched for ch in channels), "malformed": self.malformed.total}
 
+    def channels(self) -> list[tuple[str, UdpChannel]]:
+        """Each upstream used so far (as ``host:port``) and its channel, for /metrics."""
+        return [(_text(up), ch) for up, ch in self._channels.items()]
+
     def relay(self, query: Query, done: Done) -> bool:
         if query.transport != "udp" or not query.recursion_allowed or self.closed:
             return False

@@ -1,0 +1,69 @@
+"""What the DNS service answered, kept as plain integers: the hot path adds to a dict entry and
+a list slot per reply (no lock, no metric object), and ``/metrics`` reads them at scrape time.
+
+A response is counted by transport, by where its answer came from (packet cache, client cache,
+local answers, global cache, stale, upstream, ...), by question type (the common ones by name,
+the rest as ``other``, so a client cannot grow the label set) and by rcode; its duration, from
+the query read to the reply ready, goes into a histogram per transport and source.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+
+# Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up.
+BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+           2.048, 4.096, 8.192)
+QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
+               35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY", 257: "CAA"}
+RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+clock = time.perf_counter
+
+
+class Durations:
+    """One histogram: a count per bucket (the last one for anything slower) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus buckets: (upper bound, count at or below it), ending with +Inf."""
+        out, running = [], 0
+        for bound, count in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class ResponseTally:
+    def __init__(self) -> None:
+        self.responses: dict[tuple[str, str, int, int], int] = {}
+        self.durations: dict[tuple[str, str], Durations] = {}
+
+    def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float) -> None:
+        key = (transport, source, qtype if qtype in QTYPE_NAMES else 0, reply[3] & 0xF if len(reply) > 3 else 0)
+        responses = self.responses
+        responses[key] = responses.get(key, 0) + 1
+        durations = self.durations.get((transport, source))
+        if durations is None:
+            durations = self.durations[(transport, source)] = Durations()
+        durations.observe(clock() - started)
+
+    def total(self, source: str | None = None) -> int:
+        return sum(n for (_t, s, _q, _r), n in self.responses.items() if source is None or s == source)
+
+
+def qtype_label(qtype: int) -> str:
+    return QTYPE_NAMES.get(qtype, "other")
+
+
+def rcode_label(rcode: int) -> str:
+    return RCODE_NAMES.get(rcode, str(rcode))

@@ -1,0 +1,147 @@
+"""/metrics as Prometheus users read it: counters typed as counters (so ``rate()`` survives a
+restart), responses by where the answer came from, durations as histograms, each upstream on its
+own, and one scrape covering every ``--workers`` process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dns_svc.follower import version_index
+from dns_svc.server import DnsServer
+from metadata_svc.keys import STORE
+from tests.support.dns import addresses, ask, rcode, run_dns, wait_for_version
+from tests.support.metadata import run_metadata
+from tests.support.upstream import reserve_port
+
+
+async def scrape(address: tuple[str, int] | None) -> str:
+    assert address is not None
+    async with aiohttp.ClientSession() as s, s.get(f"http://{address[0]}:{address[1]}/metrics") as r:
+        assert r.status == 200
+        return await r.text()
+
+
+def families(text: str) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
+    """name -> (type, [(sample name, labels, value)])"""
+    return {f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
+            for f in text_string_to_metric_families(text)}
+
+
+def value(text: str, sample: str, **labels: str) -> float:
+    """The sum of the samples named ``sample`` whose labels include ``labels``."""
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.fixture
+async def server(dns_fleet_file: Path, unbound) -> AsyncIterator[DnsServer]:  # type: ignore[no-untyped-def]
+    """The real metadata service, the DNS service following it with /metrics, unbound upstream."""
+    async with run_metadata(dns_fleet_file) as md, run_dns(metadata_url=f"{md.url}/2016-07-29",
+                                                        recurse=(unbound.address,), http_host="127.0.0.1",
+                                                        http_port=0) as dns_server:
+        await wait_for_version(dns_server, version_index(md.app[STORE].snapshot.version))
+        yield dns_server
+
+
+async def test_responses_are_counted_by_source_type_and_rcode(server: DnsServer) -> None:
+    for _ in range(3):  # local, then the client cache, then the packet cache
+        assert addresses(await ask(server, "lonely.rancher.internal")) == ["127.0.0.41"]
+    assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"  # authority
+    for _ in range(2):  # upstream, then the global cache
+        assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
+    await ask(server, "lonely.rancher.internal", "AAAA", tcp=True)
+    text = await scrape(server.http_address)
+    kinds = families(text)
+    for name in ("metadns_dns_responses", "metadns_dns_cache_hits", "metadns_dns_cache_misses",
+                 "metadns_dns_upstream_requests", "metadns_dns_bad_packets", "metadns_dns_cache_evictions"):
+        assert kinds[name][0] == "counter", name
+    assert kinds["metadns_dns_request_duration_seconds"][0] == "histogram"
+    assert kinds["metadns_dns_cache_entries"][0] == "gauge"
+
+    def responses(**labels: str) -> float:
+        return value(text, "metadns_dns_responses_total", **labels)
+
+    assert responses(proto="udp", source="local", type="A", rcode="NOERROR") == 1
+    assert responses(proto="udp", source="client_cache", type="A") == 1
+    assert responses(proto="udp", source="packet_cache", type="A") == 1
+    assert responses(proto="udp", source="authority", rcode="NXDOMAIN") == 1
+    assert responses(proto="udp", source="upstream", rcode="NOERROR") == 1
+    assert responses(proto="udp", source="global_cache") == 1
+    assert responses(proto="tcp", type="AAAA") == 1
+    assert responses() == 7
+    # one duration per response, in the histogram of its transport and source
+    assert value(text, "metadns_dns_request_duration_seconds_count") == 7
+    assert value(text, "metadns_dns_request_duration_seconds_count", proto="udp", source="local") == 1
+    assert value(text, "metadns_dns_request_duration_seconds_bucket", proto="udp", source="local", le="+Inf") == 1
+    assert value(text, "metadns_dns_cache_hits_total", cache="packet") == 1
+    assert value(text, "metadns_dns_cache_hits_total", cache="global") == 1
+    assert value(text, "metadns_dns_cache_entries", cache="global") >= 1
+
+
+async def test_question_types_outside_the_common_ones_share_one_label(server: DnsServer) -> None:
+    for qtype in ("TYPE3000", "TYPE3001", "TYPE3002"):
+        await ask(server, "lonely.rancher.internal", qtype)
+    text = await scrape(server.http_address)
+    assert value(text, "metadns_dns_responses_total", type="other") == 3
+    assert "TYPE3000" not in text and 'type="3000"' not in text
+
+
+async def test_each_upstream_is_counted_on_its_own(unbound) -> None:  # type: ignore[no-untyped-def]
+    dead = ("127.0.0.1", reserve_port())  # nothing listens: an ICMP port-unreachable
+    async with run_dns(recurse=(dead, unbound.address), http_host="127.0.0.1", http_port=0) as server:
+        assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
+        text = await scrape(server.http_address)
+    live, gone = f"{unbound.address[0]}:{unbound.address[1]}", f"{dead[0]}:{dead[1]}"
+    assert value(text, "metadns_dns_upstream_requests_total", to=gone) == 1
+    assert value(text, "metadns_dns_upstream_errors_total", to=gone, error="refused") == 1
+    assert value(text, "metadns_dns_upstream_responses_total", to=gone) == 0
+    assert value(text, "metadns_dns_upstream_requests_total", to=live) == 1
+    assert value(text, "metadns_dns_upstream_responses_total", to=live, rcode="NOERROR") == 1
+    assert value(text, "metadns_dns_upstream_request_duration_seconds_count", to=live) == 1
+    assert value(text, "metadns_dns_upstream_inflight", to=live) == 0
+
+
+async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+    """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
+    series labelled; with the HTTP port shared too, scrapes alternated between workers."""
+    port, http_port = reserve_port(), reserve_port()
+    env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--workers=2",
+        f"--http-listen=127.0.0.1:{http_port}", f"--recurse={unbound.address[0]}:{unbound.address[1]}",
+        "--metadata-url=http://127.0.0.1:1/2016-07-29", env=env, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                try:
+                    text = await scrape(("127.0.0.1", http_port))
+                    if value(text, "metadns_dns_worker_up") == 2:
+                        break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+        for _ in range(60):  # each query from a fresh socket: the kernel spreads them
+            assert addresses(await ask(("127.0.0.1", port), "www.example.test", timeout=2)) == ["192.0.2.10"]
+        texts = [await scrape(("127.0.0.1", http_port)) for _ in range(3)]
+        for text in texts:  # every scrape, the whole service
+            assert value(text, "metadns_dns_responses_total") == 60
+            per_worker = [value(text, "metadns_dns_responses_total", worker=w) for w in ("0", "1")]
+            assert sum(per_worker) == 60 and min(per_worker) > 0
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{http_port}/healthz") as r:
+            assert r.status == 200 and (await r.json())["workers"] == {"0": "ok", "1": "ok"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
