@@ -143,7 +143,7 @@ class Resolver:
         if recursive and not self.policy.allows(client_ip):
             return None  # a cached upstream answer: the chain answers REFUSED to this client
         self.fast_hits += 1
-        self.tally.note("udp", "packet_cache", qtype, reply, started)
+        self.tally.note("udp", "packet_cache", qtype, reply, started, client_ip)
         return reply
 
     @staticmethod
@@ -183,7 +183,8 @@ class Resolver:
         if transport == "udp":
             self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
         reply = entry.render(raw, now, size)
-        self.tally.note(transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started)
+        self.tally.note(transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started,
+                        client_ip)
         return reply
 
     def relay(self, raw: RawQuery, client_ip: str, reply_to: Callable[[Query, Answer | None], None],
@@ -215,12 +216,12 @@ class Resolver:
             answer = await self.chain.resolve(query)
         wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
         reply = fit(wire, raw, transport)
-        self.tally.note(transport, answer.source.value, raw.qtype, reply, started)
+        self.tally.note(transport, answer.source.value, raw.qtype, reply, started, client_ip)
         return reply
 
     def relayed_reply(self, query: Query, answer: Answer) -> bytes:
         """The reply to a relayed query, counted."""
         reply = fit(answer.wire, query.raw, "udp")
-        self.tally.note("udp", answer.source.value, query.raw.qtype, reply, query.started)
+        self.tally.note("udp", answer.source.value, query.raw.qtype, reply, query.started, query.client_ip)
         return reply
 

@@ -25,6 +25,7 @@ from dns_svc.steps.cache.step import ClientCaches, ReplyStore
 from dns_svc.steps.gather import GatherStep
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
+from dns_svc.tally import query_log
 from dns_svc.transport import Dispatcher, TcpServer, UdpListener
 from shared.answers import AnswersTable, answers_from_fleet
 from shared.kept_copy import KeptCopy
@@ -71,6 +72,9 @@ class DnsServer:
                                              self.metrics),
                                  RecursionPolicy(settings.allow_recursion), clock)
         self.dispatcher = Dispatcher(self.resolver, udp_cap=settings.max_udp_size)
+        if settings.log_queries:
+            self.resolver.tally.log_queries = True
+            query_log.setLevel(logging.DEBUG)  # its own level: the query lines, not every debug line
         self.follower: VersionFollower | None = None
         self.answers_watcher: AnswersFileWatcher | None = None
         self._udp: UdpListener | None = None

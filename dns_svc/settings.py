@@ -54,6 +54,7 @@ class DnsSettings:
     resolv_conf: str = "/etc/resolv.conf"
     max_wait: int = 30
     log_level: str = "info"
+    log_queries: bool = False
     workers: int = 1
     reuse_port: bool = False
     gather_domain: str = ""
@@ -142,6 +143,8 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag("--gc-full-interval", default=3600.0, type=float,
            help="seconds between full garbage collections over everything, frozen or not; 0: never")
     p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
+    p.flag("--log-queries", action="store_true",
+           help="log every query and its answer (one debug line each, whatever --log-level says); costs throughput")
     ns = p.parse_flags(argv)
     if ns.workers < 1:
         p.error("--workers must be at least 1")
@@ -181,6 +184,7 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         tcp_per_client=ns.tcp_per_client, tcp_idle_timeout=ns.tcp_idle_timeout, cache_max_ttl=ns.cache_max_ttl,
         servfail_ttl=ns.servfail_ttl, recurser_timeout=ns.recurser_timeout, ndots=ns.ndots,
         allow_recursion=allow, metadata_answer=answer, never_recurse_to=never, state_file=ns.state_file,
-        resolv_conf=ns.resolv_conf, log_level=ns.log_level, workers=ns.workers, gather_domain=ns.gather,
+        resolv_conf=ns.resolv_conf, log_level=ns.log_level, log_queries=ns.log_queries, workers=ns.workers,
+        gather_domain=ns.gather,
         clusters=clusters, gather_timeout=ns.gather_timeout, http_host=http_host, http_port=http_port,
         gc_freeze_interval=ns.gc_freeze_interval, gc_full_interval=ns.gc_full_interval)

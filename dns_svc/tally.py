@@ -9,8 +9,11 @@ the query read to the reply ready, goes into a histogram per transport and sourc
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
+
+from shared.logs import log_event
 
 # Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up.
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
@@ -19,6 +22,7 @@ QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "
                35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY", 257: "CAA"}
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 clock = time.perf_counter
+query_log = logging.getLogger("dns.query")
 
 
 class Durations:
@@ -44,21 +48,45 @@ class Durations:
 
 
 class ResponseTally:
-    def __init__(self) -> None:
+    def __init__(self, log_queries: bool = False) -> None:
         self.responses: dict[tuple[str, str, int, int], int] = {}
         self.durations: dict[tuple[str, str], Durations] = {}
+        self.log_queries = log_queries
 
-    def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float) -> None:
-        key = (transport, source, qtype if qtype in QTYPE_NAMES else 0, reply[3] & 0xF if len(reply) > 3 else 0)
+    def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float, client: str) -> None:
+        rcode = reply[3] & 0xF if len(reply) > 3 else 0
+        key = (transport, source, qtype if qtype in QTYPE_NAMES else 0, rcode)
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
         durations = self.durations.get((transport, source))
         if durations is None:
             durations = self.durations[(transport, source)] = Durations()
-        durations.observe(clock() - started)
+        elapsed = clock() - started
+        durations.observe(elapsed)
+        if self.log_queries:
+            _log_query(transport, source, qtype, rcode, reply, elapsed, client)
 
     def total(self, source: str | None = None) -> int:
         return sum(n for (_t, s, _q, _r), n in self.responses.items() if source is None or s == source)
+
+
+def _log_query(transport: str, source: str, qtype: int, rcode: int, reply: bytes, elapsed: float, client: str) -> None:
+    """One debug line per query (``--log-queries``, like dnsmasq's), read from the reply's
+    question: a debugging aid that costs throughput, off by default."""
+    log_event(query_log, logging.DEBUG, "query", client=client, proto=transport, name=_question_name(reply),
+              type=QTYPE_NAMES.get(qtype, str(qtype)), rcode=rcode_label(rcode), source=source,
+              answers=int.from_bytes(reply[6:8], "big") if len(reply) >= 8 else 0,
+              duration_ms=round(elapsed * 1000, 3))
+
+
+def _question_name(reply: bytes) -> str:
+    labels, i = [], 12
+    if len(reply) < 12 or reply[4:6] == b"\x00\x00":
+        return "-"
+    while i < len(reply) and reply[i] and reply[i] < 64:
+        labels.append(reply[i + 1:i + 1 + reply[i]].decode("ascii", "backslashreplace"))
+        i += 1 + reply[i]
+    return ".".join(labels) + "."
 
 
 def qtype_label(qtype: int) -> str:

@@ -51,11 +51,11 @@ class Dispatcher:
                 return None, None
             reply = error_reply(data, exc.rcode)
             if reply is not None:
-                resolver.tally.note(transport, "malformed", 0, reply, started)
+                resolver.tally.note(transport, "malformed", 0, reply, started, client)
             return None, reply
         reply = resolver.edge(raw)
         if reply is not None:
-            resolver.tally.note(transport, "edge", raw.qtype, reply, started)
+            resolver.tally.note(transport, "edge", raw.qtype, reply, started, client)
             return raw, reply
         return raw, resolver.fast(raw, client, transport, started)
 
@@ -67,7 +67,7 @@ class Dispatcher:
             self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype,
                              error=f"{type(exc).__name__}: {exc}")
             reply = header_only_reply(raw, RCODE_SERVFAIL)
-            self.resolver.tally.note(transport, "failure", raw.qtype, reply, started)
+            self.resolver.tally.note(transport, "failure", raw.qtype, reply, started, client)
             return reply
 
 
@@ -140,7 +140,7 @@ class UdpListener:
         d = self.dispatcher
         if len(d.tasks) >= d.max_inflight:
             reply = header_only_reply(raw, RCODE_SERVFAIL)
-            d.resolver.tally.note("udp", "overload", raw.qtype, reply, started)
+            d.resolver.tally.note("udp", "overload", raw.qtype, reply, started, client)
             self.send(reply, addr)
             return
         task = self.loop.create_task(self._answer(raw, client, addr, started))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from metadata_svc.app import create_app
 from metadata_svc.connections import GatedSite, raise_open_files_limit
-from metadata_svc.keys import GATE
+from metadata_svc.keys import GATE, STORE
 from metadata_svc.settings import MetadataSettings, parse_settings
 from shared.logs import log_event, setup_logging
 
@@ -29,6 +29,14 @@ async def serve(settings: MetadataSettings) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
     try:
+        store = app[STORE]
+        if settings.self_host and store.has_data and not store.snapshot.self_host_uuid:
+            # A typo here would silently give every unknown client an empty self/host. (With
+            # etcd and nothing read yet, the host may register later: then it is only logged.)
+            hosts = ", ".join(h.name or h.uuid for h in store.snapshot.fleet.hosts) or "none"
+            log_event(log, logging.ERROR, "cannot_start",
+                      reason=f"--self-host {settings.self_host} names no host of the fleet (hosts: {hosts})")
+            raise SystemExit(2)
         site = GatedSite(runner, settings.host, settings.port, gate)
         try:
             await site.start()

@@ -62,6 +62,10 @@ class SourceFollower:
         fleet = result
         log_event(log, logging.INFO, "fleet_published", source=self.source.name, version=store.snapshot.version,
                   stacks=len(fleet.stacks), services=len(fleet.services), containers=len(fleet.containers))
+        wanted = store.self_host_wanted
+        if wanted and not store.snapshot.self_host_uuid:
+            log_event(log, logging.WARNING, "self_host_missing", self_host=wanted,
+                      hosts=",".join(h.name or h.uuid for h in fleet.hosts) or "none")
         await self.keep(fleet, store.index)
 
     async def keep(self, fleet: Fleet, index: int) -> None:

@@ -165,6 +165,11 @@ class VersionedStore:
         return ""
 
     @property
+    def self_host_wanted(self) -> str:
+        """``--self-host`` as given (a name or uuid), whether or not the fleet has it."""
+        return self._self_host_uuid
+
+    @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 

@@ -5,6 +5,7 @@ own, and one scrape covering every ``--workers`` process."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -145,3 +146,25 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.WARNING)  # --log-level warning: the query lines come anyway
+    caplog.handler.setLevel(logging.DEBUG)  # as the service's own handler: no level of its own
+    logging.getLogger("dns.query").setLevel(logging.NOTSET)
+    async with run_dns(recurse=(unbound.address,), log_queries=True) as server:
+        await ask(server, "www.example.test", source="127.0.0.7")
+        await ask(server, "WWW.example.test", "AAAA", tcp=True)
+    lines = [r for r in caplog.records if r.name == "dns.query"]
+    assert len(lines) == 2 and all(r.levelno == logging.DEBUG for r in lines)
+    first, second = (r.fields for r in lines)  # type: ignore[attr-defined]
+    assert first["client"] == "127.0.0.7" and first["name"] == "www.example.test." and first["type"] == "A"
+    assert first["rcode"] == "NOERROR" and first["source"] == "upstream" and first["answers"] == 1
+    assert second["proto"] == "tcp" and second["name"] == "WWW.example.test." and second["type"] == "AAAA"
+
+
+async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.DEBUG)
+    async with run_dns(recurse=(unbound.address,)) as server:
+        await ask(server, "www.example.test")
+    assert not [r for r in caplog.records if r.name == "dns.query"]

@@ -93,3 +93,33 @@ def test_dns_svc_refuses_a_metadata_url_that_is_not_one() -> None:
     proc = subprocess.run([sys.executable, "-m", "dns_svc", "--metadata-url", "notaurl"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "--metadata-url" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_self_host_the_fleet_does_not_have_is_one_line_and_exit_2(fleet_file: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "metadata_svc", "--listen", "127.0.0.1:0", "--data", str(fleet_file),
+                           "--state-file=", "--self-host", "nosuch"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if "level=error" in line]
+    assert "event=cannot_start" in line and "--self-host nosuch" in line and "host-a, host-b" in line
+
+
+async def test_a_self_host_that_leaves_the_fleet_is_logged(fleet_file: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    import yaml
+
+    from metadata_svc.keys import STORE
+    from tests.support.metadata import run_metadata
+
+    async with run_metadata(fleet_file, self_host="host-b") as md:
+        assert md.app[STORE].snapshot.self_host_uuid == "host-b"
+        data = yaml.safe_load(fleet_file.read_text())
+        data["hosts"] = [h for h in data["hosts"] if h["uuid"] != "host-b"]
+        for c in data["containers"]:
+            if c.get("host_uuid") == "host-b":
+                c["host_uuid"] = "host-a"
+        fleet_file.write_text(yaml.safe_dump(data))
+        async with asyncio.timeout(10):
+            while "self_host_missing" not in caplog.text:
+                await asyncio.sleep(0.05)
+    [fields] = [r.fields for r in caplog.records if r.getMessage() == "self_host_missing"]  # type: ignore[attr-defined]
+    assert fields["self_host"] == "host-b" and fields["hosts"] == "host-a"
