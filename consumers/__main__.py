@@ -76,10 +76,10 @@ def render_main(argv: list[str]) -> int:
 
 
 async def _containers(url: str) -> list[dict[str, object]]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        async with session.get(f"{url.rstrip('/')}/containers", headers={"Accept": "application/json"}) as resp:
-            resp.raise_for_status()
-            data = await resp.json(content_type=None)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session, \
+            session.get(f"{url.rstrip('/')}/containers", headers={"Accept": "application/json"}) as resp:
+        resp.raise_for_status()
+        data = await resp.json(content_type=None)
     if not isinstance(data, list):
         raise ValueError("metadata /containers is not a list")
     return data

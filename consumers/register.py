@@ -59,7 +59,7 @@ class Agent:
         self.taken: dict[str, str] = {}  # uuid -> the host that holds it
 
     def wanted(self, fleet_values: dict[str, bytes]) -> dict[str, bytes]:
-        """This host's keys from the file, validated together with the fleet in etcd."""
+        """The keys of this host from the file, validated together with the fleet in etcd."""
         try:
             data = yaml.safe_load(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -91,7 +91,7 @@ def name_to_text(wire: bytes) -> str:
     return ".".join(labels) + "."
 
 
-def parse_query(packet: bytes, udp_cap: int = 65535) -> RawQuery:
+def parse_query(packet: bytes, udp_cap: int = 65535) -> RawQuery:  # noqa: C901 (one check per way a packet is malformed, inline on the hot path)
     """Read a query. Raises WireError with FORMERR/NOTIMP/BADVERS, or None when not worth a reply.
     ``udp_cap`` bounds the reply size over UDP whatever the client advertises (amplification)."""
     size = len(packet)

@@ -11,6 +11,7 @@ scrape would reach one worker at random). ``/healthz`` is ok only while every wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -88,10 +89,8 @@ class Supervisor:
     def forward(self, signum: int) -> None:
         self.stopping = self.stopping or signum in (signal.SIGTERM, signal.SIGINT)
         for pid in self.slots.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     def reap(self) -> None:
         while self.slots:

@@ -3,6 +3,8 @@
 # real servers the tests start (Debian packages, installed when run as root).
 #   scripts/bootstrap.sh run    # runtime only
 #   scripts/bootstrap.sh test   # runtime + test dependencies + Debian packages
+# Python packages are installed at the versions of constraints/tested.txt, and only when
+# pyproject.toml or the constraints changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -44,13 +46,28 @@ install_debian_packages() {
     return 0
 }
 
+if [ "$MODE" = test ]; then
+    install_debian_packages
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
+# pip runs only when the packaging changed since the last install (pyproject.toml or the
+# constraints), so a start with a complete .venv needs no registry and takes no time. The stamp
+# names what was installed: "test" includes "run".
+STAMP=.venv/.metadns-installed
+DIGEST="$(cat pyproject.toml constraints/tested.txt | sha256sum | cut -c1-32)"
+if [ -f "$STAMP" ]; then
+    read -r STAMPED_MODE STAMPED_DIGEST < "$STAMP" || true
+    if [ "${STAMPED_DIGEST:-}" = "$DIGEST" ] && { [ "$STAMPED_MODE" = "$MODE" ] || [ "$STAMPED_MODE" = test ]; }; then
+        exit 0
+    fi
+fi
+echo "bootstrap: installing the package into .venv ($MODE)" >&2
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 if [ "$MODE" = test ]; then
-    install_debian_packages
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[test]'
 else
-    .venv/bin/python -m pip install --quiet -e .
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e .
 fi
+echo "$MODE $DIGEST" > "$STAMP"

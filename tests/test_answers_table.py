@@ -25,7 +25,8 @@ def test_names_and_health_rules() -> None:
     assert t.records["11.0.0.127.in-addr.arpa."].ptr == "shop-web-1.rancher.internal."
     assert [s.target for s in t.records["_many._tcp.infra.rancher.internal."].srv] == [
         "many-0.rancher.internal.", "many-1.rancher.internal."]
-    assert t.exists("infra.rancher.internal.") and t.exists("_tcp.infra.rancher.internal.")
+    assert t.exists("infra.rancher.internal.")
+    assert t.exists("_tcp.infra.rancher.internal.")
     assert not t.exists("nope.rancher.internal.")
 
 
@@ -36,7 +37,8 @@ def test_views_are_per_client() -> None:
     assert web1.records["primary.rancher.internal."].a == ("127.0.0.21",)
     assert web1.records["kv.shop.rancher.internal."].a == ("127.0.0.31",)
     cache = t.view("127.0.0.31")
-    assert cache.search == ("infra.rancher.internal.",) and cache.recurse == (("127.0.2.53", 53),)
+    assert cache.search == ("infra.rancher.internal.",)
+    assert cache.recurse == (("127.0.2.53", 53),)
     assert t.view("10.9.9.9") is t.default
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
+from tests.support.tools import require_root, require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDRESS = "169.254.169.250"
@@ -39,7 +40,8 @@ def compose() -> dict[str, Any]:
 
 
 def test_the_vendored_schema_is_the_compose_specification(compose_schema: dict[str, Any]) -> None:
-    assert compose_schema["$id"] == "compose_spec.json" and compose_schema["title"] == "Compose Specification"
+    assert compose_schema["$id"] == "compose_spec.json"
+    assert compose_schema["title"] == "Compose Specification"
     assert "compose-spec.json" in (ROOT / "tests" / "data" / "SOURCES.md").read_text()
 
 
@@ -59,7 +61,8 @@ def test_schema_rejects_a_broken_compose_file(compose_schema: dict[str, Any], co
 def test_single_host_shape(compose: dict[str, Any]) -> None:
     services = compose["services"]
     metadata, dns = services["metadata"], services["dns"]
-    assert f"--listen={ADDRESS}:80" in metadata["command"] and f"--listen={ADDRESS}:53" in dns["command"]
+    assert f"--listen={ADDRESS}:80" in metadata["command"]
+    assert f"--listen={ADDRESS}:53" in dns["command"]
     for name, service in services.items():
         # the host's network: containers reach the address through their default route with their own
         # source address, and recreating one service never strands the other in a dead namespace
@@ -67,18 +70,21 @@ def test_single_host_shape(compose: dict[str, Any]) -> None:
         assert "deploy" not in service, f"{name}: deploy.* is Swarm's; Compose on one host ignores it"
         assert service["restart"] == "unless-stopped", name
         assert service["user"].split(":")[0] not in ("0", "root"), name
-        assert service["cap_drop"] == ["ALL"] and service["cap_add"] == ["NET_BIND_SERVICE"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["cap_add"] == ["NET_BIND_SERVICE"], name
         assert service["read_only"] is True, name
         test = " ".join(service["healthcheck"]["test"])
         assert "/healthz" in test, name
     assert "http://127.0.0.1:9153/healthz" in " ".join(dns["healthcheck"]["test"])
     assert "--http-listen=127.0.0.1:9153" in dns["command"]
-    assert dns["image"] == metadata["image"] and metadata["build"]["dockerfile"] == "Dockerfile"
+    assert dns["image"] == metadata["image"]
+    assert metadata["build"]["dockerfile"] == "Dockerfile"
     # the fleet's directory is mounted, not the file (a bind-mounted file never sees a rename),
     # from the host's /etc, not from the source tree's examples
     data = next(arg.split("=", 1)[1] for arg in metadata["command"] if arg.startswith("--data="))
     fleet_mount = next(v for v in metadata["volumes"] if v["target"] == data.rsplit("/", 1)[0])
-    assert fleet_mount["read_only"] is True and fleet_mount["source"].startswith("/etc/metadns")
+    assert fleet_mount["read_only"] is True
+    assert fleet_mount["source"].startswith("/etc/metadns")
     text = (ROOT / "compose.yaml").read_text()
     assert "ip addr add 169.254.169.250/32 dev metadns0" in text  # the host setup, spelled out
     for unit in ("metadns0.netdev", "metadns0.network"):
@@ -89,9 +95,11 @@ def test_single_host_shape(compose: dict[str, Any]) -> None:
 def test_dockerfile_runs_as_an_unprivileged_user_and_installs_the_console_scripts() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     for path in ("shared", "metadata_svc", "dns_svc", "consumers", "pyproject.toml"):
-        assert f"COPY {path}" in dockerfile and (ROOT / path).exists()
+        assert f"COPY {path}" in dockerfile
+        assert (ROOT / path).exists()
     user_lines = [line for line in dockerfile.splitlines() if line.startswith("USER ")]
-    assert user_lines and user_lines[-1].split()[1] not in ("root", "0")
+    assert user_lines
+    assert user_lines[-1].split()[1] not in ("root", "0")
     assert "setcap cap_net_bind_service=+ep" in dockerfile
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'metadata-svc = "metadata_svc.__main__:main"' in pyproject
@@ -110,7 +118,8 @@ def test_the_etcd_variant_matches_the_specification(compose_schema: dict[str, An
     validate_compose(compose_schema, merged)
     assert any(a.startswith("--source=etcd://") for a in merged["services"]["metadata"]["command"])
     agent = merged["services"]["agent"]
-    assert agent["command"][:2] == ["metadns", "register"] and agent["user"].split(":")[0] != "0"
+    assert agent["command"][:2] == ["metadns", "register"]
+    assert agent["user"].split(":")[0] != "0"
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +155,8 @@ def test_the_daemonset_is_node_local_on_the_link_local_address(manifests: list[d
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         context = container["securityContext"]
-        assert context["runAsNonRoot"] is True and context["capabilities"]["add"] == ["NET_BIND_SERVICE"]
+        assert context["runAsNonRoot"] is True
+        assert context["capabilities"]["add"] == ["NET_BIND_SERVICE"]
         assert {m["name"] for m in container["volumeMounts"]} >= {"state"}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["state"]["hostPath"]["path"] == "/var/lib/metadns"
@@ -160,23 +170,28 @@ def test_the_daemonset_is_node_local_on_the_link_local_address(manifests: list[d
 def _in_own_netns(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run in a network namespace of this test's own (unshare -n): only its loopback exists, and
     no address the test adds or fails to add touches the machine."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("a network namespace of the test's own needs root and unshare")
-        pytest.skip("needs root and unshare for a network namespace")
+    require_root("a network namespace of the test's own")
+    require_tool("unshare")
     return subprocess.run(["unshare", "-n", *args], env={**os.environ, **env}, capture_output=True, text=True,
                           timeout=20, check=False)
 
 
+@pytest.mark.needs_root
+@pytest.mark.external_tool
 def test_the_entrypoint_refuses_without_the_address_in_one_line() -> None:
     entrypoint = str(ROOT / "deploy" / "entrypoint.sh")
     script = f"ip link set lo up; {entrypoint} echo started"
     refused = _in_own_netns(["sh", "-c", script], {"METADNS_LINK_DEV": "nosuchdev"})
-    assert refused.returncode == 1 and "started" not in refused.stdout
+    assert refused.returncode == 1
+    assert "started" not in refused.stdout
     lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and ADDRESS in lines[0] and "nosuchdev" in lines[0]
+    assert len(lines) == 1
+    assert ADDRESS in lines[0]
+    assert "nosuchdev" in lines[0]
     added = _in_own_netns(["sh", "-c", script], {"METADNS_LINK_DEV": "lo"})
-    assert added.returncode == 0 and added.stdout.strip() == "started"
+    assert added.returncode == 0
+    assert added.stdout.strip() == "started"
     present = _in_own_netns(["sh", "-c", f"ip link set lo up; ip addr add {ADDRESS}/32 dev lo; "
                                          f"{entrypoint} echo started"], {"METADNS_LINK_DEV": "nosuchdev"})
-    assert present.returncode == 0 and present.stdout.strip() == "started"  # already there: nothing to do
+    assert present.returncode == 0
+    assert present.stdout.strip() == "started"

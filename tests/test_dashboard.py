@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +21,8 @@ from tests.support.dns import ask, run_dns, wait_for_version
 from tests.support.etcd import run_etcd
 from tests.support.metadata import run_metadata
 from tests.support.upstream import reserve_port
+
+pytestmark = pytest.mark.external_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"

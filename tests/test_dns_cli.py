@@ -41,7 +41,8 @@ def test_help_names_every_flag_and_its_environment_variable() -> None:
 def test_bad_flag_values_are_reported() -> None:
     result = subprocess.run([sys.executable, "-m", "dns_svc", "--recurse", "not-an-ip"], capture_output=True,
                             text=True)
-    assert result.returncode == 2 and "not-an-ip" in result.stderr
+    assert result.returncode == 2
+    assert "not-an-ip" in result.stderr
 
 
 async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> None:
@@ -68,7 +69,8 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
                     await asyncio.sleep(0.1)
         assert addresses(reply) == ["10.0.0.1"]
         www = await ask(address, "www.corp.internal")
-        assert addresses(www) == ["10.0.0.1"] and str(www.answer[0][0].target) == "app.corp.internal."
+        assert addresses(www) == ["10.0.0.1"]
+        assert str(www.answer[0][0].target) == "app.corp.internal."
         ptr = await ask(address, "1.0.0.10.in-addr.arpa", "PTR")
         assert str(ptr.answer[0][0].target) == "app.corp.internal."
         assert rcode(await ask(address, "nope.corp.internal")) == "NXDOMAIN"
@@ -83,7 +85,8 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
         assert addresses(await ask(address, "app.corp.internal")) == ["10.0.0.2"]
     finally:
         log = await stop(proc)
-    assert "event=answers_rejected" in log and str(answers) in log
+    assert "event=answers_rejected" in log
+    assert str(answers) in log
     assert "event=gc_full_pass" in log  # the collector schedule runs in the real process
 
 
@@ -129,10 +132,11 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
             assert await all_answer("127.0.0.24", rounds=100)
         finally:
             log = await stop(proc)
-    assert "event=workers_started workers=2" in log and log.count("event=answers_updated") >= 4
+    assert "event=workers_started workers=2" in log
+    assert log.count("event=answers_updated") >= 4
     # with several workers every line names its process: two workers' pids, and the parent's
 
-    pids = {m for m in re.findall(r"logger=dns(?:\.\w+)? pid=(\d+)", log)}
+    pids = set(re.findall(r"logger=dns(?:\.\w+)? pid=(\d+)", log))
     assert len(pids) >= 3
 
 
@@ -153,13 +157,18 @@ async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
             _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     text = err.decode()
-    assert "event=cannot_listen" in text and "Traceback" not in text and len(text.strip().splitlines()) <= 2
+    assert "event=cannot_listen" in text
+    assert "Traceback" not in text
+    assert len(text.strip().splitlines()) <= 2
 
 
 def test_metadns_help_goes_to_stdout_and_an_unknown_command_is_named() -> None:
 
 
     ok = subprocess.run([sys.executable, "-m", "consumers", "--help"], capture_output=True, text=True, timeout=30)
-    assert ok.returncode == 0 and "metadns render" in ok.stdout and not ok.stderr
+    assert ok.returncode == 0
+    assert "metadns render" in ok.stdout
+    assert not ok.stderr
     bad = subprocess.run([sys.executable, "-m", "consumers", "rendr"], capture_output=True, text=True, timeout=30)
-    assert bad.returncode == 2 and "unknown command 'rendr'" in bad.stderr
+    assert bad.returncode == 2
+    assert "unknown command 'rendr'" in bad.stderr

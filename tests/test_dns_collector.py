@@ -29,7 +29,8 @@ def test_frozen_objects_are_still_freed_by_reference_counting() -> None:
     gone = weakref.ref(cached)
     before = gc.get_freeze_count()
     schedule.freeze_survivors()
-    assert gc.get_freeze_count() > before and schedule.freezes == 1
+    assert gc.get_freeze_count() > before
+    assert schedule.freezes == 1
     del cached
     assert gone() is None  # no cycle: freed at once, frozen or not
 
@@ -44,7 +45,8 @@ def test_a_cycle_frozen_by_mistake_waits_for_the_full_pass() -> None:
     gc.collect()
     assert gone() is not None  # frozen: ordinary collections no longer look at it
     assert schedule.full_pass() >= 2
-    assert gone() is None and schedule.full_passes == 1
+    assert gone() is None
+    assert schedule.full_passes == 1
 
 
 def test_a_fleet_update_is_made_without_collections_and_then_frozen() -> None:
@@ -54,6 +56,7 @@ def test_a_fleet_update_is_made_without_collections_and_then_frozen() -> None:
         assert not gc.isenabled()
         table = [Node() for _ in range(1000)]
         gone = weakref.ref(table[0])
-    assert gc.isenabled() and gc.get_freeze_count() >= before + 1000
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= before + 1000
     del table
     assert gone() is None  # the replaced table is freed by reference counting, frozen or not

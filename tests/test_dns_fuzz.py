@@ -71,7 +71,9 @@ def test_parse_query_raises_only_wire_errors(data: bytes) -> None:
         raw = parse_query(data, 1232)
     except WireError:
         return
-    assert isinstance(raw, RawQuery) and raw.question_end <= len(data) and raw.udp_size <= 1232
+    assert isinstance(raw, RawQuery)
+    assert raw.question_end <= len(data)
+    assert raw.udp_size <= 1232
 
 
 def test_any_query_gets_a_well_formed_reply_or_none(server: tuple[asyncio.AbstractEventLoop, DnsServer]) -> None:
@@ -91,7 +93,8 @@ def test_any_query_gets_a_well_formed_reply_or_none(server: tuple[asyncio.Abstra
         assert dispatcher.failed.total == 0  # nothing reached the catch-all
         if reply is None:
             return
-        assert reply[:2] == data[:2] and reply[2] & 0x80  # our ID back, and a response
+        assert reply[:2] == data[:2]
+        assert reply[2] & 0x80
         assert len(reply) <= (65535 if tcp else 1232)
         dns.message.from_wire(reply, question_only=True)
 

@@ -17,6 +17,8 @@ from dns_svc.steps.gather import parse_cluster
 from tests.support.dns import addresses, ask, rcode, run_dns
 from tests.support.upstream import Unbound, run_unbound
 
+pytestmark = pytest.mark.external_tool
+
 
 def zone(domain: str, host: str, ip: str, ttl: int, text: str) -> str:
     return f"""local-zone: "." static
@@ -146,7 +148,7 @@ async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> N
 
 
 def test_additional_records_are_renamed_like_srv_targets() -> None:
-    """unbound's local data carries no glue, so the additional-section rule is checked on a reply
+    """Unbound's local data carries no glue, so the additional-section rule is checked on a reply
     built here: glue for a cluster host is owned by the host's distributed name."""
     from dnslib import RR
 
@@ -157,7 +159,8 @@ def test_additional_records_are_renamed_like_srv_targets() -> None:
     [glue] = RR.fromZone("demo-0.svc.cluster-a.local. 30 IN A 10.1.0.10")
     renamed = step.rewrite(glue, cluster, "_http._tcp.demo.svc.cluster-a.local.",
                            "_http._tcp.demo.svc.distributed.local.", owner_is_question=False)
-    assert str(renamed.rname) == "a-demo-0.svc.distributed.local." and str(renamed.rdata) == "10.1.0.10"
+    assert str(renamed.rname) == "a-demo-0.svc.distributed.local."
+    assert str(renamed.rdata) == "10.1.0.10"
     [cname] = RR.fromZone("www.svc.cluster-a.local. 30 IN CNAME demo-0.svc.cluster-a.local.")
     renamed = step.rewrite(cname, cluster, "www.svc.cluster-a.local.", "a-www.svc.distributed.local.",
                            owner_is_question=True)

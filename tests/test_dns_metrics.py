@@ -23,6 +23,8 @@ from tests.support.dns import addresses, ask, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
 from tests.support.upstream import reserve_port
 
+pytestmark = pytest.mark.external_tool
+
 
 async def scrape(address: tuple[str, int] | None) -> str:
     assert address is not None
@@ -32,7 +34,7 @@ async def scrape(address: tuple[str, int] | None) -> str:
 
 
 def families(text: str) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
-    """name -> (type, [(sample name, labels, value)])"""
+    """Name -> (type, [(sample name, labels, value)])"""
     return {f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
             for f in text_string_to_metric_families(text)}
 
@@ -97,7 +99,8 @@ async def test_question_types_outside_the_common_ones_share_one_label(server: Dn
         await ask(server, "lonely.rancher.internal", qtype)
     text = await scrape(server.http_address)
     assert value(text, "metadns_dns_responses_total", type="other") == 3
-    assert "TYPE3000" not in text and 'type="3000"' not in text
+    assert "TYPE3000" not in text
+    assert 'type="3000"' not in text
 
 
 async def test_each_upstream_is_counted_on_its_own(unbound) -> None:  # type: ignore[no-untyped-def]
@@ -140,9 +143,11 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  
         for text in texts:  # every scrape, the whole service
             assert value(text, "metadns_dns_responses_total") == 60
             per_worker = [value(text, "metadns_dns_responses_total", worker=w) for w in ("0", "1")]
-            assert sum(per_worker) == 60 and min(per_worker) > 0
+            assert sum(per_worker) == 60
+            assert min(per_worker) > 0
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{http_port}/healthz") as r:
-            assert r.status == 200 and (await r.json())["workers"] == {"0": "ok", "1": "ok"}
+            assert r.status == 200
+            assert (await r.json())["workers"] == {"0": "ok", "1": "ok"}
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 15)
@@ -156,11 +161,18 @@ async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytes
         await ask(server, "www.example.test", source="127.0.0.7")
         await ask(server, "WWW.example.test", "AAAA", tcp=True)
     lines = [r for r in caplog.records if r.name == "dns.query"]
-    assert len(lines) == 2 and all(r.levelno == logging.DEBUG for r in lines)
+    assert len(lines) == 2
+    assert all(r.levelno == logging.DEBUG for r in lines)
     first, second = (r.fields for r in lines)  # type: ignore[attr-defined]
-    assert first["client"] == "127.0.0.7" and first["name"] == "www.example.test." and first["type"] == "A"
-    assert first["rcode"] == "NOERROR" and first["source"] == "upstream" and first["answers"] == 1
-    assert second["proto"] == "tcp" and second["name"] == "WWW.example.test." and second["type"] == "AAAA"
+    assert first["client"] == "127.0.0.7"
+    assert first["name"] == "www.example.test."
+    assert first["type"] == "A"
+    assert first["rcode"] == "NOERROR"
+    assert first["source"] == "upstream"
+    assert first["answers"] == 1
+    assert second["proto"] == "tcp"
+    assert second["name"] == "WWW.example.test."
+    assert second["type"] == "AAAA"
 
 
 async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]

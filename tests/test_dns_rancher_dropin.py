@@ -22,21 +22,26 @@ from dns_svc.wire import parse_query
 from tests.support.dns import addresses, ask, dig, rcode, run_dns
 from tests.support.upstream import reserve_port
 
+pytestmark = pytest.mark.external_tool
+
 
 async def test_local_and_authority_replies_never_set_ad(fleet_stack) -> None:  # type: ignore[no-untyped-def]
-    """dig sets AD in its queries; the bit was echoed into local answers and cached for everyone."""
+    """Dig sets AD in its queries; the bit was echoed into local answers and cached for everyone."""
     _, server = fleet_stack
     for source in ("127.0.0.11", "127.0.0.12"):  # the second is served from the shared cache
         for name in ("web.shop.rancher.internal", "nope.shop.rancher.internal"):
             result = await dig(server, name, "+adflag", source=source)
-            assert result.status in ("NOERROR", "NXDOMAIN") and "ad" not in result.flags, result.raw
-            assert "aa" in result.flags and "rd" in result.flags
+            assert result.status in ("NOERROR", "NXDOMAIN"), result.raw
+            assert "ad" not in result.flags, result.raw
+            assert "aa" in result.flags
+            assert "rd" in result.flags
 
 
 async def test_served_ttls_never_exceed_the_cache_cap(unbound) -> None:  # type: ignore[no-untyped-def]
     async with run_dns(recurse=(unbound.address,), cache_max_ttl=60) as server:
         first = await ask(server, "www.example.test")  # TTL 300 upstream
-        assert addresses(first) == ["192.0.2.10"] and first.answer[0].ttl == 60
+        assert addresses(first) == ["192.0.2.10"]
+        assert first.answer[0].ttl == 60
         again = await ask(server, "www.example.test", source="127.0.0.2")  # from the cache
         assert again.answer[0].ttl <= 60
         nx = await ask(server, "nope.example.test")  # the SOA's TTL (3600) too
@@ -62,7 +67,8 @@ async def test_an_answers_file_refused_at_start_stops_the_service(tmp_path: Path
         "--state-file", "", stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
-    assert "event=cannot_start" in err.decode() and "event=answers_rejected" in err.decode()
+    assert "event=cannot_start" in err.decode()
+    assert "event=answers_rejected" in err.decode()
 
 
 async def test_a_client_with_its_own_section_keeps_the_default_recursers(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +115,9 @@ async def test_ede_only_for_queries_that_had_edns(unbound) -> None:  # type: ign
                            **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]),
                                              timeout=0.3)) as server:
             plain = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV")
-            assert rcode(plain) == "SERVFAIL" and plain.edns < 0 and not plain.options
+            assert rcode(plain) == "SERVFAIL"
+            assert plain.edns < 0
+            assert not plain.options
             with_edns = await ask(server, "_http._tcp.other.svc.distributed.local", "SRV", use_edns=0)
             assert [o.code for o in with_edns.options if o.otype == dns.edns.OptionType.EDE] == [23]
 
@@ -182,7 +190,8 @@ async def test_an_address_several_containers_share_names_none_of_them(tmp_path: 
                 assert r.status == 404
             async with s.get("/latest/self", headers={"Accept": "application/json"}) as r:
                 body = await r.text()
-                assert "agent-secret" not in body and '"host"' in body
+                assert "agent-secret" not in body
+                assert '"host"' in body
         async with md.client("127.0.0.71") as s, s.get("/latest/self/service/token") as r:
             assert await r.text() == "agent-secret"
         async with run_dns(metadata_url=f"{md.url}/2016-07-29") as server:

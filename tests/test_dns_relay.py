@@ -14,6 +14,8 @@ import pytest
 from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns
 from tests.support.upstream import run_unbound
 
+pytestmark = pytest.mark.external_tool
+
 BIG = "".join(f'local-data: "big.example.test. 300 IN A 192.0.2.{i}"\n' for i in range(1, 61))
 
 # (question, type, client, bound upstream?)
@@ -69,12 +71,15 @@ async def test_relayed_answers_fill_the_caches(answers_file: Path, unbound) -> N
     clock = FakeClock()
     async with run_dns(clock, recurse=(unbound.address,), answers=str(answers_file)) as server:
         first = await ask(server, "www.example.test")
-        assert addresses(first) == ["192.0.2.10"] and server.resolver.relayed == 1
+        assert addresses(first) == ["192.0.2.10"]
+        assert server.resolver.relayed == 1
         unbound.stop()
         clock.advance(100)
         again = await ask(server, "www.example.test")
-        assert addresses(again) == ["192.0.2.10"] and again.answer[0].ttl == 200
-        assert server.resolver.relayed == 1 and server.resolver.slow_calls == 0
+        assert addresses(again) == ["192.0.2.10"]
+        assert again.answer[0].ttl == 200
+        assert server.resolver.relayed == 1
+        assert server.resolver.slow_calls == 0
 
 
 async def test_a_truncated_reply_goes_back_to_the_chain_for_tcp(tmp_path: Path) -> None:
@@ -82,7 +87,8 @@ async def test_a_truncated_reply_goes_back_to_the_chain_for_tcp(tmp_path: Path) 
         async with run_dns(recurse=(upstream.address,)) as server:
             small = await ask(server, "big.example.test")  # no EDNS: the upstream truncates at 512 bytes
             assert small.flags & dns.flags.TC
-            assert server.resolver.relayed == 1 and server.resolver.slow_calls == 1  # handed back once
+            assert server.resolver.relayed == 1
+            assert server.resolver.slow_calls == 1
             assert len(addresses(await ask(server, "big.example.test", tcp=True))) == 60
 
 
@@ -96,10 +102,12 @@ async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound)
         quiet = silent.getsockname()
         async with run_dns(recurse=(quiet, unbound.address), recurser_timeout=0.3) as server:
             assert addresses(await ask(server, "n2.wild.test")) == ["192.0.2.99"]
-            assert server.upstream.failures[quiet] == 1 and server.resolver.relayed == 1
+            assert server.upstream.failures[quiet] == 1
+            assert server.resolver.relayed == 1
         async with run_dns(recurse=(quiet,), recurser_timeout=0.3) as server:
             assert rcode(await ask(server, "n3.wild.test")) == "SERVFAIL"
-            assert server.upstream.failures[quiet] == 1 and server.resolver.slow_calls == 0
+            assert server.upstream.failures[quiet] == 1
+            assert server.resolver.slow_calls == 0
 
 
 async def test_an_upstream_reply_keeps_only_its_own_ttl(tmp_path: Path) -> None:
@@ -110,12 +118,14 @@ async def test_an_upstream_reply_keeps_only_its_own_ttl(tmp_path: Path) -> None:
         async with run_dns(clock, recurse=(upstream.address,), serve_stale=0) as server:
             for name in ("zero.example.test", "short.example.test", "www.example.test"):
                 assert addresses(await ask(server, name))
-            assert len(server.global_cache) == 2 and server.resolver.relayed == 3
+            assert len(server.global_cache) == 2
+            assert server.resolver.relayed == 3
             upstream.stop()
             clock.advance(4)
             assert rcode(await ask(server, "zero.example.test")) == "SERVFAIL"  # TTL 0: never served from cache
             short = await ask(server, "short.example.test")
-            assert addresses(short) == ["192.0.2.31"] and short.answer[0].ttl == 1
+            assert addresses(short) == ["192.0.2.31"]
+            assert short.answer[0].ttl == 1
             clock.advance(2)
             assert rcode(await ask(server, "short.example.test")) == "SERVFAIL"  # its own 5 s, not the cap
             assert (await ask(server, "www.example.test")).answer[0].ttl == 294

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import struct
 from pathlib import Path
@@ -21,7 +20,10 @@ from dnslib import RR, A, DNSRecord
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange, wait_for_version
+from tests.support.tools import require_root
 from tests.support.upstream import ScriptedUpstream, answer_a, reserve_port, run_unbound, spoofed_udp
+
+pytestmark = pytest.mark.external_tool
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
@@ -49,7 +51,8 @@ async def test_recursion_comes_back_after_the_upstream_restarts(tmp_path: Path,
             with run_unbound(tmp_path / "u2", port=port):
                 assert addresses(await ask(server, "www.example.test", "AAAA")) == ["2001:db8::10"]
                 assert addresses(await ask(server, "wild.test")) == ["192.0.2.99"]
-    assert events(caplog, "upstream_down") and events(caplog, "upstream_up")
+    assert events(caplog, "upstream_down")
+    assert events(caplog, "upstream_up")
 
 
 async def test_recursion_works_when_the_upstream_starts_after_us(tmp_path: Path) -> None:
@@ -65,7 +68,8 @@ async def test_each_upstream_query_has_its_own_random_port_and_id() -> None:
         for i in range(60):
             assert addresses(await ask(server, f"n{i}.example.test")) == ["192.0.2.55"]
         ports = {addr[1] for _, addr in upstream.queries}
-        assert len(upstream.queries) == 60 and len(ports) >= 55  # a fresh port per query
+        assert len(upstream.queries) == 60
+        assert len(ports) >= 55
         assert server.upstream.sockets.reused >= 55  # ... on a reused socket, given back in between
         # IDs do not come from ``random``: seeding it the same way twice gives different IDs.
         ids = []
@@ -93,7 +97,9 @@ async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
         for i in range(3):
             assert rcode(await ask(server, f"refused{i}.example.test")) == "SERVFAIL"
         sockets = server.upstream.sockets
-        assert sockets.created >= 3 and sockets.reused == 0 and sockets.idle() == 0
+        assert sockets.created >= 3
+        assert sockets.reused == 0
+        assert sockets.idle() == 0
 
 
 async def test_identical_questions_in_flight_share_one_upstream_query() -> None:
@@ -119,15 +125,13 @@ def _reply(query: bytes, address: str, question: str | None = None) -> bytes:
     return bytes(out.pack())
 
 
+@pytest.mark.needs_root
 async def test_forged_replies_are_not_taken() -> None:
     """An attacker on the path's side sends replies with the upstream's address as source, from a
     raw socket. Even knowing the query's port, it must also match the ID and the question; a
     reply without a question is never taken; a wrong source port never reaches us. The same
     forger with everything right is taken: the test can see a poisoning when there is one."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("forging a source address needs root")
-        pytest.skip("forging a source address needs root")
+    require_root("forging a source address")
     async with ScriptedUpstream(delay=0.4, reply=answer_a("192.0.2.1")) as upstream, \
             run_dns(recurse=(upstream.address,), recurser_timeout=2) as server:
         # Positive control: a forgery with the right port, ID and question wins the race.
@@ -198,12 +202,15 @@ async def test_garbage_that_passed_the_parser_costs_a_counter_not_a_traceback(
             reply = await udp_exchange(server.address, _query(high))
             assert reply is not None
             parsed = dns.message.from_wire(reply)
-            assert parsed.rcode() == dns.rcode.NXDOMAIN and reply[12:12 + len(high)] == high
+            assert parsed.rcode() == dns.rcode.NXDOMAIN
+            assert reply[12:12 + len(high)] == high
             reply = await udp_exchange(server.address, _query(b"\x03www\x07rancher\x08internal\x00", long_option))
-            assert reply is not None and dns.message.from_wire(reply).rcode() == dns.rcode.FORMERR
+            assert reply is not None
+            assert dns.message.from_wire(reply).rcode() == dns.rcode.FORMERR
         assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"
     assert not [r for r in caplog.records if r.exc_info]
-    assert len(events(caplog, "bad_packet")) <= 2 and not events(caplog, "resolve_failed")
+    assert len(events(caplog, "bad_packet")) <= 2
+    assert not events(caplog, "resolve_failed")
 
 
 async def test_serve_stale_when_the_upstream_is_gone(tmp_path: Path) -> None:
@@ -215,7 +222,8 @@ async def test_serve_stale_when_the_upstream_is_gone(tmp_path: Path) -> None:
             clock.advance(301)  # expired
             for tcp in (False, True):
                 stale = await ask(server, "www.example.test", tcp=tcp)
-                assert addresses(stale) == ["192.0.2.10"] and stale.answer[0].ttl == 30
+                assert addresses(stale) == ["192.0.2.10"]
+                assert stale.answer[0].ttl == 30
             assert server.global_step.stale_served == 2
             clock.advance(86400)  # past the bound on staleness
             assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
@@ -236,11 +244,13 @@ async def test_serve_stale_when_the_upstream_is_slow_then_refresh() -> None:
             address[0] = newer
             started = asyncio.get_running_loop().time()
             stale = await ask(server, "slow.example.test", tcp=tcp)
-            assert addresses(stale) == [before] and stale.answer[0].ttl == 30
+            assert addresses(stale) == [before]
+            assert stale.answer[0].ttl == 30
             assert asyncio.get_running_loop().time() - started < 0.7
             await asyncio.sleep(0.9)  # the upstream's answer arrives and refreshes the cache
             fresh = await ask(server, "slow.example.test")
-            assert addresses(fresh) == [newer] and fresh.answer[0].ttl == 300
+            assert addresses(fresh) == [newer]
+            assert fresh.answer[0].ttl == 300
             clock.advance(301)
 
 
@@ -251,7 +261,8 @@ async def test_udp_replies_are_capped_and_any_is_minimal(tmp_path: Path) -> None
     with run_unbound(tmp_path / "big", extra=big) as upstream:
         async with run_dns(recurse=(upstream.address,)) as server:
             udp = await ask(server, "big.example.test", use_edns=0, payload=65535)
-            assert udp.flags & dns.flags.TC and len(udp.to_wire()) <= 1232
+            assert udp.flags & dns.flags.TC
+            assert len(udp.to_wire()) <= 1232
             assert len(addresses(await ask(server, "big.example.test", tcp=True))) == 80
         async with run_dns(recurse=(upstream.address,), max_udp_size=4096) as server:
             assert len(addresses(await ask(server, "big.example.test", use_edns=0, payload=65535))) == 80
@@ -272,7 +283,8 @@ async def test_tcp_slots_cannot_be_held_by_idle_connections() -> None:
             reader, writer = await asyncio.open_connection(*server.address, local_addr=(f"127.0.3.{1 + i // 10}", 0))
             held.append((reader, writer))
         await asyncio.sleep(0.1)
-        assert server.tcp is not None and server.tcp.connections <= 64
+        assert server.tcp is not None
+        assert server.tcp.connections <= 64
         for i in range(20):
             assert rcode(await ask(server, f"n{i}.rancher.internal", tcp=True, source="127.0.4.1")) == "NXDOMAIN"
         assert server.tcp.evicted > 0
@@ -331,7 +343,8 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
             assert await asyncio.wait_for(proc.wait(), 10) == 0
             assert proc.stderr is not None
             log = (await proc.stderr.read()).decode()
-            assert "event=draining" in log and "event=stopped" in log
+            assert "event=draining" in log
+            assert "event=stopped" in log
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -46,8 +46,10 @@ async def test_malformed_queries(packet: bytes, expected: int | None) -> None:
         if expected is None:
             assert reply is None
         else:
-            assert reply is not None and reply[:2] == packet[:2]
-            assert reply[2] & 0x80 and reply[3] & 0xF == expected
+            assert reply is not None
+            assert reply[:2] == packet[:2]
+            assert reply[2] & 0x80
+            assert reply[3] & 0xF == expected
 
 
 async def test_edge_rcodes_for_odd_questions() -> None:
@@ -104,7 +106,8 @@ async def test_tcp_queries_several_per_connection_and_garbage_length() -> None:
 async def test_edns_is_answered_with_edns_and_rd_copied() -> None:
     async with run_dns() as server:
         with_edns = await ask(server, "nope.rancher.internal", use_edns=0, payload=4096, want_dnssec=True)
-        assert with_edns.edns == 0 and with_edns.ednsflags & dns.flags.DO
+        assert with_edns.edns == 0
+        assert with_edns.ednsflags & dns.flags.DO
         without = await ask(server, "nope.rancher.internal")
         assert without.edns == -1
         msg = dns.message.make_query("nope.rancher.internal", "A")

@@ -23,6 +23,8 @@ from tests.support.dns import addresses, ask, run_dns, wait_for_version
 from tests.support.etcd import EtcdCluster, run_etcd
 from tests.support.metadata import RunningMetadata, run_metadata
 
+pytestmark = pytest.mark.external_tool
+
 PREFIX = "/metadns/test/"
 
 
@@ -50,10 +52,10 @@ async def host(cluster: EtcdCluster, tmp_path: Path, name: str,
     """One host: its metadata service on etcd, and its DNS service on that."""
     source = f"etcd://{endpoints or cluster.endpoints}{PREFIX}"
     async with run_metadata(tmp_path / "unused.yaml", tmp_path / f"{name}-kept.json", source=source,
-                            etcd_idle_timeout=3.0) as md:
-        async with run_dns(metadata_url=f"{md.url}/2016-07-29", state_file=str(tmp_path / f"{name}-dns.json"),
-                           max_wait=5) as dns:
-            yield md, dns
+                            etcd_idle_timeout=3.0) as md, \
+            run_dns(metadata_url=f"{md.url}/2016-07-29", state_file=str(tmp_path / f"{name}-dns.json"),
+                    max_wait=5) as dns:
+        yield md, dns
 
 
 async def until(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -132,16 +134,21 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
             assert await answer(dns) == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
             async with md.client() as s, s.get("/status") as r:
                 status = await r.text()
-            assert "containers/host-a/garbage" in status and "not JSON" in status
-            assert "containers/host-a/dangling" in status and "nosuch" in status
+            assert "containers/host-a/garbage" in status
+            assert "not JSON" in status
+            assert "containers/host-a/dangling" in status
+            assert "nosuch" in status
             async with md.client() as s, s.get("/metrics") as r:
                 metrics = await r.text()
-            assert "metadns_metadata_source_up 1.0" in metrics and "metadns_metadata_source_held_back 2.0" in metrics
+            assert "metadns_metadata_source_up 1.0" in metrics
+            assert "metadns_metadata_source_held_back 2.0" in metrics
             heard = re.search(r"^metadns_metadata_source_last_heard_seconds (\S+)$", metrics, re.M)
-            assert heard is not None and 0 <= float(heard.group(1)) < 5  # the watch has just answered
+            assert heard is not None
+            assert 0 <= float(heard.group(1)) < 5
         await client.close()
 
 
+@pytest.mark.slow
 async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path) -> None:
     with run_etcd(tmp_path / "etcd") as cluster:
         assert await apply(cluster, fleet(), tmp_path) == 0
@@ -161,6 +168,7 @@ async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path)
             assert "metadns_metadata_source_last_heard_seconds -1.0" in metrics  # never, since this start
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("members", [3])
 async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(tmp_path: Path, members: int) -> None:
     """Three members. Killing the one a host follows changes nothing; losing quorum leaves every
@@ -209,6 +217,7 @@ async def _register(cluster: EtcdCluster, path: Path, host_uuid: str, ttl: int =
         stderr=asyncio.subprocess.PIPE)
 
 
+@pytest.mark.slow
 async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Path) -> None:
     """Each host's agent registers its containers under a lease of 2 s; killed (-9), its
     containers leave every host's answers within the TTL and a second or two. Two agents
@@ -261,7 +270,9 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
                     await agent.wait()
         assert agent_b.stderr is not None
         log_b = (await agent_b.stderr.read()).decode()
-        assert "event=registration_refused" in log_b and "u-c1" in log_b and "host-c" in log_b
+        assert "event=registration_refused" in log_b
+        assert "u-c1" in log_b
+        assert "host-c" in log_b
 
 
 async def _lost(dns: Any, ip: str) -> bool:
@@ -299,4 +310,5 @@ async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> N
                 agent.terminate()
             logs = [(await a.communicate())[1].decode() for a in agents]
         loser = 1 - int(holder.rsplit("-", 1)[1])
-        assert "event=registration_refused" in logs[loser] and "event=registration_refused" not in logs[1 - loser]
+        assert "event=registration_refused" in logs[loser]
+        assert "event=registration_refused" not in logs[1 - loser]

@@ -116,8 +116,10 @@ async def test_token_shows_only_under_the_owners_self_service(metadata: RunningM
 async def test_fleet_document_has_everything_but_secrets(metadata: RunningMetadata) -> None:
     status, body = await get(metadata, "/metadns/v1/fleet", "127.0.0.11")
     doc = json.loads(body)
-    assert status == 200 and doc["version"] == (await get(metadata, "/latest/version"))[1]
-    assert len(doc["fleet"]["containers"]) == 5 and "secret" not in body
+    assert status == 200
+    assert doc["version"] == (await get(metadata, "/latest/version"))[1]
+    assert len(doc["fleet"]["containers"]) == 5
+    assert "secret" not in body
 
 
 async def test_not_found_in_each_format(metadata: RunningMetadata) -> None:
@@ -131,9 +133,11 @@ async def test_not_found_in_each_format(metadata: RunningMetadata) -> None:
 
 async def test_malformed_path_is_400(metadata: RunningMetadata) -> None:
     status, body = await get(metadata, "/latest/containers/%zz")
-    assert status == 400 and body.startswith("Bad request")
+    assert status == 400
+    assert body.startswith("Bad request")
     status, body = await get(metadata, "/latest/containers/%ff%fe", **JSON)
-    assert status == 400 and json.loads(body)["code"] == 400
+    assert status == 400
+    assert json.loads(body)["code"] == 400
     status, _ = await get(metadata, "/latest/a%00b")
     assert status == 400
 
@@ -155,7 +159,10 @@ async def test_xff_is_ignored_unless_enabled(metadata: RunningMetadata) -> None:
 
 async def test_healthz_and_status(metadata: RunningMetadata) -> None:
     status, body = await get(metadata, "/healthz")
-    assert status == 200 and json.loads(body)["status"] == "ok"
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
     assert "shop" not in body.lower()
     status, page = await get(metadata, "/status")
-    assert status == 200 and "<table>" in page and "<td>5</td>" in page  # five containers
+    assert status == 200
+    assert "<table>" in page
+    assert "<td>5</td>" in page

@@ -84,7 +84,9 @@ def test_a_bad_flag_or_variable_is_one_clear_line_and_exit_2(args: list[str], en
 
     proc = subprocess.run([sys.executable, "-m", "metadata_svc", *args], capture_output=True, text=True, timeout=30,
                           env={**os.environ, **env})
-    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_dns_svc_refuses_a_metadata_url_that_is_not_one() -> None:
@@ -92,15 +94,20 @@ def test_dns_svc_refuses_a_metadata_url_that_is_not_one() -> None:
 
     proc = subprocess.run([sys.executable, "-m", "dns_svc", "--metadata-url", "notaurl"], capture_output=True,
                           text=True, timeout=30)
-    assert proc.returncode == 2 and "--metadata-url" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "--metadata-url" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_self_host_the_fleet_does_not_have_is_one_line_and_exit_2(fleet_file: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "metadata_svc", "--listen", "127.0.0.1:0", "--data", str(fleet_file),
                            "--state-file=", "--self-host", "nosuch"], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if "level=error" in line]
-    assert "event=cannot_start" in line and "--self-host nosuch" in line and "host-a, host-b" in line
+    assert "event=cannot_start" in line
+    assert "--self-host nosuch" in line
+    assert "host-a, host-b" in line
 
 
 async def test_a_self_host_that_leaves_the_fleet_is_logged(fleet_file: Path, tmp_path: Path,
@@ -122,4 +129,5 @@ async def test_a_self_host_that_leaves_the_fleet_is_logged(fleet_file: Path, tmp
             while "self_host_missing" not in caplog.text:
                 await asyncio.sleep(0.05)
     [fields] = [r.fields for r in caplog.records if r.getMessage() == "self_host_missing"]  # type: ignore[attr-defined]
-    assert fields["self_host"] == "host-b" and fields["hosts"] == "host-a"
+    assert fields["self_host"] == "host-b"
+    assert fields["hosts"] == "host-a"

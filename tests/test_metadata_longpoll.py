@@ -65,10 +65,10 @@ async def test_change_elsewhere_does_not_wake_a_path_waiter(metadata: RunningMet
 async def test_timeout_returns_200_with_the_unchanged_value(metadata: RunningMetadata) -> None:
     current = await version(metadata)
     started = time.monotonic()
-    async with metadata.client(headers={"Accept": "application/json"}) as s:
-        async with s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5") as r:
-            assert r.status == 200
-            assert json.loads(await r.text()) == current
+    async with metadata.client(headers={"Accept": "application/json"}) as s, \
+            s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5") as r:
+        assert r.status == 200
+        assert json.loads(await r.text()) == current
     assert 0.45 < time.monotonic() - started < 3
 
 

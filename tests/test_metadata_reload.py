@@ -49,7 +49,8 @@ async def test_identical_data_keeps_the_version(metadata: RunningMetadata, fleet
     data = yaml.safe_load(fleet_file.read_text())
     fleet_file.write_text(yaml.safe_dump(data, sort_keys=True) + "\n# only a comment changed\n")
     await wait_for(lambda: store.last_reload is not reloads)
-    assert store.last_reload is not None and store.last_reload.message == "unchanged"
+    assert store.last_reload is not None
+    assert store.last_reload.message == "unchanged"
     assert store.snapshot.version == version
 
 
@@ -70,10 +71,12 @@ async def test_yaml_errors_name_the_line(metadata: RunningMetadata, fleet_file: 
     await wait_for(lambda: store.last_reload is not None and store.last_reload.at > 0
                    and (rejections(caplog) or store.snapshot.version != before))
     if where is None:
-        assert store.snapshot.version != before and rejections(caplog) == []
+        assert store.snapshot.version != before
+        assert rejections(caplog) == []
         return
     [line] = rejections(caplog)
-    assert str(fleet_file) in line["where"] and where in line["where"]
+    assert str(fleet_file) in line["where"]
+    assert where in line["where"]
     assert problem in line["problem"]
     assert store.snapshot.version == before
     assert await text(metadata, "/latest/containers/shop-db-1/primary_ip") == "127.0.0.21"

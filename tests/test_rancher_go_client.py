@@ -16,6 +16,8 @@ import yaml
 from tests.support.metadata import run_metadata
 from tests.support.tools import require_tool
 
+pytestmark = pytest.mark.external_tool
+
 GOPATH = "/usr/share/gocode"
 SOURCE = Path(__file__).parent / "go" / "rancherclient" / "main.go"
 

@@ -18,6 +18,8 @@ from consumers.redis_repair import NodesConfError, parse_nodes_conf, repair
 from tests.support.metadata import run_metadata
 from tests.support.tools import require_tool
 
+pytestmark = pytest.mark.external_tool
+
 A = "a" * 40
 B = "b" * 40
 SAMPLE = f"""{A} 10.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-8191
@@ -32,7 +34,8 @@ def test_repair_rewrites_mapped_nodes_and_reports_the_rest() -> None:
     assert result.unmapped == {B: "container redis-1 is not in the fleet"}
     lines = result.text.splitlines()
     assert lines[0].startswith(f"{A} 10.0.1.1:7000@17000 myself,master")
-    assert lines[1] == SAMPLE.splitlines()[1] and lines[2] == "vars currentEpoch 2 lastVoteEpoch 0"
+    assert lines[1] == SAMPLE.splitlines()[1]
+    assert lines[2] == "vars currentEpoch 2 lastVoteEpoch 0"
 
 
 @pytest.mark.parametrize("broken", [
@@ -97,6 +100,7 @@ def fleet(ips: tuple[str, ...]) -> dict[str, object]:
                            for i, ip in enumerate(ips)]}
 
 
+@pytest.mark.slow
 async def test_cluster_survives_a_full_restart_on_new_addresses(tmp_path: Path) -> None:
     server = require_tool("redis-server", "/usr/bin/redis-server")
     dirs = [tmp_path / f"redis-{i}" for i in range(3)]
@@ -169,8 +173,10 @@ async def test_unreadable_metadata_or_file_changes_nothing(tmp_path: Path) -> No
             sys.executable, "-m", "consumers", "redis-repair", "--nodes-conf", str(conf), "--metadata-url",
             f"{md.url}/2016-07-29", stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
-    assert proc.returncode == 2 and "event=repair_refused" in err.decode()
-    assert conf.read_text() == "this is not a nodes.conf\n" and not (tmp_path / "nodes.conf.bak").exists()
+    assert proc.returncode == 2
+    assert "event=repair_refused" in err.decode()
+    assert conf.read_text() == "this is not a nodes.conf\n"
+    assert not (tmp_path / "nodes.conf.bak").exists()
 
 
 def test_node_ids_from_container_labels() -> None:
@@ -179,6 +185,8 @@ def test_node_ids_from_container_labels() -> None:
     containers = [{"name": "redis-0", "primary_ip": "10.0.1.1", "labels": {DEFAULT_LABEL: A.upper()}},
                   {"name": "redis-1", "primary_ip": "10.0.1.2", "labels": {}}]
     by_label, addresses = fleet_names(containers, DEFAULT_LABEL)  # type: ignore[arg-type]
-    assert by_label == {A: "redis-0"} and addresses == {"redis-0": "10.0.1.1", "redis-1": "10.0.1.2"}
+    assert by_label == {A: "redis-0"}
+    assert addresses == {"redis-0": "10.0.1.1", "redis-1": "10.0.1.2"}
     result = repair(SAMPLE, by_label, addresses)
-    assert list(result.changed) == [A] and result.unmapped == {B: "no container name for this node id"}
+    assert list(result.changed) == [A]
+    assert result.unmapped == {B: "no container name for this node id"}

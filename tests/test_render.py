@@ -16,6 +16,8 @@ from consumers.render.command import RenderLoop, RenderSettings
 from consumers.render.pools import check_mcrouter, pool_template
 from metadata_svc.keys import STORE
 
+pytestmark = pytest.mark.external_tool
+
 
 def settings_for(fleet_stack, tmp_path: Path, template: object, **overrides: object) -> RenderSettings:  # type: ignore[no-untyped-def]
     md, server = fleet_stack
@@ -78,11 +80,14 @@ async def test_bad_tokens_leave_the_output_untouched(fleet_stack, tmp_path: Path
     template = {"pools": {"A": {"servers": [token]}}, "route": "PoolRoute|A"}
     code = await RenderLoop(settings_for(fleet_stack, tmp_path, template)).run()
     if problem is None:
-        assert code == 0 and servers(str(output)) == ["127.0.0.11:11211", "127.0.0.12:11211"]
+        assert code == 0
+        assert servers(str(output)) == ["127.0.0.11:11211", "127.0.0.12:11211"]
         return
-    assert code == 1 and output.read_text() == "previous\n"
+    assert code == 1
+    assert output.read_text() == "previous\n"
     [line] = failures(caplog)
-    assert token in line["problem"] and problem in line["problem"]
+    assert token in line["problem"]
+    assert problem in line["problem"]
 
 
 @pytest.mark.parametrize(("template", "problem"), [
@@ -170,10 +175,12 @@ async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:
 def test_pool_setups_are_valid_mcrouter_configs() -> None:
     sharded = pool_template("sharded", "10.0.0.1:11211")
     replicated = pool_template("replicated", "10.0.0.1:11211")
-    assert check_mcrouter(sharded) == [] and check_mcrouter(replicated) == []
+    assert check_mcrouter(sharded) == []
+    assert check_mcrouter(replicated) == []
     assert sharded["route"] == "PoolRoute|A"
     policies = replicated["route"]["operation_policies"]
-    assert policies["get"] == "LatestRoute|Pool|A" and policies["set"] == "AllSyncRoute|Pool|A"
+    assert policies["get"] == "LatestRoute|Pool|A"
+    assert policies["set"] == "AllSyncRoute|Pool|A"
     assert check_mcrouter({"pools": {"A": {"servers": ["10.0.0.1:99999"]}}, "route": "x"})
     assert check_mcrouter({"pools": {"A": {"servers": ["10.0.0.1:1"]}}})
 
@@ -193,9 +200,12 @@ def test_render_command_line(tmp_path: Path) -> None:
 
     script = Path(sys.executable).parent / "metadns"  # the console script the package installs
     result = subprocess.run([str(script), "render", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "dnssrv://" in result.stdout and "METADNS_RENDER_OUTPUT" in result.stdout
+    assert result.returncode == 0
+    assert "dnssrv://" in result.stdout
+    assert "METADNS_RENDER_OUTPUT" in result.stdout
     repair_help = subprocess.run([str(script), "redis-repair", "--help"], capture_output=True, text=True)
-    assert repair_help.returncode == 0 and "--nodes-conf" in repair_help.stdout
+    assert repair_help.returncode == 0
+    assert "--nodes-conf" in repair_help.stdout
     bad = subprocess.run([sys.executable, "-m", "consumers", "render", "--template", "t.json", "--output",
                           str(tmp_path / "x.json"), "--mode", "0999"], capture_output=True, text=True)
     assert bad.returncode == 2

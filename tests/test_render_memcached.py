@@ -99,7 +99,7 @@ async def test_sharded_pool_client_hits_the_right_servers(tmp_path: Path) -> Non
             value = key.encode()
             reply = await memcached(ring.server(key), b"set %s 0 0 %d\r\n%s\r\n" % (key.encode(), len(value), value))
             assert reply == b"STORED\r\n"
-        placed: dict[str, int] = {server: 0 for server in pool}
+        placed: dict[str, int] = dict.fromkeys(pool, 0)
         for key in keys:
             for server in pool:
                 found = (await memcached(server, f"get {key}\r\n".encode())).startswith(b"VALUE")
@@ -111,4 +111,4 @@ async def test_sharded_pool_client_hits_the_right_servers(tmp_path: Path) -> Non
         assert json.loads(output.read_text())["pools"]["A"]["servers"] == pool
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
+pytestmark = [pytest.mark.external_tool, pytest.mark.filterwarnings("ignore::ResourceWarning")]

@@ -153,7 +153,7 @@ class EtcdSource:
         self._back(client)
         return self._build()
 
-    async def _follow(self, client: EtcdClient) -> AsyncIterator[tuple[Fleet, int] | FleetError]:
+    async def _follow(self, client: EtcdClient) -> AsyncIterator[tuple[Fleet, int] | FleetError]:  # noqa: C901 (the watch loop: batching, errors and resync in one place)
         queue: asyncio.Queue[WatchResult | BaseException] = asyncio.Queue()
 
         async def read() -> None:

@@ -204,7 +204,7 @@ class ClientCaches:
         self.generation = 0
 
     def lookup(self, view: ClientView, key: CacheKey, now: float) -> CachedReply | _NotLocal | None:
-        """This client's entry, else a shared one, unless the client's own records (a link alias)
+        """The client's own entry, else a shared one, unless the client's own records (a link alias)
         cover the name. The fast path and the client cache step both ask here."""
         cache = self.views.get(view.key)
         entry = cache.get(key, now) if cache is not None else None

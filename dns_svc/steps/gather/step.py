@@ -167,10 +167,7 @@ class GatherStep(Step):
 
     def rewrite(self, rr: RR, cluster: Cluster, sub: str, qname: str, *, owner_is_question: bool) -> RR:
         owner = str(rr.rname)
-        if owner_is_question and owner.lower() == sub.lower():
-            new_owner = qname
-        else:
-            new_owner = self.rename(owner, cluster)
+        new_owner = qname if owner_is_question and owner.lower() == sub.lower() else self.rename(owner, cluster)
         rdata = rr.rdata
         if rr.rtype == QTYPE.SRV:
             rdata = SRV(priority=rdata.priority, weight=rdata.weight, port=rdata.port,

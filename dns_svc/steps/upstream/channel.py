@@ -224,7 +224,7 @@ _UNSPEC = bytes(16)  # a struct sockaddr with sa_family AF_UNSPEC: "disconnect" 
 
 
 def _disconnect_call() -> Callable[[int, bytes, int], int] | None:
-    """libc's connect(2), for the AF_UNSPEC address Python's ``socket.connect`` cannot pass."""
+    """Libc's connect(2), for the AF_UNSPEC address Python's ``socket.connect`` cannot pass."""
     if not sys.platform.startswith("linux"):
         return None
     try:
