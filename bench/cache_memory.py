@@ -57,9 +57,11 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     used = tracemalloc.get_traced_memory()[0] - before
     kept = len(store)
-    print(f"| {args.clients:,} clients x {args.per_client:,} answers asked, + upstream | {puts:,} puts | "
-          f"{kept:,} entries kept (bound {args.capacity:,}), {store.evictions:,} evicted | "
-          f"{used / 1e6:.1f} MB, {used / max(kept, 1):.0f} B per entry | {puts / elapsed / 1000:.0f}k puts/s |")
+    print(
+        f"| {args.clients:,} clients x {args.per_client:,} answers asked, + upstream | {puts:,} puts | "
+        f"{kept:,} entries kept (bound {args.capacity:,}), {store.evictions:,} evicted | "
+        f"{used / 1e6:.1f} MB, {used / max(kept, 1):.0f} B per entry | {puts / elapsed / 1000:.0f}k puts/s |"
+    )
 
 
 if __name__ == "__main__":

@@ -70,12 +70,16 @@ def make_data(workdir: Path, version: int = 0) -> Data:
     ips = [f"10.42.{i // 250}.{i % 250 + 1}" for i in range(NAMES)]
     if version:
         ips[version % NAMES] = f"10.43.{version // 250 % 250}.{version % 250 + 1}"
-    containers = [{"name": f"app-{i}", "stack_name": "bench", "service_name": f"svc-{i % SERVICES}",
-                   "primary_ip": ips[i]} for i in range(NAMES)]
+    containers = [
+        {"name": f"app-{i}", "stack_name": "bench", "service_name": f"svc-{i % SERVICES}", "primary_ip": ips[i]}
+        for i in range(NAMES)
+    ]
     containers += [{"name": f"client-{k}", "primary_ip": f"127.0.10.{k + 1}"} for k in range(SOURCES)]
-    fleet = {"stacks": [{"name": "bench"}],
-             "services": [{"name": f"svc-{j}", "stack_name": "bench", "ports": ["80/tcp"]} for j in range(SERVICES)],
-             "containers": containers}
+    fleet = {
+        "stacks": [{"name": "bench"}],
+        "services": [{"name": f"svc-{j}", "stack_name": "bench", "ports": ["80/tcp"]} for j in range(SERVICES)],
+        "containers": containers,
+    }
     path = workdir / "fleet.yaml"
     tmp = workdir / "fleet.yaml.tmp"
     tmp.write_text(yaml.safe_dump(fleet))
@@ -87,8 +91,11 @@ def write_queries(data: Data) -> dict[str, Path]:
     w = data.workdir
     files = {
         "local": [f"{data.name(i)} A" for i in range(NAMES)],
-        "mixed": [q for i in range(NAMES) for q in (
-            f"{data.name(i)} A", f"{data.name(i)} AAAA", f"_svc-{i % SERVICES}._tcp.bench.{DOMAIN} SRV")],
+        "mixed": [
+            q
+            for i in range(NAMES)
+            for q in (f"{data.name(i)} A", f"{data.name(i)} AAAA", f"_svc-{i % SERVICES}._tcp.bench.{DOMAIN} SRV")
+        ],
         "cached": [f"e{i}.ext.test A" for i in range(NAMES)],
         "miss": [f"u{i}.miss.test A" for i in range(400_000)],
     }
@@ -121,8 +128,7 @@ class Processes:
 
     def start(self, cmd: list[str], cpu: int, log: Path) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
-            proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=ROOT)
+            proc = subprocess.Popen(["taskset", "-c", str(cpu), *cmd], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
@@ -170,9 +176,13 @@ remote-control:
 
 def start_upstream(p: Processes, data: Data) -> int:
     port = free_port()
-    lines = ['local-zone: "." static', 'local-zone: "ext.test." static',
-             'local-data: "ext.test. 3600 IN SOA ns.ext.test. a.ext.test. 1 3600 600 86400 300"',
-             'local-zone: "miss.test." redirect', 'local-data: "miss.test. 300 IN A 192.0.2.99"']
+    lines = [
+        'local-zone: "." static',
+        'local-zone: "ext.test." static',
+        'local-data: "ext.test. 3600 IN SOA ns.ext.test. a.ext.test. 1 3600 600 86400 300"',
+        'local-zone: "miss.test." redirect',
+        'local-data: "miss.test. 300 IN A 192.0.2.99"',
+    ]
     lines += [f'local-data: "e{i}.ext.test. 3600 IN A 192.0.2.{i % 250 + 1}"' for i in range(NAMES)]
     lines.append('local-data: "www.example.test. 300 IN A 192.0.2.10"')
     conf = unbound_conf(data.workdir, port, "\n".join(f"  {x}" for x in lines))
@@ -183,12 +193,35 @@ def start_upstream(p: Processes, data: Data) -> int:
 
 def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subprocess.Popen[bytes], int]:
     md_port, dns_port = free_port(), free_port()
-    md = p.start([sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{md_port}", f"--data={data.fleet}",
-                  "--state-file=", "--poll-interval=3600", "--log-level=warning"], 1, data.workdir / "metadata.log")
-    dns = p.start([sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
-             f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29", f"--recurse=127.0.0.1:{upstream}",
-             "--state-file=", "--log-level=warning", "--cache-capacity=500000"],
-            0, data.workdir / "dns.log")
+    md = p.start(
+        [
+            sys.executable,
+            "-m",
+            "metadata_svc",
+            f"--listen=127.0.0.1:{md_port}",
+            f"--data={data.fleet}",
+            "--state-file=",
+            "--poll-interval=3600",
+            "--log-level=warning",
+        ],
+        1,
+        data.workdir / "metadata.log",
+    )
+    dns = p.start(
+        [
+            sys.executable,
+            "-m",
+            "dns_svc",
+            f"--listen=127.0.0.1:{dns_port}",
+            f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29",
+            f"--recurse=127.0.0.1:{upstream}",
+            "--state-file=",
+            "--log-level=warning",
+            "--cache-capacity=500000",
+        ],
+        0,
+        data.workdir / "dns.log",
+    )
     wait_udp(dns_port, b"\x05app-0\x07rancher\x08internal\x00")
     return dns_port, md, dns.pid
 
@@ -199,10 +232,28 @@ def start_dnsmasq(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
     hosts.write_text("".join(f"{ip} app-{i}.{DOMAIN}\n" for i, ip in enumerate(data.ips)))
     srv = [f"--srv-host=_svc-{i % SERVICES}._tcp.bench.{DOMAIN},app-{i}.{DOMAIN},80" for i in range(NAMES)]
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-    proc = p.start([binary, "-k", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-             "--no-hosts", f"--addn-hosts={hosts}", f"--server=127.0.0.1#{upstream}", "--cache-size=10000",
-             "--local-ttl=1", "--user=root", "--pid-file=", f"--local=/{DOMAIN}/", "--dns-forward-max=1000",
-             *srv], 0, data.workdir / "dnsmasq.log")
+    proc = p.start(
+        [
+            binary,
+            "-k",
+            f"--port={port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={hosts}",
+            f"--server=127.0.0.1#{upstream}",
+            "--cache-size=10000",
+            "--local-ttl=1",
+            "--user=root",
+            "--pid-file=",
+            f"--local=/{DOMAIN}/",
+            "--dns-forward-max=1000",
+            *srv,
+        ],
+        0,
+        data.workdir / "dnsmasq.log",
+    )
     wait_udp(port, b"\x05app-0\x07rancher\x08internal\x00")
     return port, proc.pid
 
@@ -211,11 +262,16 @@ def start_unbound_peer(p: Processes, data: Data, upstream: int) -> tuple[int, in
     port = free_port()
     # unbound refuses special-use names (RFC 6761) such as .test by default: undo that, or it
     # would answer the ext.test and miss.test workloads with NXDOMAIN without asking upstream.
-    lines = ['local-zone: "test." nodefault', f'local-zone: "{DOMAIN}." static',
-             f'local-data: "{DOMAIN}. 1 IN SOA ns.{DOMAIN}. a.{DOMAIN}. 1 60 10 86400 1"']
+    lines = [
+        'local-zone: "test." nodefault',
+        f'local-zone: "{DOMAIN}." static',
+        f'local-data: "{DOMAIN}. 1 IN SOA ns.{DOMAIN}. a.{DOMAIN}. 1 60 10 86400 1"',
+    ]
     lines += [f'local-data: "app-{i}.{DOMAIN}. 1 IN A {ip}"' for i, ip in enumerate(data.ips)]
-    lines += [f'local-data: "_svc-{i % SERVICES}._tcp.bench.{DOMAIN}. 1 IN SRV 0 10 80 app-{i}.{DOMAIN}."'
-              for i in range(NAMES)]
+    lines += [
+        f'local-data: "_svc-{i % SERVICES}._tcp.bench.{DOMAIN}. 1 IN SRV 0 10 80 app-{i}.{DOMAIN}."'
+        for i in range(NAMES)
+    ]
     body = "\n".join(f"  {x}" for x in lines) + f'\nforward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{upstream}\n'
     conf = unbound_conf(data.workdir, port, body)
     proc = p.start(["unbound", "-d", "-c", str(conf)], 0, data.workdir / "unbound-peer.log")
@@ -237,14 +293,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def dnsperf(port: int, queries: Path, seconds: float, sources: int = 1, paced: int = 0, once: bool = False
-            ) -> tuple[float, float, float, list[float]]:
+def dnsperf(
+    port: int, queries: Path, seconds: float, sources: int = 1, paced: int = 0, once: bool = False
+) -> tuple[float, float, float, list[float]]:
     """Run dnsperf from ``sources`` addresses at once; (qps, avg latency s, lost fraction, latencies)."""
     procs = []
     per_source_outstanding = max(200 // sources, 4)
     for k in range(sources):
-        cmd = ["taskset", "-c", "1", "dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries),
-               "-l", str(seconds), "-t", "2", "-q", str(per_source_outstanding), "-c", "1"]
+        cmd = [
+            "taskset",
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-d",
+            str(queries),
+            "-l",
+            str(seconds),
+            "-t",
+            "2",
+            "-q",
+            str(per_source_outstanding),
+            "-c",
+            "1",
+        ]
         if sources > 1:
             cmd += ["-a", f"127.0.10.{k + 1}"]
         if paced:
@@ -274,8 +349,9 @@ def dnsperf(port: int, queries: Path, seconds: float, sources: int = 1, paced: i
     return qps, avg, (lost / sent if sent else 0.0), latencies
 
 
-def measure(port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True,
-            once: bool = False) -> Result:
+def measure(
+    port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True, once: bool = False
+) -> Result:
     if warm:  # one full pass first, however long it takes: fill every cache
         dnsperf(port, queries, 120, sources, once=True)
     cpu_before, started = cpu_seconds(pid), time.monotonic()
@@ -318,21 +394,34 @@ def main() -> None:
         try:
             upstream = start_upstream(procs, data)
             metadns_port, metadata_proc, metadns_pid = start_metadns(procs, data, upstream)
-            servers = {"metadns": (metadns_port, metadns_pid), "dnsmasq": start_dnsmasq(procs, data, upstream),
-                       "unbound": start_unbound_peer(procs, data, upstream)}
+            servers = {
+                "metadns": (metadns_port, metadns_pid),
+                "dnsmasq": start_dnsmasq(procs, data, upstream),
+                "unbound": start_unbound_peer(procs, data, upstream),
+            }
             for workload in ("local", "local-1src", "mixed", "cached", "miss"):
                 if workload not in wanted:
                     continue
                 sources = SOURCES if workload == "local" else 1
                 for name, (port, pid) in servers.items():
-                    result = measure(port, queries[workload], args.duration, sources, pid, warm=workload != "miss",
-                                     once=workload == "miss")
+                    result = measure(
+                        port,
+                        queries[workload],
+                        args.duration,
+                        sources,
+                        pid,
+                        warm=workload != "miss",
+                        once=workload == "miss",
+                    )
                     rows.append((workload, name, result))
-                    print(f"{workload:7} {name:8} qps={result.qps:9.0f} avg={result.avg_ms:6.3f}ms "
-                          f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}% cpu={result.cpu_us:.1f}us/q",
-                          flush=True)
+                    print(
+                        f"{workload:7} {name:8} qps={result.qps:9.0f} avg={result.avg_ms:6.3f}ms "
+                        f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}% cpu={result.cpu_us:.1f}us/q",
+                        flush=True,
+                    )
             if "churn" in wanted:
                 import threading
+
                 stop = threading.Event()
 
                 def tick() -> None:
@@ -346,8 +435,11 @@ def main() -> None:
                 stop.set()
                 ticker.join()
                 rows.append(("churn", "metadns", result))
-                print(f"churn   metadns  qps={result.qps:9.0f} avg={result.avg_ms:6.3f}ms "
-                      f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}%", flush=True)
+                print(
+                    f"churn   metadns  qps={result.qps:9.0f} avg={result.avg_ms:6.3f}ms "
+                    f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}%",
+                    flush=True,
+                )
         finally:
             procs.stop_all()
     print()
@@ -370,16 +462,20 @@ def table(rows: list[tuple[str, str, Result]]) -> str:
     def cpu(r: Result | None) -> str:
         return f"{r.cpu_us:.1f}" if r else "-"
 
-    lines = ["| workload | metadns qps | dnsmasq qps | unbound qps | metadns/dnsmasq | metadns/unbound | "
-             "p99 ms metadns / dnsmasq / unbound | CPU us/query metadns / dnsmasq / unbound | lost metadns |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| workload | metadns qps | dnsmasq qps | unbound qps | metadns/dnsmasq | metadns/unbound | "
+        "p99 ms metadns / dnsmasq / unbound | CPU us/query metadns / dnsmasq / unbound | lost metadns |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for workload in WORKLOADS:
         m = by.get((workload, "metadns"))
         if m is None:
             continue
         d, u = by.get((workload, "dnsmasq")), by.get((workload, "unbound"))
-        lines.append(f"| {workload} | {qps(m)} | {qps(d)} | {qps(u)} | {ratio(m, d)} | {ratio(m, u)} | "
-                     f"{p99(m)} / {p99(d)} / {p99(u)} | {cpu(m)} / {cpu(d)} / {cpu(u)} | {m.lost * 100:.2f}% |")
+        lines.append(
+            f"| {workload} | {qps(m)} | {qps(d)} | {qps(u)} | {ratio(m, d)} | {ratio(m, u)} | "
+            f"{p99(m)} / {p99(d)} / {p99(u)} | {cpu(m)} / {cpu(d)} / {cpu(u)} | {m.lost * 100:.2f}% |"
+        )
     return "\n".join(lines)
 
 

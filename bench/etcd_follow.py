@@ -44,11 +44,22 @@ def free_port() -> int:
 
 
 def fleet(n: int) -> dict[str, object]:
-    return {"hosts": [{"uuid": f"h{k}", "name": f"h{k}"} for k in range(10)], "stacks": [{"name": "bench"}],
-            "services": [{"name": f"svc-{j}", "stack_name": "bench", "ports": ["80/tcp"]} for j in range(50)],
-            "containers": [{"name": f"app-{i}", "uuid": f"u{i}", "stack_name": "bench", "service_name": f"svc-{i % 50}",
-                            "primary_ip": f"10.{40 + i // 65536}.{i // 256 % 256}.{i % 256}", "host_uuid": f"h{i % 10}"}
-                           for i in range(n)]}
+    return {
+        "hosts": [{"uuid": f"h{k}", "name": f"h{k}"} for k in range(10)],
+        "stacks": [{"name": "bench"}],
+        "services": [{"name": f"svc-{j}", "stack_name": "bench", "ports": ["80/tcp"]} for j in range(50)],
+        "containers": [
+            {
+                "name": f"app-{i}",
+                "uuid": f"u{i}",
+                "stack_name": "bench",
+                "service_name": f"svc-{i % 50}",
+                "primary_ip": f"10.{40 + i // 65536}.{i // 256 % 256}.{i % 256}",
+                "host_uuid": f"h{i % 10}",
+            }
+            for i in range(n)
+        ],
+    }
 
 
 def rss_mb(pid: int) -> float:
@@ -88,12 +99,32 @@ async def main() -> None:  # noqa: C901 (one linear script: start, measure, repo
         work = Path(tmp)
         client_port, peer_port = free_port(), free_port()
         etcd = subprocess.Popen(
-            ["etcd", "--name", "b", "--data-dir", str(work / "etcd"), "--listen-client-urls",
-             f"http://127.0.0.1:{client_port}", "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
-             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--initial-advertise-peer-urls",
-             f"http://127.0.0.1:{peer_port}", "--initial-cluster", f"b=http://127.0.0.1:{peer_port}",
-             "--experimental-watch-progress-notify-interval", "5s", "--quota-backend-bytes", str(4 << 30),
-             "--log-level", "error"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "etcd",
+                "--name",
+                "b",
+                "--data-dir",
+                str(work / "etcd"),
+                "--listen-client-urls",
+                f"http://127.0.0.1:{client_port}",
+                "--advertise-client-urls",
+                f"http://127.0.0.1:{client_port}",
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{peer_port}",
+                "--initial-cluster",
+                f"b=http://127.0.0.1:{peer_port}",
+                "--experimental-watch-progress-notify-interval",
+                "5s",
+                "--quota-backend-bytes",
+                str(4 << 30),
+                "--log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs: list[subprocess.Popen[bytes]] = []
         client = EtcdClient(EtcdEndpoints.parse(f"127.0.0.1:{client_port}"))
         try:
@@ -112,27 +143,64 @@ async def main() -> None:  # noqa: C901 (one linear script: start, measure, repo
                         data["containers"][0]["primary_ip"] = "10.99.0.1"  # type: ignore[index]
                         path.write_text(yaml.safe_dump(data))
                     started = time.monotonic()
-                    out = subprocess.run([sys.executable, "-m", "consumers", "fleet", "apply", "--etcd",
-                                          f"127.0.0.1:{client_port}", "--prefix", f"/metadns/apply{n}/", str(path)],
-                                         capture_output=True, text=True, cwd=ROOT, check=True)
+                    out = subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "consumers",
+                            "fleet",
+                            "apply",
+                            "--etcd",
+                            f"127.0.0.1:{client_port}",
+                            "--prefix",
+                            f"/metadns/apply{n}/",
+                            str(path),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        cwd=ROOT,
+                        check=True,
+                    )
                     elapsed = time.monotonic() - started
                     print(f"| {what} | {n:,} | {elapsed:.1f} | {len(out.stdout.splitlines()):,} |", flush=True)
             base = Fleet.from_mapping(fleet(args.fleet))
             keys = fleet_keys(base)
             ops = [{"request_put": {"key": _b64(PREFIX + k), "value": _b64(v)}} for k, v in keys.items()]
             for start in range(0, len(ops), 128):
-                await client.txn([], ops[start:start + 128])
+                await client.txn([], ops[start : start + 128])
             dns_ports = []
             for _ in range(args.followers):
                 md_port, dns_port = free_port(), free_port()
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{md_port}",
-                     f"--source=etcd://127.0.0.1:{client_port}{PREFIX}", "--state-file=", "--log-level=warning"],
-                    cwd=ROOT))
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
-                     f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29", "--state-file=", "--log-level=warning",
-                     "--resolv-conf=/nonexistent", "--gc-freeze-interval=0"], cwd=ROOT))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "metadata_svc",
+                            f"--listen=127.0.0.1:{md_port}",
+                            f"--source=etcd://127.0.0.1:{client_port}{PREFIX}",
+                            "--state-file=",
+                            "--log-level=warning",
+                        ],
+                        cwd=ROOT,
+                    )
+                )
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "dns_svc",
+                            f"--listen=127.0.0.1:{dns_port}",
+                            f"--metadata-url=http://127.0.0.1:{md_port}/2016-07-29",
+                            "--state-file=",
+                            "--log-level=warning",
+                            "--resolv-conf=/nonexistent",
+                            "--gc-freeze-interval=0",
+                        ],
+                        cwd=ROOT,
+                    )
+                )
                 dns_ports.append(dns_port)
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.settimeout(0.5)
@@ -178,8 +246,10 @@ async def main() -> None:  # noqa: C901 (one linear script: start, measure, repo
                 print(f"| {rate} | {len(latencies)} | {median:.0f} | {p99:.0f} |", flush=True)
                 if rate == 100:
                     busy = f"{cpu:.0f}% CPU, {rss_mb(follower):.0f} MB RSS"
-            print(f"\nOne follower (metadata service, {args.fleet} containers): idle {idle_cpu:.1f}% CPU, "
-                  f"{idle_rss:.0f} MB RSS; at 100 changes/s {busy}.")
+            print(
+                f"\nOne follower (metadata service, {args.fleet} containers): idle {idle_cpu:.1f}% CPU, "
+                f"{idle_rss:.0f} MB RSS; at 100 changes/s {busy}."
+            )
         finally:
             await client.close()
             for proc in procs:

@@ -21,11 +21,16 @@ from dns_compare import Processes, dnsperf, free_port, unbound_conf, wait_udp
 
 
 def cluster_zone(domain: str, host: str, ip: str) -> str:
-    return "\n".join(f"  {x}" for x in [
-        'local-zone: "." static', f'local-zone: "{domain}." static',
-        f'local-data: "{domain}. 3600 IN SOA ns.{domain}. a.{domain}. 1 3600 600 86400 30"',
-        f'local-data: "_http._tcp.demo.svc.{domain}. 30 IN SRV 0 50 8080 {host}.svc.{domain}."',
-        f'local-data: "{host}.svc.{domain}. 30 IN A {ip}"'])
+    return "\n".join(
+        f"  {x}"
+        for x in [
+            'local-zone: "." static',
+            f'local-zone: "{domain}." static',
+            f'local-data: "{domain}. 3600 IN SOA ns.{domain}. a.{domain}. 1 3600 600 86400 30"',
+            f'local-data: "_http._tcp.demo.svc.{domain}. 30 IN SRV 0 50 8080 {host}.svc.{domain}."',
+            f'local-data: "{host}.svc.{domain}. 30 IN A {ip}"',
+        ]
+    )
 
 
 def main() -> None:
@@ -37,8 +42,10 @@ def main() -> None:
         procs = Processes()
         try:
             ports = []
-            for host, domain, name, ip in (("127.0.0.2", "cluster-a.local", "demo-0", "10.1.0.10"),
-                                           ("127.0.0.3", "cluster-b.local", "demo-1", "10.2.0.11")):
+            for host, domain, name, ip in (
+                ("127.0.0.2", "cluster-a.local", "demo-0", "10.1.0.10"),
+                ("127.0.0.3", "cluster-b.local", "demo-1", "10.2.0.11"),
+            ):
                 port = free_port()
                 conf = unbound_conf(work, port, cluster_zone(domain, name, ip)).read_text()
                 conf_path = work / f"{domain}.conf"
@@ -53,12 +60,24 @@ def main() -> None:
             for cache in ("off", "on"):
                 dns_port = free_port()
                 (a_host, a_port), (b_host, b_port) = ports
-                proc = procs.start([sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{dns_port}",
-                                    "--metadata-url=", "--state-file=", "--log-level=warning",
-                                    f"--recurse={a_host}:{a_port}", "--gather=distributed.local.",
-                                    f"--cluster=cluster-a.local.=a-@{a_host}:{a_port}",
-                                    f"--cluster=cluster-b.local.=b-@{b_host}:{b_port}",
-                                    f"--cache-capacity={0 if cache == 'off' else 10000}"], 0, work / f"dns-{cache}.log")
+                proc = procs.start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dns_svc",
+                        f"--listen=127.0.0.1:{dns_port}",
+                        "--metadata-url=",
+                        "--state-file=",
+                        "--log-level=warning",
+                        f"--recurse={a_host}:{a_port}",
+                        "--gather=distributed.local.",
+                        f"--cluster=cluster-a.local.=a-@{a_host}:{a_port}",
+                        f"--cluster=cluster-b.local.=b-@{b_host}:{b_port}",
+                        f"--cache-capacity={0 if cache == 'off' else 10000}",
+                    ],
+                    0,
+                    work / f"dns-{cache}.log",
+                )
                 wait_udp(dns_port, b"\x05_http\x04_tcp\x04demo\x03svc\x09cluster-a\x05local\x00")
                 results = {}
                 for kind, path in queries.items():

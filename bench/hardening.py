@@ -80,8 +80,11 @@ print(sent)
 def flood_ratio(port: int, queries: Path, seconds: float, pps: int) -> tuple[float, float, int]:
     dnsperf(port, queries, 60, once=True)  # warm the caches
     clean, _, _, _ = dnsperf(port, queries, seconds)
-    flood = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", FLOOD_SCRIPT, str(port), str(pps),
-                              str(seconds + 1)], stdout=subprocess.PIPE, text=True)
+    flood = subprocess.Popen(
+        ["taskset", "-c", "1", sys.executable, "-c", FLOOD_SCRIPT, str(port), str(pps), str(seconds + 1)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(0.5)
         flooded, _, _, _ = dnsperf(port, queries, seconds)
@@ -159,13 +162,25 @@ def ask(port: int, name: str, source: str, results: list[str]) -> None:
 
 def spoof(raw: socket.socket, source: tuple[str, int], port: int, payload: bytes) -> None:
     udp = struct.pack("!HHHH", source[1], port, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
-                     socket.inet_aton(source[0]), socket.inet_aton("127.0.0.1"))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(source[0]),
+        socket.inet_aton("127.0.0.1"),
+    )
     raw.sendto(ip + udp, ("127.0.0.1", 0))
 
 
-def poison_rounds(port: int, upstream: SlowUpstream, rounds: int, in_flight: int, forged: int,
-                  tag: str) -> tuple[int, int, int]:
+def poison_rounds(
+    port: int, upstream: SlowUpstream, rounds: int, in_flight: int, forged: int, tag: str
+) -> tuple[int, int, int]:
     """(forged replies sent, rounds poisoned, poisoned answers served)."""
     sent = poisoned_rounds = poisoned_answers = 0
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
@@ -176,8 +191,10 @@ def poison_rounds(port: int, upstream: SlowUpstream, rounds: int, in_flight: int
             seen = upstream.queries
             victim = f"victim{r}.{tag}.bank.test"
             results: list[str] = []
-            clients = [threading.Thread(target=ask, args=(port, victim, f"127.0.21.{1 + k % 200}", results))
-                       for k in range(in_flight)]
+            clients = [
+                threading.Thread(target=ask, args=(port, victim, f"127.0.21.{1 + k % 200}", results))
+                for k in range(in_flight)
+            ]
             for c in clients:
                 c.start()
             deadline = time.monotonic() + 1
@@ -218,26 +235,34 @@ def main() -> None:
         try:
             if "flood" in wanted:
                 upstream = start_upstream(procs, data)
-                servers = {"metadns": start_metadns(procs, data, upstream)[0],
-                           "unbound": start_unbound_peer(procs, data, upstream)[0]}
+                servers = {
+                    "metadns": start_metadns(procs, data, upstream)[0],
+                    "unbound": start_unbound_peer(procs, data, upstream)[0],
+                }
                 print("| server | good QPS clean | good QPS in flood | ratio | garbage sent |")
                 print("|---|--:|--:|--:|--:|")
                 for name, port in servers.items():
                     clean, flooded, garbage = flood_ratio(port, queries["local-1src"], args.duration, args.pps)
-                    print(f"| {name} | {clean:,.0f} | {flooded:,.0f} | {flooded / clean:.2f}x | {garbage:,} |",
-                          flush=True)
+                    print(
+                        f"| {name} | {clean:,.0f} | {flooded:,.0f} | {flooded / clean:.2f}x | {garbage:,} |", flush=True
+                    )
                 procs.stop_all()
             if "poison" in wanted:
                 up = slow.address[1]
-                servers = {"metadns": start_metadns(procs, data, up)[0],
-                           "unbound": start_unbound_peer(procs, data, up)[0]}
+                servers = {
+                    "metadns": start_metadns(procs, data, up)[0],
+                    "unbound": start_unbound_peer(procs, data, up)[0],
+                }
                 print("\n| server | mode | rounds | forged replies sent | rounds poisoned | poisoned answers served |")
                 print("|---|---|--:|--:|--:|--:|")
                 for name, port in servers.items():
-                    for mode, in_flight, rounds in (("1 query", 1, args.rounds), ("100 identical", 100,
-                                                                                   max(args.rounds // 2, 1))):
-                        sent, bad_rounds, bad = poison_rounds(port, slow, rounds, in_flight, args.forged,
-                                                              f"{name}{in_flight}")
+                    for mode, in_flight, rounds in (
+                        ("1 query", 1, args.rounds),
+                        ("100 identical", 100, max(args.rounds // 2, 1)),
+                    ):
+                        sent, bad_rounds, bad = poison_rounds(
+                            port, slow, rounds, in_flight, args.forged, f"{name}{in_flight}"
+                        )
                         print(f"| {name} | {mode} | {rounds} | {sent:,} | {bad_rounds} | {bad} |", flush=True)
         finally:
             slow.stopping = True

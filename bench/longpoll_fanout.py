@@ -66,8 +66,10 @@ async def run_one(n: int, fleet: Path, port: int, pid: int) -> str:
     async with asyncio.timeout(120):
         finished = await asyncio.gather(*tasks)
     first, last = min(finished) - start, max(finished) - start
-    return (f"waiters={n:<6} first_answer_ms={first * 1000:8.1f} last_answer_ms={last * 1000:8.1f} "
-            f"idle_server_cpu={idle_cpu * 100:5.2f}%")
+    return (
+        f"waiters={n:<6} first_answer_ms={first * 1000:8.1f} last_answer_ms={last * 1000:8.1f} "
+        f"idle_server_cpu={idle_cpu * 100:5.2f}%"
+    )
 
 
 async def fetch(port: int, path: str) -> str:
@@ -101,10 +103,19 @@ async def main() -> None:
         fleet.write_text((ROOT / "examples" / "fleet.yaml").read_text())
         for n in args.waiters:
             port = free_port()
-            cmd = [sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{port}", f"--data={fleet}",
-                   "--state-file=", "--poll-interval=3600", "--log-level=warning",
-                   # every waiter comes from one address here: lift the per-client cap for the bench
-                   "--max-connections=100000", "--max-connections-per-client=100000"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "metadata_svc",
+                f"--listen=127.0.0.1:{port}",
+                f"--data={fleet}",
+                "--state-file=",
+                "--poll-interval=3600",
+                "--log-level=warning",
+                # every waiter comes from one address here: lift the per-client cap for the bench
+                "--max-connections=100000",
+                "--max-connections-per-client=100000",
+            ]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT)
             if two_cpus:
                 os.sched_setaffinity(proc.pid, {0})

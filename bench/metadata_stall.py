@@ -43,17 +43,29 @@ def free_port() -> int:
 
 def fleet(n: int, moved: int = 0) -> dict[str, object]:
     services = 50
-    containers = [{"name": f"app-{i}", "stack_name": "bench", "service_name": f"svc-{i % services}",
-                   "primary_ip": f"10.42.{i // 250}.{i % 250 + 1}", "host_uuid": "host-a",
-                   "labels": {"io.rancher.stack.name": "bench", "tier": f"t{i % 7}"}, "ports": ["8080/tcp"]}
-                  for i in range(n)]
+    containers = [
+        {
+            "name": f"app-{i}",
+            "stack_name": "bench",
+            "service_name": f"svc-{i % services}",
+            "primary_ip": f"10.42.{i // 250}.{i % 250 + 1}",
+            "host_uuid": "host-a",
+            "labels": {"io.rancher.stack.name": "bench", "tier": f"t{i % 7}"},
+            "ports": ["8080/tcp"],
+        }
+        for i in range(n)
+    ]
     if moved:
         containers[0]["primary_ip"] = f"10.43.0.{moved}"
-    return {"hosts": [{"uuid": "host-a", "name": "host-a", "agent_ip": "10.0.0.1"}],
-            "stacks": [{"name": "bench"}],
-            "services": [{"name": f"svc-{j}", "stack_name": "bench", "ports": ["8080/tcp"],
-                          "metadata": {"k": "v" * 40}} for j in range(services)],
-            "containers": containers}
+    return {
+        "hosts": [{"uuid": "host-a", "name": "host-a", "agent_ip": "10.0.0.1"}],
+        "stacks": [{"name": "bench"}],
+        "services": [
+            {"name": f"svc-{j}", "stack_name": "bench", "ports": ["8080/tcp"], "metadata": {"k": "v" * 40}}
+            for j in range(services)
+        ],
+        "containers": containers,
+    }
 
 
 async def start(path: Path, port: int, nofile: int | None = None) -> asyncio.subprocess.Process:
@@ -64,9 +76,19 @@ async def start(path: Path, port: int, nofile: int | None = None) -> asyncio.sub
             os.sched_setaffinity(0, {0})
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "metadata_svc", f"--listen=127.0.0.1:{port}", f"--data={path}", "--state-file=",
-        "--poll-interval=3600", "--log-level=info", "--max-wait=120", cwd=ROOT, preexec_fn=limits,
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "metadata_svc",
+        f"--listen=127.0.0.1:{port}",
+        f"--data={path}",
+        "--state-file=",
+        "--poll-interval=3600",
+        "--log-level=info",
+        "--max-wait=120",
+        cwd=ROOT,
+        preexec_fn=limits,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with aiohttp.ClientSession() as s:
         for _ in range(200):
             try:
@@ -118,13 +140,24 @@ print(done)
 async def whole_tree_loops(port: int, loopers: int, seconds: float) -> list[asyncio.subprocess.Process]:
     """Clients fetching the whole tree in a loop, in processes of their own on CPU 1: the
     measuring client must not queue behind their reads."""
+
     def pin() -> None:
         if (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(0, {1})
 
-    return [await asyncio.create_subprocess_exec(sys.executable, "-c", LOOPER, str(port), str(k), str(seconds),
-                                                 stdout=asyncio.subprocess.PIPE, preexec_fn=pin)
-            for k in range(loopers)]
+    return [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LOOPER,
+            str(port),
+            str(k),
+            str(seconds),
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=pin,
+        )
+        for k in range(loopers)
+    ]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -150,18 +183,23 @@ async def stall(path: Path, seconds: float, loopers: int) -> None:
             out, _ = await loop.communicate()
             counter[0] += int(out or 0)
         size = len(await fetch_tree(port))
-        print(f"| stall | whole tree {size / 1e6:.1f} MB, {loopers} clients looping: {counter[0]} trees in "
-              f"{seconds + 1:.1f} s | p50 idle {pct(idle, 0.5):.2f} ms, loaded {pct(loaded, 0.5):.2f} ms: "
-              f"**{pct(loaded, 0.5) / pct(idle, 0.5):.2f}x** | p99 idle {pct(idle, 0.99):.2f} ms, loaded "
-              f"{pct(loaded, 0.99):.2f} ms |", flush=True)
+        print(
+            f"| stall | whole tree {size / 1e6:.1f} MB, {loopers} clients looping: {counter[0]} trees in "
+            f"{seconds + 1:.1f} s | p50 idle {pct(idle, 0.5):.2f} ms, loaded {pct(loaded, 0.5):.2f} ms: "
+            f"**{pct(loaded, 0.5) / pct(idle, 0.5):.2f}x** | p99 idle {pct(idle, 0.99):.2f} ms, loaded "
+            f"{pct(loaded, 0.99):.2f} ms |",
+            flush=True,
+        )
     finally:
         proc.terminate()
         await proc.wait()
 
 
 async def fetch_tree(port: int) -> bytes:
-    async with aiohttp.ClientSession() as s, \
-            s.get(f"http://127.0.0.1:{port}/latest", headers={"Accept": "application/json"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{port}/latest", headers={"Accept": "application/json"}) as r,
+    ):
         return await r.read()
 
 
@@ -215,9 +253,20 @@ async def waiters(path: Path, n: int, containers: int, gz: bool) -> None:
     try:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/latest/version") as r:
             index = int((await r.text()).split("-")[0])
-        clients = [await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WAITER, str(port), str(index), str(n // 4), str(1 + 10 * k), str(int(gz)),
-            stdout=asyncio.subprocess.PIPE) for k in range(4)]
+        clients = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                WAITER,
+                str(port),
+                str(index),
+                str(n // 4),
+                str(1 + 10 * k),
+                str(int(gz)),
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for k in range(4)
+        ]
         await asyncio.sleep(3.0)  # all of them waiting
         assert proc.pid is not None
         cpu_before = cpu_seconds(proc.pid)
@@ -228,9 +277,12 @@ async def waiters(path: Path, n: int, containers: int, gz: bool) -> None:
         first, last = min(s[0] for s in stamps), max(s[1] for s in stamps)
         cpu = cpu_seconds(proc.pid) - cpu_before
         how = "gzip (as Go's HTTP client asks)" if gz else "uncompressed"
-        print(f"| waiters | {n // 4 * 4} whole-tree blocking queries, {how}, one change | last answered "
-              f"**{last - changed:.2f} s** after the change (first {first - changed:.2f} s) | service CPU "
-              f"{cpu:.2f} s |", flush=True)
+        print(
+            f"| waiters | {n // 4 * 4} whole-tree blocking queries, {how}, one change | last answered "
+            f"**{last - changed:.2f} s** after the change (first {first - changed:.2f} s) | service CPU "
+            f"{cpu:.2f} s |",
+            flush=True,
+        )
     finally:
         path.write_text(yaml.safe_dump(fleet(containers)))
         proc.terminate()
@@ -267,8 +319,11 @@ async def idle_connections(path: Path, n: int) -> None:
         await proc.wait()
     assert proc.stderr is not None
     log = (await proc.stderr.read()).decode()
-    print(f"| idle | RLIMIT_NOFILE 1024, {n} idle connections from 20 addresses | {ok}/50 normal requests "
-          f"answered | refusals logged: {log.count('event=connection_refused')} line(s) |", flush=True)
+    print(
+        f"| idle | RLIMIT_NOFILE 1024, {n} idle connections from 20 addresses | {ok}/50 normal requests "
+        f"answered | refusals logged: {log.count('event=connection_refused')} line(s) |",
+        flush=True,
+    )
 
 
 async def main() -> None:

@@ -26,13 +26,26 @@ def fleet(n: int) -> dict[str, Any]:
     return {
         "hosts": [{"uuid": f"host-{h}", "name": f"host-{h}", "agent_ip": f"192.168.0.{h + 1}"} for h in range(50)],
         "stacks": [{"name": f"stack-{s}"} for s in range(max(services // 10, 1))],
-        "services": [{"name": f"svc-{j}", "stack_name": f"stack-{j // 10}", "ports": ["80/tcp"],
-                      "links": {f"stack-{j // 10}/svc-{(j + 1) % services}": "next"} if (j + 1) // 10 == j // 10
-                      else {}} for j in range(services)],
-        "containers": [{"name": f"c-{i}", "stack_name": f"stack-{(i % services) // 10}",
-                        "service_name": f"svc-{i % services}", "host_uuid": f"host-{i % 50}",
-                        "primary_ip": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-                        "dns_search": [f"stack-{(i % services) // 10}.rancher.internal"]} for i in range(n)],
+        "services": [
+            {
+                "name": f"svc-{j}",
+                "stack_name": f"stack-{j // 10}",
+                "ports": ["80/tcp"],
+                "links": {f"stack-{j // 10}/svc-{(j + 1) % services}": "next"} if (j + 1) // 10 == j // 10 else {},
+            }
+            for j in range(services)
+        ],
+        "containers": [
+            {
+                "name": f"c-{i}",
+                "stack_name": f"stack-{(i % services) // 10}",
+                "service_name": f"svc-{i % services}",
+                "host_uuid": f"host-{i % 50}",
+                "primary_ip": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+                "dns_search": [f"stack-{(i % services) // 10}.rancher.internal"],
+            }
+            for i in range(n)
+        ],
     }
 
 
@@ -76,8 +89,12 @@ def dns_memory(n: int, cache_entries: int) -> dict[str, Any]:
         assert stored is not None
         cache.put((f"\x04n{i:07d}\x07example\x04test\x00".encode(), 1, 1, 0), stored)
     gc.collect()
-    return {"dns_rss_mb": round(current_rss_mb(), 1), "dns_data_mb": round(current_rss_mb() - start, 1),
-            "cache_entries": len(cache), "table_names": len(table.records)}
+    return {
+        "dns_rss_mb": round(current_rss_mb(), 1),
+        "dns_data_mb": round(current_rss_mb() - start, 1),
+        "cache_entries": len(cache),
+        "table_names": len(table.records),
+    }
 
 
 def one(n: int, cache_entries: int) -> dict[str, Any]:
@@ -126,12 +143,18 @@ def one(n: int, cache_entries: int) -> dict[str, Any]:
         assert stored is not None
         cache.put((f"\x04n{i:07d}\x07example\x04test\x00".encode(), 1, 1, 0), stored)
     return {
-        "containers": n, "validate_ms": round((t1 - t0) * 1000, 1), "answers_ms": round(rebuilds[1] * 1000, 1),
+        "containers": n,
+        "validate_ms": round((t1 - t0) * 1000, 1),
+        "answers_ms": round(rebuilds[1] * 1000, 1),
         "answers_range": f"{rebuilds[0] * 1000:.0f}-{rebuilds[2] * 1000:.0f}",
-        "views_1000_ms": round((t3 - t2) * 1000, 1), "tree_2016_ms": round((t4 - t3) * 1000, 1),
-        "tree_2016_mb": round(len(json_new) / 1e6, 1), "fleet_doc_mb": round(len(fleet_doc) / 1e6, 1),
-        "dns_refresh_ms": round(refresh * 1000, 1), "cache_entries": cache_entries,
-        "rss_start_mb": round(base, 1), "rss_peak_mb": round(rss_mb(), 1),
+        "views_1000_ms": round((t3 - t2) * 1000, 1),
+        "tree_2016_ms": round((t4 - t3) * 1000, 1),
+        "tree_2016_mb": round(len(json_new) / 1e6, 1),
+        "fleet_doc_mb": round(len(fleet_doc) / 1e6, 1),
+        "dns_refresh_ms": round(refresh * 1000, 1),
+        "cache_entries": cache_entries,
+        "rss_start_mb": round(base, 1),
+        "rss_peak_mb": round(rss_mb(), 1),
     }
 
 
@@ -148,22 +171,37 @@ def main() -> None:
     if args.one_dns:
         print(json.dumps(dns_memory(args.one_dns, args.cache_entries)))
         return
-    print("| containers | validate | answers rebuild (median of 3, range) | 1,000 client views | tree 2016-07-29 |"
-          " JSON: tree / fleet doc |"
-          " DNS refresh on change | DNS process RSS (its data) |")
+    print(
+        "| containers | validate | answers rebuild (median of 3, range) | 1,000 client views | tree 2016-07-29 |"
+        " JSON: tree / fleet doc |"
+        " DNS refresh on change | DNS process RSS (its data) |"
+    )
     print("|--:|--:|--:|--:|--:|--:|--:|--:|")
     for n in args.containers:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n), "--cache-entries", str(args.cache_entries)],
-                             capture_output=True, text=True, check=True, cwd=ROOT).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(n), "--cache-entries", str(args.cache_entries)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
         r = json.loads(out)
-        mem = json.loads(subprocess.run([sys.executable, __file__, "--one-dns", str(n), "--cache-entries",
-                                         str(args.cache_entries)], capture_output=True, text=True, check=True,
-                                        cwd=ROOT).stdout)
-        print(f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms ({r['answers_range']}) | "
-              f"{r['views_1000_ms']} ms | "
-              f"{r['tree_2016_ms']} ms | {r['tree_2016_mb']} / {r['fleet_doc_mb']} MB | {r['dns_refresh_ms']} ms | "
-              f"{mem['dns_rss_mb']} MB ({mem['dns_data_mb']} MB, {mem['cache_entries']:,} cached replies) |",
-              flush=True)
+        mem = json.loads(
+            subprocess.run(
+                [sys.executable, __file__, "--one-dns", str(n), "--cache-entries", str(args.cache_entries)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=ROOT,
+            ).stdout
+        )
+        print(
+            f"| {n:,} | {r['validate_ms']} ms | {r['answers_ms']} ms ({r['answers_range']}) | "
+            f"{r['views_1000_ms']} ms | "
+            f"{r['tree_2016_ms']} ms | {r['tree_2016_mb']} / {r['fleet_doc_mb']} MB | {r['dns_refresh_ms']} ms | "
+            f"{mem['dns_rss_mb']} MB ({mem['dns_data_mb']} MB, {mem['cache_entries']:,} cached replies) |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

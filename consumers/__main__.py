@@ -35,8 +35,12 @@ Node IDs map to container names by --mapping FILE, or by the container label --l
 def render_main(argv: list[str]) -> int:
     p = FlagParser("METADNS_RENDER", prog="metadns render", description=RENDER_HELP)
     p.flag("--template", default="", help="the JSON template to watch")
-    p.flag("--pool-setup", default="", choices=["", "sharded", "replicated"],
-           help="instead of a template: a whole mcrouter config for one memcached service")
+    p.flag(
+        "--pool-setup",
+        default="",
+        choices=["", "sharded", "replicated"],
+        help="instead of a template: a whole mcrouter config for one memcached service",
+    )
     p.flag("--servers", default="", help="with --pool-setup: the token for the service's servers")
     p.flag("--output", default="", help="the rendered file (its directory must exist)")
     p.flag("--mode", default="0644", help="octal file mode of the output")
@@ -65,10 +69,21 @@ def render_main(argv: list[str]) -> int:
     if not ns.ttl_min <= ns.ttl_max:
         p.error("--ttl-min must not exceed --ttl-max")
     setup_logging(ns.log_level)
-    settings = RenderSettings(output=ns.output, template=ns.template, pool_setup=ns.pool_setup, servers=ns.servers,
-                              mode=mode, on_change=ns.on_change, dns=tuple(ns.dns), metadata_url=ns.metadata_url,
-                              ttl_min=ns.ttl_min, ttl_max=ns.ttl_max, retry=ns.retry,
-                              poll_interval=ns.poll_interval, once=ns.once)
+    settings = RenderSettings(
+        output=ns.output,
+        template=ns.template,
+        pool_setup=ns.pool_setup,
+        servers=ns.servers,
+        mode=mode,
+        on_change=ns.on_change,
+        dns=tuple(ns.dns),
+        metadata_url=ns.metadata_url,
+        ttl_min=ns.ttl_min,
+        ttl_max=ns.ttl_max,
+        retry=ns.retry,
+        poll_interval=ns.poll_interval,
+        once=ns.once,
+    )
     try:
         return asyncio.run(RenderLoop(settings).run())
     except KeyboardInterrupt:
@@ -76,8 +91,10 @@ def render_main(argv: list[str]) -> int:
 
 
 async def _containers(url: str) -> list[dict[str, object]]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session, \
-            session.get(f"{url.rstrip('/')}/containers", headers={"Accept": "application/json"}) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session,
+        session.get(f"{url.rstrip('/')}/containers", headers={"Accept": "application/json"}) as resp,
+    ):
         resp.raise_for_status()
         data = await resp.json(content_type=None)
     if not isinstance(data, list):
@@ -115,8 +132,15 @@ def repair_main(argv: list[str]) -> int:
     redis_repair.report(path, result)
     if not ns.dry_run:
         redis_repair.apply(path, result, ns.backup_suffix)
-    log_event(log, logging.INFO, "repaired", file=str(path), moved=len(result.changed), unmapped=len(result.unmapped),
-              dry_run=ns.dry_run)
+    log_event(
+        log,
+        logging.INFO,
+        "repaired",
+        file=str(path),
+        moved=len(result.changed),
+        unmapped=len(result.unmapped),
+        dry_run=ns.dry_run,
+    )
     return 0
 
 
@@ -124,8 +148,16 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     commands = {"render": render_main, "redis-repair": repair_main, "fleet": fleet_main, "register": register_main}
     if not args or args[0] not in commands:
-        usage = ("usage: metadns {render,redis-repair,fleet,register} [--help]\n\n" + RENDER_HELP + "\n"
-                 + REPAIR_HELP + "\n" + FLEET_HELP + "\n" + REGISTER_HELP)
+        usage = (
+            "usage: metadns {render,redis-repair,fleet,register} [--help]\n\n"
+            + RENDER_HELP
+            + "\n"
+            + REPAIR_HELP
+            + "\n"
+            + FLEET_HELP
+            + "\n"
+            + REGISTER_HELP
+        )
         if args and args[0] in ("-h", "--help"):
             print(usage)
             sys.exit(0)

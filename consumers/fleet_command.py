@@ -56,12 +56,11 @@ def _prefix(text: str) -> bytes:
     return ("/" + text.strip("/") + "/").encode() if text.strip("/") else b"/"
 
 
-async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes],
-                dry_run: bool) -> list[tuple[str, str]]:
+async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes], dry_run: bool) -> list[tuple[str, str]]:
     """Write the difference between ``wanted`` and what is under ``prefix``; the changes as
     (sign, key): ``+`` new, ``~`` changed, ``-`` deleted."""
     kvs, _ = await client.list_prefix(prefix)
-    current = {kv.key[len(prefix):].decode(): kv for kv in kvs}
+    current = {kv.key[len(prefix) :].decode(): kv for kv in kvs}
     # What the agents hold must still stand after the change: a stack or service they use
     # cannot be taken away under them.
     leased = {key: kv.value for key, kv in current.items() if kv.lease}
@@ -85,13 +84,13 @@ async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes],
             ops.append({"request_delete_range": {"key": b64(prefix + key.encode())}})
     if not dry_run:
         for start in range(0, len(ops), MAX_TXN_OPS):
-            await client.txn([], ops[start:start + MAX_TXN_OPS])
+            await client.txn([], ops[start : start + MAX_TXN_OPS])
     return changes
 
 
 async def current_fleet(client: EtcdClient, prefix: bytes) -> tuple[Mapping[str, Any], dict[str, str]]:
     kvs, _ = await client.list_prefix(prefix)
-    fleet, bad = fleet_from_keys({kv.key[len(prefix):].decode(): kv.value for kv in kvs})
+    fleet, bad = fleet_from_keys({kv.key[len(prefix) :].decode(): kv.value for kv in kvs})
     return fleet.raw, bad
 
 
@@ -121,8 +120,9 @@ def register_main(argv: list[str]) -> int:
     setup_logging(ns.log_level)
 
     async def run(client: EtcdClient) -> int:
-        return await Agent(client, _prefix(ns.prefix), ns.host, Path(ns.containers), ns.lease_ttl,
-                           ns.poll_interval).run()
+        return await Agent(
+            client, _prefix(ns.prefix), ns.host, Path(ns.containers), ns.lease_ttl, ns.poll_interval
+        ).run()
 
     try:
         return asyncio.run(_run(ns, run))
@@ -166,10 +166,11 @@ def fleet_main(argv: list[str]) -> int:
                 print(f"held back: {prefix.decode()}{key}: {problem}", file=sys.stderr)
             print(yaml.safe_dump(json.loads(json.dumps(raw)), sort_keys=False, allow_unicode=True), end="")
         else:
+
             async def delete(c: EtcdClient) -> None:
                 ops = [{"request_delete_range": {"key": b64(prefix + k.strip("/").encode())}} for k in ns.keys]
                 for start in range(0, len(ops), MAX_TXN_OPS):
-                    await c.txn([], ops[start:start + MAX_TXN_OPS])
+                    await c.txn([], ops[start : start + MAX_TXN_OPS])
 
             asyncio.run(_run(ns, delete))
     except (FleetError, EtcdError) as exc:
@@ -189,4 +190,3 @@ def _refused(command: str, outcome: str, exc: FleetError | EtcdError) -> int:
 async def _run(ns: argparse.Namespace, work: Callable[[EtcdClient], Awaitable[T]]) -> T:
     async with _client(ns) as client:
         return await work(client)
-

@@ -37,7 +37,7 @@ class NodesConfError(ValueError):
 class Repair:
     text: str
     changed: dict[str, tuple[str, str]]  # node id -> (old address, new address)
-    unmapped: dict[str, str]             # node id -> why
+    unmapped: dict[str, str]  # node id -> why
 
 
 def parse_nodes_conf(text: str) -> list[list[str]]:

@@ -47,8 +47,9 @@ def _dump(obj: object) -> bytes:
 
 
 class Agent:
-    def __init__(self, client: EtcdClient, prefix: bytes, host: str, path: Path, ttl: int = 10,
-                 poll: float = 1.0) -> None:
+    def __init__(
+        self, client: EtcdClient, prefix: bytes, host: str, path: Path, ttl: int = 10, poll: float = 1.0
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.host = host
@@ -66,8 +67,9 @@ class Agent:
             raise FleetError(str(self.path), f"cannot read: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict) or "containers" not in data:
             raise FleetError(str(self.path), "expected a mapping with 'containers' (and this host under 'hosts')")
-        hosts = [h for h in data.get("hosts") or ()
-                 if isinstance(h, dict) and self.host in (h.get("uuid"), h.get("name"))]
+        hosts = [
+            h for h in data.get("hosts") or () if isinstance(h, dict) and self.host in (h.get("uuid"), h.get("name"))
+        ]
         if not hosts:
             raise FleetError(str(self.path), f"no hosts[] entry for host {self.host!r}")
         hosts = [{**hosts[0], "uuid": self.host}]  # --host is the uuid the keys carry
@@ -80,11 +82,13 @@ class Agent:
         for c in [c for c in containers if c.get("uuid") in taken]:
             containers.remove(c)  # another host's agent holds it: refused below, the rest goes on
             self.taken[str(c["uuid"])] = str(taken[c["uuid"]])
-        merged = {"environment": raw.get("environment") or {},
-                  "hosts": [h for h in raw.get("hosts", ()) if h["uuid"] != self.host] + hosts,
-                  "stacks": list(raw.get("stacks", ())), "services": list(raw.get("services", ())),
-                  "containers": [c for c in raw.get("containers", ()) if c.get("host_uuid") != self.host]
-                  + containers}
+        merged = {
+            "environment": raw.get("environment") or {},
+            "hosts": [h for h in raw.get("hosts", ()) if h["uuid"] != self.host] + hosts,
+            "stacks": list(raw.get("stacks", ())),
+            "services": list(raw.get("services", ())),
+            "containers": [c for c in raw.get("containers", ()) if c.get("host_uuid") != self.host] + containers,
+        }
         fleet = Fleet.from_mapping(merged, lambda kind, i: f"{self.path} {kind}[{i}]")
         out: dict[str, bytes] = {}
         for h in fleet.raw["hosts"]:
@@ -98,7 +102,7 @@ class Agent:
     async def register(self) -> None:
         """Bring etcd in line with the file: claim and put what is new or changed, delete what went."""
         kvs, _ = await self.client.list_prefix(self.prefix)
-        values = {kv.key[len(self.prefix):].decode(): kv.value for kv in kvs}
+        values = {kv.key[len(self.prefix) :].decode(): kv.value for kv in kvs}
         self.taken = {}
         wanted = self.wanted(values)
         for uuid, holder in self.taken.items():
@@ -116,8 +120,9 @@ class Agent:
             problem = await self._claim_and_put(key, value, lease)
             if problem:
                 if self.held.refused.get(key) != problem:
-                    log_event(log, logging.ERROR, "registration_refused", key=self.prefix.decode() + key,
-                              problem=problem)
+                    log_event(
+                        log, logging.ERROR, "registration_refused", key=self.prefix.decode() + key, problem=problem
+                    )
                 self.held.refused[key] = problem
                 continue
             self.held.refused.pop(key, None)
@@ -129,8 +134,16 @@ class Agent:
                 ops.append({"request_delete_range": {"key": b64(self.prefix + f"claims/uuid/{uuid}".encode())}})
             await self.client.txn([], ops)
             del self.held.keys[key]
-        log_event(log, logging.INFO, "registered", host=self.host, keys=len(self.held.keys),
-                  refused=len(self.held.refused), lease=lease, ttl_s=self.ttl)
+        log_event(
+            log,
+            logging.INFO,
+            "registered",
+            host=self.host,
+            keys=len(self.held.keys),
+            refused=len(self.held.refused),
+            lease=lease,
+            ttl_s=self.ttl,
+        )
 
     async def _claim_and_put(self, key: str, value: bytes, lease: int) -> str:
         """Put ``key`` under the lease, with its uuid's claim; a problem when another holds it."""
@@ -141,8 +154,10 @@ class Agent:
             return ""
         claim = self.prefix + f"claims/uuid/{uuid}".encode()
         claim_put = {"request_put": {"key": b64(claim), "value": b64(self.host.encode()), "lease": lease}}
-        for compare in ({"key": b64(claim), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
-                        {"key": b64(claim), "target": "VALUE", "result": "EQUAL", "value": b64(self.host.encode())}):
+        for compare in (
+            {"key": b64(claim), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+            {"key": b64(claim), "target": "VALUE", "result": "EQUAL", "value": b64(self.host.encode())},
+        ):
             ok, _, _ = await self.client.txn([compare], [claim_put, put])
             if ok:
                 return ""
@@ -164,6 +179,7 @@ class Agent:
 
     async def follow(self) -> None:
         """Register again when the file changes."""
+
         def stamp() -> tuple[int, int] | None:
             try:
                 st = self.path.stat()
@@ -180,8 +196,14 @@ class Agent:
                 try:
                     await self.register()
                 except FleetError as exc:
-                    log_event(log, logging.ERROR, "containers_file_refused", where=exc.where, problem=exc.problem,
-                              keeping="the last good registration")
+                    log_event(
+                        log,
+                        logging.ERROR,
+                        "containers_file_refused",
+                        where=exc.where,
+                        problem=exc.problem,
+                        keeping="the last good registration",
+                    )
                 except EtcdError as exc:
                     log_event(log, logging.WARNING, "register_failed", problem=str(exc))
 

@@ -26,19 +26,19 @@ from shared.answers import AnswersTable, ClientView
 
 
 class Source(enum.Enum):
-    LOCAL = "local"          # from the answers table: cached per client until the answers change
+    LOCAL = "local"  # from the answers table: cached per client until the answers change
     AUTHORITY = "authority"  # NXDOMAIN/NODATA for a name in our zone: same lifetime as LOCAL
-    UPSTREAM = "upstream"    # relayed from an upstream server: global cache, by its TTL
-    FAILURE = "failure"      # every upstream failed: SERVFAIL, cached for a few seconds at most
-    REFUSED = "refused"      # recursion not allowed for this client: never cached
-    STALE = "stale"          # an expired upstream answer served while the upstreams fail (RFC 8767)
+    UPSTREAM = "upstream"  # relayed from an upstream server: global cache, by its TTL
+    FAILURE = "failure"  # every upstream failed: SERVFAIL, cached for a few seconds at most
+    REFUSED = "refused"  # recursion not allowed for this client: never cached
+    STALE = "stale"  # an expired upstream answer served while the upstreams fail (RFC 8767)
 
 
 @dataclass(slots=True)
 class Answer:
     wire: bytes
     source: Source
-    countdown: bool = True   # False: authoritative data, served with its full TTL every time
+    countdown: bool = True  # False: authoritative data, served with its full TTL every time
     layout: ReplyLayout | None = None  # the reply walked already (upstream replies are, once)
 
 
@@ -52,9 +52,9 @@ class Query:
     table: AnswersTable
     view: ClientView
     recursion_allowed: bool
-    skip_local: bool = False     # set by the client cache: this name is known not to be local
+    skip_local: bool = False  # set by the client cache: this name is known not to be local
     shared_answer: bool = False  # set by local answers: the reply is the same for every client
-    generation: int = -1         # set by the client cache: the answers generation it looked at
+    generation: int = -1  # set by the client cache: the answers generation it looked at
     built_from: tuple[str, ...] = ()  # set by local answers: the names it read
     # A relayed query's way back (``Chain.relay``): who gets the answer, and what they need with it.
     reply_to: Callable[[Query, Answer | None], None] | None = None
@@ -65,7 +65,7 @@ class Query:
     fallback: Callable[[Query], Answer] | None = None
     fallback_after: float = 0.0
     timer: Any = None
-    started: float = 0.0          # when the query was read (perf_counter), for its duration
+    started: float = 0.0  # when the query was read (perf_counter), for its duration
     _request: Any = field(default=None, repr=False)
 
     @property

@@ -54,8 +54,14 @@ class CollectorSchedule:
         found = gc.collect()
         gc.freeze()
         self.full_passes += 1
-        log_event(log, logging.INFO, "gc_full_pass", unreachable=found, frozen=gc.get_freeze_count(),
-                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        log_event(
+            log,
+            logging.INFO,
+            "gc_full_pass",
+            unreachable=found,
+            frozen=gc.get_freeze_count(),
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         return found
 
     @contextlib.contextmanager

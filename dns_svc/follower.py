@@ -33,8 +33,15 @@ def version_index(version: str) -> int:
 
 
 class VersionFollower:
-    def __init__(self, base_url: str, apply: Callable[[Fleet, int], Awaitable[None]], *, max_wait: int = 30,
-                 kept: KeptCopy | None = None, max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        apply: Callable[[Fleet, int], Awaitable[None]],
+        *,
+        max_wait: int = 30,
+        kept: KeptCopy | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.apply = apply
         self.max_wait = max_wait
@@ -72,9 +79,15 @@ class VersionFollower:
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
                     if self.reachable is not False:
                         serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
-                        log_event(log, logging.ERROR, "metadata_unreachable", url=self.base_url,
-                                  error=str(exc) or type(exc).__name__, serving=serving,
-                                  retry=f"exponential backoff up to {int(self.max_backoff)}s")
+                        log_event(
+                            log,
+                            logging.ERROR,
+                            "metadata_unreachable",
+                            url=self.base_url,
+                            error=str(exc) or type(exc).__name__,
+                            serving=serving,
+                            retry=f"exponential backoff up to {int(self.max_backoff)}s",
+                        )
                         self.reachable = False
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
@@ -126,8 +139,14 @@ class VersionFollower:
             applied, fleet = await self.fetch(session, version)
             await self.apply(fleet, version_index(applied))
         self.version = applied
-        log_event(log, logging.INFO, "answers_updated", version=applied, containers=len(fleet.containers),
-                  build_ms=round((time.perf_counter() - started) * 1000, 1))
+        log_event(
+            log,
+            logging.INFO,
+            "answers_updated",
+            version=applied,
+            containers=len(fleet.containers),
+            build_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
         if self.kept is not None:
             try:
                 await self.kept.save_in_background(fleet, version_index(applied))

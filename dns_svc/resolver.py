@@ -37,8 +37,17 @@ from dns_svc.wire import (
 from shared.answers import AnswersTable
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16",
-                 "100.64.0.0/10", "fc00::/7", "fe80::/10")
+DEFAULT_ALLOW = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "fe80::/10",
+)
 
 
 class TableRef:
@@ -106,16 +115,24 @@ class PacketCache:
             return None
         return data[:2] + entry.render_tail(raw, now, size), recursive, raw.qtype
 
-    def put(self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int,
-            recursive: bool) -> None:
+    def put(
+        self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int, recursive: bool
+    ) -> None:
         if len(self._map) >= self.capacity:
             self._map.clear()  # cheap and rare: it refills from the caches behind it
         self._map[(view_key, raw.packet[2:])] = (entry, raw, size, generation, recursive)
 
 
 class Resolver:
-    def __init__(self, tables: TableRef, client_caches: ClientCaches, global_cache: ReplyCache, chain: Chain,
-                 policy: RecursionPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        tables: TableRef,
+        client_caches: ClientCaches,
+        global_cache: ReplyCache,
+        chain: Chain,
+        policy: RecursionPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tables = tables
         self.client_caches = client_caches
         self.global_cache = global_cache
@@ -135,8 +152,9 @@ class Resolver:
 
     def fast_packet(self, data: bytes, client_ip: str, started: float) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
-        hit = self.packets.get(self.tables.current.view(client_ip).key, data, self.client_caches.generation,
-                               self.clock())
+        hit = self.packets.get(
+            self.tables.current.view(client_ip).key, data, self.client_caches.generation, self.clock()
+        )
         if hit is None:
             return None
         reply, recursive, qtype = hit
@@ -183,12 +201,19 @@ class Resolver:
         if transport == "udp":
             self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
         reply = entry.render(raw, now, size)
-        self.tally.note(transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started,
-                        client_ip)
+        self.tally.note(
+            transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started, client_ip
+        )
         return reply
 
-    def relay(self, raw: RawQuery, client_ip: str, reply_to: Callable[[Query, Answer | None], None],
-              context: object, started: float) -> bool:
+    def relay(
+        self,
+        raw: RawQuery,
+        client_ip: str,
+        reply_to: Callable[[Query, Answer | None], None],
+        context: object,
+        started: float,
+    ) -> bool:
         """Relay a UDP query bound for the upstreams without a coroutine. True when it did:
         ``reply_to(query, answer)`` is then called later (``query.context`` is ``context``), with
         answer None when ``resolve`` must answer after all."""
@@ -196,8 +221,17 @@ class Resolver:
         if not allowed:
             return False  # the chain answers REFUSED
         table = self.tables.current
-        query = Query(raw, client_ip, "udp", table, table.view(client_ip), allowed, reply_to=reply_to,
-                      context=context, started=started)
+        query = Query(
+            raw,
+            client_ip,
+            "udp",
+            table,
+            table.view(client_ip),
+            allowed,
+            reply_to=reply_to,
+            context=context,
+            started=started,
+        )
         if self.chain.relay(query):
             self.relayed += 1
             return True
@@ -207,8 +241,9 @@ class Resolver:
         self.slow_calls += 1
         started = started or clock()
         table = self.tables.current
-        query = Query(raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip),
-                      started=started)
+        query = Query(
+            raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip), started=started
+        )
         if raw.not_local_in == self.client_caches.generation and query.recursion_allowed:
             query.skip_local = True
             answer = await self.chain.resolve(query, self.after_local)
@@ -224,4 +259,3 @@ class Resolver:
         reply = fit(answer.wire, query.raw, "udp")
         self.tally.note("udp", answer.source.value, query.raw.qtype, reply, query.started, query.client_ip)
         return reply
-

@@ -39,21 +39,29 @@ class StartupError(RuntimeError):
     """The service cannot start serving what it was told to: one line, a non-zero exit."""
 
 
-def build_chain(settings: DnsSettings, client_caches: ClientCaches, global_step: GlobalCacheStep,
-                upstream: UpstreamPool, metrics: Metrics) -> Chain:
+def build_chain(
+    settings: DnsSettings,
+    client_caches: ClientCaches,
+    global_step: GlobalCacheStep,
+    upstream: UpstreamPool,
+    metrics: Metrics,
+) -> Chain:
     """The resolution order, top to bottom. Each step answers or hands the query down."""
     gather: list[Step] = []
     if settings.gather_domain:
-        gather.append(GatherStep(settings.gather_domain, settings.clusters, upstream, settings.gather_timeout,
-                                 metrics.gather))
-    return Chain([
-        ClientCacheStep(client_caches),
-        LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
-        global_step,
-        *gather,  # merged answers come back up through the global cache
-        Authority(settings.ttl),
-        upstream,
-    ])
+        gather.append(
+            GatherStep(settings.gather_domain, settings.clusters, upstream, settings.gather_timeout, metrics.gather)
+        )
+    return Chain(
+        [
+            ClientCacheStep(client_caches),
+            LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
+            global_step,
+            *gather,  # merged answers come back up through the global cache
+            Authority(settings.ttl),
+            upstream,
+        ]
+    )
 
 
 class DnsServer:
@@ -65,12 +73,17 @@ class DnsServer:
         self.upstream = UpstreamPool(settings.recurse, settings.recurser_timeout, settings.recurse_from_resolv_conf)
         self.tables = TableRef(self.table_for(Fleet.empty(), 0), self.client_caches)
         self.metrics = Metrics()
-        self.global_step = GlobalCacheStep(self.global_cache, settings.cache_max_ttl, settings.servfail_ttl,
-                                           settings.stale_answer_timeout)
-        self.resolver = Resolver(self.tables, self.client_caches, self.global_cache,
-                                 build_chain(settings, self.client_caches, self.global_step, self.upstream,
-                                             self.metrics),
-                                 RecursionPolicy(settings.allow_recursion), clock)
+        self.global_step = GlobalCacheStep(
+            self.global_cache, settings.cache_max_ttl, settings.servfail_ttl, settings.stale_answer_timeout
+        )
+        self.resolver = Resolver(
+            self.tables,
+            self.client_caches,
+            self.global_cache,
+            build_chain(settings, self.client_caches, self.global_step, self.upstream, self.metrics),
+            RecursionPolicy(settings.allow_recursion),
+            clock,
+        )
         self.dispatcher = Dispatcher(self.resolver, udp_cap=settings.max_udp_size)
         if settings.log_queries:
             self.resolver.tally.log_queries = True
@@ -96,8 +109,9 @@ class DnsServer:
         if self.settings.http_unix:
             await web.UnixSite(self._http, self.settings.http_unix).start()
             return
-        site = web.TCPSite(self._http, self.settings.http_host, self.settings.http_port,
-                           reuse_port=self.settings.reuse_port or None)
+        site = web.TCPSite(
+            self._http, self.settings.http_host, self.settings.http_port, reuse_port=self.settings.reuse_port or None
+        )
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
         self.http_address = sockets[0].getsockname()[:2] if sockets else None
@@ -130,14 +144,21 @@ class DnsServer:
         deadline = time.monotonic() + s.drain_timeout
         while (self.in_flight() or (self.tcp is not None and self.tcp.connections)) and time.monotonic() < deadline:  # noqa: ASYNC110 (counts, no event to wait on)
             await asyncio.sleep(0.02)
-        log_event(log, logging.INFO, "drained", answered=pending - min(pending, self.in_flight()),
-                  dropped=self.in_flight())
+        log_event(
+            log, logging.INFO, "drained", answered=pending - min(pending, self.in_flight()), dropped=self.in_flight()
+        )
 
     def table_for(self, fleet: Fleet, serial: int) -> AnswersTable:
         s = self.settings
-        return answers_from_fleet(fleet, domain=s.domain, metadata_answer=s.metadata_answer,
-                                  default_recurse=s.recurse, never_recurse_to=s.never_recurse_to,
-                                  ttl=s.ttl, serial=serial)
+        return answers_from_fleet(
+            fleet,
+            domain=s.domain,
+            metadata_answer=s.metadata_answer,
+            default_recurse=s.recurse,
+            never_recurse_to=s.never_recurse_to,
+            ttl=s.ttl,
+            serial=serial,
+        )
 
     async def apply_fleet(self, fleet: Fleet, serial: int) -> None:
         """Build the new table off the event loop (a 10k fleet takes a while), swap it in on it."""
@@ -167,8 +188,12 @@ class DnsServer:
                 raise StartupError(f"--answers {s.answers} cannot be served (the reason is logged above)")
             self._tasks.append(asyncio.create_task(self.answers_watcher.run(), name="answers-file"))
         elif s.metadata_url:
-            self.follower = VersionFollower(s.metadata_url, self.apply_fleet, max_wait=s.max_wait,
-                                            kept=KeptCopy(s.state_file) if s.state_file else None)
+            self.follower = VersionFollower(
+                s.metadata_url,
+                self.apply_fleet,
+                max_wait=s.max_wait,
+                kept=KeptCopy(s.state_file) if s.state_file else None,
+            )
             kept = self.follower.load_kept()
             if kept is not None:
                 await self.apply_fleet(*kept)
@@ -179,9 +204,14 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, self.reload)
-        log_event(log, logging.INFO, "listening", address=f"{self.address[0]}:{self.address[1]}",
-                  upstreams=",".join(f"{h}:{p}" for h, p in s.recurse) or "none",
-                  source=s.answers or s.metadata_url or "none")
+        log_event(
+            log,
+            logging.INFO,
+            "listening",
+            address=f"{self.address[0]}:{self.address[1]}",
+            upstreams=",".join(f"{h}:{p}" for h, p in s.recurse) or "none",
+            source=s.answers or s.metadata_url or "none",
+        )
 
     def reload(self) -> None:
         if self.answers_watcher is not None:
@@ -194,9 +224,15 @@ class DnsServer:
         tcp = self.tcp = TcpServer(self.dispatcher, s.tcp_idle_timeout, s.tcp_max_connections, s.tcp_per_client)
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
         for attempt in range(20):
-            server = await asyncio.start_server(tcp.handle, self.settings.host, self.settings.port, family=family,
-                                                reuse_address=True, reuse_port=self.settings.reuse_port or None,
-                                                backlog=1024)
+            server = await asyncio.start_server(
+                tcp.handle,
+                self.settings.host,
+                self.settings.port,
+                family=family,
+                reuse_address=True,
+                reuse_port=self.settings.reuse_port or None,
+                backlog=1024,
+            )
             port = server.sockets[0].getsockname()[1]
             sock = socket.socket(family, socket.SOCK_DGRAM)
             if self.settings.reuse_port:

@@ -16,10 +16,42 @@ from bisect import bisect_left
 from shared.logs import log_event
 
 # Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up.
-BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
-           2.048, 4.096, 8.192)
-QTYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
-               35: "NAPTR", 43: "DS", 48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY", 257: "CAA"}
+BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.002,
+    0.004,
+    0.008,
+    0.016,
+    0.032,
+    0.064,
+    0.128,
+    0.256,
+    0.512,
+    1.024,
+    2.048,
+    4.096,
+    8.192,
+)
+QTYPE_NAMES = {
+    1: "A",
+    2: "NS",
+    5: "CNAME",
+    6: "SOA",
+    12: "PTR",
+    15: "MX",
+    16: "TXT",
+    28: "AAAA",
+    33: "SRV",
+    35: "NAPTR",
+    43: "DS",
+    48: "DNSKEY",
+    64: "SVCB",
+    65: "HTTPS",
+    255: "ANY",
+    257: "CAA",
+}
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 clock = time.perf_counter
 query_log = logging.getLogger("dns.query")
@@ -73,10 +105,19 @@ class ResponseTally:
 def _log_query(transport: str, source: str, qtype: int, rcode: int, reply: bytes, elapsed: float, client: str) -> None:
     """One debug line per query (``--log-queries``, like dnsmasq's), read from the reply's
     question: a debugging aid that costs throughput, off by default."""
-    log_event(query_log, logging.DEBUG, "query", client=client, proto=transport, name=_question_name(reply),
-              type=QTYPE_NAMES.get(qtype, str(qtype)), rcode=rcode_label(rcode), source=source,
-              answers=int.from_bytes(reply[6:8], "big") if len(reply) >= 8 else 0,
-              duration_ms=round(elapsed * 1000, 3))
+    log_event(
+        query_log,
+        logging.DEBUG,
+        "query",
+        client=client,
+        proto=transport,
+        name=_question_name(reply),
+        type=QTYPE_NAMES.get(qtype, str(qtype)),
+        rcode=rcode_label(rcode),
+        source=source,
+        answers=int.from_bytes(reply[6:8], "big") if len(reply) >= 8 else 0,
+        duration_ms=round(elapsed * 1000, 3),
+    )
 
 
 def _question_name(reply: bytes) -> str:
@@ -84,7 +125,7 @@ def _question_name(reply: bytes) -> str:
     if len(reply) < 12 or reply[4:6] == b"\x00\x00":
         return "-"
     while i < len(reply) and reply[i] and reply[i] < 64:
-        labels.append(reply[i + 1:i + 1 + reply[i]].decode("ascii", "backslashreplace"))
+        labels.append(reply[i + 1 : i + 1 + reply[i]].decode("ascii", "backslashreplace"))
         i += 1 + reply[i]
     return ".".join(labels) + "."
 

@@ -37,8 +37,9 @@ class Dispatcher:
         self.bad = ThrottledLog(log, "bad_packet")  # what was wrong, once per 10 s, with a count
         self.failed = ThrottledLog(log, "resolve_failed")
 
-    def immediate(self, data: bytes, client: str, transport: str, started: float = 0.0
-                  ) -> tuple[RawQuery | None, bytes | None]:
+    def immediate(
+        self, data: bytes, client: str, transport: str, started: float = 0.0
+    ) -> tuple[RawQuery | None, bytes | None]:
         """Everything answered without waiting: a bad packet (its error reply, or None to drop
         it), the edge rcodes, and cache hits. ``(raw, None)`` means the chain must answer."""
         started = started or clock()
@@ -64,8 +65,9 @@ class Dispatcher:
         try:
             return await self.resolver.resolve(raw, client, transport, started)
         except Exception as exc:  # a bug or a packet we cannot handle: a counter and a throttled line
-            self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype,
-                             error=f"{type(exc).__name__}: {exc}")
+            self.failed.note(
+                client=client, qname=raw.text_name(), qtype=raw.qtype, error=f"{type(exc).__name__}: {exc}"
+            )
             reply = header_only_reply(raw, RCODE_SERVFAIL)
             self.resolver.tally.note(transport, "failure", raw.qtype, reply, started, client)
             return reply
@@ -182,8 +184,14 @@ class TcpServer:
     when none is idle is the newcomer turned away; once three quarters of the slots are taken,
     idle connections get ``pressure_timeout`` instead of ``idle_timeout``."""
 
-    def __init__(self, dispatcher: Dispatcher, idle_timeout: float = 10.0, max_connections: int = 512,
-                 per_client: int = 16, pressure_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        idle_timeout: float = 10.0,
+        max_connections: int = 512,
+        per_client: int = 16,
+        pressure_timeout: float = 1.0,
+    ) -> None:
         self.dispatcher = dispatcher
         self.idle_timeout = idle_timeout
         self.pressure_timeout = min(pressure_timeout, idle_timeout)

@@ -42,16 +42,16 @@ class RawQuery:
     packet: bytes
     id: int
     flags: int
-    qname: bytes          # wire form as sent (letter case kept)
+    qname: bytes  # wire form as sent (letter case kept)
     qtype: int
     qclass: int
-    question_end: int     # offset just past the question
+    question_end: int  # offset just past the question
     edns: bool
-    udp_size: int         # the reply budget over UDP: 512 without EDNS
+    udp_size: int  # the reply budget over UDP: 512 without EDNS
     do: bool
     edns_version: int
-    not_local_in: int = -1   # the answers generation in which the fast path saw "not local" for it
-    missed_in: int = -1      # the generation in which the fast path found nothing in the client caches
+    not_local_in: int = -1  # the answers generation in which the fast path saw "not local" for it
+    missed_in: int = -1  # the generation in which the fast path found nothing in the client caches
     global_missed: bool = False  # the fast path has just looked in the global cache, in vain
     # Worked out at most once per query, however many steps ask (see ``lower_text``, ``cache_key``).
     lower: str | None = None
@@ -73,12 +73,12 @@ def ascii_packet(raw: RawQuery) -> bytes:
     read such labels (they are legal DNS, and never a fleet name). Same length, same layout: the
     reply's question is put back to the original bytes (``with_question``)."""
     name = bytes(b if b < 0x80 else 0x2D for b in raw.qname)
-    return raw.packet[:12] + name + raw.packet[12 + len(name):]
+    return raw.packet[:12] + name + raw.packet[12 + len(name) :]
 
 
 def with_question(wire: bytes, raw: RawQuery) -> bytes:
     """``wire`` with the question name exactly as ``raw`` spelled it (same length)."""
-    return wire[:12] + raw.qname + wire[12 + len(raw.qname):]
+    return wire[:12] + raw.qname + wire[12 + len(raw.qname) :]
 
 
 def name_to_text(wire: bytes) -> str:
@@ -86,7 +86,7 @@ def name_to_text(wire: bytes) -> str:
     i = 0
     while wire[i]:
         n = wire[i]
-        labels.append(wire[i + 1:i + 1 + n].decode("ascii", "backslashreplace"))
+        labels.append(wire[i + 1 : i + 1 + n].decode("ascii", "backslashreplace"))
         i += 1 + n
     return ".".join(labels) + "."
 
@@ -169,8 +169,8 @@ class ReplyLayout:
     answers: int
     ttl_offsets: tuple[int, ...]
     ttls: tuple[int, ...]
-    min_ttl: int | None          # None: no records (negative answer without SOA)
-    negative_ttl: int | None     # RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section
+    min_ttl: int | None  # None: no records (negative answer without SOA)
+    negative_ttl: int | None  # RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section
     rotate: tuple[int, int, int] | None  # (start, count, size of one record)
     truncated: bool
 
@@ -210,7 +210,7 @@ def _layout(packet: bytes) -> ReplyLayout:
             negative = min(ttl, minimum)
         if index < an and rtype in (QTYPE_A, QTYPE_AAAA):
             size = i - start
-            if run_count and size == run_size and packet[start:start + 2] == packet[run_start:run_start + 2]:
+            if run_count and size == run_size and packet[start : start + 2] == packet[run_start : run_start + 2]:
                 run_count += 1
             else:
                 run_start, run_count, run_size = start, 1, size
@@ -219,9 +219,16 @@ def _layout(packet: bytes) -> ReplyLayout:
         else:
             run_count = 0
     answer_ttls = ttls[:an] if an else ttls
-    return ReplyLayout(rcode=flags & 0xF, answers=an, ttl_offsets=tuple(offsets), ttls=tuple(ttls),
-                       min_ttl=min(answer_ttls) if answer_ttls else None, negative_ttl=negative,
-                       rotate=best, truncated=bool(flags & FLAG_TC))
+    return ReplyLayout(
+        rcode=flags & 0xF,
+        answers=an,
+        ttl_offsets=tuple(offsets),
+        ttls=tuple(ttls),
+        min_ttl=min(answer_ttls) if answer_ttls else None,
+        negative_ttl=negative,
+        rotate=best,
+        truncated=bool(flags & FLAG_TC),
+    )
 
 
 def cap_ttls(wire: bytes, lay: ReplyLayout, cap: int) -> tuple[bytes, ReplyLayout]:
@@ -234,9 +241,10 @@ def cap_ttls(wire: bytes, lay: ReplyLayout, cap: int) -> tuple[bytes, ReplyLayou
     for offset, ttl in zip(lay.ttl_offsets, ttls, strict=True):
         struct.pack_into("!I", buf, offset, ttl)
     negative = None if lay.negative_ttl is None else min(lay.negative_ttl, cap)
-    answer_ttls = ttls[:lay.answers] if lay.answers else ttls
-    return bytes(buf), dataclasses.replace(lay, ttls=ttls, negative_ttl=negative,
-                                           min_ttl=min(answer_ttls) if answer_ttls else None)
+    answer_ttls = ttls[: lay.answers] if lay.answers else ttls
+    return bytes(buf), dataclasses.replace(
+        lay, ttls=ttls, negative_ttl=negative, min_ttl=min(answer_ttls) if answer_ttls else None
+    )
 
 
 def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool = False, ra: bool = True) -> bytes:
@@ -253,7 +261,7 @@ def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool
         ext = (rcode >> 4) & 0xFF
         opt = b"\x00" + struct.pack("!HHIH", QTYPE_OPT, 1232, ext << 24, 0)
     head = _HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0)
-    return head + query.packet[12:query.question_end] + opt
+    return head + query.packet[12 : query.question_end] + opt
 
 
 def error_reply(packet: bytes, rcode: int) -> bytes | None:

@@ -82,8 +82,14 @@ class Supervisor:
         return str(self.rundir / f"worker-{worker}.sock")
 
     def start(self, worker: int) -> None:
-        settings = dataclasses.replace(self.settings, reuse_port=True, workers=1, http_host="", http_port=0,
-                                       http_unix=self.socket_of(worker) if self.settings.http_host else "")
+        settings = dataclasses.replace(
+            self.settings,
+            reuse_port=True,
+            workers=1,
+            http_host="",
+            http_port=0,
+            http_unix=self.socket_of(worker) if self.settings.http_host else "",
+        )
         self.slots[worker] = _fork_worker(settings)
 
     def forward(self, signum: int) -> None:
@@ -108,8 +114,15 @@ class Supervisor:
                 continue
             # A lost worker would leave the clients the kernel hashes to it unanswered: replace it.
             self.restarts += 1
-            log_event(log, logging.ERROR, "worker_exited", pid=pid, worker=worker,
-                      code=os.waitstatus_to_exitcode(status), action="restarting")
+            log_event(
+                log,
+                logging.ERROR,
+                "worker_exited",
+                pid=pid,
+                worker=worker,
+                code=os.waitstatus_to_exitcode(status),
+                action="restarting",
+            )
             asyncio.get_running_loop().call_later(min(self.restarts, 5), self._restart, worker)
 
     def _restart(self, worker: int) -> None:
@@ -118,16 +131,17 @@ class Supervisor:
 
     async def _ask(self, worker: int, path: str) -> tuple[int, str]:
         connector = aiohttp.UnixConnector(path=self.socket_of(worker))
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as session, \
-                session.get(f"http://worker{path}") as response:
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as session,
+            session.get(f"http://worker{path}") as response,
+        ):
             return response.status, await response.text()
 
     async def metrics(self, _request: web.Request) -> web.Response:
         workers = sorted(self.slots)
         results = await asyncio.gather(*(self._ask(w, "/metrics") for w in workers), return_exceptions=True)
         merged: dict[str, Metric] = {}
-        up = GaugeMetricFamily("metadns_dns_worker_up", "1 when the worker's metrics could be read",
-                               labels=["worker"])
+        up = GaugeMetricFamily("metadns_dns_worker_up", "1 when the worker's metrics could be read", labels=["worker"])
         for worker, result in zip(workers, results, strict=True):
             ok = not isinstance(result, BaseException) and result[0] == 200
             up.add_metric([str(worker)], int(ok))
@@ -146,12 +160,18 @@ class Supervisor:
     async def healthz(self, _request: web.Request) -> web.Response:
         workers = sorted(self.slots)
         results = await asyncio.gather(*(self._ask(w, "/healthz") for w in workers), return_exceptions=True)
-        states = {str(w): ("unreachable" if isinstance(r, BaseException) else "ok" if r[0] == 200 else "failing")
-                  for w, r in zip(workers, results, strict=True)}
-        healthy = (not self.stopping and len(workers) == self.settings.workers
-                   and all(state == "ok" for state in states.values()))
-        return web.json_response({"status": "ok" if healthy else "failing", "workers": states},
-                                 status=200 if healthy else 503)
+        states = {
+            str(w): ("unreachable" if isinstance(r, BaseException) else "ok" if r[0] == 200 else "failing")
+            for w, r in zip(workers, results, strict=True)
+        }
+        healthy = (
+            not self.stopping
+            and len(workers) == self.settings.workers
+            and all(state == "ok" for state in states.values())
+        )
+        return web.json_response(
+            {"status": "ok" if healthy else "failing", "workers": states}, status=200 if healthy else 503
+        )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -169,9 +189,14 @@ class Supervisor:
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, s.http_host, s.http_port).start()
-        log_event(log, logging.INFO, "workers_started", workers=len(self.slots),
-                  pids=",".join(str(self.slots[w]) for w in sorted(self.slots)),
-                  http=f"{s.http_host}:{s.http_port}" if s.http_host else "")
+        log_event(
+            log,
+            logging.INFO,
+            "workers_started",
+            workers=len(self.slots),
+            pids=",".join(str(self.slots[w]) for w in sorted(self.slots)),
+            http=f"{s.http_host}:{s.http_port}" if s.http_host else "",
+        )
         try:
             while self.slots or not self.stopping:
                 await asyncio.sleep(0.2)

@@ -10,9 +10,12 @@ from shared.answers import AnswersTable
 def soa_rr(table: AnswersTable, zone: str, ttl: int) -> RR:
     """SOA whose serial is the answers' serial (it moves with the fleet version) and whose
     MINIMUM is the local TTL, so resolvers cache our NXDOMAINs no longer than our answers."""
-    return RR(zone, QTYPE.SOA, ttl=ttl,
-              rdata=SOA(f"rancher-metadata.{zone}", f"hostmaster.{zone}",
-                        (table.serial & 0xFFFFFFFF, 60, 10, 86400, ttl)))
+    return RR(
+        zone,
+        QTYPE.SOA,
+        ttl=ttl,
+        rdata=SOA(f"rancher-metadata.{zone}", f"hostmaster.{zone}", (table.serial & 0xFFFFFFFF, 60, 10, 86400, ttl)),
+    )
 
 
 def ns_rr(zone: str, ttl: int) -> RR:

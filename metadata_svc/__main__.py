@@ -34,8 +34,12 @@ async def serve(settings: MetadataSettings) -> None:
             # A typo here would silently give every unknown client an empty self/host. (With
             # etcd and nothing read yet, the host may register later: then it is only logged.)
             hosts = ", ".join(h.name or h.uuid for h in store.snapshot.fleet.hosts) or "none"
-            log_event(log, logging.ERROR, "cannot_start",
-                      reason=f"--self-host {settings.self_host} names no host of the fleet (hosts: {hosts})")
+            log_event(
+                log,
+                logging.ERROR,
+                "cannot_start",
+                reason=f"--self-host {settings.self_host} names no host of the fleet (hosts: {hosts})",
+            )
             raise SystemExit(2)
         site = GatedSite(runner, settings.host, settings.port, gate)
         try:
@@ -43,8 +47,15 @@ async def serve(settings: MetadataSettings) -> None:
         except OSError as exc:
             log_event(log, logging.ERROR, "cannot_listen", listen=f"{settings.host}:{settings.port}", error=str(exc))
             raise SystemExit(1) from None
-        log_event(log, logging.INFO, "listening", address=f"{site.address[0]}:{site.address[1]}",
-                  data=settings.data, xff=settings.xff, max_connections=gate.max_total)
+        log_event(
+            log,
+            logging.INFO,
+            "listening",
+            address=f"{site.address[0]}:{site.address[1]}",
+            data=settings.data,
+            xff=settings.xff,
+            max_connections=gate.max_total,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -33,8 +33,13 @@ FIRST_LOAD_WAIT = 5.0
 class SourceFollower:
     """Applies each result of a source to the store and the kept copy, logging one line each."""
 
-    def __init__(self, source: FleetSource, store: VersionedStore, kept: KeptCopy | None,
-                 counters: MetadataCounters | None = None) -> None:
+    def __init__(
+        self,
+        source: FleetSource,
+        store: VersionedStore,
+        kept: KeptCopy | None,
+        counters: MetadataCounters | None = None,
+    ) -> None:
         self.counters = counters or MetadataCounters()
         self.source = source
         self.store = store
@@ -50,8 +55,15 @@ class SourceFollower:
         if isinstance(result, FleetError):
             self.counters.reloads["rejected"] += 1
             store.last_reload = ReloadResult(time.time(), False, str(result))
-            log_event(log, logging.ERROR, "fleet_rejected", source=self.source.name, where=result.where,
-                      problem=result.problem, serving=store.snapshot.version if store.has_data else "nothing")
+            log_event(
+                log,
+                logging.ERROR,
+                "fleet_rejected",
+                source=self.source.name,
+                where=result.where,
+                problem=result.problem,
+                serving=store.snapshot.version if store.has_data else "nothing",
+            )
             return
         changed = store.publish(result, index=index)
         self.counters.reloads["published" if changed else "unchanged"] += 1
@@ -60,12 +72,25 @@ class SourceFollower:
             log_event(log, logging.INFO, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
             return
         fleet = result
-        log_event(log, logging.INFO, "fleet_published", source=self.source.name, version=store.snapshot.version,
-                  stacks=len(fleet.stacks), services=len(fleet.services), containers=len(fleet.containers))
+        log_event(
+            log,
+            logging.INFO,
+            "fleet_published",
+            source=self.source.name,
+            version=store.snapshot.version,
+            stacks=len(fleet.stacks),
+            services=len(fleet.services),
+            containers=len(fleet.containers),
+        )
         wanted = store.self_host_wanted
         if wanted and not store.snapshot.self_host_uuid:
-            log_event(log, logging.WARNING, "self_host_missing", self_host=wanted,
-                      hosts=",".join(h.name or h.uuid for h in fleet.hosts) or "none")
+            log_event(
+                log,
+                logging.WARNING,
+                "self_host_missing",
+                self_host=wanted,
+                hosts=",".join(h.name or h.uuid for h in fleet.hosts) or "none",
+            )
         await self.keep(fleet, store.index)
 
     async def keep(self, fleet: Fleet, index: int) -> None:
@@ -84,8 +109,14 @@ class SourceFollower:
         self.store.clock_indexes = True
         self.store.kept_error = str(exc)
         if self._kept_error != str(exc):
-            log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc),
-                      indexes="from the clock in ms, so that a restart cannot repeat one")
+            log_event(
+                log,
+                logging.WARNING,
+                "kept_copy_unwritable",
+                path=str(self.kept.path),
+                error=str(exc),
+                indexes="from the clock in ms, so that a restart cannot repeat one",
+            )
         self._kept_error = str(exc)
 
     def check_kept(self) -> None:
@@ -105,8 +136,14 @@ class SourceFollower:
             log_event(log, logging.INFO, "kept_copy_not_used", path=str(self.kept.path), reason=exc.problem)
             return
         self.store.restore(fleet, index)
-        log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path),
-                  version=self.store.snapshot.version, containers=len(fleet.containers))
+        log_event(
+            log,
+            logging.INFO,
+            "kept_copy_restored",
+            path=str(self.kept.path),
+            version=self.store.snapshot.version,
+            containers=len(fleet.containers),
+        )
 
     async def run(self, updates: AsyncIterator[Fleet | tuple[Fleet, int] | FleetError]) -> None:
         async for result in updates:
@@ -118,11 +155,17 @@ def source_for(settings: MetadataSettings) -> FleetSource:
     """``--source``: ``etcd://HOST:PORT[,...]/PREFIX`` or ``file:PATH``; else the ``--data`` file."""
     if settings.source.startswith("etcd://"):
         hosts, prefix = parse_etcd_source(settings.source)
-        endpoints = EtcdEndpoints.parse(hosts, tls=settings.etcd_tls, username=settings.etcd_user,
-                                        password=settings.etcd_password, ca_file=settings.etcd_ca,
-                                        cert_file=settings.etcd_cert, key_file=settings.etcd_key)
+        endpoints = EtcdEndpoints.parse(
+            hosts,
+            tls=settings.etcd_tls,
+            username=settings.etcd_user,
+            password=settings.etcd_password,
+            ca_file=settings.etcd_ca,
+            cert_file=settings.etcd_cert,
+            key_file=settings.etcd_key,
+        )
         return EtcdSource(endpoints, prefix, idle_timeout=settings.etcd_idle_timeout)
-    path = settings.source[len("file:"):] if settings.source.startswith("file:") else settings.data
+    path = settings.source[len("file:") :] if settings.source.startswith("file:") else settings.data
     return FileSource(path, settings.poll_interval, use_inotify=settings.watch == "auto")
 
 
@@ -139,8 +182,9 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
 
     async def follow_source(app: web.Application) -> AsyncIterator[None]:
         store = app[STORE]
-        follower = SourceFollower(fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None,
-                                  app[COUNTERS])
+        follower = SourceFollower(
+            fleet_source, store, KeptCopy(settings.state_file) if settings.state_file else None, app[COUNTERS]
+        )
         follower.restore()
         follower.check_kept()
         updates = fleet_source.updates()
@@ -151,8 +195,14 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
             async with asyncio.timeout(FIRST_LOAD_WAIT):
                 await follower.first_result.wait()
         except TimeoutError:
-            log_event(log, logging.WARNING, "source_not_ready", source=fleet_source.name, waited_s=FIRST_LOAD_WAIT,
-                      serving=store.snapshot.version if store.has_data else "nothing yet")
+            log_event(
+                log,
+                logging.WARNING,
+                "source_not_ready",
+                source=fleet_source.name,
+                waited_s=FIRST_LOAD_WAIT,
+                serving=store.snapshot.version if store.has_data else "nothing yet",
+            )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, fleet_source.request_reload)

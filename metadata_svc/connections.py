@@ -79,8 +79,7 @@ class ConnectionGate:
         """Under pressure: close keep-alive connections idle for ``pressure_idle`` seconds or
         more, longest idle first, until a quarter of the slots is free."""
         now = time.monotonic()
-        idle = sorted((c for c in self.open if c.idle_since(now) >= self.pressure_idle),
-                      key=lambda c: c.last_active)
+        idle = sorted((c for c in self.open if c.idle_since(now) >= self.pressure_idle), key=lambda c: c.last_active)
         for conn in idle:
             if len(self.open) * 4 < self.max_total * 3:
                 break
@@ -167,5 +166,6 @@ class GatedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        self._server = await loop.create_server(self.gate.protocol_factory(server), self._host, self._port,
-                                                family=family, reuse_address=True, backlog=1024)
+        self._server = await loop.create_server(
+            self.gate.protocol_factory(server), self._host, self._port, family=family, reuse_address=True, backlog=1024
+        )

@@ -35,7 +35,7 @@ def split_path(raw_path: str) -> list[str]:
 def _check_escapes(part: str) -> None:
     i = part.find("%")
     while i != -1:
-        code = part[i + 1:i + 3]
+        code = part[i + 1 : i + 3]
         if len(code) != 2 or any(c not in "0123456789abcdefABCDEF" for c in code):
             raise MalformedPath(f"bad percent escape in {part!r}")
         i = part.find("%", i + 3)

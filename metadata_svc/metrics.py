@@ -49,13 +49,15 @@ class _Collector(Collector):
         from metadata_svc.keys import COUNTERS, SOURCE, STORE
 
         counters, store = self.app[COUNTERS], self.app[STORE]
-        requests = CounterMetricFamily("metadns_metadata_requests", "HTTP requests for metadata paths",
-                                       labels=["kind", "status"])
+        requests = CounterMetricFamily(
+            "metadns_metadata_requests", "HTTP requests for metadata paths", labels=["kind", "status"]
+        )
         for (kind, code), value in sorted(counters.requests.items()):
             requests.add_metric([kind, str(code)], value)
         yield requests
-        reloads = CounterMetricFamily("metadns_metadata_reloads", "Fleets read from the source, by result",
-                                      labels=["result"])
+        reloads = CounterMetricFamily(
+            "metadns_metadata_reloads", "Fleets read from the source, by result", labels=["result"]
+        )
         for result, value in sorted(counters.reloads.items()):
             reloads.add_metric([result], value)
         yield reloads
@@ -63,8 +65,12 @@ class _Collector(Collector):
         yield _gauge("metadns_metadata_index", "Version index served", store.index)
         fleet = store.snapshot.fleet
         size = GaugeMetricFamily("metadns_metadata_fleet_objects", "Objects of the fleet served", labels=["kind"])
-        for kind, items in (("hosts", fleet.hosts), ("stacks", fleet.stacks), ("services", fleet.services),
-                            ("containers", fleet.containers)):
+        for kind, items in (
+            ("hosts", fleet.hosts),
+            ("stacks", fleet.stacks),
+            ("services", fleet.services),
+            ("containers", fleet.containers),
+        ):
             size.add_metric([kind], len(items))
         yield size
         etcd: Any = getattr(self.app[SOURCE], "status", None)
@@ -74,8 +80,11 @@ class _Collector(Collector):
             yield _gauge("metadns_metadata_source_held_back", "etcd objects held back as invalid", len(etcd.held_back))
             # How far behind the fleet may be: the watch hears from etcd at least every progress
             # interval while it is healthy, so this age is the source's lag bound.
-            yield _gauge("metadns_metadata_source_last_heard_seconds", "Seconds since etcd last answered the watch",
-                         time.monotonic() - etcd.heard_at if etcd.heard_at else -1)
+            yield _gauge(
+                "metadns_metadata_source_last_heard_seconds",
+                "Seconds since etcd last answered the watch",
+                time.monotonic() - etcd.heard_at if etcd.heard_at else -1,
+            )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

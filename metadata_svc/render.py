@@ -60,8 +60,7 @@ def scalar_text(value: Any) -> str:
 
 def text(value: Any) -> str:
     if isinstance(value, Mapping):
-        return "".join(f"{quote_plus(str(k))}{'/' if _is_collection(value[k]) else ''}\n"
-                       for k in sorted(value))
+        return "".join(f"{quote_plus(str(k))}{'/' if _is_collection(value[k]) else ''}\n" for k in sorted(value))
     if _is_collection(value):
         lines = []
         for i, item in enumerate(value):

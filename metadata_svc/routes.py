@@ -152,7 +152,7 @@ async def _send_in_pieces(request: web.Request, body: bytes, headers: dict[str, 
     await response.prepare(request)
     view = memoryview(body)
     for start in range(0, len(body), BIG_BODY):
-        await response.write(view[start:start + BIG_BODY])
+        await response.write(view[start : start + BIG_BODY])
         await asyncio.sleep(0)
     await response.write_eof()
     return response
@@ -179,27 +179,48 @@ async def status(request: web.Request) -> web.Response:
     snap = store.snapshot
     fleet = snap.fleet
     reload = store.last_reload
-    reload_text = "none yet" if reload is None else (
-        f"{'ok' if reload.ok else 'REJECTED'} at "
-        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(reload.at))}Z: {reload.message}")
+    reload_text = (
+        "none yet"
+        if reload is None
+        else (
+            f"{'ok' if reload.ok else 'REJECTED'} at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(reload.at))}Z: {reload.message}"
+        )
+    )
     rows = [
-        ("version", snap.version), ("index", str(snap.index)),
+        ("version", snap.version),
+        ("index", str(snap.index)),
         ("published", time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(snap.published_at)) + "Z"),
-        ("environment", fleet.environment.name), ("hosts", str(len(fleet.hosts))),
-        ("stacks", str(len(fleet.stacks))), ("services", str(len(fleet.services))),
-        ("containers", str(len(fleet.containers))), ("last reload", reload_text),
-        ("waiting long-polls", str(store.waiting)), ("source", str(getattr(request.app[SOURCE], "name", ""))),
-        ("kept copy", f"NOT WRITABLE ({store.kept_error}); indexes follow the clock" if store.kept_error
-         else request.app[SETTINGS].state_file or "off"),
+        ("environment", fleet.environment.name),
+        ("hosts", str(len(fleet.hosts))),
+        ("stacks", str(len(fleet.stacks))),
+        ("services", str(len(fleet.services))),
+        ("containers", str(len(fleet.containers))),
+        ("last reload", reload_text),
+        ("waiting long-polls", str(store.waiting)),
+        ("source", str(getattr(request.app[SOURCE], "name", ""))),
+        (
+            "kept copy",
+            f"NOT WRITABLE ({store.kept_error}); indexes follow the clock"
+            if store.kept_error
+            else request.app[SETTINGS].state_file or "off",
+        ),
     ]
     etcd = getattr(request.app[SOURCE], "status", None)
     if etcd is not None:
-        rows += [("etcd", f"{'connected to ' + etcd.endpoint if etcd.connected else 'UNREACHABLE: ' + etcd.problem}"
-                          f", at revision {etcd.revision}"),
-                 *((f"held back: {key}", problem) for key, problem in sorted(etcd.held_back.items()))]
+        rows += [
+            (
+                "etcd",
+                f"{'connected to ' + etcd.endpoint if etcd.connected else 'UNREACHABLE: ' + etcd.problem}"
+                f", at revision {etcd.revision}",
+            ),
+            *((f"held back: {key}", problem) for key, problem in sorted(etcd.held_back.items())),
+        ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>metadns metadata</title></head>"
-            f"<body><h1>metadns metadata</h1><table>{body}</table></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>metadns metadata</title></head>"
+        f"<body><h1>metadns metadata</h1><table>{body}</table></body></html>"
+    )
     return web.Response(text=page, content_type="text/html")
 
 
@@ -215,4 +236,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/favicon.ico", not_found)
     app.router.add_get("/metadns/v1/fleet", fleet)
     app.router.add_get("/{tail:.*}", metadata)
-

@@ -49,40 +49,71 @@ class MetadataSettings:
 
 def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     p = FlagParser("METADNS_METADATA", prog="metadata-svc", description=DESCRIPTION)
-    p.flag("--listen", default="169.254.169.250:80",
-           help="HOST:PORT to serve HTTP on; port 0 picks a free port")
-    p.flag("--data", default="/etc/metadns/fleet.yaml",
-           help="the fleet file, YAML or JSON (Rancher field names; see examples/fleet.yaml)")
-    p.flag("--state-file", default="/var/lib/metadns/metadata-last-good.json",
-           help="where the last good fleet and its version are kept for restarts; '' disables")
-    p.flag("--xff", action="store_true",
-           help="take the client from X-Forwarded-For (only from peers in --xff-trusted)")
-    p.flag("--xff-trusted", default="127.0.0.0/8,::1/128",
-           help="comma list of proxy networks whose X-Forwarded-For is believed")
-    p.flag("--max-wait", default=120.0, type=float,
-           help="cap in seconds on a long-poll's maxWait")
-    p.flag("--poll-interval", default=1.0, type=float,
-           help="seconds between checks of the fleet file for changes")
-    p.flag("--source", default="",
-           help="where the fleet comes from: etcd://HOST:PORT[,HOST:PORT...]/PREFIX, or file:PATH "
-                "(default: the --data file)")
+    p.flag("--listen", default="169.254.169.250:80", help="HOST:PORT to serve HTTP on; port 0 picks a free port")
+    p.flag(
+        "--data",
+        default="/etc/metadns/fleet.yaml",
+        help="the fleet file, YAML or JSON (Rancher field names; see examples/fleet.yaml)",
+    )
+    p.flag(
+        "--state-file",
+        default="/var/lib/metadns/metadata-last-good.json",
+        help="where the last good fleet and its version are kept for restarts; '' disables",
+    )
+    p.flag("--xff", action="store_true", help="take the client from X-Forwarded-For (only from peers in --xff-trusted)")
+    p.flag(
+        "--xff-trusted",
+        default="127.0.0.0/8,::1/128",
+        help="comma list of proxy networks whose X-Forwarded-For is believed",
+    )
+    p.flag("--max-wait", default=120.0, type=float, help="cap in seconds on a long-poll's maxWait")
+    p.flag("--poll-interval", default=1.0, type=float, help="seconds between checks of the fleet file for changes")
+    p.flag(
+        "--source",
+        default="",
+        help="where the fleet comes from: etcd://HOST:PORT[,HOST:PORT...]/PREFIX, or file:PATH "
+        "(default: the --data file)",
+    )
     add_etcd_flags(p)
-    p.flag("--etcd-idle-timeout", default=30.0, type=float,
-           help="seconds without any watch message (not even a progress notification) before the watch is "
-                "started again on the next endpoint; set etcd's --experimental-watch-progress-notify-interval "
-                "well below it")
-    p.flag("--watch", default="auto", choices=("auto", "poll"),
-           help="how file changes are noticed: 'auto' reads a change once its writer closed it (inotify "
-                "on Linux, polling elsewhere), 'poll' only polls (a change is read once unchanged over two polls)")
-    p.flag("--max-connections", default=4096, type=int,
-           help="HTTP connections open at once (kept below the open-files limit, raised to its maximum at start)")
-    p.flag("--max-connections-per-client", default=64, type=int,
-           help="HTTP connections open at once from one client address")
-    p.flag("--keepalive-timeout", default=15.0, type=float,
-           help="seconds an idle keep-alive connection is kept (1 s once three quarters of the slots are taken)")
-    p.flag("--self-host", default="",
-           help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
-                "default: the only host of the fleet")
+    p.flag(
+        "--etcd-idle-timeout",
+        default=30.0,
+        type=float,
+        help="seconds without any watch message (not even a progress notification) before the watch is "
+        "started again on the next endpoint; set etcd's --experimental-watch-progress-notify-interval "
+        "well below it",
+    )
+    p.flag(
+        "--watch",
+        default="auto",
+        choices=("auto", "poll"),
+        help="how file changes are noticed: 'auto' reads a change once its writer closed it (inotify "
+        "on Linux, polling elsewhere), 'poll' only polls (a change is read once unchanged over two polls)",
+    )
+    p.flag(
+        "--max-connections",
+        default=4096,
+        type=int,
+        help="HTTP connections open at once (kept below the open-files limit, raised to its maximum at start)",
+    )
+    p.flag(
+        "--max-connections-per-client",
+        default=64,
+        type=int,
+        help="HTTP connections open at once from one client address",
+    )
+    p.flag(
+        "--keepalive-timeout",
+        default=15.0,
+        type=float,
+        help="seconds an idle keep-alive connection is kept (1 s once three quarters of the slots are taken)",
+    )
+    p.flag(
+        "--self-host",
+        default="",
+        help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
+        "default: the only host of the fleet",
+    )
     p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
     try:
@@ -96,6 +127,7 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     if ns.source.startswith("etcd://"):
         try:
             from metadata_svc.sources.etcd import parse_etcd_source
+
             parse_etcd_source(ns.source)
         except ValueError as exc:
             p.error(f"--source: {exc}")
@@ -106,11 +138,27 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     except ValueError as exc:
         p.error(f"--xff-trusted: {exc}")
     return MetadataSettings(
-        host=host, port=port, data=ns.data, state_file=ns.state_file, xff=ns.xff,
-        xff_trusted=xff_trusted, max_wait=ns.max_wait,
-        default_wait=min(60.0, ns.max_wait), poll_interval=ns.poll_interval, watch=ns.watch,
-        source=ns.source, etcd_tls=ns.etcd_tls, etcd_user=ns.etcd_user, etcd_password=ns.etcd_password,
-        etcd_ca=ns.etcd_ca, etcd_cert=ns.etcd_cert, etcd_key=ns.etcd_key, etcd_idle_timeout=ns.etcd_idle_timeout,
-        max_connections=ns.max_connections, max_connections_per_client=ns.max_connections_per_client,
+        host=host,
+        port=port,
+        data=ns.data,
+        state_file=ns.state_file,
+        xff=ns.xff,
+        xff_trusted=xff_trusted,
+        max_wait=ns.max_wait,
+        default_wait=min(60.0, ns.max_wait),
+        poll_interval=ns.poll_interval,
+        watch=ns.watch,
+        source=ns.source,
+        etcd_tls=ns.etcd_tls,
+        etcd_user=ns.etcd_user,
+        etcd_password=ns.etcd_password,
+        etcd_ca=ns.etcd_ca,
+        etcd_cert=ns.etcd_cert,
+        etcd_key=ns.etcd_key,
+        etcd_idle_timeout=ns.etcd_idle_timeout,
+        max_connections=ns.max_connections,
+        max_connections_per_client=ns.max_connections_per_client,
         keepalive_timeout=ns.keepalive_timeout,
-        self_host=ns.self_host, log_level=ns.log_level)
+        self_host=ns.self_host,
+        log_level=ns.log_level,
+    )

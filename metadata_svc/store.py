@@ -35,11 +35,11 @@ class Snapshot:
     _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
     _fleet_json: bytes | None = field(default=None, repr=False)
     _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
-    _selves: LRUCache[tuple[str, str], Any] = field(default_factory=lambda: LRUCache(maxsize=4096),
-                                                    repr=False)
+    _selves: LRUCache[tuple[str, str], Any] = field(default_factory=lambda: LRUCache(maxsize=4096), repr=False)
     # Rendered bodies, bounded in bytes: a few whole trees in each format and API version.
     _rendered: LRUCache[tuple[str, tuple[str, ...], str], bytes] = field(
-        default_factory=lambda: LRUCache(maxsize=128 << 20, getsizeof=len), repr=False)
+        default_factory=lambda: LRUCache(maxsize=128 << 20, getsizeof=len), repr=False
+    )
 
     @property
     def version(self) -> str:
@@ -78,8 +78,9 @@ class Snapshot:
         request; it is small."""
         if _personal(segments, value):
             if isinstance(value, ClientTree) and fmt is not TEXT:
-                base = self._rendered_once((api, ("<without self>",), fmt.name),
-                                           lambda: render(value.without_self(), fmt).encode())
+                base = self._rendered_once(
+                    (api, ("<without self>",), fmt.name), lambda: render(value.without_self(), fmt).encode()
+                )
                 return with_self(base.decode(), render({"self": value.own_self}, fmt), fmt).encode()
             return render(value, fmt).encode()
         return self._rendered_once((api, tuple(segments), fmt.name), lambda: render(value, fmt).encode())
@@ -221,4 +222,3 @@ class VersionedStore:
         """Release every waiter now (graceful shutdown must not wait for maxWait)."""
         self._closed = True
         self._changed.set()
-

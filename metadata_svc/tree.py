@@ -44,9 +44,18 @@ class TreeBuilder:
         return text.lower() if self.lower else text
 
     def host(self, h: Host, index: int) -> Tree:
-        out: Tree = {"name": h.name, "agent_ip": h.agent_ip, "labels": dict(h.labels), "uuid": h.uuid,
-                     "hostname": h.hostname, "memory": 0, "milli_cpu": 0, "local_storage_mb": 0,
-                     "environment_uuid": self.fleet.environment.uuid, "state": "active"}
+        out: Tree = {
+            "name": h.name,
+            "agent_ip": h.agent_ip,
+            "labels": dict(h.labels),
+            "uuid": h.uuid,
+            "hostname": h.hostname,
+            "memory": 0,
+            "milli_cpu": 0,
+            "local_storage_mb": 0,
+            "environment_uuid": self.fleet.environment.uuid,
+            "state": "active",
+        }
         if not self.lower:
             out["host_id"] = index + 1
         out.update(h.extra)
@@ -61,18 +70,35 @@ class TreeBuilder:
         host = self.fleet.host(c.host_uuid) if c.host_uuid else None
         host_ip = "0.0.0.0" if self.lower or host is None else host.agent_ip or "0.0.0.0"
         out: Tree = {
-            "name": self.name(c.name), "primary_ip": c.primary_ip, "primary_mac_address": "",
-            "ips": [c.primary_ip], "ports": [_port(p, host_ip) for p in c.ports],
-            "service_name": self.name(c.service_name), "service_index": c.service_index,
-            "stack_name": self.name(c.stack_name), "stack_uuid": stack.uuid if stack else "",
-            "labels": dict(c.labels), "create_index": c.create_index, "host_uuid": c.host_uuid,
-            "uuid": c.uuid, "state": c.state, "health_state": c.health_state, "external_id": "",
-            "start_count": 1, "memory_reservation": 0, "milli_cpu_reservation": 0,
-            "dns": list(c.dns), "dns_search": list(c.dns_search), "health_check_hosts": [],
-            "network_from_container_uuid": "", "network_uuid": "",
-            "links": {self.name(k): v for k, v in c.links.items()}, "system": False,
+            "name": self.name(c.name),
+            "primary_ip": c.primary_ip,
+            "primary_mac_address": "",
+            "ips": [c.primary_ip],
+            "ports": [_port(p, host_ip) for p in c.ports],
+            "service_name": self.name(c.service_name),
+            "service_index": c.service_index,
+            "stack_name": self.name(c.stack_name),
+            "stack_uuid": stack.uuid if stack else "",
+            "labels": dict(c.labels),
+            "create_index": c.create_index,
+            "host_uuid": c.host_uuid,
+            "uuid": c.uuid,
+            "state": c.state,
+            "health_state": c.health_state,
+            "external_id": "",
+            "start_count": 1,
+            "memory_reservation": 0,
+            "milli_cpu_reservation": 0,
+            "dns": list(c.dns),
+            "dns_search": list(c.dns_search),
+            "health_check_hosts": [],
+            "network_from_container_uuid": "",
+            "network_uuid": "",
+            "links": {self.name(k): v for k, v in c.links.items()},
+            "system": False,
             "health_check": dict(service.health_check) if service and service.health_check else None,
-            "service_uuid": service.uuid if service else "", **self.env,
+            "service_uuid": service.uuid if service else "",
+            **self.env,
         }
         out.update(c.extra)
         self._containers[c.uuid] = out
@@ -84,19 +110,35 @@ class TreeBuilder:
         if cached is None:
             stack = self.fleet.stack(s.stack_name)
             members = self.fleet.service_containers(s)
-            containers: list[Any] = ([self.name(c.name) for c in members] if self.name_lists
-                                     else [self.container(c) for c in members])
+            containers: list[Any] = (
+                [self.name(c.name) for c in members] if self.name_lists else [self.container(c) for c in members]
+            )
             cached = {
-                "name": self.name(s.name), "stack_name": self.name(s.stack_name),
-                "stack_uuid": stack.uuid if stack else "", "kind": s.kind, "hostname": s.hostname,
-                "vip": s.vip, "scale": len(members), "create_index": 0, "uuid": s.uuid,
-                "external_ips": list(s.external_ips), "sidekicks": [self.name(n) for n in s.sidekicks],
-                "containers": containers, "ports": list(s.ports), "labels": dict(s.labels),
-                "links": {self.name(k): v for k, v in s.links.items()}, "metadata": dict(s.metadata),
-                "token": None, "fqdn": "",
+                "name": self.name(s.name),
+                "stack_name": self.name(s.stack_name),
+                "stack_uuid": stack.uuid if stack else "",
+                "kind": s.kind,
+                "hostname": s.hostname,
+                "vip": s.vip,
+                "scale": len(members),
+                "create_index": 0,
+                "uuid": s.uuid,
+                "external_ips": list(s.external_ips),
+                "sidekicks": [self.name(n) for n in s.sidekicks],
+                "containers": containers,
+                "ports": list(s.ports),
+                "labels": dict(s.labels),
+                "links": {self.name(k): v for k, v in s.links.items()},
+                "metadata": dict(s.metadata),
+                "token": None,
+                "fqdn": "",
                 "health_check": dict(s.health_check) if s.health_check is not None else None,
-                "primary_service_name": self.name(s.primary_service_name), "lb_config": None,
-                "state": "active", "system": False, "selector": "", **self.env,
+                "primary_service_name": self.name(s.primary_service_name),
+                "lb_config": None,
+                "state": "active",
+                "system": False,
+                "selector": "",
+                **self.env,
             }
             cached.update(s.extra)
             self._services[key] = cached
@@ -106,9 +148,15 @@ class TreeBuilder:
 
     def stack(self, st: Stack) -> Tree:
         services = self.fleet.stack_services(st)
-        out: Tree = {"name": self.name(st.name), "uuid": st.uuid, "system": False,
-                     "services": ([self.name(s.name) for s in services] if self.name_lists
-                                  else [self.service(s) for s in services]), **self.env}
+        out: Tree = {
+            "name": self.name(st.name),
+            "uuid": st.uuid,
+            "system": False,
+            "services": (
+                [self.name(s.name) for s in services] if self.name_lists else [self.service(s) for s in services]
+            ),
+            **self.env,
+        }
         out.update(st.extra)
         return out
 
@@ -121,8 +169,7 @@ class TreeBuilder:
             "stacks": [self.stack(st) for st in fleet.stacks],
             "hosts": [self.host(h, i) for i, h in enumerate(fleet.hosts)],
             "networks": [],
-            "self": ({"host": self.host(self.self_host, host_index[self.self_host.uuid])}
-                     if self.self_host else {}),
+            "self": ({"host": self.host(self.self_host, host_index[self.self_host.uuid])} if self.self_host else {}),
             "version": self.version,
             "name": fleet.environment.name,
             "uuid": fleet.environment.uuid,

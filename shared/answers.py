@@ -53,10 +53,15 @@ class NameRecords(NamedTuple):
     ttl: int | None = None
 
     def merged(self, other: NameRecords) -> NameRecords:
-        return NameRecords(a=self.a + other.a, aaaa=self.aaaa + other.aaaa, cname=self.cname or other.cname,
-                           txt=self.txt + other.txt, srv=self.srv + other.srv, ptr=self.ptr or other.ptr,
-                           ttl=self.ttl if self.ttl is not None else other.ttl)
-
+        return NameRecords(
+            a=self.a + other.a,
+            aaaa=self.aaaa + other.aaaa,
+            cname=self.cname or other.cname,
+            txt=self.txt + other.txt,
+            srv=self.srv + other.srv,
+            ptr=self.ptr or other.ptr,
+            ttl=self.ttl if self.ttl is not None else other.ttl,
+        )
 
 
 def _addresses(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -96,10 +101,18 @@ class ClientView:
 class AnswersTable:
     """Local records, the zones we are authoritative for, and a view per client IP."""
 
-    def __init__(self, records: Mapping[str, NameRecords], zones: Iterable[str], default_search: Iterable[str],
-                 default_recurse: Iterable[Upstream] = (), client_inputs: Mapping[str, Any] | None = None,
-                 explicit_views: Mapping[str, ClientView] | None = None, *, serial: int = 1,
-                 view_factory: Any = None) -> None:
+    def __init__(
+        self,
+        records: Mapping[str, NameRecords],
+        zones: Iterable[str],
+        default_search: Iterable[str],
+        default_recurse: Iterable[Upstream] = (),
+        client_inputs: Mapping[str, Any] | None = None,
+        explicit_views: Mapping[str, ClientView] | None = None,
+        *,
+        serial: int = 1,
+        view_factory: Any = None,
+    ) -> None:
         self.records = dict(records)
         self.zones = tuple(fqdn(z) for z in zones)
         self.default = ClientView("default", tuple(fqdn(s) for s in default_search), tuple(default_recurse))
@@ -119,7 +132,7 @@ class AnswersTable:
             names.add(name)
             dot = name.find(".")
             while dot != -1 and dot + 1 < len(name):
-                parent = name[dot + 1:]
+                parent = name[dot + 1 :]
                 if parent in names:
                     break  # its own ancestors are in already
                 names.add(parent)
@@ -129,17 +142,24 @@ class AnswersTable:
     def same_answers(self, other: AnswersTable) -> bool:
         """True when every client would get the same answers from both tables. A plain
         comparison, cheaper than hashing everything: most fleet changes touch few records."""
-        return (self.zones == other.zones and self.default.search == other.default.search
-                and self.default.recurse == other.default.recurse and self.records == other.records
-                and self._client_inputs == other._client_inputs
-                and {k: v for k, v in self._views.items() if k not in self._client_inputs}
-                == {k: v for k, v in other._views.items() if k not in other._client_inputs})
+        return (
+            self.zones == other.zones
+            and self.default.search == other.default.search
+            and self.default.recurse == other.default.recurse
+            and self.records == other.records
+            and self._client_inputs == other._client_inputs
+            and {k: v for k, v in self._views.items() if k not in self._client_inputs}
+            == {k: v for k, v in other._views.items() if k not in other._client_inputs}
+        )
 
     def changed_names(self, old: AnswersTable) -> set[str] | None:
         """Owner names whose records differ from ``old``; None when more than records changed
         (zones, search lists, upstreams), so that everything must be considered stale."""
-        if (self.zones != old.zones or self.default.search != old.default.search
-                or self.default.recurse != old.default.recurse):
+        if (
+            self.zones != old.zones
+            or self.default.search != old.default.search
+            or self.default.recurse != old.default.recurse
+        ):
             return None
         new, before = self.records, old.records
         changed = {name for name, rec in new.items() if before.get(name) != rec}
@@ -201,8 +221,14 @@ def port_spec(spec: str) -> tuple[int, str] | None:
 
 
 class _FleetAnswers:
-    def __init__(self, fleet: Fleet, domain: str, metadata_answer: Iterable[str], never_recurse_to: Iterable[str],
-                 ttl: int | None) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        domain: str,
+        metadata_answer: Iterable[str],
+        never_recurse_to: Iterable[str],
+        ttl: int | None,
+    ) -> None:
         self.fleet = fleet
         self.domain = fqdn(domain)
         self.metadata_answer = tuple(metadata_answer)
@@ -213,8 +239,9 @@ class _FleetAnswers:
     def live(self, c: Container) -> bool:
         return c.state not in GONE
 
-    def service_records(self, s: Service, depth: int = 0, seen: frozenset[tuple[str, str]] = frozenset()
-                        ) -> NameRecords:
+    def service_records(
+        self, s: Service, depth: int = 0, seen: frozenset[tuple[str, str]] = frozenset()
+    ) -> NameRecords:
         key = (s.stack_name.lower(), s.name.lower())
         cached = self._endpoints.get(key)
         if cached is not None:
@@ -230,9 +257,11 @@ class _FleetAnswers:
                     linked = self.fleet.service(t_stack or s.stack_name, t_name)
                     if linked is not None:
                         sub = self.service_records(linked, depth + 1, seen | {key})
-                        out = NameRecords(a=out.a + tuple(ip for ip in sub.a if ip not in out.a),
-                                          aaaa=out.aaaa + tuple(ip for ip in sub.aaaa if ip not in out.aaaa),
-                                          cname=out.cname or (sub.cname if not sub.a and not sub.aaaa else ""))
+                        out = NameRecords(
+                            a=out.a + tuple(ip for ip in sub.a if ip not in out.a),
+                            aaaa=out.aaaa + tuple(ip for ip in sub.aaaa if ip not in out.aaaa),
+                            cname=out.cname or (sub.cname if not sub.a and not sub.aaaa else ""),
+                        )
             if out.a or out.aaaa:
                 out = NameRecords(a=out.a, aaaa=out.aaaa)
         elif s.vip:
@@ -246,8 +275,12 @@ class _FleetAnswers:
             v4, v6 = _addresses(c.primary_ip for c in healthy)
             out = NameRecords(a=v4, aaaa=v6)
         if s.labels:
-            out = NameRecords(a=out.a, aaaa=out.aaaa, cname=out.cname,
-                              txt=tuple(f"{k}={v}" for k, v in sorted(s.labels.items())) if not out.cname else ())
+            out = NameRecords(
+                a=out.a,
+                aaaa=out.aaaa,
+                cname=out.cname,
+                txt=tuple(f"{k}={v}" for k, v in sorted(s.labels.items())) if not out.cname else (),
+            )
         if self.ttl is not None:
             out = NameRecords(a=out.a, aaaa=out.aaaa, cname=out.cname, txt=out.txt, ttl=self.ttl)
         self._endpoints[key] = out
@@ -256,8 +289,7 @@ class _FleetAnswers:
     def srv_records(self, s: Service) -> dict[str, NameRecords]:
         if s.kind != "service" or s.vip:
             return {}
-        members = [c for c in self.fleet.service_containers(s)
-                   if c.state in RUNNING and c.health_state in HEALTHY]
+        members = [c for c in self.fleet.service_containers(s) if c.state in RUNNING and c.health_state in HEALTHY]
         out: dict[str, list[Srv]] = {}
         for spec in s.ports:
             parsed = port_spec(spec)
@@ -265,8 +297,7 @@ class _FleetAnswers:
                 continue
             port, proto = parsed
             owner = f"_{s.name}._{proto}.{s.stack_name}.{self.domain}".lower()
-            out.setdefault(owner, []).extend(
-                Srv(0, 10, port, f"{c.name}.{self.domain}".lower()) for c in members)
+            out.setdefault(owner, []).extend(Srv(0, 10, port, f"{c.name}.{self.domain}".lower()) for c in members)
         return {k: NameRecords(srv=tuple(v)) for k, v in out.items() if v}
 
     def build(self) -> dict[str, NameRecords]:
@@ -296,16 +327,17 @@ class _FleetAnswers:
         return records
 
     def client_inputs(self) -> dict[str, Any]:
-        return {c.primary_ip: (c.name, c.stack_name, c.service_name, c.dns, c.dns_search, tuple(c.links.items()))
-                for c in self.fleet.containers
-                if self.live(c) and self.fleet.container_by_ip(c.primary_ip) is c}  # a shared IP: no view
+        return {
+            c.primary_ip: (c.name, c.stack_name, c.service_name, c.dns, c.dns_search, tuple(c.links.items()))
+            for c in self.fleet.containers
+            if self.live(c) and self.fleet.container_by_ip(c.primary_ip) is c
+        }  # a shared IP: no view
 
     def make_view(self, table: AnswersTable, client_ip: str, _inputs: Any) -> ClientView:
         c = self.fleet.container_by_ip(client_ip)
         assert c is not None
         d = self.domain
-        search = tuple(fqdn(s) for s in c.dns_search) or (
-            (fqdn(f"{c.stack_name}.{d}"), d) if c.stack_name else (d,))
+        search = tuple(fqdn(s) for s in c.dns_search) or ((fqdn(f"{c.stack_name}.{d}"), d) if c.stack_name else (d,))
         recurse = tuple((ip, 53) for ip in c.dns if ip not in self.never)
         own: dict[str, NameRecords] = {}
         for target, alias in c.links.items():
@@ -324,14 +356,28 @@ class _FleetAnswers:
         return ClientView(client_ip, search, recurse, own)
 
 
-def answers_from_fleet(fleet: Fleet, *, domain: str = "rancher.internal", metadata_answer: Iterable[str] = (),
-                       default_recurse: Iterable[Upstream] = (), never_recurse_to: Iterable[str] = (),
-                       ttl: int | None = None, serial: int = 1) -> AnswersTable:
+def answers_from_fleet(
+    fleet: Fleet,
+    *,
+    domain: str = "rancher.internal",
+    metadata_answer: Iterable[str] = (),
+    default_recurse: Iterable[Upstream] = (),
+    never_recurse_to: Iterable[str] = (),
+    ttl: int | None = None,
+    serial: int = 1,
+) -> AnswersTable:
     """Build the answers table of a fleet (see the module docstring for the names)."""
     builder = _FleetAnswers(fleet, domain, metadata_answer, never_recurse_to, ttl)
     records = builder.build()
-    return AnswersTable(records, [builder.domain], [builder.domain], default_recurse,
-                        builder.client_inputs(), serial=serial, view_factory=builder.make_view)
+    return AnswersTable(
+        records,
+        [builder.domain],
+        [builder.domain],
+        default_recurse,
+        builder.client_inputs(),
+        serial=serial,
+        view_factory=builder.make_view,
+    )
 
 
 class AnswersFileError(ValueError):
@@ -367,8 +413,11 @@ def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
             for name, item in (body.get("cname") or {}).items():
                 add(name, NameRecords(cname=fqdn(item["answer"]), ttl=item.get("ttl")))
             for name, item in (body.get("ptr") or {}).items():
-                owner = name if name.rstrip(".").endswith(("in-addr.arpa", "ip6.arpa")) else \
-                    ipaddress.ip_address(name).reverse_pointer
+                owner = (
+                    name
+                    if name.rstrip(".").endswith(("in-addr.arpa", "ip6.arpa"))
+                    else ipaddress.ip_address(name).reverse_pointer
+                )
                 add(owner, NameRecords(ptr=fqdn(item["answer"]), ttl=item.get("ttl")))
             for name, item in (body.get("txt") or {}).items():
                 texts = tuple(str(t) for t in item["answer"])
@@ -395,6 +444,5 @@ def answers_from_rancher_file(data: Any, *, serial: int = 1) -> AnswersTable:
         except ValueError:
             raise AnswersFileError(f"{key}: top-level keys must be client IPs or 'default'") from None
         recs, c_search, c_recurse = section(str(key), body)
-        views[ip] = ClientView(ip, tuple(fqdn(s) for s in c_search) or tuple(fqdn(s) for s in search),
-                               c_recurse, recs)
+        views[ip] = ClientView(ip, tuple(fqdn(s) for s in c_search) or tuple(fqdn(s) for s in search), c_recurse, recs)
     return AnswersTable(records, zones, search, recurse, explicit_views=views, serial=serial)

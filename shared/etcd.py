@@ -61,8 +61,13 @@ class KeyValue:
 
     @classmethod
     def parse(cls, kv: dict[str, Any]) -> KeyValue:
-        return cls(unb64(kv.get("key")), unb64(kv.get("value")), int(kv.get("mod_revision", 0)),
-                   int(kv.get("create_revision", 0)), int(kv.get("lease", 0)))
+        return cls(
+            unb64(kv.get("key")),
+            unb64(kv.get("value")),
+            int(kv.get("mod_revision", 0)),
+            int(kv.get("create_revision", 0)),
+            int(kv.get("lease", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,8 +134,15 @@ def add_etcd_flags(p: Any) -> None:
 
 
 def endpoints_from_flags(hosts: str, ns: Any) -> EtcdEndpoints:
-    return EtcdEndpoints.parse(hosts, tls=ns.etcd_tls, username=ns.etcd_user, password=ns.etcd_password,
-                               ca_file=ns.etcd_ca, cert_file=ns.etcd_cert, key_file=ns.etcd_key)
+    return EtcdEndpoints.parse(
+        hosts,
+        tls=ns.etcd_tls,
+        username=ns.etcd_user,
+        password=ns.etcd_password,
+        ca_file=ns.etcd_ca,
+        cert_file=ns.etcd_cert,
+        key_file=ns.etcd_key,
+    )
 
 
 class EtcdClient:
@@ -195,8 +207,9 @@ class EtcdClient:
             try:
                 await self._authenticate(url)
                 timeout = aiohttp.ClientTimeout(total=self.timeout)
-                async with self.session().post(f"{url}{path}", data=json.dumps(body),
-                                               headers=self._headers(require_leader), timeout=timeout) as r:
+                async with self.session().post(
+                    f"{url}{path}", data=json.dumps(body), headers=self._headers(require_leader), timeout=timeout
+                ) as r:
                     doc = await r.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
                 problems.append(f"{url}: {type(exc).__name__}: {exc}")
@@ -215,8 +228,9 @@ class EtcdClient:
             return doc
         raise EtcdError("no etcd endpoint answered: " + "; ".join(problems))
 
-    async def range(self, key: bytes, range_end: bytes = b"", *, revision: int = 0, limit: int = 0,
-                    serializable: bool = False) -> tuple[list[KeyValue], int, bool]:
+    async def range(
+        self, key: bytes, range_end: bytes = b"", *, revision: int = 0, limit: int = 0, serializable: bool = False
+    ) -> tuple[list[KeyValue], int, bool]:
         """(key-values, header revision, more)."""
         body: dict[str, Any] = {"key": b64(key)}
         if range_end:
@@ -243,13 +257,21 @@ class EtcdClient:
                 return out, revision
             start = kvs[-1].key + b"\0"
 
-    async def txn(self, compare: Sequence[dict[str, Any]], success: Sequence[dict[str, Any]],
-                  failure: Sequence[dict[str, Any]] = ()) -> tuple[bool, int, list[dict[str, Any]]]:
+    async def txn(
+        self,
+        compare: Sequence[dict[str, Any]],
+        success: Sequence[dict[str, Any]],
+        failure: Sequence[dict[str, Any]] = (),
+    ) -> tuple[bool, int, list[dict[str, Any]]]:
         """(succeeded, header revision, responses)."""
-        doc = await self.call("/v3/kv/txn", {"compare": list(compare), "success": list(success),
-                                             "failure": list(failure)})
-        return bool(doc.get("succeeded")), int(doc.get("header", {}).get("revision", 0)), list(
-            doc.get("responses") or ())
+        doc = await self.call(
+            "/v3/kv/txn", {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        )
+        return (
+            bool(doc.get("succeeded")),
+            int(doc.get("header", {}).get("revision", 0)),
+            list(doc.get("responses") or ()),
+        )
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
@@ -273,18 +295,26 @@ class EtcdClient:
     async def lease_revoke(self, lease: int) -> None:
         await self.call("/v3/lease/revoke", {"ID": lease})
 
-    async def watch(self, key: bytes, range_end: bytes, start_revision: int,
-                    idle_timeout: float) -> AsyncIterator[WatchResult]:
+    async def watch(
+        self, key: bytes, range_end: bytes, start_revision: int, idle_timeout: float
+    ) -> AsyncIterator[WatchResult]:
         """Watch ``key``..``range_end`` from ``start_revision`` on the first endpoint, with
         progress notifications and the leader required, until the stream ends, an error comes,
         or nothing (not even a progress notification) arrives for ``idle_timeout`` seconds."""
         url = self._order[0]
         await self._authenticate(url)
-        body = {"create_request": {"key": b64(key), "range_end": b64(range_end), "start_revision": start_revision,
-                                   "progress_notify": True}}
+        body = {
+            "create_request": {
+                "key": b64(key),
+                "range_end": b64(range_end),
+                "start_revision": start_revision,
+                "progress_notify": True,
+            }
+        }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=idle_timeout)
-        async with self.session().post(f"{url}/v3/watch", data=json.dumps(body),
-                                       headers=self._headers(True), timeout=timeout) as r:
+        async with self.session().post(
+            f"{url}/v3/watch", data=json.dumps(body), headers=self._headers(True), timeout=timeout
+        ) as r:
             if r.status != 200:
                 raise EtcdError(f"{url}: watch refused: HTTP {r.status} {(await r.text())[:200]}")
             buffer = b""
@@ -310,8 +340,13 @@ def _watch_result(doc: dict[str, Any]) -> WatchResult:
     if error is not None:
         raise EtcdError(error[1], error[0])
     result = doc.get("result", doc)
-    events = tuple(WatchEvent(e.get("type") == "DELETE", KeyValue.parse(e.get("kv") or {}))
-                   for e in result.get("events") or ())
-    return WatchResult(int(result.get("header", {}).get("revision", 0)), events,
-                       int(result.get("compact_revision", 0)), bool(result.get("canceled")),
-                       bool(result.get("created")))
+    events = tuple(
+        WatchEvent(e.get("type") == "DELETE", KeyValue.parse(e.get("kv") or {})) for e in result.get("events") or ()
+    )
+    return WatchResult(
+        int(result.get("header", {}).get("revision", 0)),
+        events,
+        int(result.get("compact_revision", 0)),
+        bool(result.get("canceled")),
+        bool(result.get("created")),
+    )

@@ -85,7 +85,7 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
             environment = obj
             continue
         if key.startswith("tokens/"):
-            tokens[key[len("tokens/"):]] = obj
+            tokens[key[len("tokens/") :]] = obj
             continue
         kind = key.split("/", 1)[0]
         problem = _named_by_key(kind, key, obj) if kind in objects else "not a key of the fleet layout"
@@ -94,7 +94,7 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
         else:
             objects[kind].append((key, obj))
     for key, obj in objects["services"]:
-        token = tokens.pop(key[len("services/"):], None)
+        token = tokens.pop(key[len("services/") :], None)
         if token is not None:
             obj["token"] = token.get("token") or ""
     for rest in tokens:
@@ -117,8 +117,12 @@ def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tupl
     raise FleetError("etcd", "too many invalid objects")
 
 
-_KEY_FIELDS = {"hosts": ("uuid",), "stacks": ("name",), "services": ("stack_name", "name"),
-               "containers": ("host_uuid", "uuid")}
+_KEY_FIELDS = {
+    "hosts": ("uuid",),
+    "stacks": ("name",),
+    "services": ("stack_name", "name"),
+    "containers": ("host_uuid", "uuid"),
+}
 
 
 def _named_by_key(kind: str, key: str, obj: dict[str, Any]) -> str | None:

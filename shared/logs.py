@@ -31,8 +31,7 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         fields: dict[str, Any] = getattr(record, "fields", None) or {"msg": record.getMessage()}
-        parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
-                 f"logger={record.name}"]
+        parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}", f"logger={record.name}"]
         if self.with_pid:
             parts.append(f"pid={record.process}")
         parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
@@ -62,8 +61,9 @@ class ThrottledLog:
     malformed upstream replies): the first occurrence is logged at once, the rest are counted
     and the count goes out with the next line. A flood costs a counter, not a line each."""
 
-    def __init__(self, logger: logging.Logger, event: str, interval: float = 10.0,
-                 level: int = logging.WARNING) -> None:
+    def __init__(
+        self, logger: logging.Logger, event: str, interval: float = 10.0, level: int = logging.WARNING
+    ) -> None:
         self.logger = logger
         self.event = event
         self.interval = interval

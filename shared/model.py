@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-SERVICE_KINDS = frozenset({"service", "externalService", "dnsService", "loadBalancerService",
-                           "kubernetesService", "scalingGroup"})
+SERVICE_KINDS = frozenset(
+    {"service", "externalService", "dnsService", "loadBalancerService", "kubernetesService", "scalingGroup"}
+)
 _NS = uuid_mod.UUID("5b8f2c1e-6d0a-4a44-9a57-4b1f1e0c9a10")
 
 Locate = Callable[[str, int], str | None]
@@ -174,8 +175,7 @@ class Fleet:
         object.__setattr__(self, "_by_ip", by_ip)
         object.__setattr__(self, "_hosts", {h.uuid: h for h in self.hosts})
         object.__setattr__(self, "_stacks", {s.name.lower(): s for s in self.stacks})
-        object.__setattr__(self, "_services", {(s.stack_name.lower(), s.name.lower()): s
-                                               for s in self.services})
+        object.__setattr__(self, "_services", {(s.stack_name.lower(), s.name.lower()): s for s in self.services})
         object.__setattr__(self, "_members", {k: tuple(v) for k, v in members.items()})
         object.__setattr__(self, "_stack_services", {k: tuple(v) for k, v in stack_services.items()})
 
@@ -200,32 +200,76 @@ class Fleet:
         """Rebuild a fleet that metadns's metadata service already validated and normalised
         (``Fleet.raw``), without validating it again: the DNS service does this on every fleet
         change, and for a 10k-container fleet validation would be most of the cost."""
+
         def rest(item: Mapping[str, Any], known: set[str]) -> Mapping[str, Any]:
             return _frozen({k: v for k, v in item.items() if k not in known})
 
         env = raw.get("environment") or {}
-        hosts = tuple(Host(uuid=h["uuid"], name=h["name"], agent_ip=h.get("agent_ip", ""),
-                           hostname=h.get("hostname", ""), labels=_frozen(h.get("labels")),
-                           extra=rest(h, _KNOWN["hosts"])) for h in raw.get("hosts", ()))
-        stacks = tuple(Stack(name=st["name"], uuid=st["uuid"], extra=rest(st, _KNOWN["stacks"]))
-                       for st in raw.get("stacks", ()))
-        services = tuple(Service(
-            name=sv["name"], stack_name=sv["stack_name"], uuid=sv["uuid"], kind=sv.get("kind", "service"),
-            hostname=sv.get("hostname", ""), vip=sv.get("vip", ""), external_ips=tuple(sv.get("external_ips", ())),
-            links=_frozen(sv.get("links")), sidekicks=tuple(sv.get("sidekicks", ())),
-            primary_service_name=sv.get("primary_service_name", ""), ports=tuple(sv.get("ports", ())),
-            labels=_frozen(sv.get("labels")), metadata=_frozen(sv.get("metadata")), token=sv.get("token") or "",
-            health_check=_frozen(sv["health_check"]) if sv.get("health_check") is not None else None,
-            extra=rest(sv, _KNOWN["services"])) for sv in raw.get("services", ()))
-        containers = tuple(Container(
-            name=c["name"], uuid=c["uuid"], primary_ip=c["primary_ip"], stack_name=c.get("stack_name", ""),
-            service_name=c.get("service_name", ""), host_uuid=c.get("host_uuid", ""), state=c.get("state", "running"),
-            health_state=c.get("health_state", "healthy"), create_index=c.get("create_index", 0),
-            service_index=c.get("service_index", ""), labels=_frozen(c.get("labels")), ports=tuple(c.get("ports", ())),
-            dns=tuple(c.get("dns", ())), dns_search=tuple(c.get("dns_search", ())), links=_frozen(c.get("links")),
-            extra=rest(c, _KNOWN["containers"])) for c in raw.get("containers", ()))
-        return cls(Environment(name=env.get("name", "default"), uuid=env.get("uuid", "")), hosts, stacks, services,
-                   containers, digest, raw)
+        hosts = tuple(
+            Host(
+                uuid=h["uuid"],
+                name=h["name"],
+                agent_ip=h.get("agent_ip", ""),
+                hostname=h.get("hostname", ""),
+                labels=_frozen(h.get("labels")),
+                extra=rest(h, _KNOWN["hosts"]),
+            )
+            for h in raw.get("hosts", ())
+        )
+        stacks = tuple(
+            Stack(name=st["name"], uuid=st["uuid"], extra=rest(st, _KNOWN["stacks"])) for st in raw.get("stacks", ())
+        )
+        services = tuple(
+            Service(
+                name=sv["name"],
+                stack_name=sv["stack_name"],
+                uuid=sv["uuid"],
+                kind=sv.get("kind", "service"),
+                hostname=sv.get("hostname", ""),
+                vip=sv.get("vip", ""),
+                external_ips=tuple(sv.get("external_ips", ())),
+                links=_frozen(sv.get("links")),
+                sidekicks=tuple(sv.get("sidekicks", ())),
+                primary_service_name=sv.get("primary_service_name", ""),
+                ports=tuple(sv.get("ports", ())),
+                labels=_frozen(sv.get("labels")),
+                metadata=_frozen(sv.get("metadata")),
+                token=sv.get("token") or "",
+                health_check=_frozen(sv["health_check"]) if sv.get("health_check") is not None else None,
+                extra=rest(sv, _KNOWN["services"]),
+            )
+            for sv in raw.get("services", ())
+        )
+        containers = tuple(
+            Container(
+                name=c["name"],
+                uuid=c["uuid"],
+                primary_ip=c["primary_ip"],
+                stack_name=c.get("stack_name", ""),
+                service_name=c.get("service_name", ""),
+                host_uuid=c.get("host_uuid", ""),
+                state=c.get("state", "running"),
+                health_state=c.get("health_state", "healthy"),
+                create_index=c.get("create_index", 0),
+                service_index=c.get("service_index", ""),
+                labels=_frozen(c.get("labels")),
+                ports=tuple(c.get("ports", ())),
+                dns=tuple(c.get("dns", ())),
+                dns_search=tuple(c.get("dns_search", ())),
+                links=_frozen(c.get("links")),
+                extra=rest(c, _KNOWN["containers"]),
+            )
+            for c in raw.get("containers", ())
+        )
+        return cls(
+            Environment(name=env.get("name", "default"), uuid=env.get("uuid", "")),
+            hosts,
+            stacks,
+            services,
+            containers,
+            digest,
+            raw,
+        )
 
     def to_mapping(self) -> dict[str, Any]:
         """The normalised fleet, suitable for ``from_mapping`` and for the kept copy on disk."""
@@ -260,12 +304,41 @@ def canonical_digest(data: Mapping[str, Any]) -> str:
 _KNOWN = {
     "hosts": {"uuid", "name", "agent_ip", "hostname", "labels"},
     "stacks": {"name", "uuid", "services"},
-    "services": {"name", "stack_name", "uuid", "kind", "hostname", "vip", "external_ips", "links",
-                 "sidekicks", "primary_service_name", "ports", "labels", "metadata", "token",
-                 "health_check", "containers"},
-    "containers": {"name", "uuid", "primary_ip", "stack_name", "service_name", "host_uuid", "state",
-                   "health_state", "create_index", "service_index", "labels", "ports", "dns",
-                   "dns_search", "links"},
+    "services": {
+        "name",
+        "stack_name",
+        "uuid",
+        "kind",
+        "hostname",
+        "vip",
+        "external_ips",
+        "links",
+        "sidekicks",
+        "primary_service_name",
+        "ports",
+        "labels",
+        "metadata",
+        "token",
+        "health_check",
+        "containers",
+    },
+    "containers": {
+        "name",
+        "uuid",
+        "primary_ip",
+        "stack_name",
+        "service_name",
+        "host_uuid",
+        "state",
+        "health_state",
+        "create_index",
+        "service_index",
+        "labels",
+        "ports",
+        "dns",
+        "dns_search",
+        "links",
+    },
 }
 # Keys the metadata service derives itself; a fleet exported from a metadata tree carries them.
 _DERIVED = {"stacks": {"services"}, "services": {"containers"}, "containers": set(), "hosts": set()}
@@ -306,8 +379,9 @@ class _FleetBuilder:
             raise FleetError(where, f"'{key}' must be a list of strings")
         return tuple(str(v) for v in value)
 
-    def mapping(self, item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True
-                ) -> Mapping[str, Any]:
+    def mapping(
+        self, item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True
+    ) -> Mapping[str, Any]:
         value = item.get(key) or {}
         if not isinstance(value, Mapping):
             raise FleetError(where, f"'{key}' must be a mapping")
@@ -326,8 +400,7 @@ class _FleetBuilder:
 
     @staticmethod
     def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
-        return _frozen({k: v for k, v in item.items()
-                        if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
+        return _frozen({k: v for k, v in item.items() if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
 
     def build(self) -> Fleet:
         data = self.data
@@ -339,8 +412,19 @@ class _FleetBuilder:
             raise FleetError("fleet", f"the top level must be a mapping, not {type(data).__name__}")
         if "containers" not in data:
             raise FleetError("fleet", "no 'containers' key (an empty fleet is 'containers: []')")
-        unknown = set(data) - {"environment", "hosts", "stacks", "services", "containers", "version",
-                               "name", "uuid", "self", "networks", "environments"}
+        unknown = set(data) - {
+            "environment",
+            "hosts",
+            "stacks",
+            "services",
+            "containers",
+            "version",
+            "name",
+            "uuid",
+            "self",
+            "networks",
+            "environments",
+        }
         if unknown:
             raise FleetError("fleet", f"unknown top-level key {sorted(unknown)[0]!r}")
         env_raw = data.get("environment") or {}
@@ -349,8 +433,10 @@ class _FleetBuilder:
         env_name = self.text(env_raw, "name", "environment") or str(data.get("name") or "default")
         environment = Environment(
             name=env_name,
-            uuid=self.text(env_raw, "uuid", "environment") or str(data.get("uuid") or "")
-            or stable_uuid("environment", f"{env_name}"))
+            uuid=self.text(env_raw, "uuid", "environment")
+            or str(data.get("uuid") or "")
+            or stable_uuid("environment", f"{env_name}"),
+        )
         hosts = self.hosts()
         stacks = self.stacks()
         services = self.services({s.name.lower() for s in stacks})
@@ -375,10 +461,16 @@ class _FleetBuilder:
                 raise FleetError(where, f"duplicate host uuid {uuid!r}")
             seen.add(uuid)
             agent_ip = self.text(item, "agent_ip", where)
-            out.append(Host(uuid=uuid, name=name,
-                            agent_ip=self.ip(agent_ip, where, "agent_ip") if agent_ip else "",
-                            hostname=self.text(item, "hostname", where) or name,
-                            labels=self.mapping(item, "labels", where), extra=self.extra(item, "hosts")))
+            out.append(
+                Host(
+                    uuid=uuid,
+                    name=name,
+                    agent_ip=self.ip(agent_ip, where, "agent_ip") if agent_ip else "",
+                    hostname=self.text(item, "hostname", where) or name,
+                    labels=self.mapping(item, "labels", where),
+                    extra=self.extra(item, "hosts"),
+                )
+            )
         return tuple(out)
 
     def stacks(self) -> tuple[Stack, ...]:
@@ -436,21 +528,32 @@ class _FleetBuilder:
             hc = item.get("health_check")
             if hc is not None and not isinstance(hc, Mapping):
                 raise FleetError(where, "'health_check' must be a mapping")
-            out.append(Service(
-                name=name, stack_name=stack, kind=kind, hostname=hostname,
-                uuid=self.text(item, "uuid", where) or stable_uuid("service", f"{stack}/{name}"),
-                vip=self.ip(vip, where, "vip") if vip else "", external_ips=external_ips, links=links,
-                sidekicks=self.strings(item, "sidekicks", where),
-                primary_service_name=self.text(item, "primary_service_name", where)
-                or primaries.get((stack.lower(), name.lower()), name),
-                ports=self.strings(item, "ports", where), labels=self.mapping(item, "labels", where),
-                metadata=self.mapping(item, "metadata", where, str_values=False),
-                token=self.text(item, "token", where), health_check=_frozen(hc) if hc is not None else None,
-                extra=self.extra(item, "services")))
+            out.append(
+                Service(
+                    name=name,
+                    stack_name=stack,
+                    kind=kind,
+                    hostname=hostname,
+                    uuid=self.text(item, "uuid", where) or stable_uuid("service", f"{stack}/{name}"),
+                    vip=self.ip(vip, where, "vip") if vip else "",
+                    external_ips=external_ips,
+                    links=links,
+                    sidekicks=self.strings(item, "sidekicks", where),
+                    primary_service_name=self.text(item, "primary_service_name", where)
+                    or primaries.get((stack.lower(), name.lower()), name),
+                    ports=self.strings(item, "ports", where),
+                    labels=self.mapping(item, "labels", where),
+                    metadata=self.mapping(item, "metadata", where, str_values=False),
+                    token=self.text(item, "token", where),
+                    health_check=_frozen(hc) if hc is not None else None,
+                    extra=self.extra(item, "services"),
+                )
+            )
         return tuple(out)
 
-    def containers(self, stacks: tuple[Stack, ...], services: tuple[Service, ...],
-                   hosts: tuple[Host, ...]) -> tuple[Container, ...]:
+    def containers(
+        self, stacks: tuple[Stack, ...], services: tuple[Service, ...], hosts: tuple[Host, ...]
+    ) -> tuple[Container, ...]:
         stack_names = {s.name.lower() for s in stacks}
         service_keys = {(s.stack_name.lower(), s.name.lower()) for s in services}
         host_ids = {h.uuid for h in hosts} | {h.name for h in hosts}
@@ -484,40 +587,82 @@ class _FleetBuilder:
                 raise FleetError(where, "'create_index' must be an integer")
             dns = tuple(self.ip(v, where, "dns") for v in self.strings(item, "dns", where))
             uuid = self.text(item, "uuid", where) or stable_uuid(
-                "container", name if name_counts[name.lower()] == 1 else f"{name}@{host}/{ip}")
+                "container", name if name_counts[name.lower()] == 1 else f"{name}@{host}/{ip}"
+            )
             if uuid in uuids:
                 raise FleetError(where, f"duplicate container uuid {uuid!r} (also {uuids[uuid]})")
             uuids[uuid] = where
-            out.append(Container(
-                name=name, uuid=uuid,
-                primary_ip=ip, stack_name=stack, service_name=service,
-                host_uuid=host_by_name.get(host, host),
-                state=self.text(item, "state", where) or "running",
-                health_state=self.text(item, "health_state", where) or "healthy",
-                create_index=create_index, service_index=self.text(item, "service_index", where),
-                labels=self.mapping(item, "labels", where), ports=self.strings(item, "ports", where),
-                dns=dns, dns_search=self.strings(item, "dns_search", where),
-                links=self.mapping(item, "links", where), extra=self.extra(item, "containers")))
+            out.append(
+                Container(
+                    name=name,
+                    uuid=uuid,
+                    primary_ip=ip,
+                    stack_name=stack,
+                    service_name=service,
+                    host_uuid=host_by_name.get(host, host),
+                    state=self.text(item, "state", where) or "running",
+                    health_state=self.text(item, "health_state", where) or "healthy",
+                    create_index=create_index,
+                    service_index=self.text(item, "service_index", where),
+                    labels=self.mapping(item, "labels", where),
+                    ports=self.strings(item, "ports", where),
+                    dns=dns,
+                    dns_search=self.strings(item, "dns_search", where),
+                    links=self.mapping(item, "links", where),
+                    extra=self.extra(item, "containers"),
+                )
+            )
         return tuple(out)
 
 
 def _host_raw(h: Host) -> dict[str, Any]:
-    return {"uuid": h.uuid, "name": h.name, "agent_ip": h.agent_ip, "hostname": h.hostname,
-            "labels": dict(h.labels), **h.extra}
+    return {
+        "uuid": h.uuid,
+        "name": h.name,
+        "agent_ip": h.agent_ip,
+        "hostname": h.hostname,
+        "labels": dict(h.labels),
+        **h.extra,
+    }
 
 
 def _service_raw(s: Service) -> dict[str, Any]:
-    return {"name": s.name, "stack_name": s.stack_name, "uuid": s.uuid, "kind": s.kind,
-            "hostname": s.hostname, "vip": s.vip, "external_ips": list(s.external_ips),
-            "links": dict(s.links), "sidekicks": list(s.sidekicks),
-            "primary_service_name": s.primary_service_name, "ports": list(s.ports),
-            "labels": dict(s.labels), "metadata": dict(s.metadata), "token": s.token,
-            "health_check": dict(s.health_check) if s.health_check is not None else None, **s.extra}
+    return {
+        "name": s.name,
+        "stack_name": s.stack_name,
+        "uuid": s.uuid,
+        "kind": s.kind,
+        "hostname": s.hostname,
+        "vip": s.vip,
+        "external_ips": list(s.external_ips),
+        "links": dict(s.links),
+        "sidekicks": list(s.sidekicks),
+        "primary_service_name": s.primary_service_name,
+        "ports": list(s.ports),
+        "labels": dict(s.labels),
+        "metadata": dict(s.metadata),
+        "token": s.token,
+        "health_check": dict(s.health_check) if s.health_check is not None else None,
+        **s.extra,
+    }
 
 
 def _container_raw(c: Container) -> dict[str, Any]:
-    return {"name": c.name, "uuid": c.uuid, "primary_ip": c.primary_ip, "stack_name": c.stack_name,
-            "service_name": c.service_name, "host_uuid": c.host_uuid, "state": c.state,
-            "health_state": c.health_state, "create_index": c.create_index,
-            "service_index": c.service_index, "labels": dict(c.labels), "ports": list(c.ports),
-            "dns": list(c.dns), "dns_search": list(c.dns_search), "links": dict(c.links), **c.extra}
+    return {
+        "name": c.name,
+        "uuid": c.uuid,
+        "primary_ip": c.primary_ip,
+        "stack_name": c.stack_name,
+        "service_name": c.service_name,
+        "host_uuid": c.host_uuid,
+        "state": c.state,
+        "health_state": c.health_state,
+        "create_index": c.create_index,
+        "service_index": c.service_index,
+        "labels": dict(c.labels),
+        "ports": list(c.ports),
+        "dns": list(c.dns),
+        "dns_search": list(c.dns_search),
+        "links": dict(c.links),
+        **c.extra,
+    }

@@ -63,7 +63,9 @@ async def fleet_stack(dns_fleet_file: Path, tmp_path: Path, unbound):  # type: i
     from metadata_svc.keys import STORE
     from tests.support.dns import run_dns, wait_for_version
 
-    async with run_metadata(dns_fleet_file, self_host="host-a") as md, \
-            run_dns(metadata_url=f"{md.url}/2016-07-29", recurse=(unbound.address,)) as server:
+    async with (
+        run_metadata(dns_fleet_file, self_host="host-a") as md,
+        run_dns(metadata_url=f"{md.url}/2016-07-29", recurse=(unbound.address,)) as server,
+    ):
         await wait_for_version(server, version_index(md.app[STORE].snapshot.version))
         yield md, server

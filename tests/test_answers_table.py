@@ -24,7 +24,9 @@ def test_names_and_health_rules() -> None:
     assert t.records["payments.shop.rancher.internal."].cname == "payments.example.test."
     assert t.records["11.0.0.127.in-addr.arpa."].ptr == "shop-web-1.rancher.internal."
     assert [s.target for s in t.records["_many._tcp.infra.rancher.internal."].srv] == [
-        "many-0.rancher.internal.", "many-1.rancher.internal."]
+        "many-0.rancher.internal.",
+        "many-1.rancher.internal.",
+    ]
     assert t.exists("infra.rancher.internal.")
     assert t.exists("_tcp.infra.rancher.internal.")
     assert not t.exists("nope.rancher.internal.")
@@ -83,7 +85,7 @@ def test_an_answers_change_keeps_the_shared_replies_it_does_not_touch() -> None:
     moved = copy.deepcopy(data)
     next(c for c in moved["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.29"
     assert ref.swap(table(moved))
-    assert caches.shared.get((b"web", 1, 1, 0), 0.0) is not None      # untouched by the move
-    assert caches.shared.get((b"db", 1, 1, 0), 0.0) is None           # built from the moved container
-    assert caches.shared.get((b"srv", 1, 1, 0), 0.0) is None          # its SRV glue named it too
+    assert caches.shared.get((b"web", 1, 1, 0), 0.0) is not None  # untouched by the move
+    assert caches.shared.get((b"db", 1, 1, 0), 0.0) is None  # built from the moved container
+    assert caches.shared.get((b"srv", 1, 1, 0), 0.0) is None  # its SRV glue named it too
     assert caches.for_view("127.0.0.11").get((b"x", 1, 1, 0), 0.0) is None  # per-client caches go whole

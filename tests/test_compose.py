@@ -50,8 +50,11 @@ def test_compose_file_matches_the_specification(compose_schema: dict[str, Any], 
 
 
 def test_schema_rejects_a_broken_compose_file(compose_schema: dict[str, Any], compose: dict[str, Any]) -> None:
-    for service, key, bad in (("dns", "network_mode", ["not", "a", "string"]), ("metadata", "restrat", "always"),
-                              ("metadata", "healthcheck", {"test": "x", "interval": 10, "bogus": 1})):
+    for service, key, bad in (
+        ("dns", "network_mode", ["not", "a", "string"]),
+        ("metadata", "restrat", "always"),
+        ("metadata", "healthcheck", {"test": "x", "interval": 10, "bogus": 1}),
+    ):
         broken = json.loads(json.dumps(compose))
         broken["services"][service][key] = bad
         with pytest.raises(jsonschema.ValidationError):
@@ -135,9 +138,11 @@ def test_kubernetes_manifests_match_the_openapi_schemas(manifests: list[dict[str
 
 def test_kubernetes_schemas_reject_a_broken_daemonset(manifests: list[dict[str, Any]]) -> None:
     daemonset = next(m for m in manifests if m["kind"] == "DaemonSet")
-    for mutate in (lambda d: d["spec"]["template"]["spec"].update(hostNetwrok=True),
-                   lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenessProbe={"httpGet": {}}),
-                   lambda d: d["spec"].pop("selector")):
+    for mutate in (
+        lambda d: d["spec"]["template"]["spec"].update(hostNetwrok=True),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(livenessProbe={"httpGet": {}}),
+        lambda d: d["spec"].pop("selector"),
+    ):
         broken = json.loads(json.dumps(daemonset))
         mutate(broken)
         with pytest.raises(kubernetes_validate.ValidationError):
@@ -172,8 +177,9 @@ def _in_own_netns(args: list[str], env: dict[str, str]) -> subprocess.CompletedP
     no address the test adds or fails to add touches the machine."""
     require_root("a network namespace of the test's own")
     require_tool("unshare")
-    return subprocess.run(["unshare", "-n", *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=20, check=False)
+    return subprocess.run(
+        ["unshare", "-n", *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=20, check=False
+    )
 
 
 @pytest.mark.needs_root
@@ -191,7 +197,9 @@ def test_the_entrypoint_refuses_without_the_address_in_one_line() -> None:
     added = _in_own_netns(["sh", "-c", script], {"METADNS_LINK_DEV": "lo"})
     assert added.returncode == 0
     assert added.stdout.strip() == "started"
-    present = _in_own_netns(["sh", "-c", f"ip link set lo up; ip addr add {ADDRESS}/32 dev lo; "
-                                         f"{entrypoint} echo started"], {"METADNS_LINK_DEV": "nosuchdev"})
+    present = _in_own_netns(
+        ["sh", "-c", f"ip link set lo up; ip addr add {ADDRESS}/32 dev lo; {entrypoint} echo started"],
+        {"METADNS_LINK_DEV": "nosuchdev"},
+    )
     assert present.returncode == 0
     assert present.stdout.strip() == "started"

@@ -47,19 +47,25 @@ async def scrape(url: str) -> str:
 
 
 async def test_every_metric_the_dashboard_uses_is_exported(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
-    fleet = {"stacks": [{"name": "shop"}], "services": [{"name": "web", "stack_name": "shop"}],
-             "containers": [{"name": "web-1", "stack_name": "shop", "service_name": "web",
-                             "primary_ip": "127.0.0.11"}]}
+    fleet = {
+        "stacks": [{"name": "shop"}],
+        "services": [{"name": "web", "stack_name": "shop"}],
+        "containers": [{"name": "web-1", "stack_name": "shop", "service_name": "web", "primary_ip": "127.0.0.11"}],
+    }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(fleet))
     with run_etcd(tmp_path / "etcd") as cluster:
-        code = await asyncio.to_thread(fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX,
-                                                    str(path)])
+        code = await asyncio.to_thread(
+            fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX, str(path)]
+        )
         assert code == 0
         dead = ("127.0.0.1", reserve_port())
-        async with run_metadata(tmp_path / "unused.yaml", source=f"etcd://{cluster.endpoints}{PREFIX}") as md, \
-                run_dns(metadata_url=f"{md.url}/2016-07-29", recurse=(dead, unbound.address),
-                        http_host="127.0.0.1", http_port=0) as dns:
+        async with (
+            run_metadata(tmp_path / "unused.yaml", source=f"etcd://{cluster.endpoints}{PREFIX}") as md,
+            run_dns(
+                metadata_url=f"{md.url}/2016-07-29", recurse=(dead, unbound.address), http_host="127.0.0.1", http_port=0
+            ) as dns,
+        ):
             await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
             for name in ("web.shop.rancher.internal", "web.shop.rancher.internal", "www.example.test"):
                 await ask(dns, name)

@@ -29,35 +29,58 @@ async def stop(proc: asyncio.subprocess.Process) -> str:
 
 
 def test_help_names_every_flag_and_its_environment_variable() -> None:
-    out = subprocess.run([sys.executable, "-m", "dns_svc", "--help"], capture_output=True, text=True,
-                         check=True).stdout
-    for flag in ("--listen", "--metadata-url", "--answers", "--recurse", "--domain", "--ttl", "--cache-capacity",
-                 "--recurser-timeout", "--ndots", "--allow-recursion", "--never-recurse-to"):
+    out = subprocess.run([sys.executable, "-m", "dns_svc", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in (
+        "--listen",
+        "--metadata-url",
+        "--answers",
+        "--recurse",
+        "--domain",
+        "--ttl",
+        "--cache-capacity",
+        "--recurser-timeout",
+        "--ndots",
+        "--allow-recursion",
+        "--never-recurse-to",
+    ):
         assert flag in out
         assert "METADNS_DNS_" + flag[2:].replace("-", "_").upper() in out
     assert "169.254.169.250:53" in out
 
 
 def test_bad_flag_values_are_reported() -> None:
-    result = subprocess.run([sys.executable, "-m", "dns_svc", "--recurse", "not-an-ip"], capture_output=True,
-                            text=True)
+    result = subprocess.run([sys.executable, "-m", "dns_svc", "--recurse", "not-an-ip"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "not-an-ip" in result.stderr
 
 
 async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> None:
     answers = tmp_path / "answers.yaml"
-    answers.write_text(json.dumps({"default": {"authoritative": ["corp.internal"],
-                                               "a": {"app.corp.internal.": {"answer": ["10.0.0.1"]}},
-                                               "cname": {"www.corp.internal.": {"answer": "app.corp.internal."}},
-                                               "ptr": {"10.0.0.1": {"answer": "app.corp.internal."}},
-                                               "txt": {"app.corp.internal.": {"answer": ["v=1"]}}}}))
+    answers.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["corp.internal"],
+                    "a": {"app.corp.internal.": {"answer": ["10.0.0.1"]}},
+                    "cname": {"www.corp.internal.": {"answer": "app.corp.internal."}},
+                    "ptr": {"10.0.0.1": {"answer": "app.corp.internal."}},
+                    "txt": {"app.corp.internal.": {"answer": ["v=1"]}},
+                }
+            }
+        )
+    )
     port = reserve_port()
-    env = {**os.environ, "METADNS_DNS_LISTEN": f"127.0.0.1:{port}", "METADNS_DNS_ANSWERS": str(answers),
-           "METADNS_DNS_RESOLV_CONF": "/nonexistent", "METADNS_DNS_STATE_FILE": "",
-           "METADNS_DNS_GC_FREEZE_INTERVAL": "0.2"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "dns_svc", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "METADNS_DNS_LISTEN": f"127.0.0.1:{port}",
+        "METADNS_DNS_ANSWERS": str(answers),
+        "METADNS_DNS_RESOLV_CONF": "/nonexistent",
+        "METADNS_DNS_STATE_FILE": "",
+        "METADNS_DNS_GC_FREEZE_INTERVAL": "0.2",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dns_svc", env=env, stderr=asyncio.subprocess.PIPE
+    )
     address = ("127.0.0.1", port)
     try:
         async with asyncio.timeout(20):
@@ -74,8 +97,9 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
         ptr = await ask(address, "1.0.0.10.in-addr.arpa", "PTR")
         assert str(ptr.answer[0][0].target) == "app.corp.internal."
         assert rcode(await ask(address, "nope.corp.internal")) == "NXDOMAIN"
-        answers.write_text("default:\n  authoritative: [corp.internal]\n"
-                           "  a: {app.corp.internal.: {answer: [10.0.0.2]}}\n")
+        answers.write_text(
+            "default:\n  authoritative: [corp.internal]\n  a: {app.corp.internal.: {answer: [10.0.0.2]}}\n"
+        )
         async with asyncio.timeout(10):
             while addresses(await ask(address, "app.corp.internal")) != ["10.0.0.2"]:
                 await asyncio.sleep(0.1)
@@ -101,8 +125,15 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
         port = reserve_port()
         env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--workers=2",
-            f"--metadata-url={md.url}/2016-07-29", env=env, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "dns_svc",
+            f"--listen=127.0.0.1:{port}",
+            "--workers=2",
+            f"--metadata-url={md.url}/2016-07-29",
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+        )
         address = ("127.0.0.1", port)
 
         async def all_answer(expected: str, rounds: int = 40) -> bool:
@@ -152,8 +183,15 @@ async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
         holder.listen()
         with holder:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--metadata-url=", "--state-file=",
-                "--resolv-conf=/nonexistent", stderr=asyncio.subprocess.PIPE)
+                sys.executable,
+                "-m",
+                "dns_svc",
+                f"--listen=127.0.0.1:{port}",
+                "--metadata-url=",
+                "--state-file=",
+                "--resolv-conf=/nonexistent",
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     text = err.decode()
@@ -163,7 +201,6 @@ async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_metadns_help_goes_to_stdout_and_an_unknown_command_is_named() -> None:
-
 
     ok = subprocess.run([sys.executable, "-m", "consumers", "--help"], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0

@@ -21,11 +21,18 @@ BIG = "".join(f'local-data: "big.example.test. 300 IN A 192.0.2.{i}"\n' for i in
 @pytest.fixture
 def answers_file(tmp_path: Path) -> Path:
     path = tmp_path / "answers.json"
-    path.write_text(json.dumps({
-        "default": {"authoritative": ["rancher.internal"], "search": ["rancher.internal"],
-                    "a": {"web.rancher.internal.": {"answer": ["10.1.0.1", "10.1.0.2", "10.1.0.3"], "ttl": 30}}},
-        "127.0.0.31": {"a": {"db.rancher.internal.": {"answer": ["10.9.9.9"]}}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["rancher.internal"],
+                    "search": ["rancher.internal"],
+                    "a": {"web.rancher.internal.": {"answer": ["10.1.0.1", "10.1.0.2", "10.1.0.3"], "ttl": 30}},
+                },
+                "127.0.0.31": {"a": {"db.rancher.internal.": {"answer": ["10.9.9.9"]}}},
+            }
+        )
+    )
     return path
 
 

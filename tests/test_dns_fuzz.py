@@ -21,13 +21,21 @@ from dns_svc.steps.cache import CachedReply
 from dns_svc.wire import RawQuery, WireError, layout, parse_query
 
 FUZZ = Path(__file__).parent / "fuzz"
-BOUNDED = settings(max_examples=400, deadline=None, derandomize=True, database=None,
-                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+BOUNDED = settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def corpus(name: str) -> list[bytes]:
-    return [bytes.fromhex(line) for line in (FUZZ / name).read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        bytes.fromhex(line)
+        for line in (FUZZ / name).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def mutated(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
@@ -38,7 +46,7 @@ def mutated(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
         for at, value in edits:
             if out:
                 out[at % len(out)] = value
-        return bytes(out[:max(cut, 0) or len(out)]) + tail
+        return bytes(out[: max(cut, 0) or len(out)]) + tail
 
     edits = st.lists(st.tuples(st.integers(0, 4096), st.integers(0, 255)), max_size=6)
     seeded = st.builds(mutate, st.sampled_from(seeds), edits, st.integers(-8, 300), st.binary(max_size=12))
@@ -48,12 +56,19 @@ def mutated(seeds: list[bytes]) -> st.SearchStrategy[bytes]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, DnsServer]]:
     answers = tmp_path / "answers.json"
-    answers.write_text(json.dumps({
-        "default": {"authoritative": ["rancher.internal"], "search": ["rancher.internal"],
+    answers.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["rancher.internal"],
+                    "search": ["rancher.internal"],
                     "a": {"web.shop.rancher.internal.": {"answer": [f"10.1.0.{i}" for i in range(1, 90)]}},
                     "cname": {"alias.rancher.internal.": {"answer": "web.shop.rancher.internal."}},
-                    "txt": {"web.shop.rancher.internal.": {"answer": ["tier=front"]}}},
-    }))
+                    "txt": {"web.shop.rancher.internal.": {"answer": ["tier=front"]}},
+                },
+            }
+        )
+    )
     loop = asyncio.new_event_loop()
     dns_server = DnsServer(DnsSettings(host="127.0.0.1", port=0, state_file="", answers=str(answers)))
     loop.run_until_complete(dns_server.start())

@@ -33,19 +33,30 @@ local-data: 'txt.svc.{domain}. {ttl} IN TXT "{text}"'
 
 @pytest.fixture
 def clusters(tmp_path: Path) -> Iterator[tuple[Unbound, Unbound]]:
-    a_zone = zone("cluster-a.local", "demo-0", "10.1.0.10", 30, "from a") + \
-        'local-data: "onlya.svc.cluster-a.local. 30 IN A 10.1.0.99"\n'
-    with run_unbound(tmp_path / "a", host="127.0.0.2", zone=a_zone) as a, \
-            run_unbound(tmp_path / "b", host="127.0.0.3", zone=zone("cluster-b.local", "demo-1", "10.2.0.11", 20,
-                                                                     "from b")) as b:
+    a_zone = (
+        zone("cluster-a.local", "demo-0", "10.1.0.10", 30, "from a")
+        + 'local-data: "onlya.svc.cluster-a.local. 30 IN A 10.1.0.99"\n'
+    )
+    with (
+        run_unbound(tmp_path / "a", host="127.0.0.2", zone=a_zone) as a,
+        run_unbound(
+            tmp_path / "b", host="127.0.0.3", zone=zone("cluster-b.local", "demo-1", "10.2.0.11", 20, "from b")
+        ) as b,
+    ):
         yield a, b
 
 
 def gather_settings(a: tuple[str, int], b: tuple[str, int], timeout: float = 1.0) -> dict[str, object]:
-    return {"gather_domain": "distributed.local.", "gather_timeout": timeout,
-            "clusters": (parse_cluster(f"cluster-a.local.=a-@{a[0]}:{a[1]}"),
-                         parse_cluster(f"cluster-b.local.=b-@{b[0]}:{b[1]}")),
-            "http_host": "127.0.0.1", "http_port": 0}
+    return {
+        "gather_domain": "distributed.local.",
+        "gather_timeout": timeout,
+        "clusters": (
+            parse_cluster(f"cluster-a.local.=a-@{a[0]}:{a[1]}"),
+            parse_cluster(f"cluster-b.local.=b-@{b[0]}:{b[1]}"),
+        ),
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+    }
 
 
 async def metrics(server) -> str:  # type: ignore[no-untyped-def]
@@ -70,8 +81,10 @@ async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound)
         assert str(srv.name) == "_http._tcp.demo.svc.distributed.local."
         assert [str(rd.target) for rd in srv] == ["a-demo-0.svc.distributed.local.", "b-demo-1.svc.distributed.local."]
         assert srv.ttl == 20  # the smallest TTL of the merge
-        for target, ip in (("a-demo-0.svc.distributed.local", "10.1.0.10"),
-                           ("b-demo-1.svc.distributed.local", "10.2.0.11")):
+        for target, ip in (
+            ("a-demo-0.svc.distributed.local", "10.1.0.10"),
+            ("b-demo-1.svc.distributed.local", "10.2.0.11"),
+        ):
             answer = await ask(server, target)
             assert addresses(answer) == [ip]
             assert str(answer.answer[0].name) == target + "."  # owners match the question
@@ -112,8 +125,11 @@ async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound)
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.3", 0))
     with silent:
-        async with run_dns(recurse=(unbound.address,), recurser_timeout=5.0,
-                           **gather_settings(a.address, silent.getsockname(), timeout=0.5)) as server:
+        async with run_dns(
+            recurse=(unbound.address,),
+            recurser_timeout=5.0,
+            **gather_settings(a.address, silent.getsockname(), timeout=0.5),
+        ) as server:
             started = time.monotonic()
             reply = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
             assert time.monotonic() - started < 2.0
@@ -126,9 +142,10 @@ async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:  # type
     down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     down.bind(("127.0.0.2", 0))
     with down:
-        async with run_dns(recurse=(unbound.address,),
-                           **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]),
-                                             timeout=0.3)) as server:
+        async with run_dns(
+            recurse=(unbound.address,),
+            **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]), timeout=0.3),
+        ) as server:
             reply = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
             assert rcode(reply) == "SERVFAIL"
             [ede] = [o for o in reply.options if o.otype == dns.edns.OptionType.EDE]
@@ -157,13 +174,19 @@ def test_additional_records_are_renamed_like_srv_targets() -> None:
     step = GatherStep("distributed.local.", [parse_cluster("cluster-a.local.=a-@127.0.0.2")], None, 1.0)  # type: ignore[arg-type]
     cluster = step.clusters[0]
     [glue] = RR.fromZone("demo-0.svc.cluster-a.local. 30 IN A 10.1.0.10")
-    renamed = step.rewrite(glue, cluster, "_http._tcp.demo.svc.cluster-a.local.",
-                           "_http._tcp.demo.svc.distributed.local.", owner_is_question=False)
+    renamed = step.rewrite(
+        glue,
+        cluster,
+        "_http._tcp.demo.svc.cluster-a.local.",
+        "_http._tcp.demo.svc.distributed.local.",
+        owner_is_question=False,
+    )
     assert str(renamed.rname) == "a-demo-0.svc.distributed.local."
     assert str(renamed.rdata) == "10.1.0.10"
     [cname] = RR.fromZone("www.svc.cluster-a.local. 30 IN CNAME demo-0.svc.cluster-a.local.")
-    renamed = step.rewrite(cname, cluster, "www.svc.cluster-a.local.", "a-www.svc.distributed.local.",
-                           owner_is_question=True)
+    renamed = step.rewrite(
+        cname, cluster, "www.svc.cluster-a.local.", "a-www.svc.distributed.local.", owner_is_question=True
+    )
     assert str(renamed.rname) == "a-www.svc.distributed.local."
     assert str(renamed.rdata.label) == "a-demo-0.svc.distributed.local."
 

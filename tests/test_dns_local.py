@@ -19,16 +19,20 @@ def server(fleet_stack):  # type: ignore[no-untyped-def]
     return fleet_stack[1]
 
 
-@pytest.mark.parametrize(("qname", "expected"), [
-    ("web.shop.rancher.internal", {"127.0.0.11", "127.0.0.12"}),          # healthy only (web-3 is unhealthy)
-    ("log.web.shop.rancher.internal", {"127.0.0.14"}),                     # sidekick
-    ("shop-web-3.rancher.internal", {"127.0.0.13"}),                       # container name, any health
-    ("lonely.rancher.internal", {"127.0.0.41"}),                           # standalone container
-    ("rancher-metadata.rancher.internal", {"127.0.0.250"}),
-    ("legacy.shop.rancher.internal", {"192.0.2.7", "192.0.2.8"}),          # external IPs
-    ("backend.shop.rancher.internal", {"127.0.0.11", "127.0.0.12", "127.0.0.21"}),  # alias: union
-    ("sick.infra.rancher.internal", {"127.0.0.52"}),                       # none healthy: the last one
-], ids=["service", "sidekick", "container", "standalone", "metadata", "external-ips", "alias", "last-fallback"])
+@pytest.mark.parametrize(
+    ("qname", "expected"),
+    [
+        ("web.shop.rancher.internal", {"127.0.0.11", "127.0.0.12"}),  # healthy only (web-3 is unhealthy)
+        ("log.web.shop.rancher.internal", {"127.0.0.14"}),  # sidekick
+        ("shop-web-3.rancher.internal", {"127.0.0.13"}),  # container name, any health
+        ("lonely.rancher.internal", {"127.0.0.41"}),  # standalone container
+        ("rancher-metadata.rancher.internal", {"127.0.0.250"}),
+        ("legacy.shop.rancher.internal", {"192.0.2.7", "192.0.2.8"}),  # external IPs
+        ("backend.shop.rancher.internal", {"127.0.0.11", "127.0.0.12", "127.0.0.21"}),  # alias: union
+        ("sick.infra.rancher.internal", {"127.0.0.52"}),  # none healthy: the last one
+    ],
+    ids=["service", "sidekick", "container", "standalone", "metadata", "external-ips", "alias", "last-fallback"],
+)
 async def test_fleet_names(server, qname: str, expected: set[str]) -> None:  # type: ignore[no-untyped-def]
     reply = await ask(server, qname)
     assert rcode(reply) == "NOERROR"
@@ -138,6 +142,7 @@ async def test_version_change_moves_an_ip_at_once(fleet_stack, dns_fleet_file) -
     store = md.app[STORE]
     old = store.index
     import asyncio
+
     async with asyncio.timeout(10):
         while store.index == old:
             await asyncio.sleep(0.01)

@@ -21,8 +21,9 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, str]]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == name]
 
 
-async def test_outage_recovery_and_restart_from_kept_copy(dns_fleet_file: Path, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_outage_recovery_and_restart_from_kept_copy(
+    dns_fleet_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     port = reserve_port()
     kept = tmp_path / "dns-kept.json"
@@ -50,8 +51,12 @@ async def test_outage_recovery_and_restart_from_kept_copy(dns_fleet_file: Path, 
             await wait_for_version(server, version_index(version), version=version)
             table = server.tables.current
             assert addresses(await ask(server, "shop-db-1.rancher.internal")) == ["127.0.0.23"], (
-                version, server.follower.version, table.serial, table.records.get("shop-db-1.rancher.internal."),
-                server.tables.current is table)
+                version,
+                server.follower.version,
+                table.serial,
+                table.records.get("shop-db-1.rancher.internal."),
+                server.tables.current is table,
+            )
         assert len(events(caplog, "metadata_reachable")) == 2  # after the start-up wait, and after the outage
     assert kept.exists()
     # a restart while metadata is down serves the kept copy

@@ -35,8 +35,9 @@ async def scrape(address: tuple[str, int] | None) -> str:
 
 def families(text: str) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
     """Name -> (type, [(sample name, labels, value)])"""
-    return {f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples])
-            for f in text_string_to_metric_families(text)}
+    return {
+        f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples]) for f in text_string_to_metric_families(text)
+    }
 
 
 def value(text: str, sample: str, **labels: str) -> float:
@@ -52,9 +53,12 @@ def value(text: str, sample: str, **labels: str) -> float:
 @pytest.fixture
 async def server(dns_fleet_file: Path, unbound) -> AsyncIterator[DnsServer]:  # type: ignore[no-untyped-def]
     """The real metadata service, the DNS service following it with /metrics, unbound upstream."""
-    async with run_metadata(dns_fleet_file) as md, run_dns(metadata_url=f"{md.url}/2016-07-29",
-                                                        recurse=(unbound.address,), http_host="127.0.0.1",
-                                                        http_port=0) as dns_server:
+    async with (
+        run_metadata(dns_fleet_file) as md,
+        run_dns(
+            metadata_url=f"{md.url}/2016-07-29", recurse=(unbound.address,), http_host="127.0.0.1", http_port=0
+        ) as dns_server,
+    ):
         await wait_for_version(dns_server, version_index(md.app[STORE].snapshot.version))
         yield dns_server
 
@@ -68,8 +72,14 @@ async def test_responses_are_counted_by_source_type_and_rcode(server: DnsServer)
     await ask(server, "lonely.rancher.internal", "AAAA", tcp=True)
     text = await scrape(server.http_address)
     kinds = families(text)
-    for name in ("metadns_dns_responses", "metadns_dns_cache_hits", "metadns_dns_cache_misses",
-                 "metadns_dns_upstream_requests", "metadns_dns_bad_packets", "metadns_dns_cache_evictions"):
+    for name in (
+        "metadns_dns_responses",
+        "metadns_dns_cache_hits",
+        "metadns_dns_cache_misses",
+        "metadns_dns_upstream_requests",
+        "metadns_dns_bad_packets",
+        "metadns_dns_cache_evictions",
+    ):
         assert kinds[name][0] == "counter", name
     assert kinds["metadns_dns_request_duration_seconds"][0] == "histogram"
     assert kinds["metadns_dns_cache_entries"][0] == "gauge"
@@ -124,9 +134,17 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  
     port, http_port = reserve_port(), reserve_port()
     env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dns_svc", f"--listen=127.0.0.1:{port}", "--workers=2",
-        f"--http-listen=127.0.0.1:{http_port}", f"--recurse={unbound.address[0]}:{unbound.address[1]}",
-        "--metadata-url=http://127.0.0.1:1/2016-07-29", env=env, stderr=asyncio.subprocess.DEVNULL)
+        sys.executable,
+        "-m",
+        "dns_svc",
+        f"--listen=127.0.0.1:{port}",
+        "--workers=2",
+        f"--http-listen=127.0.0.1:{http_port}",
+        f"--recurse={unbound.address[0]}:{unbound.address[1]}",
+        "--metadata-url=http://127.0.0.1:1/2016-07-29",
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         async with asyncio.timeout(20):
             while True:

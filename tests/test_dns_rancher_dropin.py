@@ -50,8 +50,10 @@ async def test_served_ttls_never_exceed_the_cache_cap(unbound) -> None:  # type:
 
 async def test_an_answers_file_is_read_as_yaml_even_json_with_a_trailing_comma(tmp_path: Path) -> None:
     path = tmp_path / "answers.json"
-    path.write_text('{"default": {"authoritative": ["corp.internal"],\n'
-                    '  "a": {"app.corp.internal.": {"answer": ["10.0.0.1"]},},},}\n')
+    path.write_text(
+        '{"default": {"authoritative": ["corp.internal"],\n'
+        '  "a": {"app.corp.internal.": {"answer": ["10.0.0.1"]},},},}\n'
+    )
     async with run_dns(answers=str(path)) as server:
         assert addresses(await ask(server, "app.corp.internal")) == ["10.0.0.1"]
 
@@ -63,8 +65,17 @@ async def test_an_answers_file_refused_at_start_stops_the_service(tmp_path: Path
         async with run_dns(answers=str(path)):
             pass
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dns_svc", "--listen", f"127.0.0.1:{reserve_port()}", "--answers", str(path),
-        "--state-file", "", stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "dns_svc",
+        "--listen",
+        f"127.0.0.1:{reserve_port()}",
+        "--answers",
+        str(path),
+        "--state-file",
+        "",
+        stderr=asyncio.subprocess.PIPE,
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     assert "event=cannot_start" in err.decode()
@@ -73,10 +84,14 @@ async def test_an_answers_file_refused_at_start_stops_the_service(tmp_path: Path
 
 async def test_a_client_with_its_own_section_keeps_the_default_recursers(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "answers.json"
-    path.write_text(json.dumps({
-        "default": {"authoritative": ["corp.internal"], "recurse": [unbound.spec]},
-        "127.0.0.31": {"a": {"mine.corp.internal.": {"answer": ["10.9.9.9"]}}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "default": {"authoritative": ["corp.internal"], "recurse": [unbound.spec]},
+                "127.0.0.31": {"a": {"mine.corp.internal.": {"answer": ["10.9.9.9"]}}},
+            }
+        )
+    )
     async with run_dns(answers=str(path), recurse=()) as server:  # no --recurse, no resolv.conf
         assert addresses(await ask(server, "mine.corp.internal", source="127.0.0.31")) == ["10.9.9.9"]
         assert addresses(await ask(server, "www.example.test", source="127.0.0.31")) == ["192.0.2.10"]
@@ -86,14 +101,18 @@ def test_the_answers_files_recursers_come_before_resolv_conf(tmp_path: Path) -> 
     """rancher-dns never read resolv.conf when its answers file listed recursers; --recurse
     flags, when given, come after the file's."""
     answers = tmp_path / "answers.json"
-    answers.write_text(json.dumps({"default": {"recurse": ["127.0.0.7:5300"]},
-                                   "127.0.0.31": {"recurse": ["127.0.0.8"]}}))
+    answers.write_text(
+        json.dumps({"default": {"recurse": ["127.0.0.7:5300"]}, "127.0.0.31": {"recurse": ["127.0.0.8"]}})
+    )
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 192.0.2.53\n")
-    for flags, expected in (([], (("127.0.0.8", 53), ("127.0.0.7", 5300))),
-                            (["--recurse", "127.0.0.9"], (("127.0.0.8", 53), ("127.0.0.7", 5300), ("127.0.0.9", 53)))):
-        settings = parse_settings(["--answers", str(answers), "--resolv-conf", str(resolv), "--listen", "127.0.0.1:0",
-                                   *flags])
+    for flags, expected in (
+        ([], (("127.0.0.8", 53), ("127.0.0.7", 5300))),
+        (["--recurse", "127.0.0.9"], (("127.0.0.8", 53), ("127.0.0.7", 5300), ("127.0.0.9", 53))),
+    ):
+        settings = parse_settings(
+            ["--answers", str(answers), "--resolv-conf", str(resolv), "--listen", "127.0.0.1:0", *flags]
+        )
         server = DnsServer(settings)
         assert server.answers_watcher is None
         from dns_svc.answers_file import load_answers_file
@@ -111,9 +130,10 @@ async def test_ede_only_for_queries_that_had_edns(unbound) -> None:  # type: ign
     down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     down.bind(("127.0.0.2", 0))
     with down:
-        async with run_dns(recurse=(unbound.address,),
-                           **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]),
-                                             timeout=0.3)) as server:
+        async with run_dns(
+            recurse=(unbound.address,),
+            **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]), timeout=0.3),
+        ) as server:
             plain = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV")
             assert rcode(plain) == "SERVFAIL"
             assert plain.edns < 0
@@ -143,10 +163,14 @@ async def test_container_names_may_repeat_as_in_rancher(tmp_path: Path) -> None:
     from tests.support.dns import wait_for_version
     from tests.support.metadata import run_metadata
 
-    fleet = {"hosts": [{"uuid": "h1", "name": "h1"}, {"uuid": "h2", "name": "h2"}],
-             "containers": [{"name": "Network Agent", "primary_ip": "127.0.0.61", "host_uuid": "h1"},
-                            {"name": "Network Agent", "primary_ip": "127.0.0.62", "host_uuid": "h2"},
-                            {"name": "web", "primary_ip": "127.0.0.63", "host_uuid": "h1"}]}
+    fleet = {
+        "hosts": [{"uuid": "h1", "name": "h1"}, {"uuid": "h2", "name": "h2"}],
+        "containers": [
+            {"name": "Network Agent", "primary_ip": "127.0.0.61", "host_uuid": "h1"},
+            {"name": "Network Agent", "primary_ip": "127.0.0.62", "host_uuid": "h2"},
+            {"name": "web", "primary_ip": "127.0.0.63", "host_uuid": "h1"},
+        ],
+    }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(fleet))
     async with run_metadata(path) as md:
@@ -174,14 +198,28 @@ async def test_an_address_several_containers_share_names_none_of_them(tmp_path: 
     from tests.support.dns import wait_for_version
     from tests.support.metadata import run_metadata
 
-    fleet = {"hosts": [{"uuid": "h1", "name": "h1", "agent_ip": "127.0.0.70"}],
-             "stacks": [{"name": "infra"}],
-             "services": [{"name": "agent", "stack_name": "infra", "token": "agent-secret"}],
-             "containers": [{"name": "scheduler", "primary_ip": "127.0.0.70", "host_uuid": "h1",
-                             "stack_name": "infra", "service_name": "agent"},
-                            {"name": "healthcheck", "primary_ip": "127.0.0.70", "host_uuid": "h1"},
-                            {"name": "web", "primary_ip": "127.0.0.71", "host_uuid": "h1",
-                             "stack_name": "infra", "service_name": "agent"}]}
+    fleet = {
+        "hosts": [{"uuid": "h1", "name": "h1", "agent_ip": "127.0.0.70"}],
+        "stacks": [{"name": "infra"}],
+        "services": [{"name": "agent", "stack_name": "infra", "token": "agent-secret"}],
+        "containers": [
+            {
+                "name": "scheduler",
+                "primary_ip": "127.0.0.70",
+                "host_uuid": "h1",
+                "stack_name": "infra",
+                "service_name": "agent",
+            },
+            {"name": "healthcheck", "primary_ip": "127.0.0.70", "host_uuid": "h1"},
+            {
+                "name": "web",
+                "primary_ip": "127.0.0.71",
+                "host_uuid": "h1",
+                "stack_name": "infra",
+                "service_name": "agent",
+            },
+        ],
+    }
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(fleet))
     async with run_metadata(path) as md:

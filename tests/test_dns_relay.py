@@ -21,37 +21,46 @@ BIG = "".join(f'local-data: "big.example.test. 300 IN A 192.0.2.{i}"\n' for i in
 # (question, type, client, bound upstream?)
 QUESTIONS = [
     ("web.rancher.internal", "A", "127.0.0.11", False),
-    ("web", "A", "127.0.0.11", False),                       # the server-side search list
-    ("web.rancher.internal", "AAAA", "127.0.0.11", False),   # NODATA from the table
-    ("db.rancher.internal", "A", "127.0.0.31", False),       # this client's own record
-    ("db.rancher.internal", "A", "127.0.0.11", False),       # ... which others do not see: NXDOMAIN
+    ("web", "A", "127.0.0.11", False),  # the server-side search list
+    ("web.rancher.internal", "AAAA", "127.0.0.11", False),  # NODATA from the table
+    ("db.rancher.internal", "A", "127.0.0.31", False),  # this client's own record
+    ("db.rancher.internal", "A", "127.0.0.11", False),  # ... which others do not see: NXDOMAIN
     ("db", "A", "127.0.0.31", False),
-    ("nope.rancher.internal", "A", "127.0.0.11", False),     # NXDOMAIN from our zone
+    ("nope.rancher.internal", "A", "127.0.0.11", False),  # NXDOMAIN from our zone
     ("rancher.internal", "SOA", "127.0.0.11", False),
     ("www.example.test", "A", "127.0.0.11", True),
     ("WWW.Example.Test", "AAAA", "127.0.0.31", True),
-    ("nope.example.test", "A", "127.0.0.11", True),           # NXDOMAIN from upstream, with its SOA
+    ("nope.example.test", "A", "127.0.0.11", True),  # NXDOMAIN from upstream, with its SOA
     ("_ldap._tcp.example.test", "SRV", "127.0.0.11", True),
     ("n1.wild.test", "A", "127.0.0.31", True),
-    ("www", "A", "127.0.0.11", True),                         # not local with any suffix: asked as is
+    ("www", "A", "127.0.0.11", True),  # not local with any suffix: asked as is
 ]
 
 
 @pytest.fixture
 def answers_file(tmp_path: Path) -> Path:
     path = tmp_path / "answers.json"
-    path.write_text(json.dumps({
-        "default": {"authoritative": ["rancher.internal"], "search": ["rancher.internal"],
-                    "a": {"web.rancher.internal.": {"answer": ["10.1.0.1"]}}},
-        "127.0.0.31": {"a": {"db.rancher.internal.": {"answer": ["10.9.9.9"]}}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["rancher.internal"],
+                    "search": ["rancher.internal"],
+                    "a": {"web.rancher.internal.": {"answer": ["10.1.0.1"]}},
+                },
+                "127.0.0.31": {"a": {"db.rancher.internal.": {"answer": ["10.9.9.9"]}}},
+            }
+        )
+    )
     return path
 
 
 def essence(reply: dns.message.Message) -> tuple[str, bool, list[str], list[str]]:
     """What must not differ between the two paths: rcode, AA, records (TTLs aside: a second may pass)."""
+
     def records(section: list[dns.rrset.RRset]) -> list[str]:
         return sorted(f"{rrset.name} {rrset.rdtype} {rd}" for rrset in section for rd in rrset)
+
     return rcode(reply), bool(reply.flags & dns.flags.AA), records(reply.answer), records(reply.authority)
 
 

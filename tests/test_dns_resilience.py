@@ -36,8 +36,9 @@ async def test_the_loop_under_test_is_the_one_named(request: pytest.FixtureReque
     assert ("uvloop" in loop) == request.node.name.endswith("[uvloop]")
 
 
-async def test_recursion_comes_back_after_the_upstream_restarts(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_recursion_comes_back_after_the_upstream_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Kill the upstream, ask once (its ICMP port-unreachable reaches our socket), start it again on
     the same port: the next query is answered. A socket shared by all queries went deaf on uvloop
     after that one ICMP error, and every non-fleet name got SERVFAIL until a restart."""
@@ -107,8 +108,9 @@ async def test_identical_questions_in_flight_share_one_upstream_query() -> None:
     query goes upstream, and each client gets the answer with its own ID and its own spelling."""
     async with ScriptedUpstream(delay=0.3) as upstream, run_dns(recurse=(upstream.address,)) as server:
         names = ["same.example.test", "SAME.example.test", "sAmE.Example.TEST"]
-        replies = await asyncio.gather(*(ask(server, names[i % 3], source=f"127.0.0.{10 + i % 50}")
-                                         for i in range(100)))
+        replies = await asyncio.gather(
+            *(ask(server, names[i % 3], source=f"127.0.0.{10 + i % 50}") for i in range(100))
+        )
         assert len(upstream.queries) == 1
         for i, reply in enumerate(replies):
             assert addresses(reply) == ["192.0.2.55"]
@@ -132,8 +134,10 @@ async def test_forged_replies_are_not_taken() -> None:
     reply without a question is never taken; a wrong source port never reaches us. The same
     forger with everything right is taken: the test can see a poisoning when there is one."""
     require_root("forging a source address")
-    async with ScriptedUpstream(delay=0.4, reply=answer_a("192.0.2.1")) as upstream, \
-            run_dns(recurse=(upstream.address,), recurser_timeout=2) as server:
+    async with (
+        ScriptedUpstream(delay=0.4, reply=answer_a("192.0.2.1")) as upstream,
+        run_dns(recurse=(upstream.address,), recurser_timeout=2) as server,
+    ):
         # Positive control: a forgery with the right port, ID and question wins the race.
         asking = asyncio.ensure_future(ask(server, "control.example.test"))
         while not upstream.queries:
@@ -151,7 +155,7 @@ async def test_forged_replies_are_not_taken() -> None:
         for wrong in range(1, 1001):  # wrong IDs
             spoofed_udp(upstream.address, (host, port), struct.pack("!H", (qid + wrong) % 65536) + good[2:])
         spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66", "other.example.test"))
-        no_question = bytearray(good[:12]) + good[12 + len(query) - 12:]  # header, then straight to the answer
+        no_question = bytearray(good[:12]) + good[12 + len(query) - 12 :]  # header, then straight to the answer
         no_question[4:6] = b"\x00\x00"
         spoofed_udp(upstream.address, (host, port), bytes(no_question))
         refused = bytearray(struct.pack("!HHHHHH", qid, 0x8105, 0, 0, 0, 0))  # REFUSED, no question
@@ -171,8 +175,10 @@ async def test_a_reply_cut_short_gets_servfail_and_is_never_cached() -> None:
         wire = _reply(query, "192.0.2.77")
         return wire[:-2] if broken else wire
 
-    async with ScriptedUpstream(reply=reply) as upstream, \
-            run_dns(recurse=(upstream.address,), servfail_ttl=0, recurser_timeout=0.3) as server:
+    async with (
+        ScriptedUpstream(reply=reply) as upstream,
+        run_dns(recurse=(upstream.address,), servfail_ttl=0, recurser_timeout=0.3) as server,
+    ):
         for transport_tcp in (False, False, True):
             assert rcode(await ask(server, "cut.example.test", tcp=transport_tcp)) == "SERVFAIL"
         assert server.upstream.counters()["malformed"] >= 2
@@ -188,8 +194,7 @@ def _query(name: bytes, edns_option: bytes | None = None) -> bytes:
     return out
 
 
-async def test_garbage_that_passed_the_parser_costs_a_counter_not_a_traceback(
-        caplog: pytest.LogCaptureFixture) -> None:
+async def test_garbage_that_passed_the_parser_costs_a_counter_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     """Two kinds of garbage got past ``parse_query`` and then made dnslib raise, a 2.3 KB
     traceback per packet: a label with bytes >= 0x80 in our zone, and an EDNS option longer
     than its OPT record."""
@@ -203,7 +208,7 @@ async def test_garbage_that_passed_the_parser_costs_a_counter_not_a_traceback(
             assert reply is not None
             parsed = dns.message.from_wire(reply)
             assert parsed.rcode() == dns.rcode.NXDOMAIN
-            assert reply[12:12 + len(high)] == high
+            assert reply[12 : 12 + len(high)] == high
             reply = await udp_exchange(server.address, _query(b"\x03www\x07rancher\x08internal\x00", long_option))
             assert reply is not None
             assert dns.message.from_wire(reply).rcode() == dns.rcode.FORMERR
@@ -234,8 +239,10 @@ async def test_serve_stale_when_the_upstream_is_slow_then_refresh() -> None:
     out first; its own answer, when it comes, refreshes the cache."""
     clock = FakeClock()
     address = ["192.0.2.61"]
-    async with ScriptedUpstream(reply=lambda q: _reply(q, address[0])) as upstream, \
-            run_dns(clock, recurse=(upstream.address,), recurser_timeout=2, stale_answer_timeout=0.2) as server:
+    async with (
+        ScriptedUpstream(reply=lambda q: _reply(q, address[0])) as upstream,
+        run_dns(clock, recurse=(upstream.address,), recurser_timeout=2, stale_answer_timeout=0.2) as server,
+    ):
         assert addresses(await ask(server, "slow.example.test")) == ["192.0.2.61"]
         clock.advance(301)
         upstream.delay = 0.8
@@ -317,10 +324,25 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
     dns_port, http_port = reserve_port(), reserve_port()
     async with ScriptedUpstream(delay=0.8) as upstream:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "dns_svc", "--listen", f"127.0.0.1:{dns_port}", "--metadata-url", "",
-            "--answers", str(_answers(tmp_path)), "--recurse", f"{upstream.address[0]}:{upstream.address[1]}",
-            "--http-listen", f"127.0.0.1:{http_port}", "--lameduck", "0.3", "--state-file", "",
-            stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "dns_svc",
+            "--listen",
+            f"127.0.0.1:{dns_port}",
+            "--metadata-url",
+            "",
+            "--answers",
+            str(_answers(tmp_path)),
+            "--recurse",
+            f"{upstream.address[0]}:{upstream.address[1]}",
+            "--http-listen",
+            f"127.0.0.1:{http_port}",
+            "--lameduck",
+            "0.3",
+            "--state-file",
+            "",
+            stderr=asyncio.subprocess.PIPE,
+        )
         try:
             async with aiohttp.ClientSession() as http:
                 for _ in range(100):
@@ -330,8 +352,10 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
                                 break
                     except aiohttp.ClientError:
                         await asyncio.sleep(0.05)
-                asking = [asyncio.ensure_future(ask(("127.0.0.1", dns_port), f"q{i}.example.test", timeout=4))
-                          for i in range(20)]
+                asking = [
+                    asyncio.ensure_future(ask(("127.0.0.1", dns_port), f"q{i}.example.test", timeout=4))
+                    for i in range(20)
+                ]
                 while len(upstream.queries) < 20:
                     await asyncio.sleep(0.01)
                 proc.terminate()
@@ -357,12 +381,13 @@ def _answers(tmp_path: Path) -> Path:
     return path
 
 
-
 async def test_drain_answers_relayed_and_chained_queries_in_flight() -> None:
     """In process, on both loops: queries waiting on a slow upstream, over UDP (relayed) and TCP
     (the chain), are answered by ``drain``; a query sent after it started is not read."""
-    async with ScriptedUpstream(delay=0.5) as upstream, \
-            run_dns(recurse=(upstream.address,), drain_timeout=3, recurser_timeout=2) as server:
+    async with (
+        ScriptedUpstream(delay=0.5) as upstream,
+        run_dns(recurse=(upstream.address,), drain_timeout=3, recurser_timeout=2) as server,
+    ):
         waiting = [asyncio.ensure_future(ask(server, f"d{i}.example.test", tcp=i % 2 == 1)) for i in range(10)]
         while len(upstream.queries) < 10:
             await asyncio.sleep(0.01)

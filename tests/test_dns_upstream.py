@@ -69,8 +69,9 @@ async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None
         assert rcode(await ask(server, "gone.example.test")) == "SERVFAIL"
 
 
-async def test_failover_past_dead_silent_and_refusing_upstreams(unbound, tmp_path: Path, clock,
-                                                                caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_failover_past_dead_silent_and_refusing_upstreams(
+    unbound, tmp_path: Path, clock, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
     """The silent upstream is a bare UDP socket that never answers: no real server can be made to
     drop queries on purpose, so this one fake stands in for a hung resolver."""
     caplog.set_level(logging.WARNING)
@@ -134,16 +135,25 @@ async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> Non
 
 
 async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Path, unbound, clock) -> None:  # type: ignore[no-untyped-def]
-    private = 'local-zone: "." static\nlocal-zone: "only-b.test." static\n' \
-              'local-data: "only-b.test. 3600 IN SOA ns.only-b.test. a.only-b.test. 1 3600 600 86400 30"\n' \
-              'local-data: "secret.only-b.test. 60 IN A 192.0.2.200"\n'
+    private = (
+        'local-zone: "." static\nlocal-zone: "only-b.test." static\n'
+        'local-data: "only-b.test. 3600 IN SOA ns.only-b.test. a.only-b.test. 1 3600 600 86400 30"\n'
+        'local-data: "secret.only-b.test. 60 IN A 192.0.2.200"\n'
+    )
     with run_unbound(tmp_path / "private", zone=private) as own:
         answers = tmp_path / "answers.json"
-        answers.write_text(json.dumps({
-            "default": {"authoritative": ["rancher.internal"], "search": ["rancher.internal"],
-                        "a": {"svc.rancher.internal.": {"answer": ["10.1.0.1"]}}},
-            "127.0.0.31": {"recurse": [own.spec]},
-        }))
+        answers.write_text(
+            json.dumps(
+                {
+                    "default": {
+                        "authoritative": ["rancher.internal"],
+                        "search": ["rancher.internal"],
+                        "a": {"svc.rancher.internal.": {"answer": ["10.1.0.1"]}},
+                    },
+                    "127.0.0.31": {"recurse": [own.spec]},
+                }
+            )
+        )
         async with run_dns(clock, recurse=(unbound.address,), answers=str(answers)) as server:
             mine = await ask(server, "secret.only-b.test", source="127.0.0.31")
             assert addresses(mine) == ["192.0.2.200"]
@@ -161,9 +171,16 @@ async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path:
     """Upstream data inside a local answer lives by its TTLs (and the CNAME's), not until the
     answers change."""
     answers = tmp_path / "answers.json"
-    answers.write_text(json.dumps({"default": {
-        "authoritative": ["rancher.internal"],
-        "cname": {"pay.rancher.internal.": {"answer": "payments.example.test."}}}}))
+    answers.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["rancher.internal"],
+                    "cname": {"pay.rancher.internal.": {"answer": "payments.example.test."}},
+                }
+            }
+        )
+    )
     async with run_dns(clock, recurse=(unbound.address,), answers=str(answers)) as server:
         first = await ask(server, "pay.rancher.internal")
         assert addresses(first) == ["192.0.2.20"]

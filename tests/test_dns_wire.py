@@ -26,20 +26,35 @@ async def exchange(address: tuple[str, int], packet: bytes, wait: float = 0.5) -
     return await udp_exchange(address, packet, wait)
 
 
-@pytest.mark.parametrize(("packet", "expected"), [
-    (b"\x12", None),                                                         # not even a header: dropped
-    (header(flags=0x8100) + QUESTION, None),                                 # a response: never answered
-    (header() + b"\x03www\x07exam", dns.rcode.FORMERR),                      # name runs off the end
-    (header(qd=2) + QUESTION + QUESTION, dns.rcode.FORMERR),                 # two questions
-    (header(qd=0), dns.rcode.FORMERR),                                       # no question
-    (header() + b"\xc0\x0c\x00\x01\x00\x01", dns.rcode.FORMERR),             # compression in the question
-    (header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", dns.rcode.FORMERR),  # label > 63
-    (header(flags=0x2100) + QUESTION, dns.rcode.NOTIMP),                     # opcode 4 (NOTIFY)
-    (header(flags=0x2900) + QUESTION, dns.rcode.NOTIMP),                     # opcode 5 (UPDATE)
-    (header() + QUESTION + b"junk", dns.rcode.FORMERR),                      # trailing bytes
-    (header(ar=1) + QUESTION + b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00", dns.rcode.FORMERR),  # not OPT
-], ids=["short", "response", "cut-name", "two-questions", "no-question", "pointer", "long-label", "notify",
-        "update", "trailing", "bad-additional"])
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        (b"\x12", None),  # not even a header: dropped
+        (header(flags=0x8100) + QUESTION, None),  # a response: never answered
+        (header() + b"\x03www\x07exam", dns.rcode.FORMERR),  # name runs off the end
+        (header(qd=2) + QUESTION + QUESTION, dns.rcode.FORMERR),  # two questions
+        (header(qd=0), dns.rcode.FORMERR),  # no question
+        (header() + b"\xc0\x0c\x00\x01\x00\x01", dns.rcode.FORMERR),  # compression in the question
+        (header() + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01", dns.rcode.FORMERR),  # label > 63
+        (header(flags=0x2100) + QUESTION, dns.rcode.NOTIMP),  # opcode 4 (NOTIFY)
+        (header(flags=0x2900) + QUESTION, dns.rcode.NOTIMP),  # opcode 5 (UPDATE)
+        (header() + QUESTION + b"junk", dns.rcode.FORMERR),  # trailing bytes
+        (header(ar=1) + QUESTION + b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00", dns.rcode.FORMERR),  # not OPT
+    ],
+    ids=[
+        "short",
+        "response",
+        "cut-name",
+        "two-questions",
+        "no-question",
+        "pointer",
+        "long-label",
+        "notify",
+        "update",
+        "trailing",
+        "bad-additional",
+    ],
+)
 async def test_malformed_queries(packet: bytes, expected: int | None) -> None:
     async with run_dns() as server:
         reply = await exchange(server.address, packet)

@@ -29,32 +29,44 @@ PREFIX = "/metadns/test/"
 
 
 def fleet(ip: str = "127.0.0.11") -> dict[str, Any]:
-    return {"environment": {"name": "etcd-test"},
-            "hosts": [{"uuid": "host-a", "name": "host-a"}, {"uuid": "host-b", "name": "host-b"}],
-            "stacks": [{"name": "shop"}],
-            "services": [{"name": "web", "stack_name": "shop", "ports": ["80/tcp"], "token": "web-secret"}],
-            "containers": [{"name": "web-1", "stack_name": "shop", "service_name": "web", "primary_ip": ip,
-                            "host_uuid": "host-a"},
-                           {"name": "web-2", "stack_name": "shop", "service_name": "web",
-                            "primary_ip": "127.0.0.12", "host_uuid": "host-b"}]}
+    return {
+        "environment": {"name": "etcd-test"},
+        "hosts": [{"uuid": "host-a", "name": "host-a"}, {"uuid": "host-b", "name": "host-b"}],
+        "stacks": [{"name": "shop"}],
+        "services": [{"name": "web", "stack_name": "shop", "ports": ["80/tcp"], "token": "web-secret"}],
+        "containers": [
+            {"name": "web-1", "stack_name": "shop", "service_name": "web", "primary_ip": ip, "host_uuid": "host-a"},
+            {
+                "name": "web-2",
+                "stack_name": "shop",
+                "service_name": "web",
+                "primary_ip": "127.0.0.12",
+                "host_uuid": "host-b",
+            },
+        ],
+    }
 
 
 async def apply(cluster: EtcdCluster, data: dict[str, Any], tmp_path: Path, *extra: str) -> int:
     path = tmp_path / f"apply-{id(data)}.yaml"
     path.write_text(yaml.safe_dump(data))
-    return await asyncio.to_thread(fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX,
-                                                *extra, str(path)])
+    return await asyncio.to_thread(
+        fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX, *extra, str(path)]
+    )
 
 
 @contextlib.asynccontextmanager
-async def host(cluster: EtcdCluster, tmp_path: Path, name: str,
-               endpoints: str | None = None) -> AsyncIterator[tuple[RunningMetadata, Any]]:
+async def host(
+    cluster: EtcdCluster, tmp_path: Path, name: str, endpoints: str | None = None
+) -> AsyncIterator[tuple[RunningMetadata, Any]]:
     """One host: its metadata service on etcd, and its DNS service on that."""
     source = f"etcd://{endpoints or cluster.endpoints}{PREFIX}"
-    async with run_metadata(tmp_path / "unused.yaml", tmp_path / f"{name}-kept.json", source=source,
-                            etcd_idle_timeout=3.0) as md, \
-            run_dns(metadata_url=f"{md.url}/2016-07-29", state_file=str(tmp_path / f"{name}-dns.json"),
-                    max_wait=5) as dns:
+    async with (
+        run_metadata(
+            tmp_path / "unused.yaml", tmp_path / f"{name}-kept.json", source=source, etcd_idle_timeout=3.0
+        ) as md,
+        run_dns(metadata_url=f"{md.url}/2016-07-29", state_file=str(tmp_path / f"{name}-dns.json"), max_wait=5) as dns,
+    ):
         yield md, dns
 
 
@@ -78,8 +90,12 @@ async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path)
         assert yaml.safe_load(printed.read_text())["containers"][0]["name"] == "web-1"
         client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
         before = (await client.list_prefix(PREFIX.encode()))[1]
-        assert await asyncio.to_thread(fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX,
-                                                    str(printed)]) == 0
+        assert (
+            await asyncio.to_thread(
+                fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX, str(printed)]
+            )
+            == 0
+        )
         assert (await client.list_prefix(PREFIX.encode()))[1] == before  # nothing to write
         await client.close()
         async with host(cluster, tmp_path, "a") as (md_a, dns_a), host(cluster, tmp_path, "b") as (md_b, dns_b):
@@ -107,7 +123,7 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
         assert await apply(cluster, fleet(), tmp_path) == 0
         client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
         before, _ = await client.list_prefix(PREFIX.encode())
-        stored = {kv.key.decode()[len(PREFIX):]: json.loads(kv.value) for kv in before}
+        stored = {kv.key.decode()[len(PREFIX) :]: json.loads(kv.value) for kv in before}
         assert "token" not in stored["services/shop/web"]  # tokens live in a range of their own
         assert stored["tokens/shop/web"] == {"token": "web-secret"}
         broken = copy.deepcopy(fleet())
@@ -116,11 +132,16 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
         assert await apply(cluster, {}, tmp_path) == 1  # no containers key: refused like the file
         assert await apply(cluster, fleet("127.0.0.29"), tmp_path, "--dry-run") == 0  # prints, writes nothing
         after, _ = await client.list_prefix(PREFIX.encode())
-        assert [(kv.key, kv.value, kv.mod_revision) for kv in after] == \
-            [(kv.key, kv.value, kv.mod_revision) for kv in before]
+        assert [(kv.key, kv.value, kv.mod_revision) for kv in after] == [
+            (kv.key, kv.value, kv.mod_revision) for kv in before
+        ]
         web2 = next(kv.key.decode() for kv in after if b"containers/host-b/" in kv.key)
-        assert await asyncio.to_thread(fleet_main, ["delete", "--etcd", cluster.endpoints, "--prefix", PREFIX,
-                                                    web2[len(PREFIX):]]) == 0
+        assert (
+            await asyncio.to_thread(
+                fleet_main, ["delete", "--etcd", cluster.endpoints, "--prefix", PREFIX, web2[len(PREFIX) :]]
+            )
+            == 0
+        )
         assert len((await client.list_prefix(PREFIX.encode()))[0]) == len(after) - 1
         assert await apply(cluster, fleet(), tmp_path) == 0  # and back
         async with host(cluster, tmp_path, "a") as (md, dns):
@@ -128,8 +149,12 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
             await client.put(f"{PREFIX}containers/host-a/garbage".encode(), b"{not json")
             dangling = {"name": "web-9", "stack_name": "nosuch", "primary_ip": "127.0.0.19"}
             await client.put(f"{PREFIX}containers/host-a/dangling".encode(), json.dumps(dangling).encode())
-            await client.put(f"{PREFIX}containers/host-b/c3".encode(), json.dumps(
-                {"name": "web-3", "stack_name": "shop", "service_name": "web", "primary_ip": "127.0.0.13"}).encode())
+            await client.put(
+                f"{PREFIX}containers/host-b/c3".encode(),
+                json.dumps(
+                    {"name": "web-3", "stack_name": "shop", "service_name": "web", "primary_ip": "127.0.0.13"}
+                ).encode(),
+            )
             await until(lambda: _has(dns, "127.0.0.13"))
             assert await answer(dns) == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
             async with md.client() as s, s.get("/status") as r:
@@ -177,8 +202,10 @@ async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(t
     with run_etcd(tmp_path / "etcd", members=members) as cluster:
         m0, m1, m2 = cluster.members
         assert await apply(cluster, fleet(), tmp_path) == 0
-        async with host(cluster, tmp_path, "a") as (md_a, dns_a), \
-                host(cluster, tmp_path, "b", endpoints=m2.endpoint) as (md_b, dns_b):
+        async with (
+            host(cluster, tmp_path, "a") as (md_a, dns_a),
+            host(cluster, tmp_path, "b", endpoints=m2.endpoint) as (md_b, dns_b),
+        ):
             for md, dns in ((md_a, dns_a), (md_b, dns_b)):
                 await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
             cluster.stop(m0)  # host a follows m0 first: it moves on
@@ -212,9 +239,24 @@ async def _register(cluster: EtcdCluster, path: Path, host_uuid: str, ttl: int =
     import sys
 
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "consumers", "register", "--etcd", cluster.endpoints, "--prefix", PREFIX,
-        "--host", host_uuid, "--containers", str(path), "--lease-ttl", str(ttl), "--poll-interval", "0.2",
-        stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "consumers",
+        "register",
+        "--etcd",
+        cluster.endpoints,
+        "--prefix",
+        PREFIX,
+        "--host",
+        host_uuid,
+        "--containers",
+        str(path),
+        "--lease-ttl",
+        str(ttl),
+        "--poll-interval",
+        "0.2",
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 @pytest.mark.slow
@@ -227,14 +269,28 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
     with run_etcd(tmp_path / "etcd") as cluster:
         assert await apply(cluster, base, tmp_path) == 0
         c = {"stack_name": "shop", "service_name": "web"}
-        (tmp_path / "a.yaml").write_text(yaml.safe_dump({
-            "hosts": [{"uuid": "host-c", "name": "host-c"}],
-            "containers": [{**c, "name": "web-c1", "uuid": "u-c1", "primary_ip": "127.0.0.51"},
-                           {**c, "name": "web-c2", "uuid": "u-c2", "primary_ip": "127.0.0.52"}]}))
-        (tmp_path / "b.yaml").write_text(yaml.safe_dump({
-            "hosts": [{"uuid": "host-d", "name": "host-d"}],
-            "containers": [{**c, "name": "web-d1", "uuid": "u-c1", "primary_ip": "127.0.0.61"},  # u-c1 is taken
-                           {**c, "name": "web-d2", "uuid": "u-d2", "primary_ip": "127.0.0.62"}]}))
+        (tmp_path / "a.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "hosts": [{"uuid": "host-c", "name": "host-c"}],
+                    "containers": [
+                        {**c, "name": "web-c1", "uuid": "u-c1", "primary_ip": "127.0.0.51"},
+                        {**c, "name": "web-c2", "uuid": "u-c2", "primary_ip": "127.0.0.52"},
+                    ],
+                }
+            )
+        )
+        (tmp_path / "b.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "hosts": [{"uuid": "host-d", "name": "host-d"}],
+                    "containers": [
+                        {**c, "name": "web-d1", "uuid": "u-c1", "primary_ip": "127.0.0.61"},  # u-c1 is taken
+                        {**c, "name": "web-d2", "uuid": "u-d2", "primary_ip": "127.0.0.62"},
+                    ],
+                }
+            )
+        )
         agent_a = await _register(cluster, tmp_path / "a.yaml", "host-c")
         await asyncio.sleep(1.0)
         agent_b = await _register(cluster, tmp_path / "b.yaml", "host-d")
@@ -288,8 +344,11 @@ async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> N
         assert await apply(cluster, base, tmp_path) == 0
         c = {"stack_name": "shop", "service_name": "web", "name": "web-x", "uuid": "u-race"}
         for k, ip in enumerate(("127.0.0.81", "127.0.0.82")):
-            (tmp_path / f"r{k}.yaml").write_text(yaml.safe_dump({
-                "hosts": [{"uuid": f"race-{k}", "name": f"race-{k}"}], "containers": [{**c, "primary_ip": ip}]}))
+            (tmp_path / f"r{k}.yaml").write_text(
+                yaml.safe_dump(
+                    {"hosts": [{"uuid": f"race-{k}", "name": f"race-{k}"}], "containers": [{**c, "primary_ip": ip}]}
+                )
+            )
         agents = await asyncio.gather(*(_register(cluster, tmp_path / f"r{k}.yaml", f"race-{k}") for k in range(2)))
         try:
             client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))

@@ -106,8 +106,11 @@ async def test_token_shows_only_under_the_owners_self_service(metadata: RunningM
             own = tree["self"].pop("service", {}).get("token")
             assert "web-secret" not in json.dumps(tree) or own == "web-secret"
             assert "db-secret" not in json.dumps(tree)
-            assert own in (None, "web-secret" if ip == "127.0.0.11" else None,
-                           "db-secret" if ip == "127.0.0.21" else None)
+            assert own in (
+                None,
+                "web-secret" if ip == "127.0.0.11" else None,
+                "db-secret" if ip == "127.0.0.21" else None,
+            )
     # the client with token A never sees token B, even through its own stack
     _, stack = await get(metadata, "/latest/self/stack", "127.0.0.11", **JSON)
     assert "secret" not in stack

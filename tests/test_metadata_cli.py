@@ -22,8 +22,9 @@ def free_port() -> int:
 
 
 def test_help_names_every_flag_and_its_environment_variable() -> None:
-    out = subprocess.run([sys.executable, "-m", "metadata_svc", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "metadata_svc", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for flag in ("--listen", "--data", "--xff", "--max-wait", "--state-file", "--self-host"):
         assert flag in out
         assert "METADNS_METADATA_" + flag[2:].replace("-", "_").upper() in out
@@ -32,11 +33,17 @@ def test_help_names_every_flag_and_its_environment_variable() -> None:
 
 async def test_sighup_reloads_and_env_configures(fleet_file: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "METADNS_METADATA_LISTEN": f"127.0.0.1:{port}", "METADNS_METADATA_DATA": str(fleet_file),
-           "METADNS_METADATA_STATE_FILE": str(tmp_path / "kept.json"),
-           "METADNS_METADATA_POLL_INTERVAL": "3600", "METADNS_METADATA_WATCH": "poll"}  # only SIGHUP notices
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "metadata_svc", env=env,
-                                                stderr=asyncio.subprocess.PIPE)
+    env = {
+        **os.environ,
+        "METADNS_METADATA_LISTEN": f"127.0.0.1:{port}",
+        "METADNS_METADATA_DATA": str(fleet_file),
+        "METADNS_METADATA_STATE_FILE": str(tmp_path / "kept.json"),
+        "METADNS_METADATA_POLL_INTERVAL": "3600",
+        "METADNS_METADATA_WATCH": "poll",
+    }  # only SIGHUP notices
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "metadata_svc", env=env, stderr=asyncio.subprocess.PIPE
+    )
     url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
     try:
         async with aiohttp.ClientSession() as s:
@@ -71,19 +78,25 @@ async def test_sighup_reloads_and_env_configures(fleet_file: Path, tmp_path: Pat
     assert log.count("event=fleet_published") == 2
 
 
-@pytest.mark.parametrize(("args", "env", "needle"), [
-    (["--xff-trusted", "banana"], {}, "--xff-trusted"),
-    (["--log-level", "verbose"], {}, "--log-level"),
-    ([], {"METADNS_METADATA_LOG_LEVEL": "verbose"}, "METADNS_METADATA_LOG_LEVEL"),
-    ([], {"METADNS_METADATA_MAX_WAIT": "soon"}, "METADNS_METADATA_MAX_WAIT"),
-    (["--source", "etcd://"], {}, "--source"),
-])
-def test_a_bad_flag_or_variable_is_one_clear_line_and_exit_2(args: list[str], env: dict[str, str],
-                                                            needle: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["--xff-trusted", "banana"], {}, "--xff-trusted"),
+        (["--log-level", "verbose"], {}, "--log-level"),
+        ([], {"METADNS_METADATA_LOG_LEVEL": "verbose"}, "METADNS_METADATA_LOG_LEVEL"),
+        ([], {"METADNS_METADATA_MAX_WAIT": "soon"}, "METADNS_METADATA_MAX_WAIT"),
+        (["--source", "etcd://"], {}, "--source"),
+    ],
+)
+def test_a_bad_flag_or_variable_is_one_clear_line_and_exit_2(args: list[str], env: dict[str, str], needle: str) -> None:
 
-
-    proc = subprocess.run([sys.executable, "-m", "metadata_svc", *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "metadata_svc", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
     assert proc.returncode == 2
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -91,17 +104,32 @@ def test_a_bad_flag_or_variable_is_one_clear_line_and_exit_2(args: list[str], en
 
 def test_dns_svc_refuses_a_metadata_url_that_is_not_one() -> None:
 
-
-    proc = subprocess.run([sys.executable, "-m", "dns_svc", "--metadata-url", "notaurl"], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dns_svc", "--metadata-url", "notaurl"], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2
     assert "--metadata-url" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_a_self_host_the_fleet_does_not_have_is_one_line_and_exit_2(fleet_file: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "metadata_svc", "--listen", "127.0.0.1:0", "--data", str(fleet_file),
-                           "--state-file=", "--self-host", "nosuch"], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metadata_svc",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            str(fleet_file),
+            "--state-file=",
+            "--self-host",
+            "nosuch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if "level=error" in line]
@@ -110,8 +138,9 @@ def test_a_self_host_the_fleet_does_not_have_is_one_line_and_exit_2(fleet_file: 
     assert "host-a, host-b" in line
 
 
-async def test_a_self_host_that_leaves_the_fleet_is_logged(fleet_file: Path, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_self_host_that_leaves_the_fleet_is_logged(
+    fleet_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     import yaml
 
     from metadata_svc.keys import STORE

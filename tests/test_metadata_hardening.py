@@ -18,8 +18,9 @@ from metadata_svc.keys import STORE
 from tests.support.metadata import RunningMetadata, run_metadata
 
 
-async def get(md: RunningMetadata, path: str, source_ip: str = "127.0.0.1",
-              headers: dict[str, str] | None = None) -> tuple[int, str]:
+async def get(
+    md: RunningMetadata, path: str, source_ip: str = "127.0.0.1", headers: dict[str, str] | None = None
+) -> tuple[int, str]:
     url = URL(md.url + path, encoded=True)  # as written: no re-encoding of a bad escape
     async with md.client(source_ip) as s, s.get(url, headers=headers) as r:
         return r.status, await r.text()
@@ -37,11 +38,19 @@ async def test_a_file_still_being_written_is_not_published(fleet_file: Path, wat
     inotify the file is read once closed; with polling only, once unchanged over two polls."""
     data = yaml.safe_load(fleet_file.read_text())
     containers = data.pop("containers")
-    extra = [{"name": f"late-{i}", "stack_name": "Shop", "service_name": "db", "primary_ip": f"127.0.0.{90 + i}",
-              "host_uuid": "host-a"} for i in range(3)]
+    extra = [
+        {
+            "name": f"late-{i}",
+            "stack_name": "Shop",
+            "service_name": "db",
+            "primary_ip": f"127.0.0.{90 + i}",
+            "host_uuid": "host-a",
+        }
+        for i in range(3)
+    ]
     data["containers"] = containers + extra  # last in the file: the first half is a valid fleet too
     whole = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
-    half = whole[:whole.index("- name: late-1")]
+    half = whole[: whole.index("- name: late-1")]
     assert len(yaml.safe_load(half)["containers"]) == len(containers) + 1
     poll = 0.05 if watch == "auto" else 0.2
     async with run_metadata(fleet_file, watch=watch, poll_interval=poll) as md:
@@ -56,7 +65,7 @@ async def test_a_file_still_being_written_is_not_published(fleet_file: Path, wat
             # pause shorter than one poll interval can never be seen twice
             await asyncio.sleep(0.4 if watch == "auto" else 0.15)
             assert store.snapshot.version == before, store.last_reload
-            writer.write(whole[len(half):])
+            writer.write(whole[len(half) :])
         await wait_for(lambda: store.snapshot.version != before)
         assert (await get(md, "/latest/containers/late-2/primary_ip"))[1] == "127.0.0.92"
         assert len(store.snapshot.fleet.containers) == len(data["containers"])
@@ -89,17 +98,20 @@ async def test_forged_x_forwarded_for_line_before_the_proxys_own(fleet_file: Pat
                 assert await r.text() == "shop-db-1"
 
 
-@pytest.mark.parametrize(("path", "status"), [
-    ("/latest/containers/%C2%B2", 404),                     # "²": isdigit() is true, int() refuses it
-    ("/latest/containers/" + "9" * 5000, 404),             # int() refuses 5,000 digits
-    ("/latest/containers/%C2%B2/name", 404),
-    ("/latest/containers/%ZZ", 400),
-    ("/latest/version?maxWait=abc", 400),
-    ("/latest/version?wait=true&value=x&maxWait=-5", 400),
-    ("/latest/version?wait=true&value=x&maxWait=nan", 400),
-    ("/latest/version?index=abc", 400),
-    ("/latest/version?maxWait=0", 200),
-])
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/latest/containers/%C2%B2", 404),  # "²": isdigit() is true, int() refuses it
+        ("/latest/containers/" + "9" * 5000, 404),  # int() refuses 5,000 digits
+        ("/latest/containers/%C2%B2/name", 404),
+        ("/latest/containers/%ZZ", 400),
+        ("/latest/version?maxWait=abc", 400),
+        ("/latest/version?wait=true&value=x&maxWait=-5", 400),
+        ("/latest/version?wait=true&value=x&maxWait=nan", 400),
+        ("/latest/version?index=abc", 400),
+        ("/latest/version?maxWait=0", 200),
+    ],
+)
 async def test_garbage_paths_and_parameters_are_400_or_404(fleet_file: Path, path: str, status: int) -> None:
     async with run_metadata(fleet_file) as md:
         got, body = await get(md, path)
@@ -151,8 +163,15 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
             for api in ("2015-07-25", "2015-12-19", "2016-07-29", "latest"):
                 tree = store.snapshot.default_tree("2016-07-29" if api == "latest" else api)
                 deep = all_paths(tree) if api != "latest" else []  # latest is 2016-07-29: its top only
-                top = ["", "self", "self/container", "self/service", "self/stack", "self/host",
-                       *[p for p in all_paths(tree) if p.count("/") <= 1]]
+                top = [
+                    "",
+                    "self",
+                    "self/container",
+                    "self/service",
+                    "self/stack",
+                    "self/host",
+                    *[p for p in all_paths(tree) if p.count("/") <= 1],
+                ]
                 asks = [(p, f) for p in top for f in formats] + [(p, formats[0]) for p in deep]
                 for c in containers:
                     own = (c["stack_name"].lower(), c["service_name"].lower())
@@ -162,13 +181,18 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
                     connector = aiohttp.TCPConnector(local_addr=(c["primary_ip"], 0), limit=20)
                     async with aiohttp.ClientSession(md.url, connector=connector) as session:
 
-                        async def ask(path: str, accept: dict[str, str], session: aiohttp.ClientSession = session,
-                                      api: str = api, claim: dict[str, str] = claim) -> tuple[str, str]:
+                        async def ask(
+                            path: str,
+                            accept: dict[str, str],
+                            session: aiohttp.ClientSession = session,
+                            api: str = api,
+                            claim: dict[str, str] = claim,
+                        ) -> tuple[str, str]:
                             async with session.get(f"/{api}/{path}", headers={**accept, **claim}) as r:
                                 return path, await r.text()
 
                         for chunk in range(0, len(asks), 200):
-                            for path, body in await asyncio.gather(*(ask(p, f) for p, f in asks[chunk:chunk + 200])):
+                            for path, body in await asyncio.gather(*(ask(p, f) for p, f in asks[chunk : chunk + 200])):
                                 checked += 1
                                 assert not any(t in body for t in foreign), (api, path, c["name"])
                                 if path == "self/container/name":
@@ -213,8 +237,18 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "metadata_svc", "--listen", f"127.0.0.1:{port}", "--data", str(fleet_file),
-        "--state-file", "", preexec_fn=small_limit, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "metadata_svc",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data",
+        str(fleet_file),
+        "--state-file",
+        "",
+        preexec_fn=small_limit,
+        stderr=asyncio.subprocess.PIPE,
+    )
     idle: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
@@ -262,8 +296,7 @@ async def test_one_client_gets_at_most_its_share_of_connections(fleet_file: Path
 
     async with run_metadata(fleet_file, max_connections_per_client=5) as md:
         _host, port = md.url.rsplit(":", 1)
-        opened = [await asyncio.open_connection("127.0.0.1", int(port), local_addr=("127.0.9.1", 0))
-                  for _ in range(12)]
+        opened = [await asyncio.open_connection("127.0.0.1", int(port), local_addr=("127.0.9.1", 0)) for _ in range(12)]
         await asyncio.sleep(0.1)
         gate = md.app[GATE]
         assert gate.by_client.get("127.0.9.1") == 5
@@ -280,10 +313,21 @@ async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self
     import gzip
     import json
 
-    containers = [{"name": f"app-{i}", "stack_name": "s", "service_name": "svc", "primary_ip": f"127.0.10.{i + 1}",
-                   "labels": {"filler": "x" * 200}} for i in range(200)]
-    fleet = {"stacks": [{"name": "s"}], "services": [{"name": "svc", "stack_name": "s", "token": "svc-token"}],
-             "containers": containers}
+    containers = [
+        {
+            "name": f"app-{i}",
+            "stack_name": "s",
+            "service_name": "svc",
+            "primary_ip": f"127.0.10.{i + 1}",
+            "labels": {"filler": "x" * 200},
+        }
+        for i in range(200)
+    ]
+    fleet = {
+        "stacks": [{"name": "s"}],
+        "services": [{"name": "svc", "stack_name": "s", "token": "svc-token"}],
+        "containers": containers,
+    }
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(fleet))
     async with run_metadata(path) as md:
@@ -302,12 +346,14 @@ async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self
         assert "token" not in json.dumps(bodies[("127.0.0.1", "application/json")]["self"])
         connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0), force_close=True)
         async with aiohttp.ClientSession(md.url, connector=connector, auto_decompress=False) as s:
-            async with s.get("/latest/containers", headers={"Accept": "application/json",
-                                                            "Accept-Encoding": "gzip"}) as r:
+            async with s.get(
+                "/latest/containers", headers={"Accept": "application/json", "Accept-Encoding": "gzip"}
+            ) as r:
                 assert r.headers["Content-Encoding"] == "gzip"
                 zipped = await r.read()
-            async with s.get("/latest/containers", headers={"Accept": "application/json",
-                                                            "Accept-Encoding": "identity"}) as r:
+            async with s.get(
+                "/latest/containers", headers={"Accept": "application/json", "Accept-Encoding": "identity"}
+            ) as r:
                 assert "Content-Encoding" not in r.headers
                 plain = await r.read()
         assert gzip.decompress(zipped) == plain

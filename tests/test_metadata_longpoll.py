@@ -65,8 +65,10 @@ async def test_change_elsewhere_does_not_wake_a_path_waiter(metadata: RunningMet
 async def test_timeout_returns_200_with_the_unchanged_value(metadata: RunningMetadata) -> None:
     current = await version(metadata)
     started = time.monotonic()
-    async with metadata.client(headers={"Accept": "application/json"}) as s, \
-            s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5") as r:
+    async with (
+        metadata.client(headers={"Accept": "application/json"}) as s,
+        s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5") as r,
+    ):
         assert r.status == 200
         assert json.loads(await r.text()) == current
     assert 0.45 < time.monotonic() - started < 3
@@ -114,6 +116,7 @@ async def test_one_change_wakes_a_thousand_waiters(metadata: RunningMetadata) ->
                 await asyncio.sleep(0.05)
         fleet = store.snapshot.fleet
         from shared.model import Fleet
+
         data = fleet.to_mapping()
         data["containers"][0]["labels"] = {"changed": "yes"}
         assert store.publish(Fleet.from_mapping(data))

@@ -33,8 +33,15 @@ async def test_good_change_is_served(metadata: RunningMetadata, fleet_file: Path
     store = metadata.app[STORE]
     before = store.index
     data = yaml.safe_load(fleet_file.read_text())
-    data["containers"].append({"name": "Shop-Web-3", "stack_name": "Shop", "service_name": "Web",
-                               "primary_ip": "127.0.0.14", "host_uuid": "host-a"})
+    data["containers"].append(
+        {
+            "name": "Shop-Web-3",
+            "stack_name": "Shop",
+            "service_name": "Web",
+            "primary_ip": "127.0.0.14",
+            "host_uuid": "host-a",
+        }
+    )
     fleet_file.write_text(yaml.safe_dump(data))
     await wait_for(lambda: store.index == before + 1)
     assert await text(metadata, "/latest/self/container/name", "127.0.0.14") == "shop-web-3"
@@ -54,22 +61,37 @@ async def test_identical_data_keeps_the_version(metadata: RunningMetadata, fleet
     assert store.snapshot.version == version
 
 
-@pytest.mark.parametrize(("broken", "where", "problem"), [
-    ("stacks: [{name: a}\nservices: [", "line 2", "bad YAML"),
-    ("", "fleet", "the document is empty"),          # `: > fleet.yaml` used to wipe every name
-    ("# nothing but a comment\n", "fleet", "the document is empty"),
-    ("{}\n", "fleet", "no 'containers' key"),
-    ("- a\n- b\n", "fleet", "top level must be a mapping"),
-    ("containers: []\n", None, None),  # an empty fleet said explicitly is valid: the control case
-], ids=["bad-yaml", "empty-file", "only-a-comment", "empty-mapping", "a-list", "explicitly-empty-is-valid"])
-async def test_yaml_errors_name_the_line(metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture,
-                                         broken: str, where: str | None, problem: str | None) -> None:
+@pytest.mark.parametrize(
+    ("broken", "where", "problem"),
+    [
+        ("stacks: [{name: a}\nservices: [", "line 2", "bad YAML"),
+        ("", "fleet", "the document is empty"),  # `: > fleet.yaml` used to wipe every name
+        ("# nothing but a comment\n", "fleet", "the document is empty"),
+        ("{}\n", "fleet", "no 'containers' key"),
+        ("- a\n- b\n", "fleet", "top level must be a mapping"),
+        ("containers: []\n", None, None),  # an empty fleet said explicitly is valid: the control case
+    ],
+    ids=["bad-yaml", "empty-file", "only-a-comment", "empty-mapping", "a-list", "explicitly-empty-is-valid"],
+)
+async def test_yaml_errors_name_the_line(
+    metadata: RunningMetadata,
+    fleet_file: Path,
+    caplog: pytest.LogCaptureFixture,
+    broken: str,
+    where: str | None,
+    problem: str | None,
+) -> None:
     store = metadata.app[STORE]
     before = store.snapshot.version
     caplog.set_level(logging.INFO)
     fleet_file.write_text(broken)
-    await wait_for(lambda: store.last_reload is not None and store.last_reload.at > 0
-                   and (rejections(caplog) or store.snapshot.version != before))
+    await wait_for(
+        lambda: (
+            store.last_reload is not None
+            and store.last_reload.at > 0
+            and (rejections(caplog) or store.snapshot.version != before)
+        )
+    )
     if where is None:
         assert store.snapshot.version != before
         assert rejections(caplog) == []
@@ -82,19 +104,35 @@ async def test_yaml_errors_name_the_line(metadata: RunningMetadata, fleet_file: 
     assert await text(metadata, "/latest/containers/shop-db-1/primary_ip") == "127.0.0.21"
 
 
-@pytest.mark.parametrize(("mutate", "where", "problem"), [
-    (lambda d: d["containers"][3].update(service_name="nosuch"), "containers[3] name=Shop-db-1 (line 2",
-     "service 'nosuch' does not exist in stack 'Shop'"),
-    (lambda d: d["containers"][4].update(uuid="c-web-1"), "containers[4] name=infra-cache-1",
-     "duplicate container uuid 'c-web-1'"),
-    (lambda d: d["containers"][0].update(primary_ip="not-an-ip"), "containers[0] name=Shop-Web-1",
-     "not an IP address"),
-    (lambda d: d["services"][0]["links"].update({"Shop/gone": "x"}), "services[0] name=Web",
-     "link target 'Shop/gone' is not a service"),
-], ids=["missing-service", "duplicate-uuid", "bad-ip", "dangling-link"])
+@pytest.mark.parametrize(
+    ("mutate", "where", "problem"),
+    [
+        (
+            lambda d: d["containers"][3].update(service_name="nosuch"),
+            "containers[3] name=Shop-db-1 (line 2",
+            "service 'nosuch' does not exist in stack 'Shop'",
+        ),
+        (
+            lambda d: d["containers"][4].update(uuid="c-web-1"),
+            "containers[4] name=infra-cache-1",
+            "duplicate container uuid 'c-web-1'",
+        ),
+        (
+            lambda d: d["containers"][0].update(primary_ip="not-an-ip"),
+            "containers[0] name=Shop-Web-1",
+            "not an IP address",
+        ),
+        (
+            lambda d: d["services"][0]["links"].update({"Shop/gone": "x"}),
+            "services[0] name=Web",
+            "link target 'Shop/gone' is not a service",
+        ),
+    ],
+    ids=["missing-service", "duplicate-uuid", "bad-ip", "dangling-link"],
+)
 async def test_invalid_fleet_is_refused_and_old_data_served(
-        metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture,
-        mutate, where: str, problem: str) -> None:  # type: ignore[no-untyped-def]
+    metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture, mutate, where: str, problem: str
+) -> None:  # type: ignore[no-untyped-def]
     store = metadata.app[STORE]
     before = store.snapshot.version
     data = yaml.safe_load(fleet_file.read_text())

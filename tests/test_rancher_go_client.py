@@ -31,8 +31,14 @@ def client_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("goclient")
     shutil.copy(SOURCE, work / "main.go")
     env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off", "GOCACHE": str(work / "cache")}
-    subprocess.run([go, "build", "-o", str(work / "client"), str(work / "main.go")], env=env, check=True,
-                   cwd=work, capture_output=True, timeout=300)
+    subprocess.run(
+        [go, "build", "-o", str(work / "client"), str(work / "main.go")],
+        env=env,
+        check=True,
+        cwd=work,
+        capture_output=True,
+        timeout=300,
+    )
     return work / "client"
 
 
@@ -43,8 +49,8 @@ async def test_go_rancher_metadata_client_works_unchanged(client_binary: Path, t
     fleet_file.write_text(yaml.safe_dump(fleet))
     async with run_metadata(fleet_file) as md:
         proc = await asyncio.create_subprocess_exec(
-            str(client_binary), f"{md.url}/2016-07-29", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            str(client_binary), f"{md.url}/2016-07-29", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
         assert proc.stdout is not None
         try:
             facts: dict[str, object] = {}
@@ -64,11 +70,17 @@ async def test_go_rancher_metadata_client_works_unchanged(client_binary: Path, t
 
             await read_until("version")
             assert "error" not in facts
-            assert facts["self"] == {"name": "shop-web-1", "ip": "127.0.0.1", "stack": "shop",
-                                     "service": "web", "host": "host-a"}
+            assert facts["self"] == {
+                "name": "shop-web-1",
+                "ip": "127.0.0.1",
+                "stack": "shop",
+                "service": "web",
+                "host": "host-a",
+            }
             assert facts["self_service"] == {"name": "web", "token": "web-secret", "containers": 2}
             assert sorted(facts["services"]) == sorted(  # type: ignore[arg-type]
-                ["shop/web=", "shop/log=", "shop/db=", "infra/cache=", "shop/payments="])
+                ["shop/web=", "shop/log=", "shop/db=", "infra/cache=", "shop/payments="]
+            )
             assert facts["web_containers"] == 2
             async with md.client() as s, s.get("/latest/version") as r:
                 assert versions == [await r.text()]

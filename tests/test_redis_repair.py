@@ -38,9 +38,16 @@ def test_repair_rewrites_mapped_nodes_and_reports_the_rest() -> None:
     assert lines[2] == "vars currentEpoch 2 lastVoteEpoch 0"
 
 
-@pytest.mark.parametrize("broken", [
-    "garbage\n", f"{A} 10.0.0.1:7000@17000 master\n", "vars currentEpoch 2\n", f"{'z' * 40} 1.2.3.4:1@2 m - 0 0 1 c\n",
-], ids=["garbage", "short-line", "no-nodes", "bad-id"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "garbage\n",
+        f"{A} 10.0.0.1:7000@17000 master\n",
+        "vars currentEpoch 2\n",
+        f"{'z' * 40} 1.2.3.4:1@2 m - 0 0 1 c\n",
+    ],
+    ids=["garbage", "short-line", "no-nodes", "bad-id"],
+)
 def test_malformed_nodes_conf_is_refused(broken: str) -> None:
     with pytest.raises(NodesConfError):
         parse_nodes_conf(broken)
@@ -59,12 +66,37 @@ def redis_cli(*args: str, timeout: float = 10) -> str:
 def start_node(server: str, ip: str, workdir: Path) -> subprocess.Popen[bytes]:
     workdir.mkdir(parents=True, exist_ok=True)
     # Each node announces its own address: on loopback the kernel would show peers 127.0.0.1.
-    return subprocess.Popen([server, "--bind", ip, "--port", str(PORT), "--cluster-enabled", "yes",
-                             "--cluster-announce-ip", ip,
-                             "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
-                             "--dir", str(workdir), "--appendonly", "no", "--save", "", "--daemonize", "no",
-                             "--protected-mode", "no", "--logfile", str(workdir / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            server,
+            "--bind",
+            ip,
+            "--port",
+            str(PORT),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-announce-ip",
+            ip,
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--dir",
+            str(workdir),
+            "--appendonly",
+            "no",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            str(workdir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_ping(ip: str) -> None:
@@ -95,9 +127,14 @@ def stop_all(procs: list[subprocess.Popen[bytes]], ips: tuple[str, ...]) -> None
 
 
 def fleet(ips: tuple[str, ...]) -> dict[str, object]:
-    return {"stacks": [{"name": "data"}], "services": [{"name": "redis", "stack_name": "data"}],
-            "containers": [{"name": f"redis-{i}", "stack_name": "data", "service_name": "redis", "primary_ip": ip}
-                           for i, ip in enumerate(ips)]}
+    return {
+        "stacks": [{"name": "data"}],
+        "services": [{"name": "redis", "stack_name": "data"}],
+        "containers": [
+            {"name": f"redis-{i}", "stack_name": "data", "service_name": "redis", "primary_ip": ip}
+            for i, ip in enumerate(ips)
+        ],
+    }
 
 
 @pytest.mark.slow
@@ -116,8 +153,9 @@ async def test_cluster_survives_a_full_restart_on_new_addresses(tmp_path: Path) 
         assert cluster_state(OLD[0]) == "ok"
         for i in range(50):
             assert redis_cli("-c", "-h", OLD[0], "-p", str(PORT), "set", f"key:{i}", f"value-{i}").strip() == "OK"
-        ids = {redis_cli("-h", ip, "-p", str(PORT), "cluster", "myid").strip(): f"redis-{i}"
-               for i, ip in enumerate(OLD)}
+        ids = {
+            redis_cli("-h", ip, "-p", str(PORT), "cluster", "myid").strip(): f"redis-{i}" for i, ip in enumerate(OLD)
+        }
     finally:
         stop_all(procs, OLD)
     mapping = tmp_path / "nodes.yaml"
@@ -142,9 +180,19 @@ async def test_cluster_survives_a_full_restart_on_new_addresses(tmp_path: Path) 
     async with run_metadata(fleet_file) as md:
         for d in dirs:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "consumers", "redis-repair", "--nodes-conf", str(d / "nodes.conf"),
-                "--mapping", str(mapping), "--metadata-url", f"{md.url}/2016-07-29",
-                stderr=asyncio.subprocess.PIPE, env={**os.environ})
+                sys.executable,
+                "-m",
+                "consumers",
+                "redis-repair",
+                "--nodes-conf",
+                str(d / "nodes.conf"),
+                "--mapping",
+                str(mapping),
+                "--metadata-url",
+                f"{md.url}/2016-07-29",
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ},
+            )
             _, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
             assert err.decode().count("event=node_moved") == 3
@@ -170,8 +218,16 @@ async def test_unreadable_metadata_or_file_changes_nothing(tmp_path: Path) -> No
     fleet_file.write_text(yaml.safe_dump(fleet(NEW)))
     async with run_metadata(fleet_file) as md:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "consumers", "redis-repair", "--nodes-conf", str(conf), "--metadata-url",
-            f"{md.url}/2016-07-29", stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "consumers",
+            "redis-repair",
+            "--nodes-conf",
+            str(conf),
+            "--metadata-url",
+            f"{md.url}/2016-07-29",
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await proc.communicate()
     assert proc.returncode == 2
     assert "event=repair_refused" in err.decode()
@@ -182,8 +238,10 @@ async def test_unreadable_metadata_or_file_changes_nothing(tmp_path: Path) -> No
 def test_node_ids_from_container_labels() -> None:
     from consumers.redis_repair import DEFAULT_LABEL, fleet_names
 
-    containers = [{"name": "redis-0", "primary_ip": "10.0.1.1", "labels": {DEFAULT_LABEL: A.upper()}},
-                  {"name": "redis-1", "primary_ip": "10.0.1.2", "labels": {}}]
+    containers = [
+        {"name": "redis-0", "primary_ip": "10.0.1.1", "labels": {DEFAULT_LABEL: A.upper()}},
+        {"name": "redis-1", "primary_ip": "10.0.1.2", "labels": {}},
+    ]
     by_label, addresses = fleet_names(containers, DEFAULT_LABEL)  # type: ignore[arg-type]
     assert by_label == {A: "redis-0"}
     assert addresses == {"redis-0": "10.0.1.1", "redis-1": "10.0.1.2"}

@@ -23,9 +23,14 @@ def settings_for(fleet_stack, tmp_path: Path, template: object, **overrides: obj
     md, server = fleet_stack
     path = tmp_path / "template.json"
     path.write_text(json.dumps(template) if not isinstance(template, str) else template)
-    values: dict[str, object] = {"output": str(tmp_path / "out.json"), "template": str(path),
-                                 "dns": (f"{server.address[0]}:{server.address[1]}",),
-                                 "metadata_url": f"{md.url}/2016-07-29", "once": True, "poll_interval": 0.05}
+    values: dict[str, object] = {
+        "output": str(tmp_path / "out.json"),
+        "template": str(path),
+        "dns": (f"{server.address[0]}:{server.address[1]}",),
+        "metadata_url": f"{md.url}/2016-07-29",
+        "once": True,
+        "poll_interval": 0.05,
+    }
     values.update(overrides)
     return RenderSettings(**values)  # type: ignore[arg-type]
 
@@ -39,17 +44,35 @@ def failures(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
 
 
 async def test_every_token_kind_expands_in_place(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    template = {"pools": {"A": {"servers": [
-        "dns://shop-db-1.rancher.internal", "10.9.9.9:1234", "dns+5432://db.shop.rancher.internal",
-        "dnssrv://_web._tcp.shop.rancher.internal", "metadata://shop/web", "metadata://infra/cache:9999",
-        "dns://shop-db-1.rancher.internal"]}}, "route": "PoolRoute|A"}
+    template = {
+        "pools": {
+            "A": {
+                "servers": [
+                    "dns://shop-db-1.rancher.internal",
+                    "10.9.9.9:1234",
+                    "dns+5432://db.shop.rancher.internal",
+                    "dnssrv://_web._tcp.shop.rancher.internal",
+                    "metadata://shop/web",
+                    "metadata://infra/cache:9999",
+                    "dns://shop-db-1.rancher.internal",
+                ]
+            }
+        },
+        "route": "PoolRoute|A",
+    }
     s = settings_for(fleet_stack, tmp_path, template)
     assert await RenderLoop(s).run() == 0
     assert servers(s.output) == [
-        "127.0.0.21:11211", "10.9.9.9:1234", "127.0.0.21:5432",
-        "127.0.0.11:8080", "127.0.0.12:8080",   # SRV: priority, then target name
-        "127.0.0.11:8080", "127.0.0.12:8080",   # healthy containers only, the service's port
-        "127.0.0.31:9999", "127.0.0.21:11211"]  # no de-duplication
+        "127.0.0.21:11211",
+        "10.9.9.9:1234",
+        "127.0.0.21:5432",
+        "127.0.0.11:8080",
+        "127.0.0.12:8080",  # SRV: priority, then target name
+        "127.0.0.11:8080",
+        "127.0.0.12:8080",  # healthy containers only, the service's port
+        "127.0.0.31:9999",
+        "127.0.0.21:11211",
+    ]  # no de-duplication
     assert json.loads(Path(s.output).read_text())["route"] == "PoolRoute|A"
 
 
@@ -64,17 +87,22 @@ async def test_order_is_stable_whatever_the_resolver_returns(fleet_stack, tmp_pa
     assert outputs[0] == [f"127.0.1.{i}:11211" for i in range(1, 41)]
 
 
-@pytest.mark.parametrize(("token", "problem"), [
-    ("dns+abc://db.shop.rancher.internal", "port 'abc' is not a number"),
-    ("dns+70000://db.shop.rancher.internal", "port '70000' is not a number"),
-    ("dns://nope.rancher.internal", "does not exist (NXDOMAIN)"),
-    ("dns://web.shop.rancher.internal.", None),  # control: a good token renders
-    ("dnssrv://_nope._tcp.shop.rancher.internal", "does not exist (NXDOMAIN)"),
-    ("metadata://shop/nosuch", "no service shop/nosuch"),
-    ("metadata://just-a-stack", "expected metadata://stack/service"),
-], ids=["port-abc", "port-70000", "nxdomain", "good", "srv-nxdomain", "no-service", "bad-metadata"])
-async def test_bad_tokens_leave_the_output_untouched(fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                     token: str, problem: str | None) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        ("dns+abc://db.shop.rancher.internal", "port 'abc' is not a number"),
+        ("dns+70000://db.shop.rancher.internal", "port '70000' is not a number"),
+        ("dns://nope.rancher.internal", "does not exist (NXDOMAIN)"),
+        ("dns://web.shop.rancher.internal.", None),  # control: a good token renders
+        ("dnssrv://_nope._tcp.shop.rancher.internal", "does not exist (NXDOMAIN)"),
+        ("metadata://shop/nosuch", "no service shop/nosuch"),
+        ("metadata://just-a-stack", "expected metadata://stack/service"),
+    ],
+    ids=["port-abc", "port-70000", "nxdomain", "good", "srv-nxdomain", "no-service", "bad-metadata"],
+)
+async def test_bad_tokens_leave_the_output_untouched(
+    fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, token: str, problem: str | None
+) -> None:  # type: ignore[no-untyped-def]
     output = tmp_path / "out.json"
     output.write_text("previous\n")
     template = {"pools": {"A": {"servers": [token]}}, "route": "PoolRoute|A"}
@@ -90,15 +118,23 @@ async def test_bad_tokens_leave_the_output_untouched(fleet_stack, tmp_path: Path
     assert problem in line["problem"]
 
 
-@pytest.mark.parametrize(("template", "problem"), [
-    ("{not json", "line 1 column 2"),
-    ("", "empty template"),
-    ({"pools": {"A": {"servers": "dns://web.shop.rancher.internal"}}, "route": "PoolRoute|A"}, "must be inside a list"),
-    ({"pools": {}, "route": "PoolRoute|A"}, "not a valid mcrouter config"),
-    ({"pools": {"A": {"servers": ["nonsense"]}}, "route": "PoolRoute|A"}, "is not host:port"),
-], ids=["bad-json", "empty", "token-outside-list", "no-pools", "bad-server"])
-async def test_template_errors(fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, template: object,
-                               problem: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{not json", "line 1 column 2"),
+        ("", "empty template"),
+        (
+            {"pools": {"A": {"servers": "dns://web.shop.rancher.internal"}}, "route": "PoolRoute|A"},
+            "must be inside a list",
+        ),
+        ({"pools": {}, "route": "PoolRoute|A"}, "not a valid mcrouter config"),
+        ({"pools": {"A": {"servers": ["nonsense"]}}, "route": "PoolRoute|A"}, "is not host:port"),
+    ],
+    ids=["bad-json", "empty", "token-outside-list", "no-pools", "bad-server"],
+)
+async def test_template_errors(
+    fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, template: object, problem: str
+) -> None:  # type: ignore[no-untyped-def]
     s = settings_for(fleet_stack, tmp_path, template)
     assert await RenderLoop(s).run() == 1
     assert not Path(s.output).exists()
@@ -111,8 +147,16 @@ async def test_fleet_change_is_rendered_by_the_long_poll(fleet_stack, dns_fleet_
     md, _ = fleet_stack
     marker = tmp_path / "changed"
     template = {"pools": {"A": {"servers": ["metadata://shop/web"]}}, "route": "PoolRoute|A"}
-    s = settings_for(fleet_stack, tmp_path, template, once=False, ttl_min=60.0, ttl_max=60.0, mode=0o640,
-                     on_change=f"echo x >> {marker}")
+    s = settings_for(
+        fleet_stack,
+        tmp_path,
+        template,
+        once=False,
+        ttl_min=60.0,
+        ttl_max=60.0,
+        mode=0o640,
+        on_change=f"echo x >> {marker}",
+    )
     loop = RenderLoop(s)
     task = asyncio.create_task(loop.run())
     try:
@@ -206,7 +250,21 @@ def test_render_command_line(tmp_path: Path) -> None:
     repair_help = subprocess.run([str(script), "redis-repair", "--help"], capture_output=True, text=True)
     assert repair_help.returncode == 0
     assert "--nodes-conf" in repair_help.stdout
-    bad = subprocess.run([sys.executable, "-m", "consumers", "render", "--template", "t.json", "--output",
-                          str(tmp_path / "x.json"), "--mode", "0999"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "consumers",
+            "render",
+            "--template",
+            "t.json",
+            "--output",
+            str(tmp_path / "x.json"),
+            "--mode",
+            "0999",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     logging.getLogger().debug("ok")

@@ -27,8 +27,9 @@ class Ring:
     """Ketama-style consistent hashing over a server list (160 points per server)."""
 
     def __init__(self, servers: list[str]) -> None:
-        points = sorted((int(hashlib.md5(f"{s}-{i}".encode()).hexdigest()[:8], 16), s)
-                        for s in servers for i in range(160))
+        points = sorted(
+            (int(hashlib.md5(f"{s}-{i}".encode()).hexdigest()[:8], 16), s) for s in servers for i in range(160)
+        )
         self.hashes = [h for h, _ in points]
         self.servers = [s for _, s in points]
 
@@ -57,8 +58,10 @@ async def memcached(server: str, command: bytes) -> bytes:
 @contextlib.asynccontextmanager
 async def memcached_servers() -> AsyncIterator[list[subprocess.Popen[bytes]]]:
     binary = require_tool("memcached", "/usr/bin/memcached")
-    procs = [subprocess.Popen([binary, "-l", ip, "-p", "11211", "-U", "0", "-u", "nobody", "-m", "16"])
-             for ip in MEMCACHED_IPS]
+    procs = [
+        subprocess.Popen([binary, "-l", ip, "-p", "11211", "-U", "0", "-u", "nobody", "-m", "16"])
+        for ip in MEMCACHED_IPS
+    ]
     try:
         async with asyncio.timeout(10):
             for ip in MEMCACHED_IPS:
@@ -77,16 +80,31 @@ async def memcached_servers() -> AsyncIterator[list[subprocess.Popen[bytes]]]:
 
 
 async def test_sharded_pool_client_hits_the_right_servers(tmp_path: Path) -> None:
-    fleet = {"stacks": [{"name": "infra"}],
-             "services": [{"name": "memc", "stack_name": "infra", "ports": ["11211/tcp"]}],
-             "containers": [{"name": f"memc-{i}", "stack_name": "infra", "service_name": "memc", "primary_ip": ip,
-                             "service_index": str(i + 1)} for i, ip in enumerate(reversed(MEMCACHED_IPS))]}
+    fleet = {
+        "stacks": [{"name": "infra"}],
+        "services": [{"name": "memc", "stack_name": "infra", "ports": ["11211/tcp"]}],
+        "containers": [
+            {
+                "name": f"memc-{i}",
+                "stack_name": "infra",
+                "service_name": "memc",
+                "primary_ip": ip,
+                "service_index": str(i + 1),
+            }
+            for i, ip in enumerate(reversed(MEMCACHED_IPS))
+        ],
+    }
     fleet_file = tmp_path / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(fleet))
     async with memcached_servers(), run_metadata(fleet_file) as md:
         output = tmp_path / "mcrouter.json"
-        settings = RenderSettings(output=str(output), pool_setup="sharded", servers="metadata://infra/memc",
-                                  metadata_url=f"{md.url}/2016-07-29", once=True)
+        settings = RenderSettings(
+            output=str(output),
+            pool_setup="sharded",
+            servers="metadata://infra/memc",
+            metadata_url=f"{md.url}/2016-07-29",
+            once=True,
+        )
         assert await RenderLoop(settings).run() == 0
         config = json.loads(output.read_text())
         assert config["route"] == "PoolRoute|A"

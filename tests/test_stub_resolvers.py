@@ -39,8 +39,7 @@ class Namespace:
 
     def start(self, *args: str, log: Path) -> None:
         with log.open("wb") as out:
-            self.processes.append(subprocess.Popen(self.cmd(*args), stdout=out, stderr=subprocess.STDOUT,
-                                                   cwd=ROOT))
+            self.processes.append(subprocess.Popen(self.cmd(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
 
 
 def wait_until(check, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -67,17 +66,33 @@ def netns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         etc.mkdir(parents=True)
-        (etc / "resolv.conf").write_text("nameserver 127.0.0.1\nsearch shop.rancher.internal rancher.internal\n"
-                                         "options timeout:2 attempts:2\n")
+        (etc / "resolv.conf").write_text(
+            "nameserver 127.0.0.1\nsearch shop.rancher.internal rancher.internal\noptions timeout:2 attempts:2\n"
+        )
         fleet = work / "fleet.yaml"
         fleet.write_text(yaml.safe_dump(dns_fleet(many=3)))
         (work / "unbound.conf").write_text(unbound_config(work, "127.0.0.1", 5300))
         ns.start(unbound, "-d", "-c", str(work / "unbound.conf"), log=work / "unbound.log")
-        ns.start(sys.executable, "-m", "metadata_svc", "--listen=127.0.0.1:8080", f"--data={fleet}",
-                 "--state-file=", log=work / "metadata.log")
-        ns.start(sys.executable, "-m", "dns_svc", "--listen=127.0.0.1:53",
-                 "--metadata-url=http://127.0.0.1:8080/2016-07-29", "--recurse=127.0.0.1:5300", "--state-file=",
-                 "--metadata-answer=127.0.0.1", log=work / "dns.log")
+        ns.start(
+            sys.executable,
+            "-m",
+            "metadata_svc",
+            "--listen=127.0.0.1:8080",
+            f"--data={fleet}",
+            "--state-file=",
+            log=work / "metadata.log",
+        )
+        ns.start(
+            sys.executable,
+            "-m",
+            "dns_svc",
+            "--listen=127.0.0.1:53",
+            "--metadata-url=http://127.0.0.1:8080/2016-07-29",
+            "--recurse=127.0.0.1:5300",
+            "--state-file=",
+            "--metadata-answer=127.0.0.1",
+            log=work / "dns.log",
+        )
 
         def ready() -> bool:
             result, _ = ns.run(dig, "+short", "+time=1", "+tries=1", "@127.0.0.1", "web.shop.rancher.internal")
@@ -126,14 +141,21 @@ def test_glibc_upstream_name_and_missing_name(netns: Namespace) -> None:
 def musl_lookup(tmp_path_factory: pytest.TempPathFactory) -> Path:
     musl_gcc = require_tool("musl-gcc")
     out = tmp_path_factory.mktemp("musl") / "lookup"
-    subprocess.run([musl_gcc, "-static", "-O2", "-o", str(out), str(ROOT / "tests" / "stub" / "lookup.c")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [musl_gcc, "-static", "-O2", "-o", str(out), str(ROOT / "tests" / "stub" / "lookup.c")],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
 def test_musl_resolves_service_container_and_upstream(netns: Namespace, musl_lookup: Path) -> None:
-    for name, expected in (("web", {"127.0.0.11", "127.0.0.12"}), ("shop-db-1.rancher.internal", {"127.0.0.21"}),
-                           ("db", {"127.0.0.21"}), ("www.example.test", {"192.0.2.10", "2001:db8::10"})):
+    for name, expected in (
+        ("web", {"127.0.0.11", "127.0.0.12"}),
+        ("shop-db-1.rancher.internal", {"127.0.0.21"}),
+        ("db", {"127.0.0.21"}),
+        ("www.example.test", {"192.0.2.10", "2001:db8::10"}),
+    ):
         result, _ = netns.run(str(musl_lookup), name)
         assert result.returncode == 0, result.stdout
         assert set(result.stdout.split()) == expected, name

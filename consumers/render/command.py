@@ -75,8 +75,14 @@ class RenderLoop:
                     raise TemplateError(f"not a valid mcrouter config: {problems[0]}")
         except (TemplateError, TokenError) as exc:
             self.failures += 1
-            log_event(log, logging.ERROR, "render_failed", source=self.settings.template or self.settings.servers,
-                      problem=str(exc), output_kept=str(self.output.path))
+            log_event(
+                log,
+                logging.ERROR,
+                "render_failed",
+                source=self.settings.template or self.settings.servers,
+                problem=str(exc),
+                output_kept=str(self.output.path),
+            )
             return None
         self.renders += 1
         self.uses_metadata = rendered.uses_metadata

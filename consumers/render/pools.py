@@ -20,11 +20,20 @@ def pool_template(setup: str, servers_token: str) -> dict[str, Any]:
         return {"pools": pools, "route": f"PoolRoute|{POOL}"}
     if setup == "replicated":
         all_servers = f"AllSyncRoute|Pool|{POOL}"
-        return {"pools": pools, "route": {
-            "type": "OperationSelectorRoute",
-            "default_policy": all_servers,
-            "operation_policies": {"get": f"LatestRoute|Pool|{POOL}", "gets": f"LatestRoute|Pool|{POOL}",
-                                   "set": all_servers, "add": all_servers, "delete": all_servers}}}
+        return {
+            "pools": pools,
+            "route": {
+                "type": "OperationSelectorRoute",
+                "default_policy": all_servers,
+                "operation_policies": {
+                    "get": f"LatestRoute|Pool|{POOL}",
+                    "gets": f"LatestRoute|Pool|{POOL}",
+                    "set": all_servers,
+                    "add": all_servers,
+                    "delete": all_servers,
+                },
+            },
+        }
     raise ValueError(f"unknown pool setup {setup!r}: sharded or replicated")
 
 

@@ -55,8 +55,7 @@ class DnsSource:
         records = [r for r in await self._query(token.name, "SRV", text) if hasattr(r.data, "target")]  # type: ignore[attr-defined]
         if not records:
             raise TokenError(f"{text}: {token.name} has no SRV records")
-        ordered = sorted(records, key=lambda r: (r.data.priority, r.data.target.lower().rstrip("."),  # type: ignore[attr-defined]
-                                                 r.data.port))  # type: ignore[attr-defined]
+        ordered = sorted(records, key=_srv_order)
         servers: list[str] = []
         ttl = min(r.ttl for r in records)  # type: ignore[attr-defined]
         for r in ordered:
@@ -77,8 +76,9 @@ class MetadataSource:
 
     async def version(self, known: str | None, max_wait: int) -> str:
         params = {"wait": "true", "value": known, "maxWait": str(max_wait)} if known else None
-        async with self.session.get(f"{self.base_url}/version", params=params,
-                                    headers={"Accept": "application/json"}) as resp:
+        async with self.session.get(
+            f"{self.base_url}/version", params=params, headers={"Accept": "application/json"}
+        ) as resp:
             resp.raise_for_status()
             return str(await resp.json(content_type=None))
 
@@ -93,8 +93,11 @@ class MetadataSource:
         except aiohttp.ClientError as exc:
             raise TokenError(f"{text}: metadata unreachable: {exc}") from None
         port = token.port or _service_port(service) or DEFAULT_PORT
-        members = [c for c in service.get("containers") or [] if isinstance(c, dict)
-                   and c.get("state", "running") in RUNNING and (c.get("health_state") or "") in HEALTHY]
+        members = [
+            c
+            for c in service.get("containers") or []
+            if isinstance(c, dict) and c.get("state", "running") in RUNNING and (c.get("health_state") or "") in HEALTHY
+        ]
         if not members:
             raise TokenError(f"{text}: {token.stack}/{token.service} has no healthy containers")
         members.sort(key=lambda c: (_index(c.get("service_index")), c.get("create_index") or 0, c.get("name", "")))
@@ -115,3 +118,9 @@ def _service_port(service: dict[str, object]) -> int | None:
         if parsed is not None:
             return parsed[0]
     return None
+
+
+def _srv_order(record: object) -> tuple[int, str, int]:
+    """SRV records by priority, then target, then port: the same order on every host."""
+    data = record.data  # type: ignore[attr-defined]
+    return (int(data.priority), str(data.target).lower().rstrip("."), int(data.port))

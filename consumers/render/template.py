@@ -18,9 +18,9 @@ class TemplateError(ValueError):
 
 @dataclass
 class Rendered:
-    value: Any               # the rendered document
-    text: str                # ... as written to the output
-    ttl: int | None          # smallest DNS TTL among the tokens; None when no DNS token
+    value: Any  # the rendered document
+    text: str  # ... as written to the output
+    ttl: int | None  # smallest DNS TTL among the tokens; None when no DNS token
     uses_metadata: bool
 
 

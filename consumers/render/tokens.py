@@ -70,7 +70,7 @@ def _hostname(host: str, token: str) -> str:
 
 def parse_token(text: str) -> Token:
     if text.startswith("dnssrv://"):
-        return SrvToken(_hostname(text[len("dnssrv://"):], text))
+        return SrvToken(_hostname(text[len("dnssrv://") :], text))
     match = _DNS.match(text)
     if match:
         port = DEFAULT_PORT if match.group("port") is None else _port(match.group("port"), text)
@@ -78,7 +78,7 @@ def parse_token(text: str) -> Token:
     if text.startswith("dns+") and "://" in text:
         raise TokenError(f"{text}: expected dns+PORT://host")
     if text.startswith("metadata://"):
-        body = text[len("metadata://"):]
+        body = text[len("metadata://") :]
         path, _, port_text = body.partition(":")
         stack, _, service = path.partition("/")
         if not stack or not service or "/" in service:

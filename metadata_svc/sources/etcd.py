@@ -46,7 +46,7 @@ def parse_etcd_source(text: str) -> tuple[str, str]:
     """``etcd://HOST:PORT[,HOST:PORT...]/PREFIX`` -> (endpoints, prefix ending in "/")."""
     if not text.startswith("etcd://"):
         raise ValueError(f"not an etcd:// source: {text!r}")
-    rest = text[len("etcd://"):]
+    rest = text[len("etcd://") :]
     hosts, _, prefix = rest.partition("/")
     if not hosts:
         raise ValueError(f"{text!r}: no etcd endpoint")
@@ -67,8 +67,16 @@ class EtcdStatus:
 
 
 class EtcdSource:
-    def __init__(self, endpoints: EtcdEndpoints, prefix: str, *, debounce: float = 0.05, resync: float = 300.0,
-                 idle_timeout: float = 30.0, backoff_max: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: EtcdEndpoints,
+        prefix: str,
+        *,
+        debounce: float = 0.05,
+        resync: float = 300.0,
+        idle_timeout: float = 30.0,
+        backoff_max: float = 5.0,
+    ) -> None:
         self.endpoints = endpoints
         self.prefix = prefix.encode()
         self.name = f"etcd://{','.join(u.split('://', 1)[1] for u in endpoints.urls)}{prefix}"
@@ -81,7 +89,7 @@ class EtcdSource:
         self._values: dict[str, bytes] = {}
         self._mod: dict[str, int] = {}
         self._changed_at = 0  # the revision at which the content last changed
-        self._revision = 0    # the revision we are at (the watch resumes after it)
+        self._revision = 0  # the revision we are at (the watch resumes after it)
         self._digest = ""
         self._listed_at = 0.0
         self._replay = True  # watch from the content's revision (False once that history is compacted)
@@ -90,7 +98,7 @@ class EtcdSource:
         self._reload.set()
 
     def _key(self, raw: bytes) -> str:
-        return raw[len(self.prefix):].decode("utf-8", "replace")
+        return raw[len(self.prefix) :].decode("utf-8", "replace")
 
     async def updates(self) -> AsyncIterator[tuple[Fleet, int] | FleetError]:
         client = EtcdClient(self.endpoints)
@@ -107,8 +115,9 @@ class EtcdSource:
                         backoff = 0.2
                 except EtcdError as exc:
                     if exc.code == COMPACTED:
-                        log_event(log, logging.WARNING, "etcd_compacted", revision=self._revision,
-                                  action="listing again")
+                        log_event(
+                            log, logging.WARNING, "etcd_compacted", revision=self._revision, action="listing again"
+                        )
                         self._revision, self._replay = 0, False
                         continue
                     self._outage(client, str(exc))
@@ -124,8 +133,14 @@ class EtcdSource:
 
     def _outage(self, client: EtcdClient, problem: str) -> None:
         if self.status.connected or not self.status.problem:
-            log_event(log, logging.WARNING, "etcd_unreachable", endpoint=client.endpoint, problem=problem,
-                      serving=f"revision {self._changed_at}" if self._digest else "nothing yet")
+            log_event(
+                log,
+                logging.WARNING,
+                "etcd_unreachable",
+                endpoint=client.endpoint,
+                problem=problem,
+                serving=f"revision {self._changed_at}" if self._digest else "nothing yet",
+            )
         self.status.connected = False
         self.status.problem = problem
 
@@ -158,8 +173,9 @@ class EtcdSource:
 
         async def read() -> None:
             try:
-                async for result in client.watch(self.prefix, prefix_end(self.prefix), self._revision + 1,
-                                                 self.idle_timeout):
+                async for result in client.watch(
+                    self.prefix, prefix_end(self.prefix), self._revision + 1, self.idle_timeout
+                ):
                     queue.put_nowait(result)
                 queue.put_nowait(EtcdError("watch stream ended"))
             except BaseException as exc:  # handed to the loop below, which raises it
@@ -246,8 +262,9 @@ class EtcdSource:
         return fleet, self._changed_at
 
 
-async def _first_of(queue: asyncio.Queue[WatchResult | BaseException],
-                    reload: asyncio.Event) -> WatchResult | BaseException | None:
+async def _first_of(
+    queue: asyncio.Queue[WatchResult | BaseException], reload: asyncio.Event
+) -> WatchResult | BaseException | None:
     """The next watch result, or None when a reload is asked for first."""
     if reload.is_set():
         return None

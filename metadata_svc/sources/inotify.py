@@ -29,8 +29,9 @@ IN_IGNORED = 0x8000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
-WATCHED = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF | \
-    IN_MOVE_SELF
+WATCHED = (
+    IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF
+)
 
 
 class InotifyDirectory:
@@ -66,7 +67,7 @@ class InotifyDirectory:
             i = 0
             while i + _EVENT.size <= len(data):
                 _wd, mask, _cookie, length = _EVENT.unpack_from(data, i)
-                raw = data[i + _EVENT.size:i + _EVENT.size + length]
+                raw = data[i + _EVENT.size : i + _EVENT.size + length]
                 out.append((mask, os.fsdecode(raw.rstrip(b"\0"))))
                 i += _EVENT.size + length
 

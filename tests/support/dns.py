@@ -35,8 +35,16 @@ class FakeClock:
 
 @contextlib.asynccontextmanager
 async def run_dns(clock: Any = None, **overrides: Any) -> AsyncIterator[DnsServer]:
-    settings = DnsSettings(**{"host": "127.0.0.1", "port": 0, "state_file": "", "metadata_answer": ("127.0.0.250",),
-                              "recurser_timeout": 0.5, **overrides})
+    settings = DnsSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "state_file": "",
+            "metadata_answer": ("127.0.0.250",),
+            "recurser_timeout": 0.5,
+            **overrides,
+        }
+    )
     server = DnsServer(settings, clock) if clock is not None else DnsServer(settings)
     await server.start()
     try:
@@ -49,24 +57,42 @@ async def wait_for_version(server: DnsServer, serial: int, seconds: float = 10.0
     """Until the DNS service has applied metadata's ``serial`` (and exact ``version``, when given)."""
     async with asyncio.timeout(seconds):
         while server.tables.current.serial < serial or (
-                version is not None and (server.follower is None or server.follower.version != version)):
+            version is not None and (server.follower is None or server.follower.version != version)
+        ):
             await asyncio.sleep(0.01)
 
 
-async def ask(server: DnsServer | tuple[str, int], qname: str, qtype: str = "A", source: str = "127.0.0.1", *,
-              tcp: bool = False, use_edns: int | bool = False, payload: int = 1232, want_dnssec: bool = False,
-              timeout: float = 3.0) -> dns.message.Message:
+async def ask(
+    server: DnsServer | tuple[str, int],
+    qname: str,
+    qtype: str = "A",
+    source: str = "127.0.0.1",
+    *,
+    tcp: bool = False,
+    use_edns: int | bool = False,
+    payload: int = 1232,
+    want_dnssec: bool = False,
+    timeout: float = 3.0,
+) -> dns.message.Message:
     address = server.address if isinstance(server, DnsServer) else server
     query = dns.message.make_query(qname, qtype, use_edns=use_edns, payload=payload, want_dnssec=want_dnssec)
     if tcp:
         return await dns.asyncquery.tcp(query, address[0], port=address[1], source=source, timeout=timeout)
-    return await dns.asyncquery.udp(query, address[0], port=address[1], source=source, timeout=timeout,
-                                    ignore_trailing=False, raise_on_truncation=False)
+    return await dns.asyncquery.udp(
+        query,
+        address[0],
+        port=address[1],
+        source=source,
+        timeout=timeout,
+        ignore_trailing=False,
+        raise_on_truncation=False,
+    )
 
 
 def addresses(reply: dns.message.Message) -> list[str]:
-    return [rd.address for rrset in reply.answer if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)
-            for rd in rrset]
+    return [
+        rd.address for rrset in reply.answer if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA) for rd in rrset
+    ]
 
 
 def rcode(reply: dns.message.Message) -> str:
@@ -86,8 +112,18 @@ async def dig(server: DnsServer, *args: str, source: str = "127.0.0.1") -> DigRe
     flags and answer section."""
     binary = require_tool("dig")
     proc = await asyncio.create_subprocess_exec(
-        binary, f"@{server.address[0]}", "-p", str(server.address[1]), "-b", source, "+time=3", "+tries=1", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        binary,
+        f"@{server.address[0]}",
+        "-p",
+        str(server.address[1]),
+        "-b",
+        source,
+        "+time=3",
+        "+tries=1",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(30):
         stdout, _ = await proc.communicate()
     out = stdout.decode()
@@ -104,11 +140,9 @@ async def dig(server: DnsServer, *args: str, source: str = "127.0.0.1") -> DigRe
     return DigResult(status, answer, flags, out)
 
 
-
-
-
-async def udp_exchange(address: tuple[str, int], packet: bytes, wait: float = 3.0,
-                       source: str = "127.0.0.1") -> bytes | None:
+async def udp_exchange(
+    address: tuple[str, int], packet: bytes, wait: float = 3.0, source: str = "127.0.0.1"
+) -> bytes | None:
     """Send raw bytes over UDP and return the first datagram back, or None after ``wait``.
     A connected socket with ``sock_sendall``/``sock_recv``: uvloop has no ``sock_sendto``."""
     loop = asyncio.get_running_loop()

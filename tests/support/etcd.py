@@ -47,12 +47,33 @@ class EtcdCluster:
         return ",".join(m.endpoint for m in self.members)
 
     def start(self, member: Member, state: str = "new") -> None:
-        cmd = [self.binary, "--name", member.name, "--data-dir", str(member.data_dir),
-               "--listen-client-urls", f"http://{member.endpoint}", "--advertise-client-urls", f"http://{member.endpoint}",
-               "--listen-peer-urls", member.peer_url, "--initial-advertise-peer-urls", member.peer_url,
-               "--initial-cluster", self.initial_cluster, "--initial-cluster-state", state,
-               "--experimental-watch-progress-notify-interval", "1s", "--heartbeat-interval", "50",
-               "--election-timeout", "500", "--log-level", "error"]
+        cmd = [
+            self.binary,
+            "--name",
+            member.name,
+            "--data-dir",
+            str(member.data_dir),
+            "--listen-client-urls",
+            f"http://{member.endpoint}",
+            "--advertise-client-urls",
+            f"http://{member.endpoint}",
+            "--listen-peer-urls",
+            member.peer_url,
+            "--initial-advertise-peer-urls",
+            member.peer_url,
+            "--initial-cluster",
+            self.initial_cluster,
+            "--initial-cluster-state",
+            state,
+            "--experimental-watch-progress-notify-interval",
+            "1s",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "500",
+            "--log-level",
+            "error",
+        ]
         with self.log.open("ab") as out:
             member.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         self._started.append(member.process)

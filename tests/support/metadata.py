@@ -32,11 +32,19 @@ class RunningMetadata:
 
 
 @contextlib.asynccontextmanager
-async def run_metadata(data: Path, state_file: Path | None = None, port: int = 0,
-                       **overrides: Any) -> AsyncIterator[RunningMetadata]:
-    settings = MetadataSettings(**{"host": "127.0.0.1", "port": 0, "data": str(data),
-                                   "state_file": str(state_file) if state_file else "", "poll_interval": 0.05,
-                                   **overrides})
+async def run_metadata(
+    data: Path, state_file: Path | None = None, port: int = 0, **overrides: Any
+) -> AsyncIterator[RunningMetadata]:
+    settings = MetadataSettings(
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "data": str(data),
+            "state_file": str(state_file) if state_file else "",
+            "poll_interval": 0.05,
+            **overrides,
+        }
+    )
     app = create_app(settings)
     runner = web.AppRunner(app, shutdown_timeout=2, keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()

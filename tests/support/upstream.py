@@ -69,7 +69,7 @@ class Unbound:
 
 
 def _ready(address: tuple[str, int], access: str = "allow") -> bool:
-    query = bytes.fromhex("12340100000100000000000003777777076578616d706c650474657374000001" "0001")
+    query = bytes.fromhex("12340100000100000000000003777777076578616d706c6504746573740000010001")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(0.2)
         try:
@@ -105,8 +105,9 @@ remote-control:
 
 
 @contextlib.contextmanager
-def run_unbound(workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE,
-                access: str = "allow", port: int = 0) -> Iterator[Unbound]:
+def run_unbound(
+    workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE, access: str = "allow", port: int = 0
+) -> Iterator[Unbound]:
     """A real unbound on ``host`` (on ``port``, when given: restarting one where it was)."""
     binary = require_tool("unbound", "/usr/sbin/unbound")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -139,8 +140,13 @@ class ScriptedUpstream:
     used only by the tests that need it, and only for the upstream's side. It sees what a real
     upstream sees: every query, its ID and the port it came from."""
 
-    def __init__(self, delay: float = 0.0, host: str = "127.0.0.1",
-                 reply: Callable[[bytes], bytes | None] | None = None, copies: int = 1) -> None:
+    def __init__(
+        self,
+        delay: float = 0.0,
+        host: str = "127.0.0.1",
+        reply: Callable[[bytes], bytes | None] | None = None,
+        copies: int = 1,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, 0))
         self.sock.setblocking(False)

@@ -32,18 +32,33 @@ def _rotations(wire: bytes, rotate: tuple[int, int, int] | None) -> tuple[bytes,
         return (wire,)
     start, count, size = rotate
     end = start + count * size
-    return tuple(wire[:start] + wire[start + k * size:end] + wire[start:start + k * size] + wire[end:]
-                 for k in range(count))
+    return tuple(
+        wire[:start] + wire[start + k * size : end] + wire[start : start + k * size] + wire[end:] for k in range(count)
+    )
 
 
 class CachedReply:
     # The layout's parts are kept as plain tuples of numbers rather than the layout object: the
     # garbage collector stops following those, and the global cache holds hundreds of thousands.
-    __slots__ = ("_aged", "_aged_for", "_tails", "built_from", "countdown", "expires_at", "slim", "stored_at",
-                 "ttl_offsets", "ttls", "turn", "variants", "wire")
+    __slots__ = (
+        "_aged",
+        "_aged_for",
+        "_tails",
+        "built_from",
+        "countdown",
+        "expires_at",
+        "slim",
+        "stored_at",
+        "ttl_offsets",
+        "ttls",
+        "turn",
+        "variants",
+        "wire",
+    )
 
-    def __init__(self, wire: bytes, layout: ReplyLayout | None, stored_at: float, expires_at: float,
-                 countdown: bool) -> None:
+    def __init__(
+        self, wire: bytes, layout: ReplyLayout | None, stored_at: float, expires_at: float, countdown: bool
+    ) -> None:
         self.wire = wire
         self.stored_at = stored_at
         self.expires_at = expires_at
@@ -93,8 +108,13 @@ class CachedReply:
         for offset in self.ttl_offsets:
             _pack_ttl(buf, offset, ttl)
         flags = ((buf[2] << 8 | buf[3]) & ~_COPIED) | (query.flags & _COPIED)
-        wire = query.packet[:2] + flags.to_bytes(2, "big") + bytes(buf[4:12]) + query.qname + \
-            bytes(buf[12 + len(query.qname):])
+        wire = (
+            query.packet[:2]
+            + flags.to_bytes(2, "big")
+            + bytes(buf[4:12])
+            + query.qname
+            + bytes(buf[12 + len(query.qname) :])
+        )
         if len(wire) > budget:
             return truncated(query, wire)
         return wire
@@ -125,7 +145,7 @@ class CachedReply:
         if tail is None:
             wire = variants[turn]
             flags = ((wire[2] << 8 | wire[3]) & ~_COPIED) | bits
-            tail = flags.to_bytes(2, "big") + wire[4:12] + qname + wire[12 + len(qname):]
+            tail = flags.to_bytes(2, "big") + wire[4:12] + qname + wire[12 + len(qname) :]
             if len(tails) >= 16:
                 tails.clear()
             tails[(turn, bits, qname)] = tail

@@ -110,8 +110,15 @@ class ReplyCache:
     With ``stale_for``, an expired entry is kept that much longer for serve-stale (RFC 8767):
     ``get`` no longer returns it, ``stale`` does."""
 
-    def __init__(self, capacity: int = 0, clock: Clock = time.monotonic, *, store: ReplyStore | None = None,
-                 tag: tuple[object, ...] = (GLOBAL,), stale_for: float = 0.0) -> None:
+    def __init__(
+        self,
+        capacity: int = 0,
+        clock: Clock = time.monotonic,
+        *,
+        store: ReplyStore | None = None,
+        tag: tuple[object, ...] = (GLOBAL,),
+        stale_for: float = 0.0,
+    ) -> None:
         self.store = store if store is not None else ReplyStore(capacity)
         self.tag = tag
         self.clock = clock
@@ -215,8 +222,7 @@ class ClientCaches:
     def for_view(self, key: str) -> ReplyCache:
         cache = self.views.get(key)
         if cache is None:
-            cache = self.views[key] = ReplyCache(clock=self.clock, store=self.store,
-                                                 tag=(CLIENT, self.generation, key))
+            cache = self.views[key] = ReplyCache(clock=self.clock, store=self.store, tag=(CLIENT, self.generation, key))
         return cache
 
     def clear(self, changed: set[str] | None = None) -> None:
@@ -257,8 +263,9 @@ class ClientCacheStep(Step):
         now = self.caches.clock()
         entry = self._look(query, now)
         if isinstance(entry, CachedReply):
-            return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL,
-                          entry.countdown)
+            return Answer(
+                entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL, entry.countdown
+            )
         return self.answered(query, await call_next(query))
 
     def passes(self, query: Query) -> bool:
@@ -300,8 +307,9 @@ class GlobalCacheStep(Step):
 
     name = "global_cache"
 
-    def __init__(self, cache: ReplyCache, max_ttl: float, servfail_ttl: float, stale_after: float = 1.8,
-                 stale_ttl: int = 30) -> None:
+    def __init__(
+        self, cache: ReplyCache, max_ttl: float, servfail_ttl: float, stale_after: float = 1.8, stale_ttl: int = 30
+    ) -> None:
         self.cache = cache
         self.max_ttl = max_ttl
         self.servfail_ttl = servfail_ttl

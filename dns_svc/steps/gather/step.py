@@ -35,8 +35,8 @@ EDE_OPTION, EDE_NETWORK_ERROR = 15, 23
 
 @dataclass(frozen=True)
 class Cluster:
-    domain: str               # e.g. "cluster-a.local."
-    prefix: str               # e.g. "a-"
+    domain: str  # e.g. "cluster-a.local."
+    prefix: str  # e.g. "a-"
     upstreams: tuple[Upstream, ...]
 
 
@@ -56,8 +56,14 @@ def _under(name: str, suffix: str) -> bool:
 class GatherStep(Step):
     name = "gather"
 
-    def __init__(self, domain: str, clusters: Sequence[Cluster], upstream: UpstreamPool, deadline: float,
-                 metrics: GatherMetrics | None = None) -> None:
+    def __init__(
+        self,
+        domain: str,
+        clusters: Sequence[Cluster],
+        upstream: UpstreamPool,
+        deadline: float,
+        metrics: GatherMetrics | None = None,
+    ) -> None:
         self.domain = fqdn(domain)
         self.clusters = tuple(clusters)
         self.upstream = upstream
@@ -87,10 +93,10 @@ class GatherStep(Step):
         head = name[: -len(self.domain) - 1]
         labels = head.split(".")
         service = [lab for lab in labels if lab.startswith("_")]
-        rest = labels[len(service):]
+        rest = labels[len(service) :]
         for cluster in self.clusters:
             if cluster.prefix and rest and rest[0].startswith(cluster.prefix) and len(rest[0]) > len(cluster.prefix):
-                stripped = [rest[0][len(cluster.prefix):], *rest[1:]]
+                stripped = [rest[0][len(cluster.prefix) :], *rest[1:]]
                 return [(cluster, ".".join([*service, *stripped, cluster.domain]))]
         return [(cluster, f"{head}.{cluster.domain}") for cluster in self.clusters]
 
@@ -131,8 +137,9 @@ class GatherStep(Step):
         prefixed = first if first.startswith("_") else cluster.prefix + first
         return ".".join(part for part in (prefixed, rest, self.domain) if part)
 
-    def merge(self, query: Query, qname: str, targets: list[tuple[Cluster, str]],
-              replies: list[DNSRecord | None]) -> bytes:
+    def merge(
+        self, query: Query, qname: str, targets: list[tuple[Cluster, str]], replies: list[DNSRecord | None]
+    ) -> bytes:
         reply = query.request.reply(ra=1)
         reply.header.ad = 0  # merged from several clusters: nothing here was validated
         if query.raw.edns:
@@ -170,8 +177,12 @@ class GatherStep(Step):
         new_owner = qname if owner_is_question and owner.lower() == sub.lower() else self.rename(owner, cluster)
         rdata = rr.rdata
         if rr.rtype == QTYPE.SRV:
-            rdata = SRV(priority=rdata.priority, weight=rdata.weight, port=rdata.port,
-                        target=self.rename(str(rdata.target), cluster))
+            rdata = SRV(
+                priority=rdata.priority,
+                weight=rdata.weight,
+                port=rdata.port,
+                target=self.rename(str(rdata.target), cluster),
+            )
         elif rr.rtype == QTYPE.CNAME:
             rdata = CNAME(self.rename(str(rdata.label), cluster))
         return RR(DNSLabel(new_owner), rr.rtype, rr.rclass, rr.ttl, rdata)

@@ -152,8 +152,14 @@ class LocalAnswers(Step):
         ttl = self.ttl_of(rec)
         extra_done: set[str] = set()
         for srv in rec.srv:
-            reply.add_answer(RR(owner, QTYPE.SRV, ttl=ttl,
-                                rdata=SRV(priority=srv.priority, weight=srv.weight, port=srv.port, target=srv.target)))
+            reply.add_answer(
+                RR(
+                    owner,
+                    QTYPE.SRV,
+                    ttl=ttl,
+                    rdata=SRV(priority=srv.priority, weight=srv.weight, port=srv.port, target=srv.target),
+                )
+            )
             if srv.target in extra_done:
                 continue
             extra_done.add(srv.target)

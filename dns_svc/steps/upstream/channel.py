@@ -92,18 +92,17 @@ def upstream_query(raw: RawQuery, qid: int) -> bytes:
     and a client's cookie never reaches a server it did not talk to."""
     flags = raw.flags & (FLAG_RD | FLAG_CD)
     head = _HEADER.pack(qid, flags, 1, 0, 0, 1 if raw.edns else 0)
-    question = raw.packet[12:raw.question_end]
+    question = raw.packet[12 : raw.question_end]
     if not raw.edns:
         return head + question
-    return head + question + b"\x00" + struct.pack("!HHIH", QTYPE_OPT, UPSTREAM_UDP_SIZE,
-                                                   0x8000 if raw.do else 0, 0)
+    return head + question + b"\x00" + struct.pack("!HHIH", QTYPE_OPT, UPSTREAM_UDP_SIZE, 0x8000 if raw.do else 0, 0)
 
 
 def merge_key(raw: RawQuery) -> bytes:
     """Queries with equal keys get the same upstream reply: same question (any letter case),
     same RD/CD bits, same EDNS and DO."""
     flags = raw.flags & (FLAG_RD | FLAG_CD) | (1 if raw.edns else 0) | (2 if raw.do else 0)
-    return _U16.pack(flags) + raw.packet[12:raw.question_end].lower()
+    return _U16.pack(flags) + raw.packet[12 : raw.question_end].lower()
 
 
 def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
@@ -112,7 +111,7 @@ def reply_matches(data: bytes, qid: int, question: bytes) -> bool:
         return False
     if not data[2] & 0x80:
         return False  # a query, not a reply
-    return data[12:12 + len(question)].lower() == question
+    return data[12 : 12 + len(question)].lower() == question
 
 
 class UpstreamSockets:
@@ -177,8 +176,13 @@ class UpstreamSockets:
         """``sock``'s query has ended; ``reusable`` is False after an error on it."""
         disconnect = self._disconnect
         fd = sock.fileno()
-        if (reusable and disconnect is not None and len(self._idle[sock.family]) < self.idle_limit
-                and disconnect(fd, _UNSPEC, len(_UNSPEC)) == 0 and _drained(sock)):
+        if (
+            reusable
+            and disconnect is not None
+            and len(self._idle[sock.family]) < self.idle_limit
+            and disconnect(fd, _UNSPEC, len(_UNSPEC)) == 0
+            and _drained(sock)
+        ):
             self._handlers.pop(fd, None)
             self._idle[sock.family].append(sock)
             return
@@ -258,8 +262,9 @@ class _Flight:
 
     __slots__ = ("channel", "key", "qid", "question", "sent_at", "serial", "sock", "waiters")
 
-    def __init__(self, channel: UdpChannel, key: bytes, sock: _socket.socket | None, qid: int, question: bytes,
-                 serial: int) -> None:
+    def __init__(
+        self, channel: UdpChannel, key: bytes, sock: _socket.socket | None, qid: int, question: bytes, serial: int
+    ) -> None:
         self.channel = channel
         self.key = key
         self.sock: _socket.socket | None = sock
@@ -289,8 +294,9 @@ class _Flight:
 
 
 class UdpChannel:
-    def __init__(self, address: tuple[str, int], entropy: Entropy | None = None,
-                 sockets: UpstreamSockets | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], entropy: Entropy | None = None, sockets: UpstreamSockets | None = None
+    ) -> None:
         self.address = address
         self.sockets = sockets or UpstreamSockets()
         self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -374,13 +380,18 @@ class UdpChannel:
             rcode = result[3] & 0xF
             self.rcodes[rcode] = self.rcodes.get(rcode, 0) + 1
             self.durations.observe(clock() - flight.sent_at)
-            sent = result[12:12 + len(waiters[0][1])]
+            sent = result[12 : 12 + len(waiters[0][1])]
             for waiter, qname in waiters:
                 # each waiter gets the question in its own spelling (the reply repeats ours)
-                _deliver(waiter, result[2:] if qname == sent else result[2:12] + qname + result[12 + len(qname):])
+                _deliver(waiter, result[2:] if qname == sent else result[2:12] + qname + result[12 + len(qname) :])
         else:
-            why = "timeout" if isinstance(result, TimeoutError) else "refused" if isinstance(
-                result, ConnectionRefusedError) else "closed"
+            why = (
+                "timeout"
+                if isinstance(result, TimeoutError)
+                else "refused"
+                if isinstance(result, ConnectionRefusedError)
+                else "closed"
+            )
             self.errors[why] = self.errors.get(why, 0) + 1
             for waiter, _qname in waiters:
                 _deliver(waiter, result)
@@ -442,7 +453,7 @@ async def tcp_exchange(address: tuple[str, int], raw: RawQuery, wait: float, ent
             reply = await reader.readexactly(size)
         finally:
             writer.close()
-    question = packet[12:raw.question_end].lower()
+    question = packet[12 : raw.question_end].lower()
     if not reply_matches(reply, qid, question):
         raise ValueError("TCP reply does not match the query")
-    return raw.packet[:2] + reply[2:12] + raw.qname + reply[12 + len(raw.qname):]
+    return raw.packet[:2] + reply[2:12] + raw.qname + reply[12 + len(raw.qname) :]

@@ -67,8 +67,12 @@ class UpstreamPool(Step):
 
     def counters(self) -> dict[str, int]:
         channels = self._channels.values()
-        return {"sent": sum(ch.sent for ch in channels), "merged": sum(ch.merged for ch in channels),
-                "mismatched": sum(ch.mismatched for ch in channels), "malformed": self.malformed.total}
+        return {
+            "sent": sum(ch.sent for ch in channels),
+            "merged": sum(ch.merged for ch in channels),
+            "mismatched": sum(ch.mismatched for ch in channels),
+            "malformed": self.malformed.total,
+        }
 
     def channels(self) -> list[tuple[str, UdpChannel]]:
         """Each upstream used so far (as ``host:port``) and its channel, for /metrics."""
@@ -161,8 +165,14 @@ class UpstreamPool(Step):
         self.failures[up] = self.failures.get(up, 0) + 1
         if up not in self._down:
             self._down.add(up)
-            log_event(log, logging.WARNING, "upstream_down", upstream=_text(up), error=error or "timeout",
-                      timeout_s=self.timeout)
+            log_event(
+                log,
+                logging.WARNING,
+                "upstream_down",
+                upstream=_text(up),
+                error=error or "timeout",
+                timeout_s=self.timeout,
+            )
 
     async def lookup(self, query: Query, name: str, qtype: int) -> list[RR] | None:
         """Resolve ``name`` upstream for a local CNAME that points outside the table."""
