@@ -12,6 +12,7 @@ from dns_svc.server import StartupError
 from dns_svc.settings import parse_settings
 from dns_svc.workers import serve, serve_workers
 from shared.logs import log_event, setup_logging
+from shared.state_lock import hold_state_file
 
 log = logging.getLogger("dns")
 
@@ -19,6 +20,7 @@ log = logging.getLogger("dns")
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     setup_logging(settings.log_level, with_pid=settings.workers > 1)
+    hold_state_file(settings.state_file, log)  # held until exit, by the workers too (they inherit it)
     if settings.workers > 1:
         sys.exit(serve_workers(settings))
     try:

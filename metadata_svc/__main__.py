@@ -16,6 +16,7 @@ from metadata_svc.connections import GatedSite, raise_open_files_limit
 from metadata_svc.keys import GATE, STORE
 from metadata_svc.settings import MetadataSettings, parse_settings
 from shared.logs import log_event, setup_logging
+from shared.state_lock import hold_state_file
 
 log = logging.getLogger("metadata")
 
@@ -70,6 +71,7 @@ async def serve(settings: MetadataSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     setup_logging(settings.log_level)
+    hold_state_file(settings.state_file, log)  # held until exit
     try:
         import uvloop
     except ImportError:

@@ -209,3 +209,26 @@ def test_metadns_help_goes_to_stdout_and_an_unknown_command_is_named() -> None:
     bad = subprocess.run([sys.executable, "-m", "consumers", "rendr"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2
     assert "unknown command 'rendr'" in bad.stderr
+
+
+async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "dns-kept.json"
+    env = {**os.environ, "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
+    args = [sys.executable, "-m", "dns_svc", "--metadata-url=http://127.0.0.1:1/2016-07-29", f"--state-file={state}"]
+    first = await asyncio.create_subprocess_exec(
+        *args, f"--listen=127.0.0.1:{reserve_port()}", "--workers=2", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        assert first.stderr is not None
+        async with asyncio.timeout(15):
+            while b"event=workers_started" not in await first.stderr.readline():
+                pass
+        second = subprocess.run(
+            [*args, f"--listen=127.0.0.1:{reserve_port()}"], capture_output=True, text=True, timeout=30, env=env
+        )
+        assert second.returncode == 1
+        assert f"{state} is in use by another running instance (pid {first.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.wait(), 15)

@@ -160,3 +160,42 @@ async def test_a_self_host_that_leaves_the_fleet_is_logged(
     [fields] = [r.fields for r in caplog.records if r.getMessage() == "self_host_missing"]  # type: ignore[attr-defined]
     assert fields["self_host"] == "host-b"
     assert fields["hosts"] == "host-a"
+
+
+async def test_a_second_instance_on_the_same_state_file_is_refused(fleet_file: Path, tmp_path: Path) -> None:
+    """A trial run must not overwrite the kept copy of an instance already running: the state file
+    is locked while a service runs, a second one on it gets one line naming it and exit 1."""
+    state = tmp_path / "state" / "kept.json"
+    args = [sys.executable, "-m", "metadata_svc", "--listen", "127.0.0.1:0", "--data", str(fleet_file)]
+    first = await asyncio.create_subprocess_exec(*args, f"--state-file={state}", stderr=asyncio.subprocess.PIPE)
+    try:
+        assert first.stderr is not None
+        async with asyncio.timeout(15):
+            while b"event=listening" not in await first.stderr.readline():
+                pass
+        second = subprocess.run([*args, f"--state-file={state}"], capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert "Traceback" not in second.stderr
+        [line] = [line for line in second.stderr.splitlines() if "level=error" in line]
+        assert "event=cannot_start" in line
+        assert str(state) in line
+        assert f"pid {first.pid}" in line
+        other = tmp_path / "other.json"  # its own state file: no conflict
+        third = await asyncio.create_subprocess_exec(*args, f"--state-file={other}", stderr=asyncio.subprocess.PIPE)
+        assert third.stderr is not None
+        async with asyncio.timeout(15):
+            while True:
+                text = await third.stderr.readline()
+                assert text, "the third instance stopped"
+                if b"event=listening" in text:
+                    break
+        third.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(third.wait(), 10)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(first.wait(), 10)
+    # the lock went with its process: a new instance may take the file
+    again = subprocess.run(
+        [*args, f"--state-file={state}", "--self-host", "nosuch"], capture_output=True, text=True, timeout=30
+    )
+    assert "in use" not in again.stderr
