@@ -32,6 +32,9 @@ class Source(enum.Enum):
     FAILURE = "failure"  # every upstream failed: SERVFAIL, cached for a few seconds at most
     REFUSED = "refused"  # recursion not allowed for this client: never cached
     STALE = "stale"  # an expired upstream answer served while the upstreams fail (RFC 8767)
+    GATHER = "gather"  # merged from several clusters' answers: global cache, like UPSTREAM
+    CLIENT_CACHE = "client_cache"  # a LOCAL or AUTHORITY answer served again from the client cache
+    GLOBAL_CACHE = "global_cache"  # an UPSTREAM or GATHER answer served again from the global cache
 
 
 @dataclass(slots=True)

@@ -97,6 +97,9 @@ async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound)
         await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
         again = await metrics(server)
         assert sample(again, "metadns_gather_subqueries_total", cluster="cluster-a.local.", rcode="NOERROR") == 2
+        # where each answer came from, as /metrics tells it
+        assert sample(again, "metadns_dns_responses_total", source="gather", type="SRV") == 1
+        assert sample(again, "metadns_dns_responses_total", source="global_cache", type="SRV") == 1
 
 
 async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, unbound) -> None:  # type: ignore[no-untyped-def]

@@ -264,7 +264,7 @@ class ClientCacheStep(Step):
         entry = self._look(query, now)
         if isinstance(entry, CachedReply):
             return Answer(
-                entry.render(query.raw, now, budget(query.raw, query.transport)), Source.LOCAL, entry.countdown
+                entry.render(query.raw, now, budget(query.raw, query.transport)), Source.CLIENT_CACHE, entry.countdown
             )
         return self.answered(query, await call_next(query))
 
@@ -325,7 +325,7 @@ class GlobalCacheStep(Step):
         key = global_key(query.view, cache_key(query.raw))
         entry = self.cache.get(key, now)
         if isinstance(entry, CachedReply):
-            return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.UPSTREAM)
+            return Answer(entry.render(query.raw, now, budget(query.raw, query.transport)), Source.GLOBAL_CACHE)
         if self.cache.stale(key, now) is None:
             return self.answered(query, await call_next(query))
         below = asyncio.ensure_future(call_next(query))
@@ -370,13 +370,13 @@ class GlobalCacheStep(Step):
         return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), ttl), Source.STALE)
 
     def answered(self, query: Query, answer: Answer) -> Answer:
-        if not query.recursion_allowed or answer.source not in (Source.UPSTREAM, Source.FAILURE):
+        if not query.recursion_allowed or answer.source not in (Source.UPSTREAM, Source.GATHER, Source.FAILURE):
             return answer
         now = self.cache.clock()
         key = global_key(query.view, cache_key(query.raw))
         if answer.source is Source.FAILURE and self.cache.stale_for and self.cache.stale(key, now) is not None:
             return self.stale_answer(query)  # keep the expired reply: it beats a SERVFAIL
-        if answer.source is Source.UPSTREAM:
+        if answer.source is not Source.FAILURE:
             answer = self.capped(answer)
         stored = entry_for(answer, now, self.max_ttl, self.servfail_ttl)
         if stored is not None:

@@ -79,7 +79,7 @@ class GatherStep(Step):
             self.metrics.queries.labels(QTYPE.get(query.raw.qtype)).inc()
         targets = self.route(lowered)
         replies = await asyncio.gather(*(self.ask(cluster, sub, query) for cluster, sub in targets))
-        return Answer(self.merge(query, qname, targets, replies), Source.UPSTREAM)
+        return Answer(self.merge(query, qname, targets, replies), Source.GATHER)
 
     def passes(self, query: Query) -> bool:
         return not self.gathers(query.raw.qtype, query.raw.lower_text())
