@@ -165,6 +165,23 @@ async def test_forged_replies_are_not_taken() -> None:
         assert addresses(await ask(server, "victim.example.test")) == ["192.0.2.1"]  # and the cache
         assert server.upstream.counters()["mismatched"] >= 200  # those the socket buffer took in
 
+        # Without a flood before them (a full socket buffer would drop them unread): a reply with
+        # the right ID and port but another question, and ones without a question, are not taken.
+        mismatched = server.upstream.counters()["mismatched"]
+        asking = asyncio.ensure_future(ask(server, "victim2.example.test"))
+        while len(upstream.queries) < 3:
+            await asyncio.sleep(0.005)
+        query, (host, port) = upstream.queries[-1]
+        qid = struct.unpack("!H", query[:2])[0]
+        good = _reply(query, "203.0.113.66")
+        spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66", "victim3.example.test"))
+        no_question = bytearray(good[:12]) + good[len(query) :]
+        no_question[4:6] = b"\x00\x00"
+        spoofed_udp(upstream.address, (host, port), bytes(no_question))
+        spoofed_udp(upstream.address, (host, port), struct.pack("!HHHHHH", qid, 0x8105, 0, 0, 0, 0))
+        assert addresses(await asking) == ["192.0.2.1"]
+        assert server.upstream.counters()["mismatched"] == mismatched + 3  # each one seen, and refused
+
 
 async def test_a_reply_cut_short_gets_servfail_and_is_never_cached() -> None:
     """An answer record cut short used to reach the first client malformed, then leave every

@@ -81,9 +81,10 @@ async def test_failover_past_dead_silent_and_refusing_upstreams(
     with silent, run_unbound(tmp_path / "refusing", access="refuse") as refusing:
         upstreams = (dead, silent.getsockname(), refusing.address, unbound.address)
         async with run_dns(clock, recurse=upstreams, recurser_timeout=0.3) as server:
-            for _ in range(3):
+            for _ in range(3):  # relayed with callbacks, the first upstream down or not
                 reply = await ask(server, f"n{_}.wild.test")
                 assert addresses(reply) == ["192.0.2.99"]
+            assert addresses(await ask(server, "n9.wild.test", tcp=True)) == ["192.0.2.99"]  # the chain's walk
     downs = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "upstream_down"]
     # once each; unbound's REFUSED carries no question, and a reply without one is never taken
     # (a forger could send it), so the refusing server is as good as silent

@@ -7,7 +7,7 @@ UDP reply is retried over TCP on the same upstream; SERVFAIL, REFUSED and a repl
 cannot be walked move on to the next upstream; SERVFAIL is ours only when every upstream failed.
 
 Over UDP the same walk runs with callbacks (``relay``) when every step above passes the query
-on; over TCP, after a truncated reply, or while the first upstream is down, the chain's
+on; over TCP and after a truncated reply the chain's
 coroutine (``resolve``) does it.
 """
 
@@ -82,8 +82,10 @@ class UpstreamPool(Step):
         if query.transport != "udp" or not query.recursion_allowed or self.closed:
             return False
         upstreams = self.upstreams_for(query)
-        if not upstreams or upstreams[0] in self._down:
-            return False  # the chain's path: it waits on each upstream in turn, with its own timeouts
+        if not upstreams:
+            return False  # the chain answers SERVFAIL
+        # A first upstream that is down needs no other path: the relay fails over to the next one
+        # exactly as the chain would (each attempt its own timeout), tested on both paths.
         _Relay(self, query, upstreams, done).next()
         return True
 
