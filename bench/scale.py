@@ -65,10 +65,10 @@ def dns_memory(n: int, cache_entries: int) -> dict[str, Any]:
 
     from dnslib import RR, DNSRecord
 
+    from dns_svc.answers import answers_from_fleet
     from dns_svc.chain import Answer, Source
     from dns_svc.steps.cache import ReplyCache
     from dns_svc.steps.cache.step import entry_for
-    from shared.answers import answers_from_fleet
     from shared.model import Fleet
 
     doc = json.dumps({"fleet": Fleet.from_mapping(fleet(n)).raw})
@@ -100,11 +100,11 @@ def dns_memory(n: int, cache_entries: int) -> dict[str, Any]:
 def one(n: int, cache_entries: int) -> dict[str, Any]:
     from dnslib import RR, DNSRecord
 
+    from dns_svc.answers import answers_from_fleet
     from dns_svc.chain import Answer, Source
     from dns_svc.steps.cache import ReplyCache
     from dns_svc.steps.cache.step import entry_for
     from metadata_svc.tree import TreeBuilder
-    from shared.answers import answers_from_fleet
     from shared.model import Fleet
 
     data = fleet(n)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from shared.answers import AnswersFileError, AnswersTable, answers_from_rancher_file
+from dns_svc.answers import AnswersFileError, AnswersTable, answers_from_rancher_file
 from shared.logs import log_event
 
 log = logging.getLogger("dns.answers")

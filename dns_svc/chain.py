@@ -17,12 +17,12 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from dnslib import DNSRecord
+from dnslib import RR, DNSRecord
 
+from dns_svc.answers import AnswersTable, ClientView, Upstream
 from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
-from shared.answers import AnswersTable, ClientView
 
 
 class Source(enum.Enum):
@@ -82,6 +82,13 @@ class Query:
 
 CallNext = Callable[[Query], Awaitable[Answer]]
 Done = Callable[["Query", Answer | None], None]
+# What steps may ask of the upstreams without knowing the upstream step: resolve a name a local
+# CNAME points to (``Chase``), or forward a query they built to given servers (``Forwarder``).
+Chase = Callable[[Query, str, int], Awaitable["list[RR] | None"]]
+
+
+class Forwarder(Protocol):
+    async def forward_packet(self, packet: bytes, upstreams: Sequence[Upstream]) -> bytes | None: ...
 
 
 class Step:
@@ -109,14 +116,14 @@ class Step:
 
 
 class Chain:
-    def __init__(self, steps: Sequence[Step]) -> None:
+    def __init__(self, steps: Sequence[Step], *, after_local: Step | None = None) -> None:
         self.steps = tuple(steps)
+        # Where a query starts that the client cache knows is not local (it skips the client cache
+        # and the local step): the index of ``after_local``, given by whoever orders the steps.
+        self.after_local = self.steps.index(after_local) if after_local is not None else 0
         self._upper = self.steps[:-1]
         self._upper_reversed = tuple(reversed(self._upper))
         self._finish: Done = self._finished  # one bound method, not one closure per query
-
-    def index(self, name: str) -> int:
-        return next(i for i, step in enumerate(self.steps) if step.name == name)
 
     async def resolve(self, query: Query, start: int = 0) -> Answer:
         """Run the chain, from step ``start`` when the steps above it are known to pass."""

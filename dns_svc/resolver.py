@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from cachetools import LRUCache
 
+from dns_svc.answers import AnswersTable
 from dns_svc.chain import Answer, Chain, Query
 from dns_svc.respond import budget, fit
 from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
@@ -34,7 +35,6 @@ from dns_svc.wire import (
     header_only_reply,
     with_question,
 )
-from shared.answers import AnswersTable
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_ALLOW = (
@@ -146,9 +146,6 @@ class Resolver:
         self.tally = ResponseTally()
         self.client_misses = 0
         self.global_misses = 0
-        # A query the client cache knows is not local skips it and the local step: a cache miss
-        # bound for an upstream then costs two coroutine frames less.
-        self.after_local = chain.index("global_cache")
 
     def fast_packet(self, data: bytes, client_ip: str, started: float) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
@@ -246,7 +243,7 @@ class Resolver:
         )
         if raw.not_local_in == self.client_caches.generation and query.recursion_allowed:
             query.skip_local = True
-            answer = await self.chain.resolve(query, self.after_local)
+            answer = await self.chain.resolve(query, self.chain.after_local)
         else:
             answer = await self.chain.resolve(query)
         wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)

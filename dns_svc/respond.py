@@ -4,9 +4,14 @@ glue), then answer empty with TC so the client retries over TCP (rancher-dns's r
 
 from __future__ import annotations
 
-from dnslib import QTYPE, DNSRecord
+from typing import TYPE_CHECKING
+
+from dnslib import EDNS0, QTYPE, DNSRecord
 
 from dns_svc.wire import FLAG_AA, RCODE_SERVFAIL, RawQuery, header_only_reply
+
+if TYPE_CHECKING:
+    from dns_svc.chain import Query
 
 
 def budget(raw: RawQuery, transport: str) -> int:
@@ -45,3 +50,14 @@ def fit(wire: bytes, raw: RawQuery, transport: str) -> bytes:
     if slim is not None and len(slim) <= limit:
         return slim
     return truncated(raw, wire)
+
+
+def reply_for(query: Query) -> DNSRecord:
+    """An empty authoritative reply to ``query``, with OPT when the query had one."""
+    reply = query.request.reply(ra=1, aa=1)
+    # dnslib's reply copies the query's flag bits, AD among them; we validate nothing, and a client
+    # with glibc's trust-ad would believe it (RFC 4035 3.1.6): only RD and CD come from the query
+    reply.header.ad = 0
+    if query.raw.edns:
+        reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
+    return reply

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from dns_svc.answers import AnswersTable, answers_from_fleet
 from dns_svc.answers_file import AnswersFileWatcher
 from dns_svc.chain import Chain, Step
 from dns_svc.collector import CollectorSchedule
@@ -27,7 +28,6 @@ from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.tally import query_log
 from dns_svc.transport import Dispatcher, TcpServer, UdpListener
-from shared.answers import AnswersTable, answers_from_fleet
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet
@@ -60,7 +60,10 @@ def build_chain(
             *gather,  # merged answers come back up through the global cache
             Authority(settings.ttl),
             upstream,
-        ]
+        ],
+        # a query known not to be local starts here: a cache miss bound upstream then costs two
+        # coroutine frames less
+        after_local=global_step,
     )
 
 

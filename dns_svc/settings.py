@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from dns_svc.answers import Upstream, parse_upstream
 from dns_svc.resolver import DEFAULT_ALLOW
 from dns_svc.steps.gather.step import Cluster, parse_cluster
-from shared.answers import Upstream, parse_upstream
 from shared.settings import FlagParser, parse_host_port
 
 DESCRIPTION = """\

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dnslib import NS, QTYPE, RR, SOA
 
-from shared.answers import AnswersTable
+from dns_svc.answers import AnswersTable
 
 
 def soa_rr(table: AnswersTable, zone: str, ttl: int) -> RR:

@@ -25,6 +25,21 @@ _NS = uuid_mod.UUID("5b8f2c1e-6d0a-4a44-9a57-4b1f1e0c9a10")
 Locate = Callable[[str, int], str | None]
 """Maps (collection, index) to a source position such as ``line 12``, when the source knows it."""
 
+# Rancher's container states and health states, as every consumer of the fleet reads them: a
+# container is served while RUNNING and HEALTHY, and GONE ones are never served at all.
+HEALTHY = frozenset({"", "healthy", "updating-healthy"})
+RUNNING = frozenset({"running", "starting"})
+GONE = frozenset({"stopped", "removed", "purged", "error"})
+
+
+def port_spec(spec: str) -> tuple[int, str] | None:
+    """The container-side port and protocol of a Rancher port spec (``[ip:][public:]private[/proto]``)."""
+    body, _, proto = spec.partition("/")
+    private = body.rsplit(":", 1)[-1]
+    if not private.isdigit() or not 0 < int(private) < 65536:
+        return None
+    return int(private), (proto or "tcp").lower()
+
 
 class FleetError(ValueError):
     """A fleet that must not be served. ``where`` names the object, ``problem`` what is wrong."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 
+from dns_svc.answers import answers_from_fleet
 from dns_svc.resolver import TableRef
 from dns_svc.steps.cache import NOT_LOCAL
 from dns_svc.steps.cache.step import ClientCaches
-from shared.answers import answers_from_fleet
 from shared.model import Fleet
 from tests.support.fleets import dns_fleet
 

@@ -18,10 +18,7 @@ from consumers.render.tokens import (
     address_key,
     hostport,
 )
-from shared.answers import port_spec
-
-HEALTHY = {"", "healthy", "updating-healthy"}
-RUNNING = {"running", "starting"}
+from shared.model import HEALTHY, RUNNING, port_spec
 
 
 @dataclass(frozen=True)

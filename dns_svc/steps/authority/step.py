@@ -6,7 +6,7 @@ made musl abandon its search list and lookups take five seconds."""
 from __future__ import annotations
 
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
-from dns_svc.steps.local.step import reply_for
+from dns_svc.respond import reply_for
 from dns_svc.wire import QTYPE_ANY, QTYPE_NS, QTYPE_SOA, RCODE_NXDOMAIN
 from dns_svc.zone import ns_rr, soa_rr
 

@@ -14,11 +14,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from dns_svc.answers import ClientView
 from dns_svc.chain import Answer, CallNext, Query, Source, Step
 from dns_svc.respond import budget
 from dns_svc.steps.cache.entry import NOT_LOCAL, CachedReply, _NotLocal, lifetime_of
 from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, cap_ttls, header_only_reply, layout
-from shared.answers import ClientView
 
 CacheKey = tuple[bytes, int, int, int]
 Clock = Callable[[], float]

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 
 from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord, EDNSOption
 
-from dns_svc.chain import Answer, CallNext, Query, Source, Step
+from dns_svc.answers import Upstream, fqdn, parse_upstream
+from dns_svc.chain import Answer, CallNext, Forwarder, Query, Source, Step
 from dns_svc.metrics import GatherMetrics
-from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
-from shared.answers import Upstream, fqdn, parse_upstream
 from shared.logs import log_event
 
 log = logging.getLogger("dns.gather")
@@ -60,7 +59,7 @@ class GatherStep(Step):
         self,
         domain: str,
         clusters: Sequence[Cluster],
-        upstream: UpstreamPool,
+        upstream: Forwarder,
         deadline: float,
         metrics: GatherMetrics | None = None,
     ) -> None:

@@ -9,28 +9,15 @@ NXDOMAIN (AAAA for an A-only name is the classic case: nginx and musl choke on N
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dnslib import AAAA, CNAME, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
 
-from dnslib import AAAA, CNAME, EDNS0, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
-
-from dns_svc.chain import Answer, CallNext, Query, Source, Step
+from dns_svc.answers import NameRecords
+from dns_svc.chain import Answer, CallNext, Chase, Query, Source, Step
+from dns_svc.respond import reply_for
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_ANY, QTYPE_CNAME, QTYPE_PTR, QTYPE_SRV, QTYPE_TXT
 from dns_svc.zone import soa_rr
-from shared.answers import NameRecords
 
 MAX_CNAME_DEPTH = 10
-Chase = Callable[[Query, str, int], Awaitable[list[RR] | None]]
-
-
-def reply_for(query: Query) -> DNSRecord:
-    """An empty authoritative reply to ``query``, with OPT when the query had one."""
-    reply = query.request.reply(ra=1, aa=1)
-    # dnslib's reply copies the query's flag bits, AD among them; we validate nothing, and a client
-    # with glibc's trust-ad would believe it (RFC 4035 3.1.6): only RD and CD come from the query
-    reply.header.ad = 0
-    if query.raw.edns:
-        reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
-    return reply
 
 
 class LocalAnswers(Step):

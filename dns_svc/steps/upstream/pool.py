@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from dnslib import QTYPE, RR, DNSRecord
 
+from dns_svc.answers import Upstream
 from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
 from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamSockets, tcp_exchange
 from dns_svc.wire import (
@@ -32,7 +33,6 @@ from dns_svc.wire import (
     layout,
     parse_query,
 )
-from shared.answers import Upstream
 from shared.logs import ThrottledLog, log_event
 
 log = logging.getLogger("dns.upstream")

@@ -15,12 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from shared.model import Container, Fleet, Service
+from shared.model import GONE, HEALTHY, RUNNING, Container, Fleet, Service, port_spec
 from shared.settings import parse_host_port
 
-HEALTHY = frozenset({"", "healthy", "updating-healthy"})
-RUNNING = frozenset({"running", "starting"})
-GONE = frozenset({"stopped", "removed", "purged", "error"})
 MAX_ALIAS_DEPTH = 10
 
 Upstream = tuple[str, int]
@@ -209,15 +206,6 @@ def _reverse_pointer(ip: str) -> str:
     if ":" not in ip:
         return ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
     return ipaddress.ip_address(ip).reverse_pointer
-
-
-def port_spec(spec: str) -> tuple[int, str] | None:
-    """The container-side port and protocol of a Rancher port spec (``[ip:][public:]private[/proto]``)."""
-    body, _, proto = spec.partition("/")
-    private = body.rsplit(":", 1)[-1]
-    if not private.isdigit() or not 0 < int(private) < 65536:
-        return None
-    return int(private), (proto or "tcp").lower()
 
 
 class _FleetAnswers:
