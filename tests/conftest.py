@@ -37,7 +37,7 @@ async def metadata(fleet_file: Path, tmp_path: Path) -> AsyncIterator[RunningMet
 
 
 @pytest.fixture
-def unbound(tmp_path: Path):  # type: ignore[no-untyped-def]
+def unbound(tmp_path: Path):
     from tests.support.upstream import run_unbound
 
     with run_unbound(tmp_path / "unbound") as server:
@@ -56,7 +56,7 @@ def dns_fleet_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def fleet_stack(dns_fleet_file: Path, tmp_path: Path, unbound):  # type: ignore[no-untyped-def]
+async def fleet_stack(dns_fleet_file: Path, tmp_path: Path, unbound):
     """The real metadata service on the DNS fleet, the real DNS service following it, and a real
     unbound as the default upstream."""
     from dns_svc.follower import version_index

@@ -13,7 +13,7 @@ from shared.model import Fleet
 from tests.support.fleets import dns_fleet
 
 
-def table(data):  # type: ignore[no-untyped-def]
+def table(data):
     return answers_from_fleet(Fleet.from_mapping(data), metadata_answer=["169.254.169.250"])
 
 

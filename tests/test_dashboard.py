@@ -46,7 +46,7 @@ async def scrape(url: str) -> str:
         return await response.text()
 
 
-async def test_every_metric_the_dashboard_uses_is_exported(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_every_metric_the_dashboard_uses_is_exported(tmp_path: Path, unbound) -> None:
     fleet = {
         "stacks": [{"name": "shop"}],
         "services": [{"name": "web", "stack_name": "shop"}],

@@ -59,7 +59,7 @@ def gather_settings(a: tuple[str, int], b: tuple[str, int], timeout: float = 1.0
     }
 
 
-async def metrics(server) -> str:  # type: ignore[no-untyped-def]
+async def metrics(server) -> str:
     host, port = server.http_address
     async with aiohttp.ClientSession() as s, s.get(f"http://{host}:{port}/metrics") as r:
         return await r.text()
@@ -72,7 +72,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound) -> None:
     a, b = clusters
     async with run_dns(recurse=(unbound.address,), **gather_settings(a.address, b.address)) as server:
         reply = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
@@ -102,7 +102,7 @@ async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound)
         assert sample(again, "metadns_dns_responses_total", source="global_cache", type="SRV") == 1
 
 
-async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, unbound) -> None:
     a, b = clusters
     async with run_dns(recurse=(unbound.address,), **gather_settings(a.address, b.address)) as server:
         assert addresses(await ask(server, "a-demo.svc.distributed.local")) == ["10.1.0.10"]
@@ -115,14 +115,14 @@ async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, un
         assert [rd.strings for rd in txt.answer[0]] == [(b"from a",), (b"from b",)]
 
 
-async def test_nxdomain_and_noerror_merge(clusters, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_nxdomain_and_noerror_merge(clusters, unbound) -> None:
     a, b = clusters
     async with run_dns(recurse=(unbound.address,), **gather_settings(a.address, b.address)) as server:
         assert addresses(await ask(server, "onlya.svc.distributed.local")) == ["10.1.0.99"]
         assert rcode(await ask(server, "nothing.svc.distributed.local")) == "NXDOMAIN"
 
 
-async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound) -> None:
     """Cluster b is a bare UDP socket that never answers: a real server cannot be made to hang."""
     a, _ = clusters
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -141,7 +141,7 @@ async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound)
             assert sample(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="timeout") == 1
 
 
-async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:
     down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     down.bind(("127.0.0.2", 0))
     with down:
@@ -155,7 +155,7 @@ async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:  # type
             assert ede.code == 23
 
 
-async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> None:
     a, b = clusters
     async with run_dns(recurse=(unbound.address,), **gather_settings(a.address, b.address)) as server:
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.external_tool, pytest.mark.usefixtures("fleet_stack")]
 
 
 @pytest.fixture
-def server(fleet_stack):  # type: ignore[no-untyped-def]
+def server(fleet_stack):
     return fleet_stack[1]
 
 
@@ -33,14 +33,14 @@ def server(fleet_stack):  # type: ignore[no-untyped-def]
     ],
     ids=["service", "sidekick", "container", "standalone", "metadata", "external-ips", "alias", "last-fallback"],
 )
-async def test_fleet_names(server, qname: str, expected: set[str]) -> None:  # type: ignore[no-untyped-def]
+async def test_fleet_names(server, qname: str, expected: set[str]) -> None:
     reply = await ask(server, qname)
     assert rcode(reply) == "NOERROR"
     assert set(addresses(reply)) == expected
     assert reply.flags & dns.flags.AA
 
 
-async def test_dig_sees_the_same(server) -> None:  # type: ignore[no-untyped-def]
+async def test_dig_sees_the_same(server) -> None:
     result = await dig(server, "web.shop.rancher.internal", "A")
     assert result.status == "NOERROR"
     assert "aa" in result.flags
@@ -48,7 +48,7 @@ async def test_dig_sees_the_same(server) -> None:  # type: ignore[no-untyped-def
     assert all(line.split()[1] == "1" for line in result.answer)  # --ttl 1
 
 
-async def test_external_hostname_is_a_cname_chased_upstream(server) -> None:  # type: ignore[no-untyped-def]
+async def test_external_hostname_is_a_cname_chased_upstream(server) -> None:
     reply = await ask(server, "payments.shop.rancher.internal")
     assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
     assert str(reply.answer[0][0].target) == "payments.example.test."
@@ -57,13 +57,13 @@ async def test_external_hostname_is_a_cname_chased_upstream(server) -> None:  # 
     assert [str(rd.target) for rd in cname_only.answer[0]] == ["payments.example.test."]
 
 
-async def test_alias_loop_does_not_hang_or_fail(server) -> None:  # type: ignore[no-untyped-def]
+async def test_alias_loop_does_not_hang_or_fail(server) -> None:
     reply = await ask(server, "loop-a.shop.rancher.internal")
     assert rcode(reply) == "NOERROR"
     assert addresses(reply) == []
 
 
-async def test_srv_per_healthy_container_with_glue(server) -> None:  # type: ignore[no-untyped-def]
+async def test_srv_per_healthy_container_with_glue(server) -> None:
     reply = await ask(server, "_web._tcp.shop.rancher.internal", "SRV", use_edns=0)
     srv = sorted((rd.port, str(rd.target)) for rd in reply.answer[0])
     assert srv == [(8080, "shop-web-1.rancher.internal."), (8080, "shop-web-2.rancher.internal.")]
@@ -73,7 +73,7 @@ async def test_srv_per_healthy_container_with_glue(server) -> None:  # type: ign
     assert [rd.port for rd in udp.answer[0]] == [9090, 9090]
 
 
-async def test_ptr_txt_soa_ns(server) -> None:  # type: ignore[no-untyped-def]
+async def test_ptr_txt_soa_ns(server) -> None:
     ptr = await ask(server, "21.0.0.127.in-addr.arpa", "PTR")
     assert [str(rd.target) for rd in ptr.answer[0]] == ["shop-db-1.rancher.internal."]
     txt = await ask(server, "web.shop.rancher.internal", "TXT")
@@ -84,7 +84,7 @@ async def test_ptr_txt_soa_ns(server) -> None:  # type: ignore[no-untyped-def]
     assert [str(rd.target) for rd in ns.answer[0]] == ["rancher-metadata.rancher.internal."]
 
 
-async def test_nodata_versus_nxdomain(server) -> None:  # type: ignore[no-untyped-def]
+async def test_nodata_versus_nxdomain(server) -> None:
     aaaa = await ask(server, "web.shop.rancher.internal", "AAAA")
     assert rcode(aaaa) == "NOERROR"
     assert aaaa.answer == []
@@ -103,7 +103,7 @@ async def test_nodata_versus_nxdomain(server) -> None:  # type: ignore[no-untype
     assert mx.answer == []
 
 
-async def test_search_list_and_links_are_per_client(server) -> None:  # type: ignore[no-untyped-def]
+async def test_search_list_and_links_are_per_client(server) -> None:
     # shop-web-1 searches shop.rancher.internal: "db" is its stack's db service; "primary" is its link alias
     assert addresses(await ask(server, "db", source="127.0.0.11")) == ["127.0.0.21"]
     assert addresses(await ask(server, "primary.rancher.internal", source="127.0.0.11")) == ["127.0.0.21"]
@@ -118,7 +118,7 @@ async def test_search_list_and_links_are_per_client(server) -> None:  # type: ig
     assert addresses(cache_client) == []
 
 
-async def test_query_case_is_echoed(server) -> None:  # type: ignore[no-untyped-def]
+async def test_query_case_is_echoed(server) -> None:
     for _ in range(2):  # the second answer comes from the cached bytes
         reply = await ask(server, "WeB.ShOp.RaNcHeR.InTeRnAl")
         assert str(reply.question[0].name) == "WeB.ShOp.RaNcHeR.InTeRnAl."
@@ -126,13 +126,13 @@ async def test_query_case_is_echoed(server) -> None:  # type: ignore[no-untyped-
         assert set(addresses(reply)) == {"127.0.0.11", "127.0.0.12"}
 
 
-async def test_several_a_records_are_rotated(server) -> None:  # type: ignore[no-untyped-def]
+async def test_several_a_records_are_rotated(server) -> None:
     orders = {tuple(addresses(await ask(server, "many.infra.rancher.internal", tcp=True))) for _ in range(4)}
     assert len(orders) > 1
     assert all(sorted(o) == sorted(next(iter(orders))) for o in orders)
 
 
-async def test_version_change_moves_an_ip_at_once(fleet_stack, dns_fleet_file) -> None:  # type: ignore[no-untyped-def]
+async def test_version_change_moves_an_ip_at_once(fleet_stack, dns_fleet_file) -> None:
     md, server = fleet_stack
     before = await ask(server, "shop-db-1.rancher.internal", source="127.0.0.11")
     assert addresses(before) == ["127.0.0.21"]

@@ -13,12 +13,13 @@ import yaml
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from tests.support.dns import addresses, ask, run_dns, wait_for_version
+from tests.support.logs import logged_fields
 from tests.support.metadata import run_metadata
 from tests.support.upstream import reserve_port
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, str]]:
-    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == name]
+    return [f for f in logged_fields(caplog) if f.get("event") == name]
 
 
 async def test_outage_recovery_and_restart_from_kept_copy(
@@ -76,7 +77,7 @@ async def test_broken_kept_copy_is_ignored_with_a_reason(tmp_path: Path, caplog:
     assert "kept copy unusable" in line["reason"]
 
 
-async def test_follows_any_rancher_metadata_through_the_tree(fleet_stack, dns_fleet_file: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_follows_any_rancher_metadata_through_the_tree(fleet_stack, dns_fleet_file: Path) -> None:
     """Without metadns's compact /metadns/v1/fleet document (as with rancher-metadata itself), the
     follower reads the versioned tree instead and validates it."""
     md, server = fleet_stack

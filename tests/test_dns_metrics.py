@@ -51,7 +51,7 @@ def value(text: str, sample: str, **labels: str) -> float:
 
 
 @pytest.fixture
-async def server(dns_fleet_file: Path, unbound) -> AsyncIterator[DnsServer]:  # type: ignore[no-untyped-def]
+async def server(dns_fleet_file: Path, unbound) -> AsyncIterator[DnsServer]:
     """The real metadata service, the DNS service following it with /metrics, unbound upstream."""
     async with (
         run_metadata(dns_fleet_file) as md,
@@ -113,7 +113,7 @@ async def test_question_types_outside_the_common_ones_share_one_label(server: Dn
     assert 'type="3000"' not in text
 
 
-async def test_each_upstream_is_counted_on_its_own(unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_each_upstream_is_counted_on_its_own(unbound) -> None:
     dead = ("127.0.0.1", reserve_port())  # nothing listens: an ICMP port-unreachable
     async with run_dns(recurse=(dead, unbound.address), http_host="127.0.0.1", http_port=0) as server:
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
@@ -128,7 +128,7 @@ async def test_each_upstream_is_counted_on_its_own(unbound) -> None:  # type: ig
     assert value(text, "metadns_dns_upstream_inflight", to=live) == 0
 
 
-async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:
     """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
     series labelled; with the HTTP port shared too, scrapes alternated between workers."""
     port, http_port = reserve_port(), reserve_port()
@@ -171,7 +171,7 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:  
         await asyncio.wait_for(proc.wait(), 15)
 
 
-async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)  # --log-level warning: the query lines come anyway
     caplog.handler.setLevel(logging.DEBUG)  # as the service's own handler: no level of its own
     logging.getLogger("dns.query").setLevel(logging.NOTSET)
@@ -193,7 +193,7 @@ async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytes
     assert second["type"] == "AAAA"
 
 
-async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with run_dns(recurse=(unbound.address,)) as server:
         await ask(server, "www.example.test")

@@ -25,7 +25,7 @@ from tests.support.upstream import reserve_port
 pytestmark = pytest.mark.external_tool
 
 
-async def test_local_and_authority_replies_never_set_ad(fleet_stack) -> None:  # type: ignore[no-untyped-def]
+async def test_local_and_authority_replies_never_set_ad(fleet_stack) -> None:
     """Dig sets AD in its queries; the bit was echoed into local answers and cached for everyone."""
     _, server = fleet_stack
     for source in ("127.0.0.11", "127.0.0.12"):  # the second is served from the shared cache
@@ -37,7 +37,7 @@ async def test_local_and_authority_replies_never_set_ad(fleet_stack) -> None:  #
             assert "rd" in result.flags
 
 
-async def test_served_ttls_never_exceed_the_cache_cap(unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_served_ttls_never_exceed_the_cache_cap(unbound) -> None:
     async with run_dns(recurse=(unbound.address,), cache_max_ttl=60) as server:
         first = await ask(server, "www.example.test")  # TTL 300 upstream
         assert addresses(first) == ["192.0.2.10"]
@@ -82,7 +82,7 @@ async def test_an_answers_file_refused_at_start_stops_the_service(tmp_path: Path
     assert "event=answers_rejected" in err.decode()
 
 
-async def test_a_client_with_its_own_section_keeps_the_default_recursers(tmp_path: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_with_its_own_section_keeps_the_default_recursers(tmp_path: Path, unbound) -> None:
     path = tmp_path / "answers.json"
     path.write_text(
         json.dumps(
@@ -123,7 +123,7 @@ def test_the_answers_files_recursers_come_before_resolv_conf(tmp_path: Path) -> 
         assert server.upstream.upstreams_for(query) == expected
 
 
-async def test_ede_only_for_queries_that_had_edns(unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_ede_only_for_queries_that_had_edns(unbound) -> None:
     """RFC 6891 section 7: a reply carries OPT only when the query did."""
     from tests.test_dns_gather import gather_settings
 

@@ -64,7 +64,7 @@ def essence(reply: dns.message.Message) -> tuple[str, bool, list[str], list[str]
     return rcode(reply), bool(reply.flags & dns.flags.AA), records(reply.answer), records(reply.authority)
 
 
-async def test_relayed_and_chained_answers_are_the_same(answers_file: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_relayed_and_chained_answers_are_the_same(answers_file: Path, unbound) -> None:
     settings = {"recurse": (unbound.address,), "answers": str(answers_file)}
     async with run_dns(**settings) as over_udp, run_dns(**settings) as over_tcp:
         for qname, qtype, client, _ in QUESTIONS:
@@ -76,7 +76,7 @@ async def test_relayed_and_chained_answers_are_the_same(answers_file: Path, unbo
         assert over_tcp.resolver.relayed == 0
 
 
-async def test_relayed_answers_fill_the_caches(answers_file: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_relayed_answers_fill_the_caches(answers_file: Path, unbound) -> None:
     clock = FakeClock()
     async with run_dns(clock, recurse=(unbound.address,), answers=str(answers_file)) as server:
         first = await ask(server, "www.example.test")
@@ -101,7 +101,7 @@ async def test_a_truncated_reply_goes_back_to_the_chain_for_tcp(tmp_path: Path) 
             assert len(addresses(await ask(server, "big.example.test", tcp=True))) == 60
 
 
-async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound) -> None:  # type: ignore[no-untyped-def]
+async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound) -> None:
     """The silent upstream is a bare UDP socket that never answers (no real server drops queries
     on purpose): the relay gives up on it once and moves on, and a lone one gets SERVFAIL after
     one wait, not one wait for the relay and another for the chain."""

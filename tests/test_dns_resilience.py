@@ -20,6 +20,7 @@ from dnslib import RR, A, DNSRecord
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange, wait_for_version
+from tests.support.logs import logged_fields
 from tests.support.tools import require_root
 from tests.support.upstream import ScriptedUpstream, answer_a, reserve_port, run_unbound, spoofed_udp
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.external_tool
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object]]:
-    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == name]
+    return [f for f in logged_fields(caplog) if f.get("event") == name]
 
 
 async def test_the_loop_under_test_is_the_one_named(request: pytest.FixtureRequest) -> None:
@@ -292,7 +293,7 @@ async def test_udp_replies_are_capped_and_any_is_minimal(tmp_path: Path) -> None
             assert len(addresses(await ask(server, "big.example.test", use_edns=0, payload=65535))) == 80
 
 
-async def test_any_for_a_fleet_name_gets_one_kind_of_record(fleet_stack) -> None:  # type: ignore[no-untyped-def]
+async def test_any_for_a_fleet_name_gets_one_kind_of_record(fleet_stack) -> None:
     _, server = fleet_stack
     reply = await ask(server, "web.shop.rancher.internal", "ANY")
     assert {rrset.rdtype for rrset in reply.answer} == {dns.rdatatype.A}
@@ -316,7 +317,7 @@ async def test_tcp_slots_cannot_be_held_by_idle_connections() -> None:
             writer.close()
 
 
-async def test_one_cache_bound_for_every_client(fleet_stack) -> None:  # type: ignore[no-untyped-def]
+async def test_one_cache_bound_for_every_client(fleet_stack) -> None:
     """Caches per client add up (10k clients x 1,000 entries was gigabytes): all of them share
     one store of --cache-capacity entries, least recently used out first, whoever asked."""
     md, _ = fleet_stack

@@ -13,6 +13,7 @@ import dns.rdatatype
 import pytest
 
 from tests.support.dns import FakeClock, addresses, ask, dig, rcode, run_dns
+from tests.support.logs import logged_fields
 from tests.support.upstream import reserve_port, run_unbound
 
 pytestmark = pytest.mark.external_tool
@@ -25,11 +26,11 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def ttls(reply) -> list[int]:  # type: ignore[no-untyped-def]
+def ttls(reply) -> list[int]:
     return [rrset.ttl for rrset in reply.answer]
 
 
-async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:
     async with run_dns(clock, recurse=(unbound.address,)) as server:
         reply = await ask(server, "www.example.test")
         assert addresses(reply) == ["192.0.2.10"]
@@ -44,7 +45,7 @@ async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:  # type
         assert srv.answer[0][0].port == 389
 
 
-async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock) -> None:
     async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert ttls(await ask(server, "www.example.test")) == [300]
         unbound.stop()
@@ -57,7 +58,7 @@ async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock)
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
 
 
-async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None:
     async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert rcode(await ask(server, "gone.example.test")) == "NXDOMAIN"
         unbound.stop()
@@ -71,7 +72,7 @@ async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None
 
 async def test_failover_past_dead_silent_and_refusing_upstreams(
     unbound, tmp_path: Path, clock, caplog: pytest.LogCaptureFixture
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """The silent upstream is a bare UDP socket that never answers: no real server can be made to
     drop queries on purpose, so this one fake stands in for a hung resolver."""
     caplog.set_level(logging.WARNING)
@@ -85,13 +86,13 @@ async def test_failover_past_dead_silent_and_refusing_upstreams(
                 reply = await ask(server, f"n{_}.wild.test")
                 assert addresses(reply) == ["192.0.2.99"]
             assert addresses(await ask(server, "n9.wild.test", tcp=True)) == ["192.0.2.99"]  # the chain's walk
-    downs = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "upstream_down"]
+    downs = [f for f in logged_fields(caplog) if f.get("event") == "upstream_down"]
     # once each; unbound's REFUSED carries no question, and a reply without one is never taken
     # (a forger could send it), so the refusing server is as good as silent
     assert sorted(d["upstream"] for d in downs) == sorted(f"{h}:{p}" for h, p in upstreams[:3])
 
 
-async def test_servfail_only_when_all_failed_and_cached_briefly(clock) -> None:  # type: ignore[no-untyped-def]
+async def test_servfail_only_when_all_failed_and_cached_briefly(clock) -> None:
     dead = ("127.0.0.1", reserve_port())
     async with run_dns(clock, recurse=(dead,), servfail_ttl=2.0) as server:
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
@@ -105,7 +106,7 @@ async def test_servfail_only_when_all_failed_and_cached_briefly(clock) -> None: 
         assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"
 
 
-async def test_truncated_upstream_reply_is_retried_over_tcp(tmp_path: Path, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_truncated_upstream_reply_is_retried_over_tcp(tmp_path: Path, clock) -> None:
     with run_unbound(tmp_path / "big", extra=BIG) as upstream:
         async with run_dns(clock, recurse=(upstream.address,)) as server:
             small = await ask(server, "big.example.test")  # no EDNS: 512 bytes
@@ -123,7 +124,7 @@ async def test_truncated_upstream_reply_is_retried_over_tcp(tmp_path: Path, cloc
             assert len(result.answer) == 60
 
 
-async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> None:
     async with run_dns(clock, recurse=(unbound.address,), allow_recursion=("127.0.0.1/32",)) as server:
         for _ in range(3):  # the slow path, the caches, then the packet cache
             assert addresses(await ask(server, "www.example.test", source="127.0.0.1")) == ["192.0.2.10"]
@@ -135,7 +136,7 @@ async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> Non
         assert rcode(await ask(server, "rancher.internal", "SOA", source="127.0.0.2")) == "NOERROR"
 
 
-async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Path, unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Path, unbound, clock) -> None:
     private = (
         'local-zone: "." static\nlocal-zone: "only-b.test." static\n'
         'local-data: "only-b.test. 3600 IN SOA ns.only-b.test. a.only-b.test. 1 3600 600 86400 30"\n'
@@ -168,7 +169,7 @@ async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Pa
             assert addresses(await ask(server, "payments.example.test", source="127.0.0.31")) == ["192.0.2.20"]
 
 
-async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path: Path, unbound, clock) -> None:  # type: ignore[no-untyped-def]
+async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path: Path, unbound, clock) -> None:
     """Upstream data inside a local answer lives by its TTLs (and the CNAME's), not until the
     answers change."""
     answers = tmp_path / "answers.json"

@@ -70,7 +70,7 @@ async def host(
         yield md, dns
 
 
-async def until(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def until(predicate, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not await predicate():
             await asyncio.sleep(0.02)

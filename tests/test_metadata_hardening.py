@@ -26,7 +26,7 @@ async def get(
         return r.status, await r.text()
 
 
-async def wait_for(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():
             await asyncio.sleep(0.02)
@@ -155,7 +155,7 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
     data = yaml.safe_load(fleet_file.read_text())
     containers = data["containers"]
     tokens = {(s["stack_name"].lower(), s["name"].lower()): s["token"] for s in data["services"] if s.get("token")}
-    formats = ({}, {"Accept": "application/json"}, {"Accept": "application/yaml"})
+    formats: tuple[dict[str, str], ...] = ({}, {"Accept": "application/json"}, {"Accept": "application/yaml"})
     checked = 0
     for xff in (False, True):
         async with run_metadata(fleet_file, xff=xff, xff_trusted=parse_networks(["127.0.0.1/32"])) as md:

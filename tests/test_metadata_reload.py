@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from metadata_svc.keys import STORE
+from tests.support.logs import logged_fields
 from tests.support.metadata import RunningMetadata, run_metadata
 
 
@@ -19,14 +20,14 @@ async def text(md: RunningMetadata, path: str, source_ip: str = "127.0.0.1") -> 
         return await r.text()
 
 
-async def wait_for(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate, seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():
             await asyncio.sleep(0.02)
 
 
 def rejections(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
-    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "fleet_rejected"]
+    return [f for f in logged_fields(caplog) if f.get("event") == "fleet_rejected"]
 
 
 async def test_good_change_is_served(metadata: RunningMetadata, fleet_file: Path) -> None:
@@ -97,6 +98,7 @@ async def test_yaml_errors_name_the_line(
         assert rejections(caplog) == []
         return
     [line] = rejections(caplog)
+    assert problem is not None
     assert str(fleet_file) in line["where"]
     assert where in line["where"]
     assert problem in line["problem"]
@@ -132,7 +134,7 @@ async def test_yaml_errors_name_the_line(
 )
 async def test_invalid_fleet_is_refused_and_old_data_served(
     metadata: RunningMetadata, fleet_file: Path, caplog: pytest.LogCaptureFixture, mutate, where: str, problem: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     store = metadata.app[STORE]
     before = store.snapshot.version
     data = yaml.safe_load(fleet_file.read_text())

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -53,7 +54,7 @@ async def test_go_rancher_metadata_client_works_unchanged(client_binary: Path, t
         )
         assert proc.stdout is not None
         try:
-            facts: dict[str, object] = {}
+            facts: dict[str, Any] = {}
             versions: list[str] = []
 
             async def read_until(kind: str, count: int = 1) -> None:
@@ -78,7 +79,7 @@ async def test_go_rancher_metadata_client_works_unchanged(client_binary: Path, t
                 "host": "host-a",
             }
             assert facts["self_service"] == {"name": "web", "token": "web-secret", "containers": 2}
-            assert sorted(facts["services"]) == sorted(  # type: ignore[arg-type]
+            assert sorted(facts["services"]) == sorted(
                 ["shop/web=", "shop/log=", "shop/db=", "infra/cache=", "shop/payments="]
             )
             assert facts["web_containers"] == 2

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -15,11 +16,12 @@ import yaml
 from consumers.render.command import RenderLoop, RenderSettings
 from consumers.render.pools import check_mcrouter, pool_template
 from metadata_svc.keys import STORE
+from tests.support.logs import logged_fields
 
 pytestmark = pytest.mark.external_tool
 
 
-def settings_for(fleet_stack, tmp_path: Path, template: object, **overrides: object) -> RenderSettings:  # type: ignore[no-untyped-def]
+def settings_for(fleet_stack, tmp_path: Path, template: object, **overrides: object) -> RenderSettings:
     md, server = fleet_stack
     path = tmp_path / "template.json"
     path.write_text(json.dumps(template) if not isinstance(template, str) else template)
@@ -40,10 +42,10 @@ def servers(path: str) -> list[str]:
 
 
 def failures(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
-    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "render_failed"]
+    return [f for f in logged_fields(caplog) if f.get("event") == "render_failed"]
 
 
-async def test_every_token_kind_expands_in_place(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_every_token_kind_expands_in_place(fleet_stack, tmp_path: Path) -> None:
     template = {
         "pools": {
             "A": {
@@ -76,7 +78,7 @@ async def test_every_token_kind_expands_in_place(fleet_stack, tmp_path: Path) ->
     assert json.loads(Path(s.output).read_text())["route"] == "PoolRoute|A"
 
 
-async def test_order_is_stable_whatever_the_resolver_returns(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_order_is_stable_whatever_the_resolver_returns(fleet_stack, tmp_path: Path) -> None:
     template = {"pools": {"A": {"servers": ["dns://many.infra.rancher.internal"]}}, "route": "PoolRoute|A"}
     outputs = []
     for i in range(4):  # the DNS service rotates the 40 A records on every answer
@@ -102,7 +104,7 @@ async def test_order_is_stable_whatever_the_resolver_returns(fleet_stack, tmp_pa
 )
 async def test_bad_tokens_leave_the_output_untouched(
     fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, token: str, problem: str | None
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     output = tmp_path / "out.json"
     output.write_text("previous\n")
     template = {"pools": {"A": {"servers": [token]}}, "route": "PoolRoute|A"}
@@ -134,7 +136,7 @@ async def test_bad_tokens_leave_the_output_untouched(
 )
 async def test_template_errors(
     fleet_stack, tmp_path: Path, caplog: pytest.LogCaptureFixture, template: object, problem: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     s = settings_for(fleet_stack, tmp_path, template)
     assert await RenderLoop(s).run() == 1
     assert not Path(s.output).exists()
@@ -142,7 +144,7 @@ async def test_template_errors(
     assert problem in line["problem"]
 
 
-async def test_fleet_change_is_rendered_by_the_long_poll(fleet_stack, dns_fleet_file: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_fleet_change_is_rendered_by_the_long_poll(fleet_stack, dns_fleet_file: Path, tmp_path: Path) -> None:
     """The DNS schedule is set to a minute, so only the metadata long-poll can trigger the re-render."""
     md, _ = fleet_stack
     marker = tmp_path / "changed"
@@ -194,8 +196,9 @@ async def test_fleet_change_is_rendered_by_the_long_poll(fleet_stack, dns_fleet_
             await task
 
 
-async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    template = {"pools": {"A": {"servers": ["dns://shop-db-1.rancher.internal"]}}, "route": "PoolRoute|A"}
+async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:
+    first = ["dns://shop-db-1.rancher.internal"]
+    template: dict[str, Any] = {"pools": {"A": {"servers": first}}, "route": "PoolRoute|A"}
     s = settings_for(fleet_stack, tmp_path, template, once=False, ttl_min=60.0, ttl_max=60.0)
     task = asyncio.create_task(RenderLoop(s).run())
     try:
@@ -229,7 +232,7 @@ def test_pool_setups_are_valid_mcrouter_configs() -> None:
     assert check_mcrouter({"pools": {"A": {"servers": ["10.0.0.1:1"]}}})
 
 
-async def test_pool_setup_from_metadata(fleet_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_pool_setup_from_metadata(fleet_stack, tmp_path: Path) -> None:
     s = settings_for(fleet_stack, tmp_path, {}, pool_setup="replicated", servers="metadata://infra/cache")
     s = RenderSettings(**{**s.__dict__, "template": ""})
     assert await RenderLoop(s).run() == 0

@@ -42,7 +42,7 @@ class Namespace:
             self.processes.append(subprocess.Popen(self.cmd(*args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
 
 
-def wait_until(check, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_until(check, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if check():
