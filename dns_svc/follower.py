@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from shared.fleet_document import FLEET_PATH, decode_fleet_document
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -51,7 +52,7 @@ class VersionFollower:
         self.reachable: bool | None = None
         self.restored: int | None = None
         parts = urlsplit(self.base_url)
-        self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}/metadns/v1/fleet"
+        self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}{FLEET_PATH}"
         # What a fleet update runs inside: the process's collector policy, when it has one.
         self.updating: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
@@ -101,15 +102,7 @@ class VersionFollower:
                     self.fleet_url = None
                 else:
                     resp.raise_for_status()
-                    doc = await asyncio.to_thread(json.loads, await resp.read())
-                    if not isinstance(doc, dict) or not isinstance(doc.get("fleet"), dict):
-                        raise ValueError("metadata fleet document is not an object")
-                    applied = str(doc.get("version") or version)
-                    try:
-                        fleet = await asyncio.to_thread(Fleet.from_trusted, doc["fleet"], applied)
-                    except (KeyError, TypeError, AttributeError) as exc:
-                        raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
-                    return applied, fleet
+                    return await asyncio.to_thread(decode_fleet_document, await resp.read(), version)
         async with session.get(self.base_url) as resp:
             resp.raise_for_status()
             tree = await asyncio.to_thread(json.loads, await resp.read())

@@ -15,6 +15,7 @@ from metadata_svc.metrics import metrics_handler, path_kind
 from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
 from metadata_svc.store import Snapshot
 from metadata_svc.tree import API_VERSIONS, LATEST
+from shared.fleet_document import FLEET_PATH
 
 VERSION_NAMES = (*API_VERSIONS, "latest")
 
@@ -234,5 +235,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
     app.router.add_get("/favicon.ico", not_found)
-    app.router.add_get("/metadns/v1/fleet", fleet)
+    app.router.add_get(FLEET_PATH, fleet)
     app.router.add_get("/{tail:.*}", metadata)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from cachetools import LRUCache
 
 from metadata_svc.render import TEXT, Format, comparable, render, with_self
 from metadata_svc.tree import ClientTree, Tree, TreeBuilder
+from shared.fleet_document import encode_fleet_document
 from shared.model import Fleet
 
 
@@ -49,11 +49,7 @@ class Snapshot:
     def fleet_json(self) -> bytes:
         """``{"version", "index", "fleet"}`` serialised once per snapshot, without secrets."""
         if self._fleet_json is None:
-            raw = self.fleet.raw
-            # Served to any client: no service tokens (they belong to their own containers only).
-            public = {**raw, "services": [{**s, "token": ""} for s in raw.get("services", [])]}
-            doc = {"version": self.version, "index": self.index, "fleet": public}
-            self._fleet_json = json.dumps(doc, separators=(",", ":")).encode()
+            self._fleet_json = encode_fleet_document(self.fleet, self.version, self.index)
         return self._fleet_json
 
     def _builder(self, api: str) -> TreeBuilder:
