@@ -1,8 +1,12 @@
 """metadns side by side with dnsmasq and unbound, same data, same pinning, one run.
 
-Every server gets the same 1,000 fleet names (and SRV records for 50 services), the same
-upstream (a separate unbound serving ext.test and a wildcard miss.test), and runs pinned to CPU 0;
-dnsperf and the upstream run on CPU 1. Workloads:
+Every server gets the same 1,000 fleet names, and the SRV records of 50 services only for the
+mixed workload (dnsmasq scans its SRV list linearly on every query: giving it SRV records it is
+not asked for would measure that, not its speed at names); peers are started afresh for each
+workload. Same upstream (a separate unbound serving ext.test and a wildcard miss.test); every
+server pinned to CPU 0, unbound with one thread (per-core speed); dnsperf and the upstream on
+CPU 1. The bare-Python ceiling (bench/ceiling.py: learnt replies, ID patched, one callback per
+datagram) runs beside them where it can answer (local names, cached recursion). Workloads:
 
   local      1,000 local names, queried from 50 source addresses (metadns: 50 client caches)
   local-1src the same names from one address (one dnsperf: the load generator is not the limit)
@@ -132,6 +136,13 @@ class Processes:
         self.procs.append(proc)
         return proc
 
+    def stop(self, pid: int) -> None:
+        for proc in self.procs:
+            if proc.pid == pid and proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+        self.procs = [proc for proc in self.procs if proc.pid != pid]
+
     def stop_all(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -226,11 +237,14 @@ def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subproc
     return dns_port, md, dns.pid
 
 
-def start_dnsmasq(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
+def start_dnsmasq(p: Processes, data: Data, upstream: int, with_srv: bool) -> tuple[int, int]:
+    """Dnsmasq with the names, and the SRV records only when the workload asks for them:
+    dnsmasq scans its --srv-host list linearly for every query, which is not its speed at names."""
     port = free_port()
     hosts = data.workdir / "hosts"
     hosts.write_text("".join(f"{ip} app-{i}.{DOMAIN}\n" for i, ip in enumerate(data.ips)))
     srv = [f"--srv-host=_svc-{i % SERVICES}._tcp.bench.{DOMAIN},app-{i}.{DOMAIN},80" for i in range(NAMES)]
+    srv = srv if with_srv else []
     binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     proc = p.start(
         [
@@ -258,7 +272,8 @@ def start_dnsmasq(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
     return port, proc.pid
 
 
-def start_unbound_peer(p: Processes, data: Data, upstream: int) -> tuple[int, int]:
+def start_unbound_peer(p: Processes, data: Data, upstream: int, with_srv: bool) -> tuple[int, int]:
+    """Unbound with one thread on one core (``num-threads: 1``), the per-core reference."""
     port = free_port()
     # unbound refuses special-use names (RFC 6761) such as .test by default: undo that, or it
     # would answer the ext.test and miss.test workloads with NXDOMAIN without asking upstream.
@@ -268,14 +283,28 @@ def start_unbound_peer(p: Processes, data: Data, upstream: int) -> tuple[int, in
         f'local-data: "{DOMAIN}. 1 IN SOA ns.{DOMAIN}. a.{DOMAIN}. 1 60 10 86400 1"',
     ]
     lines += [f'local-data: "app-{i}.{DOMAIN}. 1 IN A {ip}"' for i, ip in enumerate(data.ips)]
-    lines += [
-        f'local-data: "_svc-{i % SERVICES}._tcp.bench.{DOMAIN}. 1 IN SRV 0 10 80 app-{i}.{DOMAIN}."'
-        for i in range(NAMES)
-    ]
+    if with_srv:
+        lines += [
+            f'local-data: "_svc-{i % SERVICES}._tcp.bench.{DOMAIN}. 1 IN SRV 0 10 80 app-{i}.{DOMAIN}."'
+            for i in range(NAMES)
+        ]
     body = "\n".join(f"  {x}" for x in lines) + f'\nforward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{upstream}\n'
     conf = unbound_conf(data.workdir, port, body)
     proc = p.start(["unbound", "-d", "-c", str(conf)], 0, data.workdir / "unbound-peer.log")
     wait_udp(port, b"\x05app-0\x07rancher\x08internal\x00")
+    return port, proc.pid
+
+
+def start_ceiling(p: Processes, data: Data, learn_from: int, queries: list[Path]) -> tuple[int, int]:
+    """bench/ceiling.py, taught the replies to ``queries`` by metadns."""
+    port = free_port()
+    files = [arg for path in queries for arg in ("--queries", str(path))]
+    proc = p.start(
+        [sys.executable, str(ROOT / "bench" / "ceiling.py"), f"--port={port}", f"--learn-from={learn_from}", *files],
+        0,
+        data.workdir / "ceiling.log",
+    )
+    wait_udp(port, b"\x05app-0\x07rancher\x08internal\x00", seconds=120)
     return port, proc.pid
 
 
@@ -394,15 +423,20 @@ def main() -> None:
         try:
             upstream = start_upstream(procs, data)
             metadns_port, metadata_proc, metadns_pid = start_metadns(procs, data, upstream)
-            servers = {
-                "metadns": (metadns_port, metadns_pid),
-                "dnsmasq": start_dnsmasq(procs, data, upstream),
-                "unbound": start_unbound_peer(procs, data, upstream),
-            }
+            ceiling = start_ceiling(procs, data, metadns_port, [queries["local"], queries["cached"]])
             for workload in ("local", "local-1src", "mixed", "cached", "miss"):
                 if workload not in wanted:
                     continue
                 sources = SOURCES if workload == "local" else 1
+                # each peer gets only the data this workload needs, started afresh for it
+                with_srv = workload == "mixed"
+                servers = {
+                    "metadns": (metadns_port, metadns_pid),
+                    "dnsmasq": start_dnsmasq(procs, data, upstream, with_srv),
+                    "unbound": start_unbound_peer(procs, data, upstream, with_srv),
+                }
+                if workload in ("local", "local-1src", "cached"):
+                    servers["ceiling"] = ceiling
                 for name, (port, pid) in servers.items():
                     result = measure(
                         port,
@@ -419,6 +453,8 @@ def main() -> None:
                         f"p99={result.p99_ms:6.3f}ms lost={result.lost * 100:.2f}% cpu={result.cpu_us:.1f}us/q",
                         flush=True,
                     )
+                for peer in ("dnsmasq", "unbound"):
+                    procs.stop(servers[peer][1])
             if "churn" in wanted:
                 import threading
 
@@ -463,18 +499,20 @@ def table(rows: list[tuple[str, str, Result]]) -> str:
         return f"{r.cpu_us:.1f}" if r else "-"
 
     lines = [
-        "| workload | metadns qps | dnsmasq qps | unbound qps | metadns/dnsmasq | metadns/unbound | "
-        "p99 ms metadns / dnsmasq / unbound | CPU us/query metadns / dnsmasq / unbound | lost metadns |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| workload | metadns qps | dnsmasq qps | unbound qps (1 core) | ceiling qps | metadns/dnsmasq | "
+        "metadns/unbound | metadns/ceiling | p99 ms metadns / dnsmasq / unbound | "
+        "CPU us/query metadns / dnsmasq / unbound / ceiling | lost metadns |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for workload in WORKLOADS:
         m = by.get((workload, "metadns"))
         if m is None:
             continue
-        d, u = by.get((workload, "dnsmasq")), by.get((workload, "unbound"))
+        d, u, c = by.get((workload, "dnsmasq")), by.get((workload, "unbound")), by.get((workload, "ceiling"))
         lines.append(
-            f"| {workload} | {qps(m)} | {qps(d)} | {qps(u)} | {ratio(m, d)} | {ratio(m, u)} | "
-            f"{p99(m)} / {p99(d)} / {p99(u)} | {cpu(m)} / {cpu(d)} / {cpu(u)} | {m.lost * 100:.2f}% |"
+            f"| {workload} | {qps(m)} | {qps(d)} | {qps(u)} | {qps(c)} | {ratio(m, d)} | {ratio(m, u)} | "
+            f"{ratio(m, c)} | {p99(m)} / {p99(d)} / {p99(u)} | {cpu(m)} / {cpu(d)} / {cpu(u)} / {cpu(c)} | "
+            f"{m.lost * 100:.2f}% |"
         )
     return "\n".join(lines)
 

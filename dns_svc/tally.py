@@ -80,23 +80,41 @@ class Durations:
 
 
 class ResponseTally:
+    """One slot per (transport, source, type, rcode): ``[seconds in total, count per bucket...]``.
+    A reply costs one dict lookup and two list updates; counts and histograms are summed from
+    the slots when scraped."""
+
     def __init__(self, log_queries: bool = False) -> None:
-        self.responses: dict[tuple[str, str, int, int], int] = {}
-        self.durations: dict[tuple[str, str], Durations] = {}
+        self.slots: dict[tuple[str, str, int, int], list[float]] = {}
         self.log_queries = log_queries
 
     def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float, client: str) -> None:
         rcode = reply[3] & 0xF if len(reply) > 3 else 0
         key = (transport, source, qtype if qtype in QTYPE_NAMES else 0, rcode)
-        responses = self.responses
-        responses[key] = responses.get(key, 0) + 1
-        durations = self.durations.get((transport, source))
-        if durations is None:
-            durations = self.durations[(transport, source)] = Durations()
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.slots[key] = [0.0] * (len(BUCKETS) + 2)
         elapsed = clock() - started
-        durations.observe(elapsed)
+        slot[0] += elapsed
+        slot[1 + bisect_left(BUCKETS, elapsed)] += 1
         if self.log_queries:
             _log_query(transport, source, qtype, rcode, reply, elapsed, client)
+
+    @property
+    def responses(self) -> dict[tuple[str, str, int, int], int]:
+        return {key: int(sum(slot[1:])) for key, slot in list(self.slots.items())}
+
+    @property
+    def durations(self) -> dict[tuple[str, str], Durations]:
+        out: dict[tuple[str, str], Durations] = {}
+        for (transport, source, _qtype, _rcode), slot in list(self.slots.items()):
+            histogram = out.get((transport, source))
+            if histogram is None:
+                histogram = out[(transport, source)] = Durations()
+            histogram.total += slot[0]
+            for i, count in enumerate(slot[1:]):
+                histogram.counts[i] += int(count)
+        return out
 
     def total(self, source: str | None = None) -> int:
         return sum(n for (_t, s, _q, _r), n in self.responses.items() if source is None or s == source)
