@@ -1,0 +1,83 @@
+"""CPU per cache miss of the DNS service, split into user and system time, for one or more
+checkouts of metadns in one run (alternating, so the machine's drift hits each alike).
+
+Each round starts the bench upstream (unbound) and the metadata and DNS services of one checkout
+(as bench/dns_compare.py does, same pinning), sends dnsperf unique names for ``--seconds``, and
+reads the DNS process's user and system time from /proc.
+
+    .venv/bin/python bench/miss_cost.py --rounds 2 /tmp/before .
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _compare_module(root: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("dns_compare", HERE / "dns_compare.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dns_compare"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    module.ROOT = root  # the services are started from this checkout
+    return module
+
+
+def measure(root: Path, seconds: float) -> tuple[float, float, float]:
+    """(queries per second, user us per query, system us per query)."""
+    b = _compare_module(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = b.make_data(Path(tmp))
+        queries = b.write_queries(data)
+        procs = b.Processes()
+        try:
+            upstream = b.start_upstream(procs, data)
+            port, _metadata, pid = b.start_metadns(procs, data, upstream)
+
+            def times() -> tuple[int, int]:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                return int(fields[11]), int(fields[12])
+
+            user0, sys0 = times()
+            started = time.monotonic()
+            qps, _avg, _lost, _ = b.dnsperf(port, queries["miss"], seconds, 1, once=True)
+            user1, sys1 = times()
+            answered = qps * (time.monotonic() - started)
+            tick = os.sysconf("SC_CLK_TCK")
+            return qps, (user1 - user0) / tick / answered * 1e6, (sys1 - sys0) / tick / answered * 1e6
+        finally:
+            procs.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("roots", nargs="+", type=Path, help="checkouts of metadns (each with .venv reachable)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    results: dict[Path, list[tuple[float, float, float]]] = {root: [] for root in args.roots}
+    for _ in range(args.rounds):
+        for root in args.roots:
+            qps, user, system = measure(root.resolve(), args.seconds)
+            results[root].append((qps, user, system))
+            print(f"{root}: qps={qps:.0f} user={user:.1f}us sys={system:.1f}us total={user + system:.1f}us", flush=True)
+    print("\n| checkout | QPS | user us/miss | system us/miss | total us/miss |\n|---|--:|--:|--:|--:|")
+    for root, rows in results.items():
+        n = len(rows)
+        qps, user, system = (sum(r[i] for r in rows) / n for i in range(3))
+        print(f"| {root} | {qps:,.0f} | {user:.1f} | {system:.1f} | {user + system:.1f} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
