@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.exception
 
-from tests.support.dns import addresses, ask, rcode
+from tests.support.dns import addresses, ask, dns_process, rcode
 from tests.support.upstream import reserve_port
 
 
@@ -123,17 +123,7 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
 
     async with run_metadata(dns_fleet_file) as md:
         port = reserve_port()
-        env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dns_svc",
-            f"--listen=127.0.0.1:{port}",
-            "--workers=2",
-            f"--metadata-url={md.url}/2016-07-29",
-            env=env,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        proc = await dns_process(f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29")
         address = ("127.0.0.1", port)
 
         async def all_answer(expected: str, rounds: int = 40) -> bool:

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dns_svc.follower import version_index
 from dns_svc.server import DnsServer
 from metadata_svc.keys import STORE
-from tests.support.dns import addresses, ask, rcode, run_dns, wait_for_version
+from tests.support.dns import addresses, ask, dns_process, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
 from tests.support.upstream import reserve_port
 
@@ -132,17 +130,12 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:
     """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
     series labelled; with the HTTP port shared too, scrapes alternated between workers."""
     port, http_port = reserve_port(), reserve_port()
-    env = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dns_svc",
+    proc = await dns_process(
         f"--listen=127.0.0.1:{port}",
         "--workers=2",
         f"--http-listen=127.0.0.1:{http_port}",
         f"--recurse={unbound.address[0]}:{unbound.address[1]}",
         "--metadata-url=http://127.0.0.1:1/2016-07-29",
-        env=env,
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:

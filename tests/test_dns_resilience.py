@@ -9,6 +9,7 @@ import logging
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -128,6 +129,24 @@ def _reply(query: bytes, address: str, question: str | None = None) -> bytes:
     return bytes(out.pack())
 
 
+async def _in_flight(server: Any, upstream: ScriptedUpstream, name: str) -> tuple[Any, bytes, tuple[str, int]]:
+    """Ask ``name`` and wait until its query reached the upstream: the answer to come, the query
+    as the upstream saw it, and the address it came from."""
+    before = len(upstream.queries)
+    asking = asyncio.ensure_future(ask(server, name))
+    while len(upstream.queries) <= before:
+        await asyncio.sleep(0.005)
+    query, source = upstream.queries[-1]
+    return asking, query, source
+
+
+def _without_question(reply: bytes, query: bytes) -> bytes:
+    """``reply`` with its question cut out: the header, then straight to the answer."""
+    out = bytearray(reply[:12]) + reply[len(query) :]
+    out[4:6] = b"\x00\x00"
+    return bytes(out)
+
+
 @pytest.mark.needs_root
 async def test_forged_replies_are_not_taken() -> None:
     """An attacker on the path's side sends replies with the upstream's address as source, from a
@@ -140,25 +159,17 @@ async def test_forged_replies_are_not_taken() -> None:
         run_dns(recurse=(upstream.address,), recurser_timeout=2) as server,
     ):
         # Positive control: a forgery with the right port, ID and question wins the race.
-        asking = asyncio.ensure_future(ask(server, "control.example.test"))
-        while not upstream.queries:
-            await asyncio.sleep(0.005)
-        query, (host, port) = upstream.queries[-1]
+        asking, query, (host, port) = await _in_flight(server, upstream, "control.example.test")
         spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66"))
         assert addresses(await asking) == ["203.0.113.66"]
 
-        asking = asyncio.ensure_future(ask(server, "victim.example.test"))
-        while len(upstream.queries) < 2:
-            await asyncio.sleep(0.005)
-        query, (host, port) = upstream.queries[-1]
+        asking, query, (host, port) = await _in_flight(server, upstream, "victim.example.test")
         qid = struct.unpack("!H", query[:2])[0]
         good = _reply(query, "203.0.113.66")
         for wrong in range(1, 1001):  # wrong IDs
             spoofed_udp(upstream.address, (host, port), struct.pack("!H", (qid + wrong) % 65536) + good[2:])
         spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66", "other.example.test"))
-        no_question = bytearray(good[:12]) + good[12 + len(query) - 12 :]  # header, then straight to the answer
-        no_question[4:6] = b"\x00\x00"
-        spoofed_udp(upstream.address, (host, port), bytes(no_question))
+        spoofed_udp(upstream.address, (host, port), _without_question(good, query))
         refused = bytearray(struct.pack("!HHHHHH", qid, 0x8105, 0, 0, 0, 0))  # REFUSED, no question
         spoofed_udp(upstream.address, (host, port), bytes(refused))
         spoofed_udp((upstream.address[0], upstream.address[1] + 1), (host, port), good)  # wrong source port
@@ -169,16 +180,10 @@ async def test_forged_replies_are_not_taken() -> None:
         # Without a flood before them (a full socket buffer would drop them unread): a reply with
         # the right ID and port but another question, and ones without a question, are not taken.
         mismatched = server.upstream.counters()["mismatched"]
-        asking = asyncio.ensure_future(ask(server, "victim2.example.test"))
-        while len(upstream.queries) < 3:
-            await asyncio.sleep(0.005)
-        query, (host, port) = upstream.queries[-1]
+        asking, query, (host, port) = await _in_flight(server, upstream, "victim2.example.test")
         qid = struct.unpack("!H", query[:2])[0]
-        good = _reply(query, "203.0.113.66")
         spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66", "victim3.example.test"))
-        no_question = bytearray(good[:12]) + good[len(query) :]
-        no_question[4:6] = b"\x00\x00"
-        spoofed_udp(upstream.address, (host, port), bytes(no_question))
+        spoofed_udp(upstream.address, (host, port), _without_question(_reply(query, "203.0.113.66"), query))
         spoofed_udp(upstream.address, (host, port), struct.pack("!HHHHHH", qid, 0x8105, 0, 0, 0, 0))
         assert addresses(await asking) == ["192.0.2.1"]
         assert server.upstream.counters()["mismatched"] == mismatched + 3  # each one seen, and refused

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -156,3 +158,10 @@ async def udp_exchange(
                 return await loop.sock_recv(s, 65535)
         except TimeoutError:
             return None
+
+
+async def dns_process(*flags: str, stderr: int = asyncio.subprocess.PIPE, **env: str) -> asyncio.subprocess.Process:
+    """The real DNS service (``python -m dns_svc``) with ``flags``: no state file and no
+    resolv.conf unless ``env`` (METADNS_DNS_* variables) says otherwise."""
+    environment = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent", **env}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "dns_svc", *flags, env=environment, stderr=stderr)
