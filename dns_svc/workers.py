@@ -118,7 +118,7 @@ class Supervisor:
                 log,
                 logging.ERROR,
                 "worker_exited",
-                pid=pid,
+                worker_pid=pid,
                 worker=worker,
                 code=os.waitstatus_to_exitcode(status),
                 action="restarting",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -191,3 +192,37 @@ async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCap
     async with run_dns(recurse=(unbound.address,)) as server:
         await ask(server, "www.example.test")
     assert not [r for r in caplog.records if r.name == "dns.query"]
+
+
+async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
+    port, http_port = reserve_port(), reserve_port()
+    proc = await dns_process(
+        f"--listen=127.0.0.1:{port}",
+        "--workers=2",
+        f"--http-listen=127.0.0.1:{http_port}",
+        f"--recurse={unbound.address[0]}:{unbound.address[1]}",
+        "--metadata-url=http://127.0.0.1:1/2016-07-29",
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+    async def workers_up() -> float:
+        try:
+            return value(await scrape(("127.0.0.1", http_port)), "metadns_dns_worker_up")
+        except aiohttp.ClientError:
+            return 0
+
+    try:
+        async with asyncio.timeout(20):
+            while await workers_up() != 2:
+                await asyncio.sleep(0.1)
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        os.kill(children[0], signal.SIGKILL)
+        async with asyncio.timeout(20):  # replaced (after a second), and its endpoint read again
+            while True:
+                now = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+                if children[0] not in now and len(now) == 2 and await workers_up() == 2:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 15)
