@@ -156,6 +156,7 @@ class ScriptedUpstream:
         self.queries: list[tuple[bytes, tuple[str, int]]] = []
         self.silent = False
         self.copies = copies  # each reply sent this many times (a duplicating network)
+        self.then: tuple[bytes | None, ...] = ()  # datagrams sent right after each reply (None: it again)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> ScriptedUpstream:
@@ -188,6 +189,8 @@ class ScriptedUpstream:
         with contextlib.suppress(OSError):
             for _ in range(self.copies):
                 self.sock.sendto(data, addr)
+            for extra in self.then:
+                self.sock.sendto(data if extra is None else extra, addr)
 
 
 def answer_a(address: str, ttl: int = 300) -> Callable[[bytes], bytes | None]:
