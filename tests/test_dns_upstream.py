@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.dns import FakeClock, addresses, ask, dig, rcode, run_dns
 from tests.support.logs import logged_fields
-from tests.support.upstream import reserve_port, run_unbound
+from tests.support.upstream import ScriptedUpstream, reserve_port, run_unbound
 
 pytestmark = pytest.mark.external_tool
 
@@ -192,3 +192,27 @@ async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path:
         again = await ask(server, "pay.rancher.internal")
         assert str(again.answer[0][0].target) == "payments.example.test."
         assert addresses(again) == []  # past the CNAME's 1 s: chased again, and the upstream is gone
+
+
+def _truncated(query: bytes) -> bytes:
+    """A reply with TC set and nothing in it: "ask me over TCP"."""
+    from dnslib import DNSRecord
+
+    reply = DNSRecord.parse(query).reply()
+    reply.header.tc = 1
+    return bytes(reply.pack())
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_a_truncating_upstream_without_tcp_fails_over_to_the_next(unbound, tcp: bool) -> None:
+    """The first upstream truncates every reply and has no TCP listener: the query moves on to the
+    next upstream (relayed over UDP, or through the chain for a TCP client), as any failure does."""
+    async with ScriptedUpstream(reply=_truncated) as first, run_dns(recurse=(first.address, unbound.address)) as server:
+        for i in range(3):
+            reply = (
+                await ask(server, "www.example.test", tcp=tcp)
+                if i == 0
+                else await ask(server, f"n{i}.wild.test", tcp=tcp)
+            )
+            assert addresses(reply) in (["192.0.2.10"], ["192.0.2.99"])
+        assert len(first.queries) >= 3  # each asked there first, over UDP

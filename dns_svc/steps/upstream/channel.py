@@ -16,8 +16,8 @@ shared socket then went deaf for every later query.) Sockets are reused between 
 time from a new port (``UpstreamSockets``).
 
 The channel works with callbacks, not futures: a relayed cache miss is sent from the UDP
-listener's read callback and finished from this socket's, with no coroutine in between.
-``exchange`` wraps the same machinery in a future for the chain. Deadlines sit in one queue per
+listener's read callback and finished from this socket's, with no coroutine in between (the
+pool's ``_Walk`` gives the chain a future over the same callbacks). Deadlines sit in one queue per
 wait length, oldest first, swept by a single timer: no timer object per query.
 """
 
@@ -54,17 +54,6 @@ class Waiter(Protocol):
     so a query costs no bound method."""
 
     def on_reply(self, result: bytes | BaseException) -> None: ...
-
-
-class _FutureWaiter:
-    __slots__ = ("future",)
-
-    def __init__(self, future: asyncio.Future[bytes | BaseException]) -> None:
-        self.future = future
-
-    def on_reply(self, result: bytes | BaseException) -> None:
-        if not self.future.done():
-            self.future.set_result(result)
 
 
 class Entropy:
@@ -354,15 +343,6 @@ class UdpChannel:
         queue.append((deadline, serial))
         if self._timer is None or deadline < self._timer_at:
             self._arm(deadline)
-
-    async def exchange(self, raw: RawQuery, wait: float) -> bytes:
-        """Ask ``raw``'s question and return the reply with ``raw``'s ID and letter case."""
-        future: asyncio.Future[bytes | BaseException] = asyncio.get_running_loop().create_future()
-        self.send(raw, wait, _FutureWaiter(future))
-        result = await future
-        if isinstance(result, BaseException):
-            raise result
-        return raw.packet[:2] + result
 
     def finish(self, flight: _Flight, result: bytes | BaseException, reusable: bool = True) -> None:
         """End ``flight``: give back its socket (``reusable`` False after an error on it) and tell

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dnslib import QTYPE, RR, DNSRecord
 
@@ -86,7 +87,7 @@ class UpstreamPool(Step):
             return False  # the chain answers SERVFAIL
         # A first upstream that is down needs no other path: the relay fails over to the next one
         # exactly as the chain would (each attempt its own timeout), tested on both paths.
-        _Relay(self, query, upstreams, done).next()
+        _Walk(self, query.raw, upstreams, 0, query=query, done=done).next()
         return True
 
     def upstreams_for(self, query: Query) -> tuple[Upstream, ...]:
@@ -118,12 +119,19 @@ class UpstreamPool(Step):
     async def forward(self, raw: RawQuery, upstreams: Sequence[Upstream]) -> tuple[bytes, ReplyLayout] | None:
         """The first acceptable reply to ``raw`` (with its ID and letter case) and its layout.
         Over UDP whatever the client used, as unbound and dnsmasq do (and merged with the same
-        question in flight); over TCP only when the UDP reply was truncated."""
-        for up in upstreams:
+        question in flight); over TCP only when the UDP reply was truncated, from the upstream
+        that truncated it. The walk over the upstreams is ``_Walk``'s, the relay's own."""
+        start = 0
+        while start < len(upstreams):
+            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+            _Walk(self, raw, upstreams, start, future=future).next()
+            outcome = await future
+            if not isinstance(outcome, Truncated):
+                return outcome
+            up = upstreams[outcome.index]
+            start = outcome.index + 1
             try:
-                reply = await self.channel(up).exchange(raw, self.timeout)
-                if reply[2] & (FLAG_TC >> 8):
-                    reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
+                reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
             except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
                 self.mark(up, False, _error_text(exc))
                 continue
@@ -196,18 +204,44 @@ class UpstreamPool(Step):
         self.sockets.close()
 
 
-class _Relay:
-    """One query walking the upstreams over UDP, one callback per reply (``forward`` without the
-    coroutine). A truncated reply hands the query back to the chain, which retries over TCP."""
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """The UDP reply of ``upstreams[index]`` was truncated: the walk stops, TCP takes over."""
 
-    __slots__ = ("done", "index", "pool", "query", "upstreams")
+    index: int
 
-    def __init__(self, pool: UpstreamPool, query: Query, upstreams: tuple[Upstream, ...], done: Done) -> None:
+
+Outcome = tuple[bytes, ReplyLayout] | Truncated | None
+
+
+class _Walk:
+    """One query walking the upstreams in order over UDP, one callback per reply: the failover
+    rule, written once. A reply is taken when ``accepts`` takes it; a timeout, an ICMP error,
+    SERVFAIL, REFUSED or a reply that cannot be walked moves on to the next upstream; a truncated
+    one stops the walk. The outcome goes to the relay's ``done`` (an Answer, None on truncation
+    so that the chain retries over TCP, SERVFAIL when every upstream failed) or to ``forward``'s
+    future (the reply and its layout, ``Truncated``, or None)."""
+
+    __slots__ = ("done", "future", "index", "pool", "query", "raw", "upstreams")
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        raw: RawQuery,
+        upstreams: Sequence[Upstream],
+        start: int,
+        *,
+        query: Query | None = None,
+        done: Done | None = None,
+        future: asyncio.Future[Outcome] | None = None,
+    ) -> None:
         self.pool = pool
-        self.query = query
+        self.raw = raw
         self.upstreams = upstreams
+        self.index = start
+        self.query = query
         self.done = done
-        self.index = 0
+        self.future = future
 
     def next(self) -> None:
         pool = self.pool
@@ -215,29 +249,47 @@ class _Relay:
             up = self.upstreams[self.index]
             self.index += 1
             try:
-                pool.channel(up).send(self.query.raw, pool.timeout, self)
+                pool.channel(up).send(self.raw, pool.timeout, self)
                 return
             except (OSError, ValueError) as exc:
                 pool.mark(up, False, _error_text(exc))
-        self.done(self.query, Answer(header_only_reply(self.query.raw, RCODE_SERVFAIL), Source.FAILURE))
+        self._finish(None)
 
     def on_reply(self, result: bytes | BaseException) -> None:
+        if self.future is not None and self.future.done():
+            return  # whoever waited has gone (a deadline): no more upstreams tried for it
         if self.pool.closed:
+            if self.future is not None:  # relayed queries are dropped at shutdown, awaited ones end
+                self.future.set_result(None)
             return
         up = self.upstreams[self.index - 1]
         if isinstance(result, BaseException):
             self.pool.mark(up, False, _error_text(result))
             self.next()
             return
-        wire = self.query.raw.packet[:2] + result
+        wire = self.raw.packet[:2] + result
         if wire[2] & (FLAG_TC >> 8):
-            self.done(self.query, None)
+            self._finish(Truncated(self.index - 1))
             return
         lay = self.pool.accepts(up, wire)
         if lay is None:
             self.next()
         else:
-            self.done(self.query, Answer(wire, Source.UPSTREAM, layout=lay))
+            self._finish((wire, lay))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self.future is not None:
+            if not self.future.done():
+                self.future.set_result(outcome)
+            return
+        assert self.query is not None
+        assert self.done is not None
+        if isinstance(outcome, Truncated):
+            self.done(self.query, None)
+        elif outcome is None:
+            self.done(self.query, Answer(header_only_reply(self.raw, RCODE_SERVFAIL), Source.FAILURE))
+        else:
+            self.done(self.query, Answer(outcome[0], Source.UPSTREAM, layout=outcome[1]))
 
 
 def _error_text(exc: BaseException) -> str:
