@@ -5,10 +5,12 @@ own, and one scrape covering every ``--workers`` process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -127,11 +129,29 @@ async def test_each_upstream_is_counted_on_its_own(unbound) -> None:
     assert value(text, "metadns_dns_upstream_inflight", to=live) == 0
 
 
-async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:
-    """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
-    series labelled; with the HTTP port shared too, scrapes alternated between workers."""
+@dataclass
+class Workers:
+    process: asyncio.subprocess.Process
+    dns: tuple[str, int]
+    http: tuple[str, int]
+
+    async def up(self) -> float:
+        """How many workers the parent's /metrics reads (0 before it answers)."""
+        try:
+            return value(await scrape(self.http), "metadns_dns_worker_up")
+        except aiohttp.ClientError:
+            return 0
+
+    def children(self) -> list[int]:
+        pid = self.process.pid
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@contextlib.asynccontextmanager
+async def two_workers(unbound) -> AsyncIterator[Workers]:
+    """The real ``dns-svc --workers 2 --http-listen``, once both workers are read by the parent."""
     port, http_port = reserve_port(), reserve_port()
-    proc = await dns_process(
+    process = await dns_process(
         f"--listen=127.0.0.1:{port}",
         "--workers=2",
         f"--http-listen=127.0.0.1:{http_port}",
@@ -139,30 +159,44 @@ async def test_one_scrape_shows_every_worker(tmp_path: Path, unbound) -> None:
         "--metadata-url=http://127.0.0.1:1/2016-07-29",
         stderr=asyncio.subprocess.DEVNULL,
     )
+    workers = Workers(process, ("127.0.0.1", port), ("127.0.0.1", http_port))
     try:
         async with asyncio.timeout(20):
-            while True:
-                try:
-                    text = await scrape(("127.0.0.1", http_port))
-                    if value(text, "metadns_dns_worker_up") == 2:
-                        break
-                except aiohttp.ClientError:
-                    pass
+            while await workers.up() != 2:
                 await asyncio.sleep(0.1)
+        yield workers
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+
+
+async def test_one_scrape_shows_every_worker(unbound) -> None:
+    """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
+    series labelled; with the HTTP port shared too, scrapes alternated between workers."""
+    async with two_workers(unbound) as workers:
         for _ in range(60):  # each query from a fresh socket: the kernel spreads them
-            assert addresses(await ask(("127.0.0.1", port), "www.example.test", timeout=2)) == ["192.0.2.10"]
-        texts = [await scrape(("127.0.0.1", http_port)) for _ in range(3)]
+            assert addresses(await ask(workers.dns, "www.example.test", timeout=2)) == ["192.0.2.10"]
+        texts = [await scrape(workers.http) for _ in range(3)]
         for text in texts:  # every scrape, the whole service
             assert value(text, "metadns_dns_responses_total") == 60
             per_worker = [value(text, "metadns_dns_responses_total", worker=w) for w in ("0", "1")]
             assert sum(per_worker) == 60
             assert min(per_worker) > 0
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{http_port}/healthz") as r:
+        async with aiohttp.ClientSession() as s, s.get(f"http://{workers.http[0]}:{workers.http[1]}/healthz") as r:
             assert r.status == 200
             assert (await r.json())["workers"] == {"0": "ok", "1": "ok"}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
+    async with two_workers(unbound) as workers:
+        first = workers.children()
+        os.kill(first[0], signal.SIGKILL)
+        async with asyncio.timeout(20):  # replaced (after a second), and its endpoint read again
+            while True:
+                now = workers.children()
+                if first[0] not in now and len(now) == 2 and await workers.up() == 2:
+                    break
+                await asyncio.sleep(0.1)
 
 
 async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytest.LogCaptureFixture) -> None:
@@ -192,37 +226,3 @@ async def test_without_log_queries_no_query_lines(unbound, caplog: pytest.LogCap
     async with run_dns(recurse=(unbound.address,)) as server:
         await ask(server, "www.example.test")
     assert not [r for r in caplog.records if r.name == "dns.query"]
-
-
-async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
-    port, http_port = reserve_port(), reserve_port()
-    proc = await dns_process(
-        f"--listen=127.0.0.1:{port}",
-        "--workers=2",
-        f"--http-listen=127.0.0.1:{http_port}",
-        f"--recurse={unbound.address[0]}:{unbound.address[1]}",
-        "--metadata-url=http://127.0.0.1:1/2016-07-29",
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-
-    async def workers_up() -> float:
-        try:
-            return value(await scrape(("127.0.0.1", http_port)), "metadns_dns_worker_up")
-        except aiohttp.ClientError:
-            return 0
-
-    try:
-        async with asyncio.timeout(20):
-            while await workers_up() != 2:
-                await asyncio.sleep(0.1)
-        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        os.kill(children[0], signal.SIGKILL)
-        async with asyncio.timeout(20):  # replaced (after a second), and its endpoint read again
-            while True:
-                now = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-                if children[0] not in now and len(now) == 2 and await workers_up() == 2:
-                    break
-                await asyncio.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 15)
