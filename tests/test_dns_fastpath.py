@@ -114,3 +114,59 @@ async def _udp(address: tuple[str, int], packet: bytes) -> bytes:
     reply = await udp_exchange(address, packet)
     assert reply is not None
     return reply
+
+
+async def _serve(server, data: dict[str, object], serial: int) -> None:
+    import copy
+
+    from shared.model import Fleet
+
+    await server.apply_fleet(Fleet.from_mapping(copy.deepcopy(data)), serial)
+
+
+async def _packet_hits(server, name: str, source: str = "127.0.0.1"):
+    """Ask ``name`` once more; how many packet-cache hits that added."""
+    before = server.resolver.tally.total("packet_cache")
+    await ask(server, name, source=source)
+    return server.resolver.tally.total("packet_cache") - before
+
+
+async def test_a_fleet_change_keeps_the_packet_cache_of_names_it_did_not_touch() -> None:
+    """One container moves: the shared answers of every other name stay byte-cached (a fleet
+    change a second would otherwise refill every entry every second), the moved one does not."""
+    import copy
+
+    from tests.support.fleets import dns_fleet
+
+    data = dns_fleet()
+    async with run_dns() as server:
+        await _serve(server, data, 1)
+        for name in ("lonely.rancher.internal", "shop-db-1.rancher.internal"):
+            for _ in range(2):
+                await ask(server, name)
+            assert await _packet_hits(server, name) == 1
+        moved = copy.deepcopy(data)
+        next(c for c in moved["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.29"
+        await _serve(server, moved, 2)
+        assert await _packet_hits(server, "lonely.rancher.internal") == 1  # untouched: still a hit
+        assert addresses(await ask(server, "shop-db-1.rancher.internal")) == ["127.0.0.29"]
+
+
+async def test_a_client_whose_own_records_now_cover_a_name_is_not_served_the_shared_answer() -> None:
+    """shop-web-1 asks lonely.rancher.internal (the shared answer, byte-cached), then gets a link
+    alias of that very name: the change touched no shared name, but the client's answer did."""
+    import copy
+
+    from tests.support.fleets import dns_fleet
+
+    data = dns_fleet()
+    async with run_dns() as server:
+        await _serve(server, data, 1)
+        for _ in range(2):
+            assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.11")) == ["127.0.0.41"]
+        assert await _packet_hits(server, "lonely.rancher.internal", source="127.0.0.11") == 1
+        linked = copy.deepcopy(data)
+        next(c for c in linked["containers"] if c["name"] == "shop-web-1")["links"] = {"shop-db-1": "lonely"}
+        await _serve(server, linked, 2)
+        assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.11")) == ["127.0.0.21"]
+        assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.12")) == ["127.0.0.41"]

@@ -46,6 +46,7 @@ class CachedReply:
         "_tails",
         "built_from",
         "countdown",
+        "dropped",
         "expires_at",
         "slim",
         "stored_at",
@@ -63,6 +64,9 @@ class CachedReply:
         self.stored_at = stored_at
         self.expires_at = expires_at
         self.countdown = countdown
+        self.dropped = (
+            False  # set when its cache lets it go: a reference kept elsewhere (the packet cache) must not serve it
+        )
         self.turn = 0
         self.built_from: frozenset[str] | None = None  # local answers: the table names behind it
         self._aged_for = 0

@@ -67,16 +67,21 @@ class ReplyStore:
             self.counts[counted] = self.counts.get(counted, 0) + 1
             if tag[0] is SHARED:
                 self.shared_keys.add(key)
+        else:
+            _let_go(entries[k])
         entries[k] = entry
         entries.move_to_end(k)
         while len(entries) > self.capacity:  # drop the least recently used one, never everything
-            old, _ = entries.popitem(last=False)
+            old, gone = entries.popitem(last=False)
+            _let_go(gone)
             self._forget(old)
             self.evictions += 1
 
     def delete(self, tag: tuple[object, ...], key: CacheKey) -> None:
         k = (tag, key)
-        if self.entries.pop(k, None) is not None:
+        gone = self.entries.pop(k, None)
+        if gone is not None:
+            _let_go(gone)
             self._forget(k)
 
     def _forget(self, k: tuple[tuple[object, ...], CacheKey]) -> None:
@@ -92,6 +97,11 @@ class ReplyStore:
 
 
 GLOBAL, SHARED, CLIENT = "global", "shared", "client"
+
+
+def _let_go(entry: CachedReply | _NotLocal) -> None:
+    if isinstance(entry, CachedReply):
+        entry.dropped = True
 
 
 def _counted(tag: tuple[object, ...]) -> object:
