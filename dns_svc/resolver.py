@@ -21,7 +21,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from dns_svc.answers import AnswersTable, ClientView
-from dns_svc.chain import Answer, Chain, Query
+from dns_svc.chain import Answer, Chain, Query, Source
 from dns_svc.respond import budget, fit
 from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
 from dns_svc.steps.cache.step import ClientCaches, global_key
@@ -206,9 +206,8 @@ class Resolver:
         if transport == "udp":
             self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
         reply = entry.render(raw, now, size)
-        self.tally.note(
-            transport, "global_cache" if recursive else "client_cache", raw.qtype, reply, started, client_ip
-        )
+        source = Source.GLOBAL_CACHE if recursive else Source.CLIENT_CACHE
+        self.tally.note(transport, source.value, raw.qtype, reply, started, client_ip)
         return reply
 
     def relay(

@@ -13,6 +13,7 @@ import logging
 import time
 from bisect import bisect_left
 
+from dns_svc.wire import name_to_text
 from shared.logs import log_event
 
 # Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up.
@@ -139,13 +140,12 @@ def _log_query(transport: str, source: str, qtype: int, rcode: int, reply: bytes
 
 
 def _question_name(reply: bytes) -> str:
-    labels, i = [], 12
-    if len(reply) < 12 or reply[4:6] == b"\x00\x00":
+    if len(reply) < 13 or reply[4:6] == b"\x00\x00":
+        return "-"  # no question (an error reply to a packet we could not read)
+    try:
+        return name_to_text(reply[12:])
+    except IndexError:
         return "-"
-    while i < len(reply) and reply[i] and reply[i] < 64:
-        labels.append(reply[i + 1 : i + 1 + reply[i]].decode("ascii", "backslashreplace"))
-        i += 1 + reply[i]
-    return ".".join(labels) + "."
 
 
 def qtype_label(qtype: int) -> str:

@@ -9,7 +9,6 @@ and a second one is refused at start, with the file and the holder's pid named.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -18,60 +17,44 @@ from pathlib import Path
 from shared.logs import log_event
 
 
-class StateFileInUse(Exception):
-    """Another running process holds the state file's lock."""
+def _lock(path: Path) -> bool:
+    """Take ``path``'s lock for the rest of the process (the descriptor is never closed: the
+    kernel lets go when the process ends, and forked workers share it). False when no lock can
+    be kept there at all (no directory, read-only): the kept copy will not be written either,
+    and its own code says so. Raises ValueError, saying who holds it, when another process
+    does."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(
+            f"{path.with_suffix('')} is in use by another running instance (pid {holder}, "
+            f"lock {path}): give this one its own --state-file, or --state-file= for none"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return False
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return True
 
 
-class StateLock:
-    def __init__(self, state_file: str) -> None:
-        self.path = Path(f"{state_file}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        """Take the lock; False when it cannot be kept here at all (no directory, read-only): the
-        kept copy will not be written either, and that is reported by its own code. Raises
-        StateFileInUse when another process holds it."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StateFileInUse(
-                f"{self.path.with_suffix('')} is in use by another running instance (pid {holder}, "
-                f"lock {self.path}): give this one its own --state-file, or --state-file= for none"
-            ) from None
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
-            self._fd = None
-
-
-def hold_state_file(state_file: str, log: logging.Logger) -> StateLock | None:
+def hold_state_file(state_file: str, log: logging.Logger) -> None:
     """At start: the lock on ``state_file`` ('' = no kept copy: nothing to hold), the file named
     in the log; a second instance gets one line and exit 1."""
     if not state_file:
         log_event(log, logging.INFO, "state_file", path="none")
-        return None
-    lock = StateLock(state_file)
+        return
+    path = Path(f"{state_file}.lock")
     try:
-        held = lock.acquire()
-    except StateFileInUse as exc:
+        held = _lock(path)
+    except ValueError as exc:
         log_event(log, logging.ERROR, "cannot_start", reason=str(exc))
         raise SystemExit(1) from None
-    log_event(log, logging.INFO, "state_file", path=state_file, lock=str(lock.path) if held else "not possible here")
-    return lock
+    log_event(log, logging.INFO, "state_file", path=state_file, lock=str(path) if held else "not possible here")

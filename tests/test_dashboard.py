@@ -9,10 +9,8 @@ import json
 import re
 from pathlib import Path
 
-import aiohttp
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.fleet_command import fleet_main
 from dns_svc.follower import version_index
@@ -20,6 +18,7 @@ from metadata_svc.keys import STORE
 from tests.support.dns import ask, run_dns, wait_for_version
 from tests.support.etcd import run_etcd
 from tests.support.metadata import run_metadata
+from tests.support.metrics import sample_names, scrape
 from tests.support.upstream import reserve_port
 
 pytestmark = pytest.mark.external_tool
@@ -34,16 +33,6 @@ def dashboard_metrics() -> set[str]:
     exprs = [t["expr"] for panel in board["panels"] for t in panel.get("targets", [])]
     assert exprs, "the dashboard has no queries"
     return {name for expr in exprs for name in re.findall(r"\bmetadns_[a-z0-9_]+", expr)}
-
-
-def sample_names(text: str) -> set[str]:
-    return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-async def scrape(url: str) -> str:
-    async with aiohttp.ClientSession() as session, session.get(url) as response:
-        assert response.status == 200
-        return await response.text()
 
 
 async def test_every_metric_the_dashboard_uses_is_exported(tmp_path: Path, unbound) -> None:

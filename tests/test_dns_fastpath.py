@@ -10,7 +10,7 @@ import dns.flags
 import dns.message
 import pytest
 
-from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange
+from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, serve_fleet, udp_exchange
 from tests.support.upstream import run_unbound
 
 pytestmark = pytest.mark.external_tool
@@ -116,14 +116,6 @@ async def _udp(address: tuple[str, int], packet: bytes) -> bytes:
     return reply
 
 
-async def _serve(server, data: dict[str, object], serial: int) -> None:
-    import copy
-
-    from shared.model import Fleet
-
-    await server.apply_fleet(Fleet.from_mapping(copy.deepcopy(data)), serial)
-
-
 async def _packet_hits(server, name: str, source: str = "127.0.0.1"):
     """Ask ``name`` once more; how many packet-cache hits that added."""
     before = server.resolver.tally.total("packet_cache")
@@ -140,14 +132,14 @@ async def test_a_fleet_change_keeps_the_packet_cache_of_names_it_did_not_touch()
 
     data = dns_fleet()
     async with run_dns() as server:
-        await _serve(server, data, 1)
+        await serve_fleet(server, data, 1)
         for name in ("lonely.rancher.internal", "shop-db-1.rancher.internal"):
             for _ in range(2):
                 await ask(server, name)
             assert await _packet_hits(server, name) == 1
         moved = copy.deepcopy(data)
         next(c for c in moved["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.29"
-        await _serve(server, moved, 2)
+        await serve_fleet(server, moved, 2)
         assert await _packet_hits(server, "lonely.rancher.internal") == 1  # untouched: still a hit
         assert addresses(await ask(server, "shop-db-1.rancher.internal")) == ["127.0.0.29"]
 
@@ -161,12 +153,12 @@ async def test_a_client_whose_own_records_now_cover_a_name_is_not_served_the_sha
 
     data = dns_fleet()
     async with run_dns() as server:
-        await _serve(server, data, 1)
+        await serve_fleet(server, data, 1)
         for _ in range(2):
             assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.11")) == ["127.0.0.41"]
         assert await _packet_hits(server, "lonely.rancher.internal", source="127.0.0.11") == 1
         linked = copy.deepcopy(data)
         next(c for c in linked["containers"] if c["name"] == "shop-web-1")["links"] = {"shop-db-1": "lonely"}
-        await _serve(server, linked, 2)
+        await serve_fleet(server, linked, 2)
         assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.11")) == ["127.0.0.21"]
         assert addresses(await ask(server, "lonely.rancher.internal", source="127.0.0.12")) == ["127.0.0.41"]

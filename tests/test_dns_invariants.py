@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from typing import Any
 
 import pytest
 
-from dns_svc.server import DnsServer
-from shared.model import Fleet
-from tests.support.dns import addresses, ask, rcode, run_dns
+from tests.support.dns import addresses, ask, rcode, run_dns, serve_fleet
 from tests.support.fleets import dns_fleet
 from tests.support.upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.external_tool
-
-
-def _fleet(data: dict[str, Any]) -> Fleet:
-    return Fleet.from_mapping(copy.deepcopy(data))
-
-
-async def _serve(server: DnsServer, data: dict[str, Any], serial: int) -> None:
-    await server.apply_fleet(_fleet(data), serial)
 
 
 async def test_an_answer_built_before_a_fleet_change_is_not_cached_after_it() -> None:
@@ -38,11 +27,11 @@ async def test_an_answer_built_before_a_fleet_change_is_not_cached_after_it() ->
     payments.pop("hostname")
     payments["external_ips"] = ["192.0.2.99"]
     async with ScriptedUpstream(delay=0.4) as upstream, run_dns(recurse=(upstream.address,)) as server:
-        await _serve(server, before, 1)
+        await serve_fleet(server, before, 1)
         asking = asyncio.ensure_future(ask(server, "payments.shop.rancher.internal"))
         while not upstream.queries:  # the chase is waiting on the upstream
             await asyncio.sleep(0.01)
-        await _serve(server, after, 2)
+        await serve_fleet(server, after, 2)
         old = await asking
         assert "192.0.2.55" in addresses(old)  # answered from the table it started with
         assert addresses(await ask(server, "payments.shop.rancher.internal")) == ["192.0.2.99"]
@@ -54,11 +43,11 @@ async def test_a_cached_upstream_answer_is_used_by_the_relay_path_too() -> None:
     (``GlobalCacheStep.passes`` is False on a hit)."""
     data = dns_fleet()
     async with ScriptedUpstream() as upstream, run_dns(recurse=(upstream.address,)) as server:
-        await _serve(server, data, 1)
+        await serve_fleet(server, data, 1)
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.55"]
         changed = copy.deepcopy(data)
         changed["containers"][0]["primary_ip"] = "127.0.0.99"
-        await _serve(server, changed, 2)  # the client caches start again; the global cache stays
+        await serve_fleet(server, changed, 2)  # the client caches start again; the global cache stays
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.55"]
         assert len(upstream.queries) == 1
 
@@ -67,7 +56,7 @@ async def test_queries_beyond_the_chain_limit_get_servfail_at_once() -> None:
     """When ``max_inflight`` chain coroutines are running, a further query gets SERVFAIL at once
     (counted as ``overload``) instead of another task: the bound on memory under a flood."""
     async with ScriptedUpstream(delay=1.0) as upstream, run_dns(recurse=(upstream.address,)) as server:
-        await _serve(server, dns_fleet(), 1)
+        await serve_fleet(server, dns_fleet(), 1)
         server.dispatcher.max_inflight = 2
         # a CNAME chased upstream is built by the chain's coroutines: each holds a task
         names = ["payments.shop.rancher.internal"] * 2

@@ -22,16 +22,10 @@ from dns_svc.server import DnsServer
 from metadata_svc.keys import STORE
 from tests.support.dns import addresses, ask, dns_process, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
+from tests.support.metrics import scrape, value
 from tests.support.upstream import reserve_port
 
 pytestmark = pytest.mark.external_tool
-
-
-async def scrape(address: tuple[str, int] | None) -> str:
-    assert address is not None
-    async with aiohttp.ClientSession() as s, s.get(f"http://{address[0]}:{address[1]}/metrics") as r:
-        assert r.status == 200
-        return await r.text()
 
 
 def families(text: str) -> dict[str, tuple[str, list[tuple[str, dict[str, str], float]]]]:
@@ -39,16 +33,6 @@ def families(text: str) -> dict[str, tuple[str, list[tuple[str, dict[str, str], 
     return {
         f.name: (f.type, [(s.name, s.labels, s.value) for s in f.samples]) for f in text_string_to_metric_families(text)
     }
-
-
-def value(text: str, sample: str, **labels: str) -> float:
-    """The sum of the samples named ``sample`` whose labels include ``labels``."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 @pytest.fixture

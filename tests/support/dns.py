@@ -165,3 +165,12 @@ async def dns_process(*flags: str, stderr: int = asyncio.subprocess.PIPE, **env:
     resolv.conf unless ``env`` (METADNS_DNS_* variables) says otherwise."""
     environment = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent", **env}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "dns_svc", *flags, env=environment, stderr=stderr)
+
+
+async def serve_fleet(server: DnsServer, data: dict[str, Any], serial: int) -> None:
+    """Hand ``server`` a fleet as the follower would (built off the loop, swapped in on it)."""
+    import copy
+
+    from shared.model import Fleet
+
+    await server.apply_fleet(Fleet.from_mapping(copy.deepcopy(data)), serial)

@@ -133,8 +133,6 @@ class ReplyCache:
         self.tag = tag
         self.clock = clock
         self.stale_for = stale_for
-        self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return self.store.counts.get(_counted(self.tag), 0)
@@ -148,15 +146,12 @@ class ReplyCache:
         entries = self.store.entries
         entry = entries.get(k)
         if entry is None:
-            self.misses += 1
             return None
         if isinstance(entry, CachedReply) and entry.expires_at <= now:
             if entry.expires_at + self.stale_for <= now:
                 self.store.delete(self.tag, key)
-            self.misses += 1
             return None
         entries.move_to_end(k)
-        self.hits += 1
         return entry
 
     def stale(self, key: CacheKey, now: float) -> CachedReply | None:
