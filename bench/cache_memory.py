@@ -14,8 +14,7 @@ import tracemalloc
 
 from dnslib import RR, A, DNSRecord
 
-from dns_svc.steps.cache import NOT_LOCAL, CachedReply
-from dns_svc.steps.cache.step import ClientCaches, ReplyCache, ReplyStore
+from dns_svc.replies import NOT_LOCAL, CachedReply, ClientCaches, ReplyCache, ReplyStore
 from dns_svc.wire import layout
 
 

@@ -67,7 +67,7 @@ def dns_memory(n: int, cache_entries: int) -> dict[str, Any]:
 
     from dns_svc.answers import answers_from_fleet
     from dns_svc.chain import Answer, Source
-    from dns_svc.steps.cache import ReplyCache
+    from dns_svc.replies import ReplyCache
     from dns_svc.steps.cache.step import entry_for
     from shared.model import Fleet
 
@@ -102,7 +102,7 @@ def one(n: int, cache_entries: int) -> dict[str, Any]:
 
     from dns_svc.answers import answers_from_fleet
     from dns_svc.chain import Answer, Source
-    from dns_svc.steps.cache import ReplyCache
+    from dns_svc.replies import ReplyCache
     from dns_svc.steps.cache.step import entry_for
     from metadata_svc.tree import TreeBuilder
     from shared.model import Fleet

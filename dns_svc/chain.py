@@ -1,14 +1,25 @@
-"""The resolver chain: each step answers a query itself or hands it to the next one.
+"""The resolver chain: one contract for every step, and the drivers that run it.
 
 The order is fixed in one place (``server.build_chain``) and reads as the data flow:
-per-client cache -> local answers -> global cache -> authority (NXDOMAIN) -> upstream.
-A step returns an ``Answer``: finished wire bytes plus what produced them, so the caches above
-know what they may keep.
+per-client cache -> local answers -> global cache -> [gather] -> authority -> upstream.
 
-A step's ``resolve`` is "look; answer or call the next step; look at the answer on its way back".
-Steps also offer the two halves in plain code, ``passes`` and ``answered``, so that a query every
-step would pass on can be relayed by the last step with callbacks instead of coroutines
-(``Chain.relay``): the common cache miss then costs a fraction of the CPU (bench/RESULTS.md).
+Each step writes its rule once, as three parts (``Step``):
+
+- ``check(query)``: synchronous, and it changes nothing but what it returns: an ``Answer``, ``PASS``
+  (the next step's turn) or ``WAIT`` (only this step can answer, and not without waiting).
+  A step that could answer later when the steps below are slow passes with a ``Pass`` carrying
+  that fallback (serve-stale's client-response timer).
+- ``back(query, answer)``: what it does with an answer from below on its way back up (the
+  caches keep it), and the answer to pass up.
+- ``wait(query)``, and optionally ``relay(query, done)``: the waiting, for the few steps that
+  really wait (upstream, gather, a local CNAME chased upstream); ``relay`` is the same wait
+  with a callback instead of a coroutine.
+
+The drivers are generic: ``Chain.walk`` runs the checks top-down and, on an answer, the backs
+bottom-up, in plain code with no coroutine (a cache hit or a local answer never awaits);
+on ``WAIT`` it returns a ``Pending``, which finishes the query either with callbacks
+(``Pending.relay``, the UDP miss path: no coroutine either) or with a coroutine
+(``Pending.answer``: TCP, gathering, CNAME chases, a truncated reply's TCP retry).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from typing import Any, Protocol
 from dnslib import RR, DNSRecord
 
 from dns_svc.answers import AnswersTable, ClientView, Upstream
+from dns_svc.replies import CachedReply
 from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
 
 
@@ -39,15 +51,22 @@ class Source(enum.Enum):
 
 @dataclass(slots=True)
 class Answer:
+    """Finished wire bytes plus what produced them, so that the steps above know what they may keep."""
+
     wire: bytes
     source: Source
     countdown: bool = True  # False: authoritative data, served with its full TTL every time
     layout: ReplyLayout | None = None  # the reply walked already (upstream replies are, once)
+    # A local answer the same for every client: the table names it was built from (None: this
+    # client's own answer, through a search suffix, a link alias or its own upstreams).
+    built_from: frozenset[str] | None = None
+    cached: CachedReply | None = None  # the cache entry a hit was rendered from (for the packet cache)
 
 
 @dataclass(slots=True)
 class Query:
-    """One client question on its way through the chain. Steps may only set the two notes below."""
+    """One client question on its way through the chain: what was asked, by whom, and the answers
+    table and cache generation it started with. Steps read it; none writes to it."""
 
     raw: RawQuery
     client_ip: str
@@ -55,19 +74,7 @@ class Query:
     table: AnswersTable
     view: ClientView
     recursion_allowed: bool
-    skip_local: bool = False  # set by the client cache: this name is known not to be local
-    shared_answer: bool = False  # set by local answers: the reply is the same for every client
-    generation: int = -1  # set by the client cache: the answers generation it looked at
-    built_from: tuple[str, ...] = ()  # set by local answers: the names it read
-    # A relayed query's way back (``Chain.relay``): who gets the answer, and what they need with it.
-    reply_to: Callable[[Query, Answer | None], None] | None = None
-    context: Any = None
-    # Set by a step that can answer if the steps below take too long (serve-stale): a relayed
-    # query gets ``fallback(query)`` after ``fallback_after`` seconds, and the real answer still
-    # comes up through ``answered`` to refresh the caches.
-    fallback: Callable[[Query], Answer] | None = None
-    fallback_after: float = 0.0
-    timer: Any = None
+    generation: int = 0  # the client caches' generation when the query started
     started: float = 0.0  # when the query was read (perf_counter), for its duration
     _request: Any = field(default=None, repr=False)
 
@@ -80,8 +87,27 @@ class Query:
         return self._request
 
 
-CallNext = Callable[[Query], Awaitable[Answer]]
+class Pass:
+    """A check's "not mine": the next step's turn. With ``fallback``, an answer this step can
+    give if the steps below take longer than ``after`` seconds; the real answer still comes back
+    up through ``back``."""
+
+    __slots__ = ("after", "fallback")
+
+    def __init__(self, fallback: Callable[[Query], Answer] | None = None, after: float = 0.0) -> None:
+        self.fallback = fallback
+        self.after = after
+
+
+class Wait(enum.Enum):
+    WAIT = "wait"
+
+
+PASS = Pass()
+WAIT = Wait.WAIT
+Verdict = Answer | Pass | Wait
 Done = Callable[["Query", Answer | None], None]
+Settled = Callable[["Pending", Answer | None], None]  # a relayed query's way back to its transport
 # What steps may ask of the upstreams without knowing the upstream step: resolve a name a local
 # CNAME points to (``Chase``), or forward a query they built to given servers (``Forwarder``).
 Chase = Callable[[Query, str, int], Awaitable["list[RR] | None"]]
@@ -92,77 +118,139 @@ class Forwarder(Protocol):
 
 
 class Step:
-    """A step of the chain. The defaults are the safe ones: a step that does not say it passes a
-    query on is assumed to answer it, so nothing is relayed past it."""
+    """A step of the chain: its rule written once (see the module's docstring)."""
 
     name = "step"
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+    def check(self, query: Query) -> Verdict:
+        """Answer, ``PASS`` or ``WAIT``, decided now and changing nothing."""
         raise NotImplementedError
 
-    def passes(self, query: Query) -> bool:
-        """True when ``resolve`` would hand ``query`` on without answering it (decided without waiting)."""
-        return False
-
-    def answered(self, query: Query, answer: Answer) -> Answer:
-        """What ``resolve`` does with an answer from below, and the answer to pass up (the same
-        one, or one the step has instead); called bottom-up after a relay."""
+    def back(self, query: Query, answer: Answer) -> Answer:
+        """An answer from a step below, on its way up: the answer to pass on (the same one, or
+        one this step has instead)."""
         return answer
 
+    async def wait(self, query: Query) -> Answer:
+        """The answer for a query ``check`` said ``WAIT`` to."""
+        raise NotImplementedError
+
     def relay(self, query: Query, done: Done) -> bool:
-        """The last step only: answer ``query`` later through ``done(query, answer)`` (answer
-        None: run the chain after all) and return True, or return False at once when it cannot."""
+        """``wait`` with a callback: answer later through ``done(query, answer)`` (answer None:
+        ``wait`` must answer after all) and return True, or return False at once when it cannot."""
         return False
 
 
 class Chain:
-    def __init__(self, steps: Sequence[Step], *, after_local: Step | None = None) -> None:
+    def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
-        # Where a query starts that the client cache knows is not local (it skips the client cache
-        # and the local step): the index of ``after_local``, given by whoever orders the steps.
-        self.after_local = self.steps.index(after_local) if after_local is not None else 0
-        self._upper = self.steps[:-1]
-        self._upper_reversed = tuple(reversed(self._upper))
-        self._finish: Done = self._finished  # one bound method, not one closure per query
+        self._checks = tuple(step.check for step in self.steps)  # bound once, not per query
 
-    async def resolve(self, query: Query, start: int = 0) -> Answer:
-        """Run the chain, from step ``start`` when the steps above it are known to pass."""
-        return await self._call(start, query)
+    def walk(self, query: Query) -> Answer | Pending:
+        """The checks top-down; an answer goes back up through the steps above the one that gave
+        it. A step that must wait: the ``Pending`` that finishes the query."""
+        fallback: Pass | None = None
+        fallback_at = 0
+        index = 0
+        for check in self._checks:
+            verdict = check(query)
+            if verdict is PASS:
+                index += 1
+                continue
+            if verdict is WAIT:
+                return Pending(self, query, index, fallback, fallback_at)
+            if isinstance(verdict, Answer):
+                return self.back(query, index, verdict)
+            if isinstance(verdict, Pass) and verdict.fallback is not None:
+                fallback, fallback_at = verdict, index
+            index += 1
+        return self.back(query, index, Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE))
 
-    def relay(self, query: Query) -> bool:
-        """The chain in plain code, for a query every step above the last one passes on: the last
-        step answers through a callback, the steps above see the answer bottom-up, as they
-        would after ``call_next``, then ``query.reply_to`` gets it. False (and nothing sent)
-        when some step would answer itself."""
-        for step in self._upper:
-            if not step.passes(query):
-                return False
-        if not self.steps[-1].relay(query, self._finish):
+    def back(self, query: Query, below: int, answer: Answer) -> Answer:
+        """``answer``, given by step ``below``, through the ``back`` of each step above it."""
+        steps = self.steps
+        while below:
+            below -= 1
+            answer = steps[below].back(query, answer)
+        return answer
+
+    async def resolve(self, query: Query) -> Answer:
+        """The whole chain for one query, waiting where a step must."""
+        outcome = self.walk(query)
+        if isinstance(outcome, Answer):
+            return outcome
+        return await outcome.answer()
+
+
+class Pending:
+    """A query a step must wait for: finished by callbacks (``relay``) or by a coroutine
+    (``answer``), the steps above seeing the answer on its way back either way, and a fallback
+    offered above (serve-stale) answering in its place when the wait runs past its timer."""
+
+    __slots__ = ("chain", "context", "fallback", "fallback_at", "index", "query", "reply_to", "timer")
+
+    def __init__(self, chain: Chain, query: Query, index: int, fallback: Pass | None, fallback_at: int) -> None:
+        self.chain = chain
+        self.query = query
+        self.index = index
+        self.fallback = fallback
+        self.fallback_at = fallback_at
+        self.context: Any = None  # the transport's: where the answer goes
+        self.reply_to: Settled | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    @property
+    def step(self) -> Step:
+        return self.chain.steps[self.index]
+
+    def relay(self, reply_to: Settled) -> bool:
+        """Wait with callbacks: ``reply_to(self, answer)`` later (answer None: await ``answer``
+        after all). False, and nothing sent, when the waiting step cannot relay."""
+        self.reply_to = reply_to
+        if not self.chain.steps[self.index].relay(self.query, self._done):
+            self.reply_to = None
             return False
-        if query.fallback is not None and query.reply_to is not None:
-            query.timer = asyncio.get_running_loop().call_later(query.fallback_after, self._fall_back, query)
+        fallback = self.fallback
+        if fallback is not None and self.reply_to is not None:  # not answered at once
+            self.timer = asyncio.get_running_loop().call_later(fallback.after, self._fall_back)
         return True
 
-    @staticmethod
-    def _fall_back(query: Query) -> None:
-        """The steps below took too long: answer with the fallback now, once."""
-        reply_to, query.reply_to = query.reply_to, None
-        query.timer = None
-        if reply_to is not None and query.fallback is not None:
-            reply_to(query, query.fallback(query))
+    def _fallback_answer(self) -> Answer:
+        assert self.fallback is not None
+        assert self.fallback.fallback is not None
+        answer = self.fallback.fallback(self.query)
+        return self.chain.back(self.query, self.fallback_at, answer)
 
-    def _finished(self, query: Query, answer: Answer | None) -> None:
-        if query.timer is not None:
-            query.timer.cancel()
-            query.timer = None
+    def _fall_back(self) -> None:
+        """The step below took too long: the fallback answers now, once."""
+        self.timer = None
+        reply_to, self.reply_to = self.reply_to, None
+        if reply_to is not None:
+            reply_to(self, self._fallback_answer())
+
+    def _done(self, query: Query, answer: Answer | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if answer is not None:
-            for step in self._upper_reversed:
-                answer = step.answered(query, answer)
-        reply_to, query.reply_to = query.reply_to, None
+            answer = self.chain.back(query, self.index, answer)
+        reply_to, self.reply_to = self.reply_to, None
         if reply_to is not None:  # None: the fallback has answered already
-            reply_to(query, answer)
+            reply_to(self, answer)
 
-    async def _call(self, index: int, query: Query) -> Answer:
-        if index == len(self.steps):  # nobody answered
-            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
-        return await self.steps[index].resolve(query, lambda q: self._call(index + 1, q))
+    async def answer(self) -> Answer:
+        """Wait as a coroutine: the waiting step's answer, through the steps above."""
+        below = self.chain.steps[self.index].wait(self.query)
+        fallback = self.fallback
+        if fallback is None:
+            return self.chain.back(self.query, self.index, await below)
+        task = asyncio.ensure_future(below)
+        done, _ = await asyncio.wait({task}, timeout=fallback.after)
+        if not done:  # the fallback answers; the late answer still refreshes the caches
+            task.add_done_callback(self._refreshed)
+            return self._fallback_answer()
+        return self.chain.back(self.query, self.index, task.result())
+
+    def _refreshed(self, task: asyncio.Future[Answer]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.chain.back(self.query, self.index, task.result())

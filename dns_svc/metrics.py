@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+PAST_GLOBAL_CACHE = ("stale", "upstream", "gather", "failure")
+PAST_CLIENT_CACHE = ("local", "authority", "global_cache", "refused", *PAST_GLOBAL_CACHE)
+
+
 class GatherMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.queries = Counter(
@@ -93,8 +97,9 @@ class ServerCollector(Collector):
         )
         for cache in ("packet_cache", "client_cache", "global_cache"):
             cache_hits.add_metric([cache.removesuffix("_cache")], tally.total(cache))
-        cache_misses.add_metric(["client"], resolver.client_misses)
-        cache_misses.add_metric(["global"], resolver.global_misses)
+        # A miss is read off where the answer came from: every answer from below a cache missed it.
+        cache_misses.add_metric(["client"], sum(tally.total(s) for s in PAST_CLIENT_CACHE))
+        cache_misses.add_metric(["global"], sum(tally.total(s) for s in PAST_GLOBAL_CACHE))
         yield cache_hits
         yield cache_misses
         entries = GaugeMetricFamily("metadns_dns_cache_entries", "Entries held, by cache", labels=["cache"])

@@ -1,14 +1,10 @@
-"""From a parsed question to reply bytes: the edge checks, the synchronous fast path over the
-caches, and the async chain for everything else.
+"""From a query to reply bytes: the packet cache, the edge checks, then the chain.
 
-The fast path is the chain's two cache steps done in plain code, with no coroutine, no task and no
-dnslib: a finished local answer from the client's cache, or (when the client cache says the name
-is not local and the client may recurse) a finished upstream answer from the global cache. Any
-miss, expiry, or reply that would not fit goes to the chain, which fills the caches for next time.
-
-A UDP query that every step would pass on to the upstreams is relayed with callbacks
-(``relay``); only what is left, local answers to build and the unusual cases, runs the chain's
-coroutines.
+A UDP query whose bytes were seen before is answered from the packet cache without reading its
+question. Everything else goes down the chain's checks in plain code (``Chain.walk``): cache hits
+and local answers come back at once, with no coroutine, no task and no dnslib on a hit. A query
+a step must wait for (upstream, gather, a CNAME chased upstream) is finished with callbacks over
+UDP (``relay``) or as a coroutine (``finish``: TCP, and the unusual cases).
 """
 
 from __future__ import annotations
@@ -21,10 +17,9 @@ from typing import Any
 from cachetools import LRUCache
 
 from dns_svc.answers import AnswersTable, ClientView
-from dns_svc.chain import Answer, Chain, Query, Source
+from dns_svc.chain import Answer, Chain, Pending, Query, Settled, Source
+from dns_svc.replies import CachedReply, ClientCaches, cache_key
 from dns_svc.respond import budget, fit
-from dns_svc.steps.cache import NOT_LOCAL, CachedReply, ReplyCache, cache_key
-from dns_svc.steps.cache.step import ClientCaches, global_key
 from dns_svc.tally import ResponseTally, clock
 from dns_svc.wire import (
     CLASS_IN,
@@ -134,28 +129,26 @@ class PacketCache:
 
 
 class Resolver:
+    """The packet cache, the edge checks, then the chain's drivers, and every reply counted once."""
+
     def __init__(
         self,
         tables: TableRef,
         client_caches: ClientCaches,
-        global_cache: ReplyCache,
         chain: Chain,
         policy: RecursionPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tables = tables
         self.client_caches = client_caches
-        self.global_cache = global_cache
         self.chain = chain
         self.policy = policy
         self.clock = clock
-        self.fast_hits = 0
-        self.relayed = 0
-        self.slow_calls = 0
+        self.fast_hits = 0  # replies from a cache without waiting (packet cache included)
+        self.relayed = 0  # waits finished with callbacks
+        self.slow_calls = 0  # waits finished by a coroutine
         self.packets = PacketCache()
         self.tally = ResponseTally()
-        self.client_misses = 0
-        self.global_misses = 0
 
     def fast_packet(self, data: bytes, client_ip: str, started: float) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
@@ -180,86 +173,55 @@ class Resolver:
             return header_only_reply(raw, RCODE_REFUSED)
         return None
 
-    def fast(self, raw: RawQuery, client_ip: str, transport: str, started: float) -> bytes | None:
-        view = self.tables.current.view(client_ip)
-        caches = self.client_caches
-        key = cache_key(raw)
-        now = self.clock()
-        entry = caches.lookup(view, key, now)
-        if entry is None:
-            raw.missed_in = caches.generation  # the client cache step need not look again
-            self.client_misses += 1
-            return None
-        recursive = entry is NOT_LOCAL
-        if recursive:
-            if not self.policy.allows(client_ip):
-                return None
-            entry = self.global_cache.get(global_key(view, key), now)
-            raw.not_local_in = caches.generation
-            raw.global_missed = entry is None
-            if entry is None:
-                self.global_misses += 1
-        if not isinstance(entry, CachedReply):
-            return None
-        self.fast_hits += 1
-        size = budget(raw, transport)
-        if transport == "udp":
-            self.packets.put(view.key, raw, entry, size, caches.generation, recursive)
-        reply = entry.render(raw, now, size)
-        source = Source.GLOBAL_CACHE if recursive else Source.CLIENT_CACHE
-        self.tally.note(transport, source.value, raw.qtype, reply, started, client_ip)
-        return reply
-
-    def relay(
-        self,
-        raw: RawQuery,
-        client_ip: str,
-        reply_to: Callable[[Query, Answer | None], None],
-        context: object,
-        started: float,
-    ) -> bool:
-        """Relay a UDP query bound for the upstreams without a coroutine. True when it did:
-        ``reply_to(query, answer)`` is then called later (``query.context`` is ``context``), with
-        answer None when ``resolve`` must answer after all."""
-        allowed = self.policy.allows(client_ip)
-        if not allowed:
-            return False  # the chain answers REFUSED
+    def answer_now(self, raw: RawQuery, client_ip: str, transport: str, started: float) -> bytes | Pending:
+        """The reply, when no step must wait (``Chain.walk``); else the ``Pending`` to finish."""
         table = self.tables.current
         query = Query(
             raw,
             client_ip,
-            "udp",
+            transport,
             table,
             table.view(client_ip),
-            allowed,
-            reply_to=reply_to,
-            context=context,
-            started=started,
+            self.policy.allows(client_ip),
+            self.client_caches.generation,
+            started,
         )
-        if self.chain.relay(query):
+        outcome = self.chain.walk(query)
+        if type(outcome) is Pending:
+            return outcome
+        assert isinstance(outcome, Answer)
+        return self.reply(query, outcome)
+
+    def relay(self, pending: Pending, reply_to: Settled) -> bool:
+        """Finish ``pending`` with callbacks, when its waiting step can."""
+        if pending.relay(reply_to):
             self.relayed += 1
             return True
         return False
 
-    async def resolve(self, raw: RawQuery, client_ip: str, transport: str, started: float = 0.0) -> bytes:
+    async def finish(self, pending: Pending) -> bytes:
+        """Finish ``pending`` as a coroutine."""
         self.slow_calls += 1
-        started = started or clock()
-        table = self.tables.current
-        query = Query(
-            raw, client_ip, transport, table, table.view(client_ip), self.policy.allows(client_ip), started=started
-        )
-        if raw.not_local_in == self.client_caches.generation and query.recursion_allowed:
-            query.skip_local = True
-            answer = await self.chain.resolve(query, self.chain.after_local)
-        else:
-            answer = await self.chain.resolve(query)
+        return self.reply(pending.query, await pending.answer())
+
+    async def resolve(self, raw: RawQuery, client_ip: str, transport: str, started: float = 0.0) -> bytes:
+        """The reply to one query, however it is reached."""
+        outcome = self.answer_now(raw, client_ip, transport, started or clock())
+        if isinstance(outcome, bytes):
+            return outcome
+        return await self.finish(outcome)
+
+    def reply(self, query: Query, answer: Answer) -> bytes:
+        """The answer fitted to the client, counted, and a cache hit remembered in the packet cache."""
+        raw = query.raw
+        transport = query.transport
+        cached = answer.cached
+        if cached is not None:
+            self.fast_hits += 1
+            if transport == "udp":
+                recursive = answer.source is Source.GLOBAL_CACHE
+                self.packets.put(query.view.key, raw, cached, budget(raw, transport), query.generation, recursive)
         wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
         reply = fit(wire, raw, transport)
-        self.tally.note(transport, answer.source.value, raw.qtype, reply, started, client_ip)
-        return reply
-
-    def relayed_reply(self, query: Query, answer: Answer) -> bytes:
-        """The reply to a relayed query, counted."""
-        reply = fit(answer.wire, query.raw, "udp")
-        self.tally.note("udp", answer.source.value, query.raw.qtype, reply, query.started, query.client_ip)
+        self.tally.note(transport, answer.source.value, raw.qtype, reply, query.started, query.client_ip)
         return reply

@@ -18,11 +18,11 @@ from dns_svc.chain import Chain, Step
 from dns_svc.collector import CollectorSchedule
 from dns_svc.follower import VersionFollower
 from dns_svc.metrics import Metrics
+from dns_svc.replies import ClientCaches, ReplyCache, ReplyStore
 from dns_svc.resolver import RecursionPolicy, Resolver, TableRef
 from dns_svc.settings import DnsSettings
 from dns_svc.steps.authority import Authority
-from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
-from dns_svc.steps.cache.step import ClientCaches, ReplyStore
+from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep
 from dns_svc.steps.gather import GatherStep
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
@@ -55,15 +55,12 @@ def build_chain(
     return Chain(
         [
             ClientCacheStep(client_caches),
-            LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup),
+            LocalAnswers(settings.ttl, settings.ndots, chase=upstream.lookup, memo=client_caches),
             global_step,
             *gather,  # merged answers come back up through the global cache
             Authority(settings.ttl),
             upstream,
         ],
-        # a query known not to be local starts here: a cache miss bound upstream then costs two
-        # coroutine frames less
-        after_local=global_step,
     )
 
 
@@ -82,7 +79,6 @@ class DnsServer:
         self.resolver = Resolver(
             self.tables,
             self.client_caches,
-            self.global_cache,
             build_chain(settings, self.client_caches, self.global_step, self.upstream, self.metrics),
             RecursionPolicy(settings.allow_recursion),
             clock,

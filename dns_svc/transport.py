@@ -8,7 +8,7 @@ import logging
 import socket
 from typing import Any
 
-from dns_svc.chain import Answer, Query
+from dns_svc.chain import Answer, Pending
 from dns_svc.resolver import Resolver
 from dns_svc.tally import clock
 from dns_svc.wire import (
@@ -37,11 +37,9 @@ class Dispatcher:
         self.bad = ThrottledLog(log, "bad_packet")  # what was wrong, once per 10 s, with a count
         self.failed = ThrottledLog(log, "resolve_failed")
 
-    def immediate(
-        self, data: bytes, client: str, transport: str, started: float = 0.0
-    ) -> tuple[RawQuery | None, bytes | None]:
-        """Everything answered without waiting: a bad packet (its error reply, or None to drop
-        it), the edge rcodes, and cache hits. ``(raw, None)`` means the chain must answer."""
+    def immediate(self, data: bytes, client: str, transport: str, started: float = 0.0) -> bytes | Pending | None:
+        """The reply when nothing must wait: a bad packet's error reply (None: drop it), the edge
+        rcodes, cache hits and local answers. A ``Pending`` when a step must wait."""
         started = started or clock()
         resolver = self.resolver
         try:
@@ -49,28 +47,33 @@ class Dispatcher:
         except WireError as exc:
             self.bad.note(client=client, problem=str(exc))
             if exc.rcode is None:
-                return None, None
+                return None
             reply = error_reply(data, exc.rcode)
             if reply is not None:
                 resolver.tally.note(transport, "malformed", 0, reply, started, client)
-            return None, reply
+            return reply
         reply = resolver.edge(raw)
         if reply is not None:
             resolver.tally.note(transport, "edge", raw.qtype, reply, started, client)
-            return raw, reply
-        return raw, resolver.fast(raw, client, transport, started)
-
-    async def slow(self, raw: Any, client: str, transport: str, started: float = 0.0) -> bytes:
-        started = started or clock()
-        try:
-            return await self.resolver.resolve(raw, client, transport, started)
-        except Exception as exc:  # a bug or a packet we cannot handle: a counter and a throttled line
-            self.failed.note(
-                client=client, qname=raw.text_name(), qtype=raw.qtype, error=f"{type(exc).__name__}: {exc}"
-            )
-            reply = header_only_reply(raw, RCODE_SERVFAIL)
-            self.resolver.tally.note(transport, "failure", raw.qtype, reply, started, client)
             return reply
+        try:
+            return resolver.answer_now(raw, client, transport, started)
+        except Exception as exc:  # a bug or a packet we cannot handle: a counter and a throttled line
+            return self.failed_reply(raw, client, transport, started, exc)
+
+    async def finish(self, pending: Pending) -> bytes:
+        """The reply to a query a step must wait for, as a coroutine."""
+        try:
+            return await self.resolver.finish(pending)
+        except Exception as exc:
+            query = pending.query
+            return self.failed_reply(query.raw, query.client_ip, query.transport, query.started, exc)
+
+    def failed_reply(self, raw: RawQuery, client: str, transport: str, started: float, exc: Exception) -> bytes:
+        self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype, error=f"{type(exc).__name__}: {exc}")
+        reply = header_only_reply(raw, RCODE_SERVFAIL)
+        self.resolver.tally.note(transport, "failure", raw.qtype, reply, started, client)
+        return reply
 
 
 class UdpListener:
@@ -123,36 +126,39 @@ class UdpListener:
         if seen is not None:
             self.send(seen, addr)
             return
-        raw, reply = d.immediate(data, client, "udp", started)
-        if reply is not None:
-            self.send(reply, addr)
-            return
-        if raw is None:
+        outcome = d.immediate(data, client, "udp", started)
+        if outcome is None:
             return  # not worth an answer
-        if not d.resolver.relay(raw, client, self._relayed_to, addr, started):
-            self._chain(raw, client, addr, started)
+        if type(outcome) is bytes:
+            self.send(outcome, addr)
+            return
+        assert isinstance(outcome, Pending)
+        outcome.context = addr
+        if not d.resolver.relay(outcome, self._relayed_to):
+            self._chain(outcome)
 
-    def _relayed(self, query: Query, answer: Answer | None) -> None:
+    def _relayed(self, pending: Pending, answer: Answer | None) -> None:
         if answer is None:
-            self._chain(query.raw, query.client_ip, query.context, query.started)
+            self._chain(pending)  # the waiting step needs its coroutine after all (TCP retry)
         elif not self.closed:
-            self.send(self.dispatcher.resolver.relayed_reply(query, answer), query.context)
+            self.send(self.dispatcher.resolver.reply(pending.query, answer), pending.context)
 
-    def _chain(self, raw: RawQuery, client: str, addr: Any, started: float) -> None:
+    def _chain(self, pending: Pending) -> None:
         d = self.dispatcher
         if len(d.tasks) >= d.max_inflight:
-            reply = header_only_reply(raw, RCODE_SERVFAIL)
-            d.resolver.tally.note("udp", "overload", raw.qtype, reply, started, client)
-            self.send(reply, addr)
+            query = pending.query
+            reply = header_only_reply(query.raw, RCODE_SERVFAIL)
+            d.resolver.tally.note("udp", "overload", query.raw.qtype, reply, query.started, query.client_ip)
+            self.send(reply, pending.context)
             return
-        task = self.loop.create_task(self._answer(raw, client, addr, started))
+        task = self.loop.create_task(self._answer(pending))
         d.tasks.add(task)
         task.add_done_callback(d.tasks.discard)
 
-    async def _answer(self, raw: Any, client: str, addr: Any, started: float) -> None:
-        reply = await self.dispatcher.slow(raw, client, "udp", started)
+    async def _answer(self, pending: Pending) -> None:
+        reply = await self.dispatcher.finish(pending)
         if not self.closed:
-            self.send(reply, addr)
+            self.send(reply, pending.context)
 
     def stop_reading(self) -> None:
         """Draining: take no new queries; answers to those in flight still go out."""
@@ -253,11 +259,10 @@ class TcpServer:
                     data = await reader.readexactly(size)
                 self.idle.pop(conn, None)
                 started = clock()
-                raw, reply = d.immediate(data, conn.client, "tcp", started)
-                if reply is None:
-                    if raw is None:
-                        return  # not worth an answer: close the connection
-                    reply = await d.slow(raw, conn.client, "tcp", started)
+                outcome = d.immediate(data, conn.client, "tcp", started)
+                if outcome is None:
+                    return  # not worth an answer: close the connection
+                reply = await d.finish(outcome) if isinstance(outcome, Pending) else outcome
                 writer.write(len(reply).to_bytes(2, "big") + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):

@@ -50,9 +50,6 @@ class RawQuery:
     udp_size: int  # the reply budget over UDP: 512 without EDNS
     do: bool
     edns_version: int
-    not_local_in: int = -1  # the answers generation in which the fast path saw "not local" for it
-    missed_in: int = -1  # the generation in which the fast path found nothing in the client caches
-    global_missed: bool = False  # the fast path has just looked in the global cache, in vain
     # Worked out at most once per query, however many steps ask (see ``lower_text``, ``cache_key``).
     lower: str | None = None
     key: tuple[bytes, int, int, int] | None = None

@@ -6,9 +6,8 @@ from __future__ import annotations
 import copy
 
 from dns_svc.answers import answers_from_fleet
+from dns_svc.replies import NOT_LOCAL, ClientCaches
 from dns_svc.resolver import TableRef
-from dns_svc.steps.cache import NOT_LOCAL
-from dns_svc.steps.cache.step import ClientCaches
 from shared.model import Fleet
 from tests.support.fleets import dns_fleet
 
@@ -65,7 +64,7 @@ def test_only_answer_changes_clear_the_client_caches() -> None:
 def test_an_answers_change_keeps_the_shared_replies_it_does_not_touch() -> None:
     from dnslib import DNSRecord
 
-    from dns_svc.steps.cache import CachedReply
+    from dns_svc.replies import CachedReply
     from dns_svc.wire import layout
 
     data = dns_fleet(many=0)

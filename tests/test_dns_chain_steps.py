@@ -1,8 +1,10 @@
 """The chain's steps on their own: the real steps, a real answers table, and a fake last step
 that stands in for the upstreams (it answers every question it gets with one A record and counts
-them), in the manner of CoreDNS's ``test.Case`` tables. Then the contract the relay path relies
-on, as a property: for any question, each step's ``passes`` says exactly whether its
-``resolve`` hands the query on."""
+them), in the manner of CoreDNS's ``test.Case`` tables. Then the contract every driver relies
+on, as properties: a check changes nothing, says the same thing twice, and names the step whose
+kind of answer the whole chain gives; the callback driver answers what the coroutine driver
+answers. Last, the drivers themselves, on steps made for the purpose: backs run bottom-up above
+the answering step only, and a fallback answers in time over both drivers."""
 
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dns_svc.answers import AnswersTable, answers_from_fleet
-from dns_svc.chain import Answer, CallNext, Chain, Done, Query, Source, Step
+from dns_svc.chain import PASS, WAIT, Answer, Chain, Done, Pass, Pending, Query, Source, Step, Verdict
+from dns_svc.replies import ClientCaches, ReplyCache, ReplyStore
 from dns_svc.steps.authority import Authority
-from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep, ReplyCache
-from dns_svc.steps.cache.step import ClientCaches, ReplyStore
+from dns_svc.steps.cache import ClientCacheStep, GlobalCacheStep
 from dns_svc.steps.local import LocalAnswers
 from dns_svc.wire import parse_query
 from shared.model import Fleet
@@ -47,7 +49,10 @@ class FakeUpstream(Step):
         reply.add_answer(RR(request.q.qname, 1, ttl=60, rdata=A(UPSTREAM_ADDRESS)))
         return Answer(bytes(reply.pack()), Source.UPSTREAM)
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+    def check(self, query: Query) -> Verdict:
+        return WAIT
+
+    async def wait(self, query: Query) -> Answer:
         return self._answer(query)
 
     def relay(self, query: Query, done: Done) -> bool:
@@ -70,16 +75,13 @@ def setup(data: dict[str, Any] | None = None) -> Setup:
     caches = ClientCaches(store)
     global_step = GlobalCacheStep(ReplyCache(store=store), max_ttl=3600, servfail_ttl=2)
     upstream = FakeUpstream()
-    chain = Chain(
-        [ClientCacheStep(caches), LocalAnswers(ttl=1), global_step, Authority(ttl=1), upstream],
-        after_local=global_step,
-    )
+    chain = Chain([ClientCacheStep(caches), LocalAnswers(ttl=1, memo=caches), global_step, Authority(ttl=1), upstream])
     return Setup(table, chain, upstream, caches)
 
 
 def make_query(s: Setup, name: str, qtype: str = "A", client: str = "127.0.0.1") -> Query:
     raw = parse_query(dns.message.make_query(name, qtype).to_wire())
-    return Query(raw, client, "udp", s.table, s.table.view(client), recursion_allowed=True)
+    return Query(raw, client, "udp", s.table, s.table.view(client), True, s.caches.generation)
 
 
 async def resolve(s: Setup, name: str, qtype: str = "A", client: str = "127.0.0.1") -> tuple[Answer, Any]:
@@ -119,16 +121,17 @@ async def test_the_relay_path_answers_what_the_chain_answers() -> None:
     for name, qtype, client, source, _code, _ips in CASES:
         chained, relayed = setup(), setup()
         answer, _ = await resolve(chained, name, qtype, client)
-        query = make_query(relayed, name, qtype, client)
+        outcome = relayed.chain.walk(make_query(relayed, name, qtype, client))
+        if isinstance(outcome, Answer):
+            assert source is not Source.UPSTREAM, name  # answered without waiting
+            assert outcome.wire[2:] == answer.wire[2:]
+            continue
+        assert source is Source.UPSTREAM, name  # only the upstream step waits here
         got: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
-        query.reply_to = lambda _q, a, got=got: got.set_result(a)
-        if relayed.chain.relay(query):
-            assert source is Source.UPSTREAM, name  # only upstream-bound questions are relayed
-            relayed_answer = await got
-            assert relayed_answer is not None
-            assert relayed_answer.wire[2:] == answer.wire[2:]
-        else:
-            assert source is not Source.UPSTREAM, name
+        assert outcome.relay(lambda _p, a, got=got: got.set_result(a))
+        relayed_answer = await got
+        assert relayed_answer is not None
+        assert relayed_answer.wire[2:] == answer.wire[2:]
 
 
 NAMES = [case[0] for case in CASES] + [
@@ -148,28 +151,158 @@ TYPES = ["A", "AAAA", "SRV", "TXT", "MX", "PTR", "CNAME", "SOA", "NS", "ANY"]
 CLIENTS = ["127.0.0.1", "127.0.0.11", "127.0.0.14", "127.0.0.41", "10.9.9.9"]
 
 
-class Probe:
-    """``call_next`` for one step: remembers whether the step handed the query on."""
+# Which step gives which kind of answer.
+KINDS = {
+    "client_cache": {Source.CLIENT_CACHE},
+    "local": {Source.LOCAL},
+    "global_cache": {Source.GLOBAL_CACHE},
+    "authority": {Source.AUTHORITY},
+    "upstream": {Source.UPSTREAM},
+}
 
-    def __init__(self) -> None:
-        self.called = False
 
-    async def __call__(self, query: Query) -> Answer:
-        self.called = True
-        return FakeUpstream()._answer(query)
+def snapshot(s: Setup) -> tuple[int, dict[object, int]]:
+    """What a check could change: the caches' generation and every entry held (LRU order aside:
+    a hit is a use)."""
+    return s.caches.generation, {k: id(v) for k, v in s.caches.store.entries.items()}
+
+
+def kind(verdict: Verdict) -> object:
+    if isinstance(verdict, Answer):
+        return verdict.source
+    if isinstance(verdict, Pass):
+        return ("pass", verdict.fallback is not None)
+    return verdict
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(NAMES), qtype=st.sampled_from(TYPES), client=st.sampled_from(CLIENTS), warm=st.booleans())
-def test_each_steps_check_agrees_with_its_resolution(name: str, qtype: str, client: str, warm: bool) -> None:
+def test_each_steps_check_agrees_with_the_resolution(name: str, qtype: str, client: str, warm: bool) -> None:
     async def run() -> None:
         s = setup()
         if warm:  # the caches hold this question's answer already
             await resolve(s, name, qtype, client)
-        for step in s.chain.steps[:-1]:
-            passes = step.passes(make_query(s, name, qtype, client))
-            probe = Probe()
-            await step.resolve(make_query(s, name, qtype, client), probe)
-            assert passes == probe.called, (step.name, name, qtype, client, warm)
+        before = snapshot(s)
+        deciding = None
+        for step in s.chain.steps:
+            first = step.check(make_query(s, name, qtype, client))
+            assert kind(step.check(make_query(s, name, qtype, client))) == kind(first), step.name
+            assert snapshot(s) == before, (step.name, name, qtype, client, warm)  # a check changes nothing
+            if first is not PASS and not isinstance(first, Pass):
+                deciding = step
+                break
+        assert deciding is not None
+        answer = await s.chain.resolve(make_query(s, name, qtype, client))
+        assert answer.source in KINDS[deciding.name], (deciding.name, answer.source, name, qtype, client, warm)
 
     asyncio.run(run())
+
+
+class Recorder(Step):
+    """A step that passes everything on and writes down each answer it sees on its way back."""
+
+    def __init__(self, name: str, seen: list[tuple[str, Source]]) -> None:
+        self.name = name
+        self.seen = seen
+
+    def check(self, query: Query) -> Verdict:
+        return PASS
+
+    def back(self, query: Query, answer: Answer) -> Answer:
+        self.seen.append((self.name, answer.source))
+        return answer
+
+
+class Slow(Step):
+    """The last step: answers after ``delay`` seconds, over both drivers."""
+
+    name = "slow"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def check(self, query: Query) -> Verdict:
+        return WAIT
+
+    async def wait(self, query: Query) -> Answer:
+        await asyncio.sleep(self.delay)
+        return Answer(b"\x00\x00late", Source.UPSTREAM)
+
+    def relay(self, query: Query, done: Done) -> bool:
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.delay, done, query, Answer(b"\x00\x00late", Source.UPSTREAM))
+        return True
+
+
+class Fallback(Step):
+    """Passes with a fallback answer, as serve-stale does."""
+
+    name = "fallback"
+
+    def __init__(self, after: float) -> None:
+        self.passing = Pass(lambda q: Answer(b"\x00\x00stale", Source.STALE), after)
+
+    def check(self, query: Query) -> Verdict:
+        return self.passing
+
+
+def plain_query() -> Query:
+    s = setup()
+    return make_query(s, "www.example.test")
+
+
+async def test_backs_run_bottom_up_above_the_answering_step_only() -> None:
+    seen: list[tuple[str, Source]] = []
+    chain = Chain([Recorder("top", seen), Recorder("middle", seen), Slow(0.0), Recorder("below", seen)])
+    answer = await chain.resolve(plain_query())
+    assert answer.wire.endswith(b"late")
+    assert seen == [("middle", Source.UPSTREAM), ("top", Source.UPSTREAM)]
+
+
+@pytest.mark.parametrize("relayed", [True, False])
+async def test_a_fallback_answers_when_the_wait_runs_past_its_timer(relayed: bool) -> None:
+    """Over either driver: the fallback's answer at its time, through the steps above it only;
+    the late answer still comes back up through every step above the one that waited."""
+    seen: list[tuple[str, Source]] = []
+    chain = Chain([Recorder("top", seen), Fallback(0.05), Recorder("middle", seen), Slow(0.3)])
+    outcome = chain.walk(plain_query())
+    assert isinstance(outcome, Pending)
+    started = asyncio.get_running_loop().time()
+    if relayed:
+        got: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
+        assert outcome.relay(lambda _p, a: got.set_result(a))
+        answer = await got
+    else:
+        answer = await outcome.answer()
+    assert answer is not None
+    assert answer.source is Source.STALE
+    assert asyncio.get_running_loop().time() - started < 0.25
+    assert seen == [("top", Source.STALE)]
+    await asyncio.sleep(0.4)
+    assert seen[1:] == [("middle", Source.UPSTREAM), ("top", Source.UPSTREAM)]
+
+
+async def test_a_wait_within_its_timer_is_the_answer() -> None:
+    chain = Chain([Fallback(0.5), Slow(0.01)])
+    assert (await chain.resolve(plain_query())).source is Source.UPSTREAM
+
+
+async def test_a_name_found_not_local_is_not_looked_up_again() -> None:
+    """Once the local step has seen a name bound upstream, its check passes it on without a
+    table lookup per search suffix, until the answers change."""
+    s = setup()
+    await resolve(s, "www.example.test", client="127.0.0.11")
+    lookups: list[str] = []
+    real_lookup = s.table.lookup
+
+    def counting(view: Any, name: str) -> Any:
+        lookups.append(name)
+        return real_lookup(view, name)
+
+    s.table.lookup = counting  # type: ignore[method-assign]
+    local = s.chain.steps[1]
+    assert local.check(make_query(s, "www.example.test", client="127.0.0.11")) is PASS
+    assert lookups == []
+    s.caches.clear(set())  # the answers changed: look again
+    assert local.check(make_query(s, "www.example.test", client="127.0.0.11")) is PASS
+    assert lookups

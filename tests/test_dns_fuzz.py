@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dns_svc.chain import Pending
+from dns_svc.replies import CachedReply
 from dns_svc.server import DnsServer
 from dns_svc.settings import DnsSettings
-from dns_svc.steps.cache import CachedReply
 from dns_svc.wire import RawQuery, WireError, layout, parse_query
 
 FUZZ = Path(__file__).parent / "fuzz"
@@ -96,10 +97,8 @@ def test_any_query_gets_a_well_formed_reply_or_none(server: tuple[asyncio.Abstra
     dispatcher = dns_server.dispatcher
 
     async def answer(data: bytes, transport: str) -> bytes | None:
-        raw, reply = dispatcher.immediate(data, "127.0.0.9", transport)
-        if reply is None and raw is not None:
-            reply = await dispatcher.slow(raw, "127.0.0.9", transport)
-        return reply
+        outcome = dispatcher.immediate(data, "127.0.0.9", transport)
+        return await dispatcher.finish(outcome) if isinstance(outcome, Pending) else outcome
 
     @given(data=mutated(corpus("queries.txt")), tcp=st.booleans())
     @BOUNDED

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.external_tool
 
 async def test_an_answer_built_before_a_fleet_change_is_not_cached_after_it() -> None:
     """The client cache stores an answer only if the answers did not change while it was being
-    built (``ClientCacheStep.answered``: ``query.generation != caches.generation``). Here the
+    built (``ClientCacheStep.back``: ``query.generation != caches.generation``). Here the
     answer waits on an upstream (a CNAME chased), the fleet changes meanwhile: the next query
     must see the new fleet, not the answer built from the old one."""
     before = dns_fleet()
@@ -40,7 +40,7 @@ async def test_an_answer_built_before_a_fleet_change_is_not_cached_after_it() ->
 async def test_a_cached_upstream_answer_is_used_by_the_relay_path_too() -> None:
     """A query the client cache knows nothing about (new answers generation) but the global cache
     can answer must be answered from it, not relayed upstream again
-    (``GlobalCacheStep.passes`` is False on a hit)."""
+    (``GlobalCacheStep.check`` answers on a hit)."""
     data = dns_fleet()
     async with ScriptedUpstream() as upstream, run_dns(recurse=(upstream.address,)) as server:
         await serve_fleet(server, data, 1)
@@ -70,3 +70,30 @@ async def test_queries_beyond_the_chain_limit_get_servfail_at_once() -> None:
         assert server.resolver.tally.total("overload") == 1
         for reply in await asyncio.gather(*waiting):
             assert rcode(reply) == "NOERROR"
+
+
+async def test_a_name_that_became_local_while_its_upstream_query_waited_is_answered_locally() -> None:
+    """The local step remembers "not local" only for the answers generation it looked in
+    (``LocalAnswers.back``: ``query.generation == memo.generation``). Here the fleet gains the
+    name while its upstream query waits: the next query must get the new local answer, not the
+    upstream one through a "not local" remembered into the new generation."""
+    before = dns_fleet()
+    after = copy.deepcopy(before)
+    after["services"].append({"name": "newsvc", "stack_name": "shop"})
+    after["containers"].append(
+        {
+            "name": "newsvc-1",
+            "stack_name": "shop",
+            "service_name": "newsvc",
+            "primary_ip": "127.0.0.77",
+            "host_uuid": "host-a",
+        }
+    )
+    async with ScriptedUpstream(delay=0.4) as upstream, run_dns(recurse=(upstream.address,)) as server:
+        await serve_fleet(server, before, 1)
+        asking = asyncio.ensure_future(ask(server, "newsvc", source="127.0.0.11"))
+        while not upstream.queries:
+            await asyncio.sleep(0.01)
+        await serve_fleet(server, after, 2)
+        assert addresses(await asking) == ["192.0.2.55"]  # asked before the change: upstream's
+        assert addresses(await ask(server, "newsvc", source="127.0.0.11")) == ["127.0.0.77"]

@@ -1,2 +1,2 @@
 """Resolver steps, one folder each, in chain order: cache (per client), local, cache (global),
-authority, upstream. Each folder's README says what the step answers and when it passes on."""
+[gather], authority, upstream. Each folder's README says what the step answers and when it passes on."""

@@ -5,7 +5,7 @@ made musl abandon its search list and lookups take five seconds."""
 
 from __future__ import annotations
 
-from dns_svc.chain import Answer, CallNext, Query, Source, Step
+from dns_svc.chain import PASS, Answer, Query, Source, Step, Verdict
 from dns_svc.respond import reply_for
 from dns_svc.wire import QTYPE_ANY, QTYPE_NS, QTYPE_SOA, RCODE_NXDOMAIN
 from dns_svc.zone import ns_rr, soa_rr
@@ -17,11 +17,11 @@ class Authority(Step):
     def __init__(self, ttl: int) -> None:
         self.ttl = ttl
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+    def check(self, query: Query) -> Verdict:
         name = query.raw.lower_text()
         zone = query.table.zone_of(name)
         if zone is None:
-            return await call_next(query)
+            return PASS
         reply = reply_for(query)
         qtype = query.raw.qtype
         if name == zone and qtype in (QTYPE_SOA, QTYPE_ANY):
@@ -33,6 +33,3 @@ class Authority(Step):
                 reply.header.rcode = RCODE_NXDOMAIN
             reply.add_auth(soa_rr(query.table, zone, self.ttl))
         return Answer(bytes(reply.pack()), Source.AUTHORITY, countdown=False)
-
-    def passes(self, query: Query) -> bool:
-        return query.table.zone_of(query.raw.lower_text()) is None

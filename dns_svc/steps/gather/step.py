@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord, EDNSOption
 
 from dns_svc.answers import Upstream, fqdn, parse_upstream
-from dns_svc.chain import Answer, CallNext, Forwarder, Query, Source, Step
+from dns_svc.chain import PASS, WAIT, Answer, Forwarder, Query, Source, Step, Verdict
 from dns_svc.metrics import GatherMetrics
 from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
 from shared.logs import log_event
@@ -69,19 +69,17 @@ class GatherStep(Step):
         self.deadline = deadline
         self.metrics = metrics
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
+    def check(self, query: Query) -> Verdict:
+        return WAIT if self.gathers(query.raw.qtype, query.raw.lower_text()) else PASS
+
+    async def wait(self, query: Query) -> Answer:
         qname = query.raw.text_name()
         lowered = query.raw.lower_text()
-        if not self.gathers(query.raw.qtype, lowered):
-            return await call_next(query)
         if self.metrics:
             self.metrics.queries.labels(QTYPE.get(query.raw.qtype)).inc()
         targets = self.route(lowered)
         replies = await asyncio.gather(*(self.ask(cluster, sub, query) for cluster, sub in targets))
         return Answer(self.merge(query, qname, targets, replies), Source.GATHER)
-
-    def passes(self, query: Query) -> bool:
-        return not self.gathers(query.raw.qtype, query.raw.lower_text())
 
     def gathers(self, qtype: int, name: str) -> bool:
         """Questions below the distributed domain, of a type worth merging."""

@@ -12,59 +12,147 @@ from __future__ import annotations
 from dnslib import AAAA, CNAME, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
 
 from dns_svc.answers import NameRecords
-from dns_svc.chain import Answer, CallNext, Chase, Query, Source, Step
+from dns_svc.chain import PASS, WAIT, Answer, Chase, Query, Source, Step, Verdict
+from dns_svc.replies import ClientCaches, cache_key
 from dns_svc.respond import reply_for
-from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_ANY, QTYPE_CNAME, QTYPE_PTR, QTYPE_SRV, QTYPE_TXT
+from dns_svc.wire import (
+    QTYPE_A,
+    QTYPE_AAAA,
+    QTYPE_ANY,
+    QTYPE_CNAME,
+    QTYPE_PTR,
+    QTYPE_SRV,
+    QTYPE_TXT,
+    RCODE_SERVFAIL,
+    header_only_reply,
+)
 from dns_svc.zone import soa_rr
 
 MAX_CNAME_DEPTH = 10
 
 
+class _Build:
+    """What one answer was built from: the table names read, and whether every client would get
+    the same reply (no search suffix, no link alias, no client's own upstreams)."""
+
+    __slots__ = ("names", "shared")
+
+    def __init__(self, name: str, shared: bool) -> None:
+        self.names = [name]
+        self.shared = shared
+
+    def lookup(self, query: Query, name: str) -> NameRecords | None:
+        """A lookup on behalf of the answer; a link alias makes the answer this client's own."""
+        if name in query.view.records:
+            self.shared = False
+        self.names.append(name)
+        return query.table.lookup(query.view, name)
+
+
 class LocalAnswers(Step):
     name = "local"
 
-    def __init__(self, ttl: int, ndots: int = 0, chase: Chase | None = None) -> None:
+    def __init__(self, ttl: int, ndots: int = 0, chase: Chase | None = None, memo: ClientCaches | None = None) -> None:
         self.ttl = ttl
         self.ndots = ndots
         self.chase = chase
+        # Where "nothing local for this question, in this view" is remembered until the answers
+        # change, so that a name bound upstream costs one lookup instead of one per search suffix.
+        self.memo = memo
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        found = None if query.skip_local else self.find(query)
+    def check(self, query: Query) -> Verdict:
+        found = self.find(query)
         if found is None:
-            return await call_next(query)
-        return await self.answer(query, found)
+            return PASS
+        rec, build = found
+        if self.chase_target(query, rec, build) is not None:
+            return WAIT
+        return self.build(query, rec, build, None)
 
-    def passes(self, query: Query) -> bool:
-        return query.skip_local or self.find(query) is None
+    async def wait(self, query: Query) -> Answer:
+        """A CNAME chain that leaves the table: its end resolved upstream, then the answer."""
+        found = self.find(query)
+        if found is None:  # the table cannot change under a query; kept for the type checker
+            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+        rec, build = found
+        target = self.chase_target(query, rec, build)
+        chased: list[RR] = []
+        if target is not None and self.chase is not None:
+            if query.view.recurse:
+                build.shared = False  # resolved by this client's own upstreams: not for the others
+            qtype = QTYPE_AAAA if self.qtype_of(query, rec) == QTYPE_AAAA else QTYPE_A
+            chased = await self.chase(query, target, qtype) or []
+        return self.build(query, rec, build, chased)
 
-    def find(self, query: Query) -> NameRecords | None:
+    def back(self, query: Query, answer: Answer) -> Answer:
+        memo = self.memo
+        if (
+            memo is not None
+            and query.generation == memo.generation
+            and answer.source not in (Source.LOCAL, Source.AUTHORITY, Source.CLIENT_CACHE)
+        ):
+            key = cache_key(query.raw)
+            if not memo.known_not_local(query.view, key, memo.clock()):
+                memo.remember_not_local(query.view, key)
+        return answer
+
+    def find(self, query: Query) -> tuple[NameRecords, _Build] | None:
         """The records the question names, as asked or with one of the client's search suffixes."""
         table, view = query.table, query.view
+        memo = self.memo
+        if memo is not None and memo.known_not_local(view, cache_key(query.raw), memo.clock()):
+            return None
         for position, candidate in enumerate(table.candidates(view, query.raw.lower_text(), self.ndots)):
             found = table.lookup(view, candidate)
             if found is not None:
-                query.shared_answer = position == 0 and candidate not in view.records
-                query.built_from += (candidate,)
-                return found
+                return found, _Build(candidate, position == 0 and candidate not in view.records)
         return None
 
-    @staticmethod
-    def lookup(query: Query, name: str) -> NameRecords | None:
-        """A lookup on behalf of the answer; a link alias makes the answer this client's own."""
-        if name in query.view.records:
-            query.shared_answer = False
-        query.built_from += (name,)
-        return query.table.lookup(query.view, name)
+    def qtype_of(self, query: Query, rec: NameRecords) -> int:
+        qtype = query.raw.qtype
+        return self.one_type_for_any(rec) if qtype == QTYPE_ANY else qtype
 
-    async def answer(self, query: Query, rec: NameRecords) -> Answer:
+    def chase_target(self, query: Query, rec: NameRecords, build: _Build) -> str | None:
+        """Where the answer's CNAME chain leaves the table, when that end is to be resolved upstream."""
+        if self.chase is None or not query.recursion_allowed or self.qtype_of(query, rec) not in (QTYPE_A, QTYPE_AAAA):
+            return None
+        _links, _end, outside = self.follow(query, rec, _Build("", build.shared))
+        return outside
+
+    def follow(
+        self, query: Query, rec: NameRecords, build: _Build
+    ) -> tuple[list[tuple[NameRecords, str]], NameRecords | None, str | None]:
+        """The CNAME chain from ``rec`` through the table: each link (its records and its target),
+        the records that end it with addresses (None: a loop, too long, or it leaves the table),
+        and the target outside the table where it leaves it."""
+        seen: set[str] = set()
+        links: list[tuple[NameRecords, str]] = []
+        current = rec
+        for _ in range(MAX_CNAME_DEPTH):
+            if not current.cname or current.a or current.aaaa:
+                return links, current, None
+            target = current.cname
+            links.append((current, target))
+            if target in seen:
+                return links, None, None  # a loop: the chain so far is the answer
+            seen.add(target)
+            following = build.lookup(query, target)
+            if following is None:
+                return links, None, target
+            current = following
+        if current.cname and not (current.a or current.aaaa):
+            return links, None, None  # too long: stop at the depth limit
+        return links, current, None
+
+    def build(self, query: Query, rec: NameRecords, build: _Build, chased: list[RR] | None) -> Answer:
+        """The reply from the table's records (and, for a chain that left the table, ``chased``:
+        the upstream's records for its end)."""
         reply = reply_for(query)
         owner = query.request.q.qname
-        qtype = query.raw.qtype
-        if qtype == QTYPE_ANY:
-            qtype = self.one_type_for_any(rec)
+        qtype = self.qtype_of(query, rec)
         countdown = False
         if qtype in (QTYPE_A, QTYPE_AAAA):
-            countdown = await self.addresses(query, reply, owner, rec, qtype)
+            countdown = self.addresses(query, reply, owner, rec, qtype, build, chased)
         if qtype == QTYPE_CNAME and rec.cname:
             reply.add_answer(RR(owner, QTYPE.CNAME, ttl=self.ttl_of(rec), rdata=CNAME(rec.cname)))
         if qtype == QTYPE_TXT:
@@ -73,12 +161,13 @@ class LocalAnswers(Step):
         if qtype == QTYPE_PTR and rec.ptr:
             reply.add_answer(RR(owner, QTYPE.PTR, ttl=self.ttl_of(rec), rdata=PTR(rec.ptr)))
         if qtype == QTYPE_SRV:
-            self.services(query, reply, owner, rec)
+            self.services(query, reply, owner, rec, build)
         if not reply.rr:
             zone = query.table.zone_of(query.raw.lower_text())
             if zone is not None:
                 reply.add_auth(soa_rr(query.table, zone, self.ttl))
-        return Answer(bytes(reply.pack()), Source.LOCAL, countdown)
+        built_from = frozenset(build.names) if build.shared else None
+        return Answer(bytes(reply.pack()), Source.LOCAL, countdown, built_from=built_from)
 
     @staticmethod
     def one_type_for_any(rec: NameRecords) -> int:
@@ -95,47 +184,38 @@ class LocalAnswers(Step):
     def ttl_of(self, rec: NameRecords) -> int:
         return rec.ttl if rec.ttl is not None else self.ttl
 
-    async def addresses(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords, qtype: int) -> bool:
+    def addresses(
+        self,
+        query: Query,
+        reply: DNSRecord,
+        owner: object,
+        rec: NameRecords,
+        qtype: int,
+        build: _Build,
+        chased: list[RR] | None,
+    ) -> bool:
         """Add the CNAME chain and the addresses; True when upstream data (with its own TTLs) was added."""
-        seen: set[str] = set()
+        links, end, outside = self.follow(query, rec, build)
         name = owner
-        current = rec
-        for _ in range(MAX_CNAME_DEPTH):
-            if not current.cname or current.a or current.aaaa:
-                break
-            target = current.cname
+        for current, target in links:
             reply.add_answer(RR(name, QTYPE.CNAME, ttl=self.ttl_of(current), rdata=CNAME(target)))
-            if target in seen:
-                return False  # a loop: the chain so far is the answer
-            seen.add(target)
-            following = self.lookup(query, target)
-            if following is None:
-                return await self.chase_upstream(query, reply, target, qtype)
-            name, current = target, following
-        if current.cname and not (current.a or current.aaaa):
-            return False  # too long: stop at the depth limit
-        ttl = self.ttl_of(current)
+            name = target
+        if outside is not None:
+            for rr in chased or ():
+                reply.add_answer(rr)
+            return bool(chased)
+        if end is None:
+            return False
+        ttl = self.ttl_of(end)
         if qtype == QTYPE_A:
-            for ip in current.a:
+            for ip in end.a:
                 reply.add_answer(RR(name, QTYPE.A, ttl=ttl, rdata=A(ip)))
         if qtype == QTYPE_AAAA:
-            for ip in current.aaaa:
+            for ip in end.aaaa:
                 reply.add_answer(RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(ip)))
         return False
 
-    async def chase_upstream(self, query: Query, reply: DNSRecord, target: str, qtype: int) -> bool:
-        if self.chase is None or not query.recursion_allowed:
-            return False
-        if query.view.recurse:
-            query.shared_answer = False  # resolved by this client's own upstreams: not for the others
-        records = await self.chase(query, target, QTYPE_AAAA if qtype == QTYPE_AAAA else QTYPE_A)
-        if not records:
-            return False
-        for rr in records:
-            reply.add_answer(rr)
-        return True
-
-    def services(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords) -> None:
+    def services(self, query: Query, reply: DNSRecord, owner: object, rec: NameRecords, build: _Build) -> None:
         ttl = self.ttl_of(rec)
         extra_done: set[str] = set()
         for srv in rec.srv:
@@ -150,7 +230,7 @@ class LocalAnswers(Step):
             if srv.target in extra_done:
                 continue
             extra_done.add(srv.target)
-            target = self.lookup(query, srv.target)
+            target = build.lookup(query, srv.target)
             if target is None:
                 continue
             for ip in target.a:

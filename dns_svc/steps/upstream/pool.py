@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RR, DNSRecord
 
 from dns_svc.answers import Upstream
-from dns_svc.chain import Answer, CallNext, Done, Query, Source, Step
+from dns_svc.chain import WAIT, Answer, Done, Query, Source, Step, Verdict
 from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamSockets, tcp_exchange
 from dns_svc.wire import (
     FLAG_TC,
@@ -79,15 +79,17 @@ class UpstreamPool(Step):
         """Each upstream used so far (as ``host:port``) and its channel, for /metrics."""
         return [(_text(up), ch) for up, ch in self._channels.items()]
 
+    def check(self, query: Query) -> Verdict:
+        if not query.recursion_allowed:
+            return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
+        if not self.upstreams_for(query):
+            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+        return WAIT
+
     def relay(self, query: Query, done: Done) -> bool:
-        if query.transport != "udp" or not query.recursion_allowed or self.closed:
-            return False
-        upstreams = self.upstreams_for(query)
-        if not upstreams:
-            return False  # the chain answers SERVFAIL
-        # A first upstream that is down needs no other path: the relay fails over to the next one
-        # exactly as the chain would (each attempt its own timeout), tested on both paths.
-        _Walk(self, query.raw, upstreams, 0, query=query, done=done).next()
+        if query.transport != "udp" or self.closed:
+            return False  # TCP clients, and a truncated reply's retry, go through ``wait``
+        _Walk(self, query.raw, self.upstreams_for(query), 0, query=query, done=done).next()
         return True
 
     def upstreams_for(self, query: Query) -> tuple[Upstream, ...]:
@@ -108,9 +110,7 @@ class UpstreamPool(Step):
             order = self._orders[key] = tuple(seen)
         return order
 
-    async def resolve(self, query: Query, call_next: CallNext) -> Answer:
-        if not query.recursion_allowed:
-            return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
+    async def wait(self, query: Query) -> Answer:
         found = await self.forward(query.raw, self.upstreams_for(query))
         if found is None:
             return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
