@@ -128,7 +128,7 @@ async def test_the_relay_path_answers_what_the_chain_answers() -> None:
             continue
         assert source is Source.UPSTREAM, name  # only the upstream step waits here
         got: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
-        assert outcome.relay(lambda _p, a, got=got: got.set_result(a))
+        assert outcome.relay(lambda _p, a: got.set_result(a))  # noqa: B023 (awaited in this iteration)
         relayed_answer = await got
         assert relayed_answer is not None
         assert relayed_answer.wire[2:] == answer.wire[2:]
