@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from cachetools import LRUCache
-
 from dns_svc.answers import AnswersTable, ClientView
 from dns_svc.chain import Answer, Chain, Pending, Query, Settled, Source
 from dns_svc.replies import CachedReply, ClientCaches, cache_key
@@ -71,11 +69,15 @@ class RecursionPolicy:
 
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-        self._memo: LRUCache[str, bool] = LRUCache(maxsize=65536)
+        # A plain dict emptied when full: every query asks, and an LRU's bookkeeping in Python
+        # cost more than the rare rebuild of a few thousand entries.
+        self._memo: dict[str, bool] = {}
 
     def allows(self, client_ip: str) -> bool:
         allowed = self._memo.get(client_ip)
         if allowed is None:
+            if len(self._memo) >= 65536:
+                self._memo.clear()
             try:
                 addr = ipaddress.ip_address(client_ip)
                 if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -216,12 +218,14 @@ class Resolver:
         raw = query.raw
         transport = query.transport
         cached = answer.cached
-        if cached is not None:
+        if cached is not None:  # rendered for this very query and its budget already
             self.fast_hits += 1
+            reply = answer.wire
             if transport == "udp":
                 recursive = answer.source is Source.GLOBAL_CACHE
                 self.packets.put(query.view.key, raw, cached, budget(raw, transport), query.generation, recursive)
-        wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
-        reply = fit(wire, raw, transport)
+        else:
+            wire = answer.wire if raw.qname.isascii() else with_question(answer.wire, raw)
+            reply = fit(wire, raw, transport)
         self.tally.note(transport, answer.source.value, raw.qtype, reply, query.started, query.client_ip)
         return reply
