@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dnslib import RR, DNSRecord
+from mypy_extensions import mypyc_attr
 
 from dns_svc.answers import AnswersTable, ClientView, Upstream
 from dns_svc.replies import CachedReply
@@ -117,6 +118,7 @@ class Forwarder(Protocol):
     async def forward_packet(self, packet: bytes, upstreams: Sequence[Upstream]) -> bytes | None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a compiled build: steps may be plain Python
 class Step:
     """A step of the chain: its rule written once (see the module's docstring)."""
 

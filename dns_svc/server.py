@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from dns_svc import compiled
 from dns_svc.answers import AnswersTable, answers_from_fleet
 from dns_svc.answers_file import AnswersFileWatcher
 from dns_svc.chain import Chain, Step
@@ -210,6 +211,7 @@ class DnsServer:
             address=f"{self.address[0]}:{self.address[1]}",
             upstreams=",".join(f"{h}:{p}" for h, p in s.recurse) or "none",
             source=s.answers or s.metadata_url or "none",
+            compiled=compiled.in_use(),  # the mypyc build of the hot path, or the pure-Python modules
         )
 
     def reload(self) -> None:

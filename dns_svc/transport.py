@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
 from dns_svc.chain import Answer, Pending
 from dns_svc.resolver import Resolver
@@ -164,7 +164,7 @@ class UdpListener:
         """Draining: take no new queries; answers to those in flight still go out."""
         if not self.reading_stopped and not self.closed:
             self.reading_stopped = True
-            self.loop.remove_reader(self.sock.fileno())
+            cast(Any, self.loop).remove_reader(self.sock.fileno())  # None on uvloop, a bool on asyncio
 
     def close(self) -> None:
         if not self.closed:

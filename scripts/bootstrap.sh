@@ -22,6 +22,8 @@ APT_PACKAGES=(
     redis-server           # redis-repair: a real three-master cluster
     memcached              # render: real memcached pools
     etcd-server            # the fleet in etcd: a real etcd for the tests
+    gcc                    # scripts/compile.py: the mypyc build of the DNS hot path
+    python3-dev            # ... and Python's headers for it
 )
 
 install_debian_packages() {
@@ -66,8 +68,8 @@ fi
 echo "bootstrap: installing the package into .venv ($MODE)" >&2
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 if [ "$MODE" = test ]; then
-    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[test]'
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[test,compiled]'
 else
-    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e .
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[compiled]'
 fi
 echo "$MODE $DIGEST" > "$STAMP"

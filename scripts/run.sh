@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh run
+.venv/bin/python scripts/compile.py  # the DNS hot path compiled when it can be; the sources otherwise
 METADATA_PORT="${METADATA_PORT:-8080}"
 DNS_PORT="${DNS_PORT:-5353}"
 mkdir -p .state

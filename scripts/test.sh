@@ -10,6 +10,15 @@ scripts/bootstrap.sh test
 if [ "$#" -gt 0 ]; then
     exec .venv/bin/pytest "$@"
 fi
-# The floor counts the code run in the test process (servers started in-process); the real
-# processes the tests also start are not measured.
-exec .venv/bin/pytest --cov --cov-report=term:skip-covered --cov-fail-under=80
+# 1. The whole suite on the pure-Python modules. The floor counts the code run in the test
+#    process (servers started in-process); the real processes the tests also start are not measured.
+METADNS_PURE_PYTHON=1 .venv/bin/pytest -m "not compiled_build" --cov --cov-report=term:skip-covered --cov-fail-under=80
+# 2. The compiled build of the DNS hot path (scripts/compile.py), and the DNS tests again on it.
+if ! .venv/bin/python scripts/compile.py --strict; then
+    if [ "${CI:-}" = true ]; then
+        exit 1
+    fi
+    echo "test.sh: the compiled build was not tested (see the line above)" >&2
+    exit 0
+fi
+METADNS_EXPECT_COMPILED=1 exec .venv/bin/pytest -q -p no:cacheprovider tests/test_compiled.py tests/test_dns_*.py

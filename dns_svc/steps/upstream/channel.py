@@ -36,7 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from dns_svc.tally import Durations, clock
 from dns_svc.wire import FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery
@@ -182,7 +182,7 @@ class UpstreamSockets:
         if self._epoll is None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(fd)
+                    _untyped(self._loop).remove_reader(fd)
         else:
             self._handlers.pop(fd, None)  # closing the socket takes it out of the epoll set
         sock.close()
@@ -208,9 +208,15 @@ class UpstreamSockets:
         if self._epoll is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
-                    self._loop.remove_reader(self._epoll.fileno())
+                    _untyped(self._loop).remove_reader(self._epoll.fileno())
             self._epoll.close()
         self._handlers.clear()
+
+
+def _untyped(loop: asyncio.AbstractEventLoop) -> Any:
+    """The loop, for calls whose result differs between loops (uvloop's ``remove_reader`` returns
+    None, asyncio's a bool): a compiled build checks declared result types, so leave none declared."""
+    return cast(Any, loop)
 
 
 _UNSPEC = bytes(16)  # a struct sockaddr with sa_family AF_UNSPEC: "disconnect" to connect(2)

@@ -1,0 +1,111 @@
+"""Compile the DNS hot path with mypyc into the venv (``dns_svc/compiled.py`` says how it is used).
+
+    .venv/bin/python scripts/compile.py            # build when the sources changed since the last build
+    .venv/bin/python scripts/compile.py --strict   # a build that cannot be made is an error (CI)
+
+The build runs on a copy of the sources in a temporary directory, so nothing compiled ever lands
+beside the sources; the result and its manifest are written to ``<sys.prefix>/metadns-compiled``
+in one rename. Without a C compiler or Python's headers, or when mypyc fails, the pure-Python
+modules stay in use and one line says why (an error with ``--strict``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, source_digest  # noqa: E402
+
+# mypyc reads this instead of pyproject.toml: the build needs the types, not the house rules.
+MYPY_CONFIG = """[mypy]
+python_version = {version}
+[mypy-dnslib.*,aiodns.*,pycares.*]
+ignore_missing_imports = True
+"""
+
+
+def missing_tools() -> list[str]:
+    missing = []
+    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is None:
+        missing.append("a C compiler (Debian: gcc)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        missing.append("Python's headers (Debian: python3-dev)")
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        missing.append("mypyc (pip: mypy)")
+    return missing
+
+
+def build(digest: str) -> None:
+    target = build_dir()
+    with tempfile.TemporaryDirectory(prefix="metadns-compile-") as tmp:
+        work = Path(tmp)
+        for package in PACKAGES:
+            shutil.copytree(ROOT / package, work / package, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+        (work / "mypy.ini").write_text(MYPY_CONFIG.format(version=f"{sys.version_info[0]}.{sys.version_info[1]}"))
+        sources = [str(Path(*name.split(".")).with_suffix(".py")) for name in HOT_MODULES]
+        done = subprocess.run(
+            [sys.executable, "-m", "mypyc", *sources], cwd=work, capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+            raise RuntimeError("mypyc failed: " + " | ".join(tail))
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        files: dict[str, str] = {}
+        staged = work / "out"
+        for name in HOT_MODULES:
+            relative = Path(*name.split(".")).with_suffix("").as_posix() + suffix
+            (staged / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / relative, staged / relative)
+            files[name] = relative
+        for shared_lib in work.glob(f"*__mypyc{suffix}"):  # the one library every module above calls into
+            shutil.copy2(shared_lib, staged / shared_lib.name)
+            files[shared_lib.name.removesuffix(suffix)] = shared_lib.name
+        (staged / "manifest.json").write_text(json.dumps({"digest": digest, "files": files}, indent=1))
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        shutil.move(str(staged), str(target))
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strict", action="store_true", help="fail when the build cannot be made")
+    args = parser.parse_args()
+    digest = source_digest(ROOT)
+    try:
+        built = json.loads((build_dir() / "manifest.json").read_text()).get("digest")
+    except (OSError, ValueError):
+        built = None
+    if built == digest:
+        return 0
+    missing = missing_tools()
+    if missing:
+        print(f"compile: not built, missing {', '.join(missing)}; the pure-Python modules are used", file=sys.stderr)
+        return 1 if args.strict else 0
+    started = time.monotonic()
+    print(f"compile: building {len(HOT_MODULES)} modules with mypyc into {build_dir()}", file=sys.stderr)
+    try:
+        build(digest)
+    except (RuntimeError, OSError) as exc:
+        print(f"compile: not built ({exc}); the pure-Python modules are used", file=sys.stderr)
+        return 1 if args.strict else 0
+    print(f"compile: built in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
