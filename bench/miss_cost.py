@@ -6,6 +6,9 @@ Each round starts the bench upstream (unbound) and the metadata and DNS services
 reads the DNS process's user and system time from /proc.
 
     .venv/bin/python bench/miss_cost.py --rounds 2 /tmp/before .
+    .venv/bin/python bench/miss_cost.py --rounds 3 .:pure .    # the pure-Python and the compiled modules
+
+A checkout written ``PATH:pure`` runs with ``METADNS_PURE_PYTHON=1`` (``dns_svc/compiled.py``).
 """
 
 from __future__ import annotations
@@ -33,9 +36,12 @@ def _compare_module(root: Path) -> Any:
     return module
 
 
-def measure(root: Path, seconds: float) -> tuple[float, float, float]:
+def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, float, float]:
     """(queries per second, user us per query, system us per query)."""
     b = _compare_module(root)
+    os.environ.pop("METADNS_PURE_PYTHON", None)
+    if pure:  # the services started below inherit it
+        os.environ["METADNS_PURE_PYTHON"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         data = b.make_data(Path(tmp))
         queries = b.write_queries(data)
@@ -61,14 +67,15 @@ def measure(root: Path, seconds: float) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="checkouts of metadns (each with .venv reachable)")
+    parser.add_argument("roots", nargs="+", help="checkouts of metadns (each with .venv), PATH:pure: pure Python")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
-    results: dict[Path, list[tuple[float, float, float]]] = {root: [] for root in args.roots}
+    results: dict[str, list[tuple[float, float, float]]] = {root: [] for root in args.roots}
     for _ in range(args.rounds):
         for root in args.roots:
-            qps, user, system = measure(root.resolve(), args.seconds)
+            path, _, mode = root.partition(":")
+            qps, user, system = measure(Path(path).resolve(), args.seconds, pure=mode == "pure")
             results[root].append((qps, user, system))
             print(f"{root}: qps={qps:.0f} user={user:.1f}us sys={system:.1f}us total={user + system:.1f}us", flush=True)
     print("\n| checkout | QPS | user us/miss | system us/miss | total us/miss |\n|---|--:|--:|--:|--:|")
