@@ -14,18 +14,21 @@ A checkout written ``PATH:pure`` runs with ``METADNS_PURE_PYTHON=1`` (``dns_svc/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
 
-def _compare_module(root: Path) -> Any:
+def load_compare(root: Path) -> Any:
+    """bench/dns_compare.py as a module, starting the services from checkout ``root``."""
     spec = importlib.util.spec_from_file_location("dns_compare", HERE / "dns_compare.py")
     assert spec is not None
     assert spec.loader is not None
@@ -36,12 +39,10 @@ def _compare_module(root: Path) -> Any:
     return module
 
 
-def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, float, float]:
-    """(queries per second, user us per query, system us per query)."""
-    b = _compare_module(root)
-    os.environ.pop("METADNS_PURE_PYTHON", None)
-    if pure:  # the services started below inherit it
-        os.environ["METADNS_PURE_PYTHON"] = "1"
+@contextlib.contextmanager
+def metadns_running(b: Any) -> Iterator[tuple[int, int, dict[str, Path], Path]]:
+    """The bench upstream and metadns as dns_compare starts them: (DNS port, DNS pid, the
+    workloads' query files, a scratch directory), all stopped on the way out."""
     with tempfile.TemporaryDirectory() as tmp:
         data = b.make_data(Path(tmp))
         queries = b.write_queries(data)
@@ -49,20 +50,30 @@ def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, floa
         try:
             upstream = b.start_upstream(procs, data)
             port, _metadata, pid = b.start_metadns(procs, data, upstream)
-
-            def times() -> tuple[int, int]:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                return int(fields[11]), int(fields[12])
-
-            user0, sys0 = times()
-            started = time.monotonic()
-            qps, _avg, _lost, _ = b.dnsperf(port, queries["miss"], seconds, 1, once=True)
-            user1, sys1 = times()
-            answered = qps * (time.monotonic() - started)
-            tick = os.sysconf("SC_CLK_TCK")
-            return qps, (user1 - user0) / tick / answered * 1e6, (sys1 - sys0) / tick / answered * 1e6
+            yield port, pid, queries, Path(tmp)
         finally:
             procs.stop_all()
+
+
+def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, float, float]:
+    """(queries per second, user us per query, system us per query)."""
+    b = load_compare(root)
+    os.environ.pop("METADNS_PURE_PYTHON", None)
+    if pure:  # the services started below inherit it
+        os.environ["METADNS_PURE_PYTHON"] = "1"
+    with metadns_running(b) as (port, pid, queries, _tmp):
+
+        def times() -> tuple[int, int]:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return int(fields[11]), int(fields[12])
+
+        user0, sys0 = times()
+        started = time.monotonic()
+        qps, _avg, _lost, _ = b.dnsperf(port, queries["miss"], seconds, 1, once=True)
+        user1, sys1 = times()
+        answered = qps * (time.monotonic() - started)
+        tick = os.sysconf("SC_CLK_TCK")
+        return qps, (user1 - user0) / tick / answered * 1e6, (sys1 - sys0) / tick / answered * 1e6
 
 
 def main() -> None:

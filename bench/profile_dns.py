@@ -15,29 +15,21 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from miss_cost import load_compare, metadns_running  # noqa: E402
+
 LAYERS = ("kernel", "interpreter", "compiled metadns", "uvloop/libuv", "libc", "other")
-
-
-def _compare() -> Any:
-    spec = importlib.util.spec_from_file_location("dns_compare", HERE / "dns_compare.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dns_compare"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def layer_of(dso: str) -> str:
@@ -56,43 +48,35 @@ def layer_of(dso: str) -> str:
 
 def profile(b: Any, workload: str, seconds: float) -> tuple[float, float, dict[str, float], list[tuple[str, float]]]:
     """(QPS, CPU us per query, us per query per layer, the top symbols in us per query)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        data = b.make_data(Path(tmp))
-        queries = b.write_queries(data)
-        procs = b.Processes()
-        try:
-            upstream = b.start_upstream(procs, data)
-            port, _metadata, pid = b.start_metadns(procs, data, upstream)
-            once = workload == "miss"
-            if not once:
-                b.dnsperf(port, queries[workload], 120, 1, once=True)  # warm every cache
-            result: dict[str, float] = {}
+    with metadns_running(b) as (port, pid, queries, tmp):
+        once = workload == "miss"
+        if not once:
+            b.dnsperf(port, queries[workload], 120, 1, once=True)  # warm every cache
+        result: dict[str, float] = {}
 
-            def load() -> None:
-                qps, _avg, _lost, _ = b.dnsperf(port, queries[workload], seconds, 1, once=once)
-                result["qps"] = qps
+        def load() -> None:
+            qps, _avg, _lost, _ = b.dnsperf(port, queries[workload], seconds, 1, once=once)
+            result["qps"] = qps
 
-            cpu_before, started = b.cpu_seconds(pid), time.monotonic()
-            runner = threading.Thread(target=load)
-            runner.start()
-            time.sleep(min(1.0, seconds / 4))
-            out = Path(tmp) / "perf.data"
-            subprocess.run(
-                ["perf", "record", "-q", "-F", "2000", "-p", str(pid), "-o", str(out), "--", "sleep", str(seconds / 2)],
-                check=True,
-                capture_output=True,
-            )
-            runner.join()
-            elapsed = time.monotonic() - started
-            cpu_us = (b.cpu_seconds(pid) - cpu_before) / max(result["qps"] * elapsed, 1) * 1e6
-            report = subprocess.run(
-                ["perf", "report", "-i", str(out), "--no-children", "--sort", "dso,sym", "--stdio", "-q", "-t", "\t"],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-        finally:
-            procs.stop_all()
+        cpu_before, started = b.cpu_seconds(pid), time.monotonic()
+        runner = threading.Thread(target=load)
+        runner.start()
+        time.sleep(min(1.0, seconds / 4))
+        out = tmp / "perf.data"
+        subprocess.run(
+            ["perf", "record", "-q", "-F", "2000", "-p", str(pid), "-o", str(out), "--", "sleep", str(seconds / 2)],
+            check=True,
+            capture_output=True,
+        )
+        runner.join()
+        elapsed = time.monotonic() - started
+        cpu_us = (b.cpu_seconds(pid) - cpu_before) / max(result["qps"] * elapsed, 1) * 1e6
+        report = subprocess.run(
+            ["perf", "report", "-i", str(out), "--no-children", "--sort", "dso,sym", "--stdio", "-q", "-t", "\t"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
     layers: dict[str, float] = collections.defaultdict(float)
     symbols: list[tuple[str, float]] = []
     for line in report.splitlines():
@@ -113,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("perf") is None:
         sys.exit("profile_dns: perf is not installed")
-    b = _compare()
+    b = load_compare(HERE.parent)
     mode = "pure Python" if os.environ.get("METADNS_PURE_PYTHON") else "the build in use"
     print(f"| workload ({mode}) | QPS | CPU us/query | " + " | ".join(LAYERS) + " |")
     print("|---|--:|--:|" + "--:|" * len(LAYERS))
