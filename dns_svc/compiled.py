@@ -25,6 +25,7 @@ from types import ModuleType
 # The modules every query runs through; they compile without changes (mypy --strict clean).
 HOT_MODULES = (
     "dns_svc.wire",
+    "dns_svc.answers",
     "dns_svc.tally",
     "dns_svc.respond",
     "dns_svc.replies.entry",
