@@ -27,7 +27,7 @@ log = logging.getLogger("dns")
 
 
 class Dispatcher:
-    """Shared by both transports: edge checks, fast path, then a tracked task for the chain."""
+    """Shared by both transports: edge checks, the chain's checks, then a tracked task for a wait."""
 
     def __init__(self, resolver: Resolver, max_inflight: int = 2048, udp_cap: int = 1232) -> None:
         self.resolver = resolver
