@@ -201,10 +201,6 @@ class Pending:
         self.reply_to: Settled | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    @property
-    def step(self) -> Step:
-        return self.chain.steps[self.index]
-
     def relay(self, reply_to: Settled) -> bool:
         """Wait with callbacks: ``reply_to(self, answer)`` later (answer None: await ``answer``
         after all). False, and nothing sent, when the waiting step cannot relay."""

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 # The modules every query runs through; they compile without changes (mypy --strict clean).
 HOT_MODULES = (
@@ -72,21 +73,25 @@ class CompiledFinder:
         return importlib.util.spec_from_file_location(fullname, file, loader=loader)
 
 
-def install(root: Path | None = None) -> bool:
+def manifest() -> dict[str, Any]:
+    """The build's manifest (``digest``, ``files``); empty when there is no complete build."""
+    try:
+        found = json.loads((build_dir() / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}  # never built, or half written
+    return found if isinstance(found, dict) else {}
+
+
+def install() -> bool:
     """Put the compiled build in front of the sources when it matches them; True when it does."""
     if os.environ.get(PURE_ENV):
         return False
     if any(isinstance(finder, CompiledFinder) for finder in sys.meta_path):
         return True
-    build = build_dir()
-    try:
-        manifest = json.loads((build / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return False  # never built, or half written: the sources
-    sources = root if root is not None else Path(__file__).resolve().parent.parent
-    if manifest.get("digest") != source_digest(sources):
-        return False  # built from other sources: the sources
-    files = {name: build / relative for name, relative in manifest.get("files", {}).items()}
+    built = manifest()
+    if not built or built.get("digest") != source_digest(Path(__file__).resolve().parent.parent):
+        return False  # no build, or one made from other sources: the sources
+    files = {name: build_dir() / relative for name, relative in built.get("files", {}).items()}
     if not files or not all(file.is_file() for file in files.values()):
         return False
     sys.meta_path.insert(0, CompiledFinder(files))
@@ -95,9 +100,10 @@ def install(root: Path | None = None) -> bool:
 
 def in_use() -> bool:
     """True when the hot modules are the compiled ones."""
-    return all(_is_compiled(name) for name in HOT_MODULES)
+    return all(is_compiled(name) for name in HOT_MODULES)
 
 
-def _is_compiled(name: str) -> bool:
+def is_compiled(name: str) -> bool:
+    """True when module ``name`` was imported from the build."""
     module = sys.modules.get(name)
     return module is not None and isinstance(module.__loader__, importlib.machinery.ExtensionFileLoader)

@@ -18,7 +18,7 @@ from dns_svc.answers import AnswersTable, ClientView
 from dns_svc.chain import Answer, Chain, Pending, Query, Settled, Source
 from dns_svc.replies import CachedReply, ClientCaches, cache_key
 from dns_svc.respond import budget, fit
-from dns_svc.tally import ResponseTally, clock
+from dns_svc.tally import ResponseTally
 from dns_svc.wire import (
     CLASS_IN,
     QTYPE_AXFR,
@@ -146,11 +146,15 @@ class Resolver:
         self.chain = chain
         self.policy = policy
         self.clock = clock
-        self.fast_hits = 0  # replies from a cache without waiting (packet cache included)
         self.relayed = 0  # waits finished with callbacks
         self.slow_calls = 0  # waits finished by a coroutine
         self.packets = PacketCache()
         self.tally = ResponseTally()
+
+    @property
+    def fast_hits(self) -> int:
+        """Replies from a cache, the packet cache included (read off the tally)."""
+        return sum(self.tally.total(source) for source in ("packet_cache", "client_cache", "global_cache"))
 
     def fast_packet(self, data: bytes, client_ip: str, started: float) -> bytes | None:
         """A UDP query seen before, byte for byte, from a client with the same view."""
@@ -160,7 +164,6 @@ class Resolver:
         reply, recursive, qtype = hit
         if recursive and not self.policy.allows(client_ip):
             return None  # a cached upstream answer: the chain answers REFUSED to this client
-        self.fast_hits += 1
         self.tally.note("udp", "packet_cache", qtype, reply, started, client_ip)
         return reply
 
@@ -206,20 +209,12 @@ class Resolver:
         self.slow_calls += 1
         return self.reply(pending.query, await pending.answer())
 
-    async def resolve(self, raw: RawQuery, client_ip: str, transport: str, started: float = 0.0) -> bytes:
-        """The reply to one query, however it is reached."""
-        outcome = self.answer_now(raw, client_ip, transport, started or clock())
-        if isinstance(outcome, bytes):
-            return outcome
-        return await self.finish(outcome)
-
     def reply(self, query: Query, answer: Answer) -> bytes:
         """The answer fitted to the client, counted, and a cache hit remembered in the packet cache."""
         raw = query.raw
         transport = query.transport
         cached = answer.cached
         if cached is not None:  # rendered for this very query and its budget already
-            self.fast_hits += 1
             reply = answer.wire
             if transport == "udp":
                 recursive = answer.source is Source.GLOBAL_CACHE

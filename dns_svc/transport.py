@@ -164,7 +164,7 @@ class UdpListener:
         """Draining: take no new queries; answers to those in flight still go out."""
         if not self.reading_stopped and not self.closed:
             self.reading_stopped = True
-            cast(Any, self.loop).remove_reader(self.sock.fileno())  # None on uvloop, a bool on asyncio
+            cast(Any, self.loop).remove_reader(self.sock.fileno())  # None on uvloop, a bool on asyncio: unchecked
 
     def close(self) -> None:
         if not self.closed:

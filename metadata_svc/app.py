@@ -21,7 +21,7 @@ from metadata_svc.sources import FleetSource
 from metadata_svc.sources.etcd import EtcdSource, parse_etcd_source
 from metadata_svc.sources.file import FileSource
 from metadata_svc.store import ReloadResult, VersionedStore
-from shared.etcd import EtcdEndpoints
+from shared.etcd import endpoints_from_flags
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -155,16 +155,7 @@ def source_for(settings: MetadataSettings) -> FleetSource:
     """``--source``: ``etcd://HOST:PORT[,...]/PREFIX`` or ``file:PATH``; else the ``--data`` file."""
     if settings.source.startswith("etcd://"):
         hosts, prefix = parse_etcd_source(settings.source)
-        endpoints = EtcdEndpoints.parse(
-            hosts,
-            tls=settings.etcd_tls,
-            username=settings.etcd_user,
-            password=settings.etcd_password,
-            ca_file=settings.etcd_ca,
-            cert_file=settings.etcd_cert,
-            key_file=settings.etcd_key,
-        )
-        return EtcdSource(endpoints, prefix, idle_timeout=settings.etcd_idle_timeout)
+        return EtcdSource(endpoints_from_flags(hosts, settings), prefix, idle_timeout=settings.etcd_idle_timeout)
     path = settings.source[len("file:") :] if settings.source.startswith("file:") else settings.data
     return FileSource(path, settings.poll_interval, use_inotify=settings.watch == "auto")
 

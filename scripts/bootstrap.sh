@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: the venv with the package, and for "test" also the test tools and the
-# real servers the tests start (Debian packages, installed when run as root).
+# real servers the tests start (Debian packages, installed when run as root; both modes install
+# the C compiler and headers the compiled DNS hot path is built with).
 #   scripts/bootstrap.sh run    # runtime only
 #   scripts/bootstrap.sh test   # runtime + test dependencies + Debian packages
 # Python packages are installed at the versions of constraints/tested.txt, and only when
@@ -22,13 +23,15 @@ APT_PACKAGES=(
     redis-server           # redis-repair: a real three-master cluster
     memcached              # render: real memcached pools
     etcd-server            # the fleet in etcd: a real etcd for the tests
-    gcc                    # scripts/compile.py: the mypyc build of the DNS hot path
+)
+BUILD_PACKAGES=(
+    gcc                    # scripts/compile.py: the mypyc build of the DNS hot path (both modes)
     python3-dev            # ... and Python's headers for it
 )
 
 install_debian_packages() {
     local missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
+    for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
     done
     [ "${#missing[@]}" -eq 0 ] && return 0
@@ -49,7 +52,9 @@ install_debian_packages() {
 }
 
 if [ "$MODE" = test ]; then
-    install_debian_packages
+    install_debian_packages "${BUILD_PACKAGES[@]}" "${APT_PACKAGES[@]}"
+else
+    install_debian_packages "${BUILD_PACKAGES[@]}"
 fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

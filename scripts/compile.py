@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, source_digest  # noqa: E402
+from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, manifest, source_digest  # noqa: E402
 
 # mypyc reads this instead of pyproject.toml: the build needs the types, not the house rules.
 MYPY_CONFIG = """[mypy]
@@ -36,7 +36,8 @@ ignore_missing_imports = True
 
 def missing_tools() -> list[str]:
     missing = []
-    if shutil.which(sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is None:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]  # what setuptools will run
+    if shutil.which(compiler) is None:
         missing.append("a C compiler (Debian: gcc)")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
         missing.append("Python's headers (Debian: python3-dev)")
@@ -86,11 +87,7 @@ def main() -> int:
     parser.add_argument("--strict", action="store_true", help="fail when the build cannot be made")
     args = parser.parse_args()
     digest = source_digest(ROOT)
-    try:
-        built = json.loads((build_dir() / "manifest.json").read_text()).get("digest")
-    except (OSError, ValueError):
-        built = None
-    if built == digest:
+    if manifest().get("digest") == digest:
         return 0
     missing = missing_tools()
     if missing:

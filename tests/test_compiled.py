@@ -17,23 +17,19 @@ from pathlib import Path
 
 import pytest
 
-from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, source_digest
+from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, is_compiled, manifest, source_digest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = (
-    "import importlib, importlib.machinery, dns_svc.compiled as c\n"
-    "kinds = {isinstance(importlib.import_module(n).__loader__, importlib.machinery.ExtensionFileLoader)"
-    " for n in c.HOT_MODULES}\n"
+    "import importlib, dns_svc.compiled as c\n"
+    "kinds = {importlib.import_module(n) is not None and c.is_compiled(n) for n in c.HOT_MODULES}\n"
     "print(','.join(sorted(map(str, kinds))))\n"
 )
 
 
 def loaded_kinds() -> set[bool]:
     """For the hot modules of this process: True for a compiled one, False for a source file."""
-    return {
-        isinstance(importlib.import_module(name).__loader__, importlib.machinery.ExtensionFileLoader)
-        for name in HOT_MODULES
-    }
+    return {importlib.import_module(name) is not None and is_compiled(name) for name in HOT_MODULES}
 
 
 def test_the_hot_modules_are_all_compiled_or_all_source() -> None:
@@ -64,7 +60,7 @@ def probe(tree: Path, **env: str) -> str:
 def test_an_edited_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> None:
     """The build is used for exactly the sources it was made from; one edited line in any file
     of the packages, a hot module or not, and the sources are imported instead."""
-    if source_digest(ROOT) != _built_digest():
+    if source_digest(ROOT) != manifest().get("digest"):
         pytest.fail(f"no compiled build for these sources in {build_dir()}: run scripts/compile.py")
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -77,15 +73,6 @@ def test_an_edited_source_is_never_shadowed_by_a_stale_build(tmp_path: Path) -> 
         assert probe(tmp_path) == "False", edited
         path.write_text(original)
     assert probe(tmp_path) == "True"
-
-
-def _built_digest() -> str | None:
-    import json
-
-    try:
-        return str(json.loads((build_dir() / "manifest.json").read_text())["digest"])
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 def test_a_build_that_cannot_be_made_is_one_line_and_the_sources_stay(tmp_path: Path) -> None:

@@ -23,12 +23,13 @@ from dns_svc.wire import (
     QTYPE_PTR,
     QTYPE_SRV,
     QTYPE_TXT,
-    RCODE_SERVFAIL,
-    header_only_reply,
 )
 from dns_svc.zone import soa_rr
 
 MAX_CNAME_DEPTH = 10
+# A CNAME chain through the table: each link (its records, its target), the records that end it
+# with addresses (None: a loop, too long, or it leaves the table), and where it leaves the table.
+Followed = tuple[list[tuple[NameRecords, str]], NameRecords | None, str | None]
 
 
 class _Build:
@@ -65,24 +66,26 @@ class LocalAnswers(Step):
         if found is None:
             return PASS
         rec, build = found
-        if self.chase_target(query, rec, build) is not None:
-            return WAIT
-        return self.build(query, rec, build, None)
+        followed = self.followed(query, rec, build)
+        if followed is not None and followed[2] is not None and self.chase is not None and query.recursion_allowed:
+            return WAIT  # the chain leaves the table: its end is resolved upstream
+        return self.build(query, rec, build, followed, None)
 
     async def wait(self, query: Query) -> Answer:
-        """A CNAME chain that leaves the table: its end resolved upstream, then the answer."""
+        """A CNAME chain that leaves the table (``check`` said so): its end resolved upstream,
+        then the answer."""
         found = self.find(query)
-        if found is None:  # the table cannot change under a query; kept for the type checker
-            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+        assert found is not None  # the query's table and generation are the ones check saw
+        assert self.chase is not None
         rec, build = found
-        target = self.chase_target(query, rec, build)
-        chased: list[RR] = []
-        if target is not None and self.chase is not None:
-            if query.view.recurse:
-                build.shared = False  # resolved by this client's own upstreams: not for the others
-            qtype = QTYPE_AAAA if self.qtype_of(query, rec) == QTYPE_AAAA else QTYPE_A
-            chased = await self.chase(query, target, qtype) or []
-        return self.build(query, rec, build, chased)
+        followed = self.followed(query, rec, build)
+        assert followed is not None
+        assert followed[2] is not None
+        if query.view.recurse:
+            build.shared = False  # resolved by this client's own upstreams: not for the others
+        qtype = QTYPE_AAAA if self.qtype_of(query, rec) == QTYPE_AAAA else QTYPE_A
+        chased = await self.chase(query, followed[2], qtype) or []
+        return self.build(query, rec, build, followed, chased)
 
     def back(self, query: Query, answer: Answer) -> Answer:
         memo = self.memo
@@ -112,19 +115,14 @@ class LocalAnswers(Step):
         qtype = query.raw.qtype
         return self.one_type_for_any(rec) if qtype == QTYPE_ANY else qtype
 
-    def chase_target(self, query: Query, rec: NameRecords, build: _Build) -> str | None:
-        """Where the answer's CNAME chain leaves the table, when that end is to be resolved upstream."""
-        if self.chase is None or not query.recursion_allowed or self.qtype_of(query, rec) not in (QTYPE_A, QTYPE_AAAA):
-            return None
-        _links, _end, outside = self.follow(query, rec, _Build("", build.shared))
-        return outside
+    def followed(self, query: Query, rec: NameRecords, build: _Build) -> Followed | None:
+        """The CNAME chain of an address question (``follow``), walked once per answer; None for
+        other questions."""
+        return self.follow(query, rec, build) if self.qtype_of(query, rec) in (QTYPE_A, QTYPE_AAAA) else None
 
-    def follow(
-        self, query: Query, rec: NameRecords, build: _Build
-    ) -> tuple[list[tuple[NameRecords, str]], NameRecords | None, str | None]:
-        """The CNAME chain from ``rec`` through the table: each link (its records and its target),
-        the records that end it with addresses (None: a loop, too long, or it leaves the table),
-        and the target outside the table where it leaves it."""
+    def follow(self, query: Query, rec: NameRecords, build: _Build) -> Followed:
+        """The CNAME chain from ``rec`` through the table (loop-safe, ``MAX_CNAME_DEPTH`` links at
+        most), its lookups recorded in ``build``."""
         seen: set[str] = set()
         links: list[tuple[NameRecords, str]] = []
         current = rec
@@ -144,15 +142,18 @@ class LocalAnswers(Step):
             return links, None, None  # too long: stop at the depth limit
         return links, current, None
 
-    def build(self, query: Query, rec: NameRecords, build: _Build, chased: list[RR] | None) -> Answer:
-        """The reply from the table's records (and, for a chain that left the table, ``chased``:
-        the upstream's records for its end)."""
+    def build(
+        self, query: Query, rec: NameRecords, build: _Build, followed: Followed | None, chased: list[RR] | None
+    ) -> Answer:
+        """The reply from the table's records: for an address question along its CNAME chain
+        (``followed``) and, for a chain that left the table, ``chased``: the upstream's records
+        for its end."""
         reply = reply_for(query)
         owner = query.request.q.qname
         qtype = self.qtype_of(query, rec)
         countdown = False
-        if qtype in (QTYPE_A, QTYPE_AAAA):
-            countdown = self.addresses(query, reply, owner, rec, qtype, build, chased)
+        if followed is not None:
+            countdown = self.addresses(reply, owner, qtype, followed, chased)
         if qtype == QTYPE_CNAME and rec.cname:
             reply.add_answer(RR(owner, QTYPE.CNAME, ttl=self.ttl_of(rec), rdata=CNAME(rec.cname)))
         if qtype == QTYPE_TXT:
@@ -185,17 +186,10 @@ class LocalAnswers(Step):
         return rec.ttl if rec.ttl is not None else self.ttl
 
     def addresses(
-        self,
-        query: Query,
-        reply: DNSRecord,
-        owner: object,
-        rec: NameRecords,
-        qtype: int,
-        build: _Build,
-        chased: list[RR] | None,
+        self, reply: DNSRecord, owner: object, qtype: int, followed: Followed, chased: list[RR] | None
     ) -> bool:
         """Add the CNAME chain and the addresses; True when upstream data (with its own TTLs) was added."""
-        links, end, outside = self.follow(query, rec, build)
+        links, end, outside = followed
         name = owner
         for current, target in links:
             reply.add_answer(RR(name, QTYPE.CNAME, ttl=self.ttl_of(current), rdata=CNAME(target)))

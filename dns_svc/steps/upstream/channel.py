@@ -182,7 +182,7 @@ class UpstreamSockets:
         if self._epoll is None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
-                    _untyped(self._loop).remove_reader(fd)
+                    cast(Any, self._loop).remove_reader(fd)  # None on uvloop, a bool on asyncio
         else:
             self._handlers.pop(fd, None)  # closing the socket takes it out of the epoll set
         sock.close()
@@ -208,15 +208,9 @@ class UpstreamSockets:
         if self._epoll is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(ValueError, OSError):
-                    _untyped(self._loop).remove_reader(self._epoll.fileno())
+                    cast(Any, self._loop).remove_reader(self._epoll.fileno())  # as above
             self._epoll.close()
         self._handlers.clear()
-
-
-def _untyped(loop: asyncio.AbstractEventLoop) -> Any:
-    """The loop, for calls whose result differs between loops (uvloop's ``remove_reader`` returns
-    None, asyncio's a bool): a compiled build checks declared result types, so leave none declared."""
-    return cast(Any, loop)
 
 
 _UNSPEC = bytes(16)  # a struct sockaddr with sa_family AF_UNSPEC: "disconnect" to connect(2)
