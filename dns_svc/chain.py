@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dnslib import RR, DNSRecord
@@ -50,34 +49,76 @@ class Source(enum.Enum):
     GLOBAL_CACHE = "global_cache"  # an UPSTREAM or GATHER answer served again from the global cache
 
 
-@dataclass(slots=True)
 class Answer:
-    """Finished wire bytes plus what produced them, so that the steps above know what they may keep."""
+    """Finished wire bytes plus what produced them, so that the steps above know what they may keep.
 
-    wire: bytes
-    source: Source
-    countdown: bool = True  # False: authoritative data, served with its full TTL every time
-    layout: ReplyLayout | None = None  # the reply walked already (upstream replies are, once)
-    # A local answer the same for every client: the table names it was built from (None: this
-    # client's own answer, through a search suffix, a link alias or its own upstreams).
-    built_from: frozenset[str] | None = None
-    cached: CachedReply | None = None  # the cache entry a hit was rendered from (for the packet cache)
+    ``Answer`` and ``Query`` are plain classes, not dataclasses: compiled, a dataclass's
+    ``__init__`` is still the interpreted one ``dataclasses`` generates, and every query builds
+    both."""
+
+    __slots__ = ("built_from", "cached", "countdown", "layout", "source", "wire")
+
+    def __init__(
+        self,
+        wire: bytes,
+        source: Source,
+        countdown: bool = True,
+        layout: ReplyLayout | None = None,
+        built_from: frozenset[str] | None = None,
+        cached: CachedReply | None = None,
+    ) -> None:
+        self.wire = wire
+        self.source = source
+        self.countdown = countdown  # False: authoritative data, served with its full TTL every time
+        self.layout = layout  # the reply walked already (upstream replies are, once)
+        # A local answer the same for every client: the table names it was built from (None: this
+        # client's own answer, through a search suffix, a link alias or its own upstreams).
+        self.built_from = built_from
+        self.cached = cached  # the cache entry a hit was rendered from (for the packet cache)
+
+    def __repr__(self) -> str:
+        return f"Answer({self.source.value}, {len(self.wire)} bytes)"
 
 
-@dataclass(slots=True)
 class Query:
     """One client question on its way through the chain: what was asked, by whom, and the answers
     table and cache generation it started with. Steps read it; none writes to it."""
 
-    raw: RawQuery
-    client_ip: str
-    transport: str
-    table: AnswersTable
-    view: ClientView
-    recursion_allowed: bool
-    generation: int = 0  # the client caches' generation when the query started
-    started: float = 0.0  # when the query was read (perf_counter), for its duration
-    _request: Any = field(default=None, repr=False)
+    __slots__ = (
+        "_request",
+        "client_ip",
+        "generation",
+        "raw",
+        "recursion_allowed",
+        "started",
+        "table",
+        "transport",
+        "view",
+    )
+
+    def __init__(
+        self,
+        raw: RawQuery,
+        client_ip: str,
+        transport: str,
+        table: AnswersTable,
+        view: ClientView,
+        recursion_allowed: bool,
+        generation: int = 0,
+        started: float = 0.0,
+    ) -> None:
+        self.raw = raw
+        self.client_ip = client_ip
+        self.transport = transport
+        self.table = table
+        self.view = view
+        self.recursion_allowed = recursion_allowed
+        self.generation = generation  # the client caches' generation when the query started
+        self.started = started  # when the query was read (perf_counter), for its duration
+        self._request: DNSRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"Query({self.raw.text_name()} {self.raw.qtype} from {self.client_ip} over {self.transport})"
 
     @property
     def request(self) -> DNSRecord:

@@ -7,9 +7,7 @@ TTLs, and sends it. dnslib builds replies only on a miss and handles everything 
 
 from __future__ import annotations
 
-import dataclasses
 import struct
-from dataclasses import dataclass
 
 QTYPE_A, QTYPE_NS, QTYPE_CNAME, QTYPE_SOA, QTYPE_PTR = 1, 2, 5, 6, 12
 QTYPE_TXT, QTYPE_AAAA, QTYPE_SRV, QTYPE_OPT = 16, 28, 33, 41
@@ -35,24 +33,56 @@ class WireError(ValueError):
         self.rcode = rcode
 
 
-@dataclass(slots=True)
 class RawQuery:
-    """One question read straight off the wire."""
+    """One question read straight off the wire.
 
-    packet: bytes
-    id: int
-    flags: int
-    qname: bytes  # wire form as sent (letter case kept)
-    qtype: int
-    qclass: int
-    question_end: int  # offset just past the question
-    edns: bool
-    udp_size: int  # the reply budget over UDP: 512 without EDNS
-    do: bool
-    edns_version: int
-    # Worked out at most once per query, however many steps ask (see ``lower_text``, ``cache_key``).
-    lower: str | None = None
-    key: tuple[bytes, int, int, int] | None = None
+    A plain class rather than a dataclass: compiled, a dataclass's ``__init__`` is still the
+    interpreted one ``dataclasses`` generates, and every query builds one of these."""
+
+    __slots__ = (
+        "do",
+        "edns",
+        "edns_version",
+        "flags",
+        "id",
+        "key",
+        "lower",
+        "packet",
+        "qclass",
+        "qname",
+        "qtype",
+        "question_end",
+        "udp_size",
+    )
+
+    def __init__(
+        self,
+        packet: bytes,
+        id: int,
+        flags: int,
+        qname: bytes,
+        qtype: int,
+        qclass: int,
+        question_end: int,
+        edns: bool,
+        udp_size: int,
+        do: bool,
+        edns_version: int,
+    ) -> None:
+        self.packet = packet
+        self.id = id
+        self.flags = flags
+        self.qname = qname  # wire form as sent (letter case kept)
+        self.qtype = qtype
+        self.qclass = qclass
+        self.question_end = question_end  # offset just past the question
+        self.edns = edns
+        self.udp_size = udp_size  # the reply budget over UDP: 512 without EDNS
+        self.do = do
+        self.edns_version = edns_version
+        # Worked out at most once per query, however many steps ask (``lower_text``, ``cache_key``).
+        self.lower: str | None = None
+        self.key: tuple[bytes, int, int, int] | None = None
 
     def text_name(self) -> str:
         return name_to_text(self.qname)
@@ -157,19 +187,32 @@ def skip_name(packet: bytes, i: int) -> int:
         i += 1 + n
 
 
-@dataclass(slots=True)
 class ReplyLayout:
     """Where the patchable parts of a reply are: TTL offsets and values, the minimum TTL,
-    and a run of equal-sized address records that can be rotated."""
+    and a run of equal-sized address records that can be rotated. (A plain class, as
+    ``RawQuery`` is: one is built for every upstream reply.)"""
 
-    rcode: int
-    answers: int
-    ttl_offsets: tuple[int, ...]
-    ttls: tuple[int, ...]
-    min_ttl: int | None  # None: no records (negative answer without SOA)
-    negative_ttl: int | None  # RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section
-    rotate: tuple[int, int, int] | None  # (start, count, size of one record)
-    truncated: bool
+    __slots__ = ("answers", "min_ttl", "negative_ttl", "rcode", "rotate", "truncated", "ttl_offsets", "ttls")
+
+    def __init__(
+        self,
+        rcode: int,
+        answers: int,
+        ttl_offsets: tuple[int, ...],
+        ttls: tuple[int, ...],
+        min_ttl: int | None,
+        negative_ttl: int | None,
+        rotate: tuple[int, int, int] | None,
+        truncated: bool,
+    ) -> None:
+        self.rcode = rcode
+        self.answers = answers
+        self.ttl_offsets = ttl_offsets
+        self.ttls = ttls
+        self.min_ttl = min_ttl  # None: no records (negative answer without SOA)
+        self.negative_ttl = negative_ttl  # RFC 2308: min(SOA TTL, SOA MINIMUM) from the authority section
+        self.rotate = rotate  # (start, count, size of one record)
+        self.truncated = truncated
 
 
 def layout(packet: bytes) -> ReplyLayout:
@@ -217,14 +260,14 @@ def _layout(packet: bytes) -> ReplyLayout:
             run_count = 0
     answer_ttls = ttls[:an] if an else ttls
     return ReplyLayout(
-        rcode=flags & 0xF,
-        answers=an,
-        ttl_offsets=tuple(offsets),
-        ttls=tuple(ttls),
-        min_ttl=min(answer_ttls) if answer_ttls else None,
-        negative_ttl=negative,
-        rotate=best,
-        truncated=bool(flags & FLAG_TC),
+        flags & 0xF,
+        an,
+        tuple(offsets),
+        tuple(ttls),
+        min(answer_ttls) if answer_ttls else None,
+        negative,
+        best,
+        bool(flags & FLAG_TC),
     )
 
 
@@ -239,8 +282,9 @@ def cap_ttls(wire: bytes, lay: ReplyLayout, cap: int) -> tuple[bytes, ReplyLayou
         struct.pack_into("!I", buf, offset, ttl)
     negative = None if lay.negative_ttl is None else min(lay.negative_ttl, cap)
     answer_ttls = ttls[: lay.answers] if lay.answers else ttls
-    return bytes(buf), dataclasses.replace(
-        lay, ttls=ttls, negative_ttl=negative, min_ttl=min(answer_ttls) if answer_ttls else None
+    min_ttl = min(answer_ttls) if answer_ttls else None
+    return bytes(buf), ReplyLayout(
+        lay.rcode, lay.answers, lay.ttl_offsets, ttls, min_ttl, negative, lay.rotate, lay.truncated
     )
 
 
