@@ -40,6 +40,15 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_of(root: Path) -> str:
+    """The interpreter metadns runs with from checkout ``root``: its own venv's, so that a
+    checkout compared against another (bench/miss_cost.py) runs with its own compiled build."""
+    own = root / ".venv" / "bin" / "python"
+    return str(own) if own.exists() else sys.executable
+
+
 NAMES = 1000
 SERVICES = 50
 SOURCES = 50
@@ -206,7 +215,7 @@ def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subproc
     md_port, dns_port = free_port(), free_port()
     md = p.start(
         [
-            sys.executable,
+            python_of(ROOT),
             "-m",
             "metadata_svc",
             f"--listen=127.0.0.1:{md_port}",
@@ -220,7 +229,7 @@ def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subproc
     )
     dns = p.start(
         [
-            sys.executable,
+            python_of(ROOT),
             "-m",
             "dns_svc",
             f"--listen=127.0.0.1:{dns_port}",

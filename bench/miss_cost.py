@@ -9,6 +9,11 @@ reads the DNS process's user and system time from /proc.
     .venv/bin/python bench/miss_cost.py --rounds 3 .:pure .    # the pure-Python and the compiled modules
 
 A checkout written ``PATH:pure`` runs with ``METADNS_PURE_PYTHON=1`` (``dns_svc/compiled.py``).
+Each checkout's services run with its own ``.venv`` when it has one (its own compiled build).
+
+Saturated (the default), a faster build answers more queries per wake-up, which lowers its CPU
+per query further; ``--paced QPS`` offers every build the same rate instead (below the slowest
+one's peak), so that the figure is the cost of one miss at a given load.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def metadns_running(b: Any) -> Iterator[tuple[int, int, dict[str, Path], Path]]:
             procs.stop_all()
 
 
-def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, float, float]:
+def measure(root: Path, seconds: float, pure: bool = False, paced: int = 0) -> tuple[float, float, float]:
     """(queries per second, user us per query, system us per query)."""
     b = load_compare(root)
     os.environ.pop("METADNS_PURE_PYTHON", None)
@@ -69,7 +74,7 @@ def measure(root: Path, seconds: float, pure: bool = False) -> tuple[float, floa
 
         user0, sys0 = times()
         started = time.monotonic()
-        qps, _avg, _lost, _ = b.dnsperf(port, queries["miss"], seconds, 1, once=True)
+        qps, _avg, _lost, _ = b.dnsperf(port, queries["miss"], seconds, 1, paced=paced, once=True)
         user1, sys1 = times()
         answered = qps * (time.monotonic() - started)
         tick = os.sysconf("SC_CLK_TCK")
@@ -81,12 +86,13 @@ def main() -> None:
     parser.add_argument("roots", nargs="+", help="checkouts of metadns (each with .venv), PATH:pure: pure Python")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--paced", type=int, default=0, help="queries per second to offer (0: as many as answered)")
     args = parser.parse_args()
     results: dict[str, list[tuple[float, float, float]]] = {root: [] for root in args.roots}
     for _ in range(args.rounds):
         for root in args.roots:
             path, _, mode = root.partition(":")
-            qps, user, system = measure(Path(path).resolve(), args.seconds, pure=mode == "pure")
+            qps, user, system = measure(Path(path).resolve(), args.seconds, pure=mode == "pure", paced=args.paced)
             results[root].append((qps, user, system))
             print(f"{root}: qps={qps:.0f} user={user:.1f}us sys={system:.1f}us total={user + system:.1f}us", flush=True)
     print("\n| checkout | QPS | user us/miss | system us/miss | total us/miss |\n|---|--:|--:|--:|--:|")
