@@ -13,6 +13,13 @@ only a reference cycle that turns to garbage after being frozen would wait, for 
 that runs every ``full_interval`` seconds (unfreeze, collect everything, freeze again; logged
 with its duration and what it freed). ``full_interval`` 0: never.
 
+The collector's own full collections are turned off (``take_over``): between two freezes it
+started one whenever the objects promoted since the last one outnumbered a quarter of those it
+had counted before, which under a stream of cache misses (each leaves a few cache objects
+behind) was a full collection every ~10,000 misses, walking everything made since the last
+freeze, for nothing: the young generations are still collected as before, and the full pass
+here catches what they cannot.
+
 A fleet change makes a new parsed fleet and answers table in a worker thread. Collections
 triggered meanwhile ran in that thread and walked the half-built table: 50-140 ms each,
 during which the event loop could not run (the thread held the interpreter lock). So a fleet
@@ -32,6 +39,7 @@ from collections.abc import Iterator
 from shared.logs import log_event
 
 log = logging.getLogger("dns.collector")
+NEVER = 2**31 - 1  # a threshold the oldest generation's count (collections of the middle one) never reaches
 
 
 class CollectorSchedule:
@@ -40,6 +48,12 @@ class CollectorSchedule:
         self.full_interval = full_interval
         self.full_passes = 0
         self.freezes = 0
+
+    def take_over(self) -> None:
+        """From now on only ``full_pass`` collects the oldest generation (the young ones keep
+        their thresholds)."""
+        young, middle, _oldest = gc.get_threshold()
+        gc.set_threshold(young, middle, NEVER)
 
     def freeze_survivors(self) -> None:
         """Collect what is young, then freeze the rest: the next full pass skips it."""
@@ -79,6 +93,7 @@ class CollectorSchedule:
                 gc.enable()
 
     async def run(self) -> None:
+        self.take_over()
         self.full_pass()  # startup: modules, classes and the first table, frozen for good
         last_full = time.monotonic()
         while True:

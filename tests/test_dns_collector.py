@@ -60,3 +60,30 @@ def test_a_fleet_update_is_made_without_collections_and_then_frozen() -> None:
     assert gc.get_freeze_count() >= before + 1000
     del table
     assert gone() is None  # the replaced table is freed by reference counting, frozen or not
+
+
+def test_after_take_over_only_the_full_pass_collects_the_oldest_generation() -> None:
+    """A stream of long-lived objects (a cache filling with misses) triggers no full collection
+    of the collector's own; the young generations are still collected."""
+    saved = gc.get_threshold()
+    schedule = CollectorSchedule()
+    try:
+        for take_over in (False, True):
+            if take_over:
+                schedule.take_over()
+            else:
+                gc.set_threshold(700, 10, 10)
+            before = [g["collections"] for g in gc.get_stats()]
+            kept = [[Node() for _ in range(100)] for _ in range(3000)]  # survivors, like cache entries
+            after = [g["collections"] for g in gc.get_stats()]
+            del kept
+            assert after[0] > before[0]
+            assert after[1] > before[1]
+            if take_over:
+                assert after[2] == before[2]
+            else:
+                assert after[2] > before[2]  # the default thresholds do start full collections
+        schedule.full_pass()
+        assert gc.get_stats()[2]["collections"] > after[2]
+    finally:
+        gc.set_threshold(*saved)
