@@ -59,6 +59,9 @@ class LocalAnswers(Step):
         self.chase = chase
         # Where "nothing local for this question, in this view" is remembered until the answers
         # change, so that a name bound upstream costs one lookup instead of one per search suffix.
+        # Only a name asked again (answered from the global cache) is remembered: a name asked
+        # once (a CDN's random label, a telemetry beacon) would take a slot of the caches' one
+        # memory budget, and the time to fill it, for nothing.
         self.memo = memo
 
     def check(self, query: Query) -> Verdict:
@@ -89,14 +92,8 @@ class LocalAnswers(Step):
 
     def back(self, query: Query, answer: Answer) -> Answer:
         memo = self.memo
-        if (
-            memo is not None
-            and query.generation == memo.generation
-            and answer.source not in (Source.LOCAL, Source.AUTHORITY, Source.CLIENT_CACHE)
-        ):
-            key = cache_key(query.raw)
-            if not memo.known_not_local(query.view, key, memo.clock()):
-                memo.remember_not_local(query.view, key)
+        if memo is not None and answer.source is Source.GLOBAL_CACHE and query.generation == memo.generation:
+            memo.remember_not_local(query.view, cache_key(query.raw))  # asked again: worth remembering
         return answer
 
     def find(self, query: Query) -> tuple[NameRecords, _Build] | None:
