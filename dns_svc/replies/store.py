@@ -13,12 +13,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 from dns_svc.answers import ClientView
 from dns_svc.replies.entry import NOT_LOCAL, CachedReply, _NotLocal
 from dns_svc.wire import RawQuery
 
-CacheKey = tuple[bytes, int, int, int]
+# (question name in wire form, lower case; type; class; EDNS and DO bits). Typed as a tuple of
+# any length on purpose: compiled, a fixed-length tuple type is unboxed into a C struct at every
+# call that takes one and boxed into a new tuple at every return, several times per query.
+CacheKey = tuple[object, ...]
 Clock = Callable[[], float]
 
 
@@ -34,7 +38,7 @@ def cache_key(raw: RawQuery) -> CacheKey:
 def global_key(view: ClientView, key: CacheKey) -> CacheKey:
     """The global cache key: clients with their own upstreams get a partition of their own."""
     if view.recurse:
-        return (view.key.encode() + b"/" + key[0], *key[1:])
+        return (view.key.encode() + b"/" + cast(bytes, key[0]), *key[1:])
     return key
 
 
@@ -60,15 +64,17 @@ class ReplyStore:
             return
         entries = self.entries
         k = (tag, key)
-        if k not in entries:
+        previous = entries.get(k)
+        if previous is None:
             counted = _counted(tag)
             self.counts[counted] = self.counts.get(counted, 0) + 1
             if tag[0] is SHARED:
                 self.shared_keys.add(key)
+            entries[k] = entry  # a new key goes in last, as the most recently used
         else:
-            _let_go(entries[k])
-        entries[k] = entry
-        entries.move_to_end(k)
+            _let_go(previous)
+            entries[k] = entry
+            entries.move_to_end(k)
         while len(entries) > self.capacity:  # drop the least recently used one, never everything
             old, gone = entries.popitem(last=False)
             _let_go(gone)

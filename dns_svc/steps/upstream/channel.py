@@ -126,7 +126,7 @@ class UpstreamSockets:
         self.created = 0
         self.reused = 0
 
-    def open(self, family: int, address: tuple[str, int], handler: Callable[[], None]) -> _socket.socket:
+    def open(self, family: int, address: tuple[Any, ...], handler: Callable[[], None]) -> _socket.socket:
         """A socket connected to ``address`` from a fresh random port, ``handler`` called when it
         is readable. Raises OSError when none can be had."""
         if self._loop is None:
@@ -311,6 +311,9 @@ class UdpChannel:
         self, address: tuple[str, int], entropy: Entropy | None = None, sockets: UpstreamSockets | None = None
     ) -> None:
         self.address = address
+        # The same address as a tuple of any length: compiled, a ``tuple[str, int]`` attribute is
+        # kept unboxed and boxed into a new tuple each time it is passed on (every query's connect).
+        self._connect_to: tuple[Any, ...] = address
         self.sockets = sockets or UpstreamSockets()
         self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.entropy = entropy or Entropy()
@@ -349,7 +352,7 @@ class UdpChannel:
         qid = self.entropy.u16()
         serial = self._serial = self._serial + 1
         flight = _Flight(self, key, None, qid, key[2:], serial)
-        sock = flight.sock = self.sockets.open(self.family, self.address, flight.readable)
+        sock = flight.sock = self.sockets.open(self.family, self._connect_to, flight.readable)
         try:
             sock.send(upstream_query(raw, qid))
         except BaseException:
