@@ -82,7 +82,7 @@ class RawQuery:
         self.edns_version = edns_version
         # Worked out at most once per query, however many steps ask (``lower_text``, ``cache_key``).
         self.lower: str | None = None
-        self.key: tuple[bytes, int, int, int] | None = None
+        self.key: tuple[object, ...] | None = None  # dns_svc.replies.CacheKey
 
     def text_name(self) -> str:
         return name_to_text(self.qname)
@@ -109,13 +109,19 @@ def with_question(wire: bytes, raw: RawQuery) -> bytes:
 
 
 def name_to_text(wire: bytes) -> str:
-    labels = []
+    """The name as text with its final dot: each length byte turned into a dot, decoded once
+    (bytes >= 0x80 escaped, as ``backslashreplace`` does)."""
+    if not wire[0]:
+        return "."
+    text = bytearray(wire)
     i = 0
-    while wire[i]:
-        n = wire[i]
-        labels.append(wire[i + 1 : i + 1 + n].decode("ascii", "backslashreplace"))
+    n = text[0]
+    while n:
+        text[i] = 0x2E
         i += 1 + n
-    return ".".join(labels) + "."
+        n = text[i]
+    text[i] = 0x2E
+    return text[1 : i + 1].decode("ascii", "backslashreplace")  # what follows the name is not read
 
 
 def parse_query(packet: bytes, udp_cap: int = 65535) -> RawQuery:  # noqa: C901 (one check per way a packet is malformed, inline on the hot path)
@@ -233,13 +239,19 @@ def _layout(packet: bytes) -> ReplyLayout:
     ttls: list[int] = []
     negative: int | None = None
     run_start, run_count, run_size, best = -1, 0, 0, None
+    packet_end = len(packet)
     for index in range(an + ns + ar):
         start = i
         i = skip_name(packet, i)
-        rtype, _rclass, ttl, rdlen = _RR_FIXED.unpack_from(packet, i)
+        if i + 10 > packet_end:
+            raise ValueError("record header cut short")
+        # read in place: ``struct.unpack_from`` and the tuple it builds cost more than the walk
+        rtype = packet[i] << 8 | packet[i + 1]
+        ttl = packet[i + 4] << 24 | packet[i + 5] << 16 | packet[i + 6] << 8 | packet[i + 7]
+        rdlen = packet[i + 8] << 8 | packet[i + 9]
         ttl_at = i + 4
         i += 10 + rdlen
-        if i > len(packet):
+        if i > packet_end:
             raise ValueError("record runs past the packet")
         if rtype == QTYPE_OPT:
             continue

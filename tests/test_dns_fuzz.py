@@ -19,7 +19,7 @@ from dns_svc.chain import Pending
 from dns_svc.replies import CachedReply
 from dns_svc.server import DnsServer
 from dns_svc.settings import DnsSettings
-from dns_svc.wire import RawQuery, WireError, layout, parse_query
+from dns_svc.wire import RawQuery, WireError, layout, name_to_text, parse_query
 
 FUZZ = Path(__file__).parent / "fuzz"
 BOUNDED = settings(
@@ -129,3 +129,14 @@ def test_an_upstream_reply_is_walked_or_refused_never_half_read(data: bytes, que
     for now in (0.0, 5.0, 59.0):
         assert entry.render(query, now, 1232)[:2] == question[:2]
     assert entry.render_stale(query, 512)[:2] == question[:2]
+
+
+@BOUNDED
+@given(st.lists(st.binary(min_size=1, max_size=63), max_size=8), st.binary(max_size=8))
+def test_a_wire_name_reads_as_its_labels_joined_by_dots(labels: list[bytes], after: bytes) -> None:
+    """``name_to_text`` turns length bytes into dots in place: any label bytes (dots, backslashes,
+    bytes >= 0x80, a length byte that is itself 0x2E) read as the labels joined one by one, and
+    nothing after the name's final zero (the rest of a packet) is read."""
+    wire = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00" + after
+    expected = "".join(label.decode("ascii", "backslashreplace") + "." for label in labels) or "."
+    assert name_to_text(wire) == expected
