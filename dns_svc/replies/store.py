@@ -70,11 +70,10 @@ class ReplyStore:
             self.counts[counted] = self.counts.get(counted, 0) + 1
             if tag[0] is SHARED:
                 self.shared_keys.add(key)
-            entries[k] = entry  # a new key goes in last, as the most recently used
-        else:
+        else:  # a new key goes in last by itself, as the most recently used; a known one is moved there
             _let_go(previous)
-            entries[k] = entry
             entries.move_to_end(k)
+        entries[k] = entry
         while len(entries) > self.capacity:  # drop the least recently used one, never everything
             old, gone = entries.popitem(last=False)
             _let_go(gone)
