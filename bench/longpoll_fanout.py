@@ -111,10 +111,7 @@ async def main() -> None:
                 f"--data={fleet}",
                 "--state-file=",
                 "--poll-interval=3600",
-                "--log-level=warning",
-                # every waiter comes from one address here: lift the per-client cap for the bench
-                "--max-connections=100000",
-                "--max-connections-per-client=100000",
+                "--log-level=warning",  # the default limits: what production runs
             ]
             proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT)
             if two_cpus:

@@ -9,11 +9,9 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
-from metadata_svc.app import create_app
-from metadata_svc.connections import GatedSite, raise_open_files_limit
-from metadata_svc.keys import GATE, STORE
+from metadata_svc.app import create_app, make_runner
+from metadata_svc.connections import GatedListener, connections_within, raise_open_files_limit
+from metadata_svc.keys import GATE, LONGPOLLS, STORE
 from metadata_svc.settings import MetadataSettings, parse_settings
 from shared.logs import log_event, setup_logging
 from shared.state_lock import hold_state_file
@@ -23,12 +21,12 @@ log = logging.getLogger("metadata")
 
 async def serve(settings: MetadataSettings) -> None:
     limit = raise_open_files_limit()
-    # leave room under the open-files limit for the fleet file, the kept copy and the loop itself
-    settings = dataclasses.replace(settings, max_connections=max(min(settings.max_connections, limit - 64), 1))
+    settings = dataclasses.replace(settings, max_connections=connections_within(limit, settings.max_connections))
     app = create_app(settings)
     gate = app[GATE]
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5, keepalive_timeout=settings.keepalive_timeout)
+    runner = make_runner(app)
     await runner.setup()
+    site = GatedListener(runner, settings.host, settings.port, gate)
     try:
         store = app[STORE]
         if settings.self_host and store.has_data and not store.snapshot.self_host_uuid:
@@ -42,7 +40,6 @@ async def serve(settings: MetadataSettings) -> None:
                 reason=f"--self-host {settings.self_host} names no host of the fleet (hosts: {hosts})",
             )
             raise SystemExit(2)
-        site = GatedSite(runner, settings.host, settings.port, gate)
         try:
             await site.start()
         except OSError as exc:
@@ -56,6 +53,7 @@ async def serve(settings: MetadataSettings) -> None:
             data=settings.data,
             xff=settings.xff,
             max_connections=gate.max_total,
+            max_longpolls=app[LONGPOLLS].max_total,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -64,6 +62,7 @@ async def serve(settings: MetadataSettings) -> None:
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        await site.stop()
         await runner.cleanup()
         log_event(log, logging.INFO, "stopped")
 

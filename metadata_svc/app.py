@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from metadata_svc.connections import ConnectionGate
+from metadata_svc.connections import ConnectionGate, request_tracker
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.keys import COUNTERS, GATE, IDENTITY, SETTINGS, SOURCE, STORE
+from metadata_svc.keys import COUNTERS, GATE, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
+from metadata_svc.longpolls import LongPollSlots
 from metadata_svc.metrics import MetadataCounters
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
@@ -160,12 +161,28 @@ def source_for(settings: MetadataSettings) -> FleetSource:
     return FileSource(path, settings.poll_interval, use_inotify=settings.watch == "auto")
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner production and tests serve ``app`` with: no access log, a bounded graceful
+    shutdown, the keep-alive of ``--keepalive-timeout``."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=5,
+        keepalive_timeout=app[SETTINGS].keepalive_timeout,
+    )
+
+
 def create_app(settings: MetadataSettings, source: FleetSource | None = None) -> web.Application:
     """The metadata application. ``source`` defaults to the ``--data`` file."""
-    app = web.Application()
+    app = web.Application(middlewares=[request_tracker])
     app[SETTINGS] = settings
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
-    app[GATE] = ConnectionGate(settings.max_connections_per_client, settings.max_connections)
+    app[GATE] = ConnectionGate(
+        settings.max_connections_per_client,
+        settings.max_connections,
+        trusted_proxies=settings.xff_trusted if settings.xff else (),
+    )
+    app[LONGPOLLS] = LongPollSlots(settings.max_longpolls_per_client, settings.longpoll_limit)
     app[COUNTERS] = MetadataCounters()
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)
     fleet_source = source or source_for(settings)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate
 from metadata_svc.identity import ClientIdentity
+from metadata_svc.longpolls import LongPollSlots
 from metadata_svc.metrics import MetadataCounters
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.store import VersionedStore
@@ -14,5 +15,6 @@ SETTINGS = web.AppKey("settings", MetadataSettings)
 STORE = web.AppKey("store", VersionedStore)
 IDENTITY = web.AppKey("identity", ClientIdentity)
 GATE = web.AppKey("gate", ConnectionGate)
+LONGPOLLS = web.AppKey("longpolls", LongPollSlots)
 SOURCE = web.AppKey("source", object)  # the FleetSource: /status shows what it knows about itself
 COUNTERS = web.AppKey("counters", MetadataCounters)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import html
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import hdrs, web
 
-from metadata_svc.keys import COUNTERS, IDENTITY, SETTINGS, SOURCE, STORE
+from metadata_svc.connections import RETRY_AFTER_S
+from metadata_svc.keys import COUNTERS, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
 from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
 from metadata_svc.metrics import metrics_handler, path_kind
 from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
@@ -33,6 +35,14 @@ def _headers(snapshot: Snapshot, fmt: Format) -> dict[str, str]:
 def _error(status: int, message: str, fmt: Format, snapshot: Snapshot) -> web.Response:
     headers = _headers(snapshot, fmt)
     return web.Response(status=status, text=error_body(status, message, fmt), headers=headers)
+
+
+def _too_many(reason: str, fmt: Format, snapshot: Snapshot) -> web.Response:
+    """A long-poll over its limit: 429 with ``Retry-After``, as a client library expects to
+    back off on (a reset would look like a broken server)."""
+    response = _error(429, f"Too many requests: {reason}", fmt, snapshot)
+    response.headers[hdrs.RETRY_AFTER] = str(RETRY_AFTER_S)
+    return response
 
 
 async def index(request: web.Request) -> web.Response:
@@ -72,6 +82,22 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _unchanged_test(query: Mapping[str, str], api: str, segments: list[str]) -> Callable[[Snapshot, Any], bool] | None:
+    """What a long-poll waits to become false: ``wait=true&value=V``, the value at the path is
+    still V (or missing); ``index=N``, the store is still at index N. None: not a long-poll."""
+    if query.get("wait", "").lower() == "true" and "value" in query:
+        known = query["value"].encode()
+        return lambda snapshot, value: value is MISSING or snapshot.comparable(api, segments, value) == known
+    if "index" in query:
+        try:
+            known_index = int(query["index"])
+        except ValueError:
+            raise BadQuery("index must be an integer") from None
+        if known_index > 0:
+            return lambda snapshot, _value: snapshot.index == known_index
+    return None
+
+
 async def answer(request: web.Request) -> web.StreamResponse:
     """Any path into the tree. ``?wait=true&value=V`` blocks until the value there differs from V;
     ``?index=N`` blocks until the whole store moves past index N (Consul's blocking query)."""
@@ -99,24 +125,26 @@ async def answer(request: web.Request) -> web.StreamResponse:
     except BadQuery as exc:
         return _error(400, f"Bad request: {exc}", fmt, snapshot)
 
+    try:
+        unchanged = _unchanged_test(query, api, segments)
+    except BadQuery as exc:
+        return _error(400, f"Bad request: {exc}", fmt, snapshot)
     value = walk(snapshot.tree_for(api, client), segments)
-    if query.get("wait", "").lower() == "true" and "value" in query:
-        known = query["value"].encode()
+    if unchanged is not None and unchanged(snapshot, value):
+        longpolls = request.app[LONGPOLLS]
+        refused = longpolls.take(client)
+        if refused is not None:
+            return _too_many(refused, fmt, snapshot)
         deadline = loop_time() + wait
-        while value is MISSING or snapshot.comparable(api, segments, value) == known:
-            remaining = deadline - loop_time()
-            if remaining <= 0 or store.closed:
-                break
-            snapshot = await store.wait_for_change(snapshot.index, remaining)
-            value = walk(snapshot.tree_for(api, client), segments)
-    elif "index" in query:
         try:
-            known_index = int(query["index"])
-        except ValueError:
-            return _error(400, "Bad request: index must be an integer", fmt, snapshot)
-        if known_index > 0:
-            snapshot = await store.wait_for_change(known_index, wait)
-            value = walk(snapshot.tree_for(api, client), segments)
+            while unchanged(snapshot, value):
+                remaining = deadline - loop_time()
+                if remaining <= 0 or store.closed:
+                    break
+                snapshot = await store.wait_for_change(snapshot.index, remaining)
+                value = walk(snapshot.tree_for(api, client), segments)
+        finally:
+            longpolls.give_back(client)
 
     if value is MISSING:
         return _error(404, "Not found", fmt, snapshot)

@@ -40,11 +40,19 @@ class MetadataSettings:
     etcd_cert: str = ""
     etcd_key: str = ""
     etcd_idle_timeout: float = 30.0
-    max_connections: int = 4096
-    max_connections_per_client: int = 64
+    max_connections: int = 16384
+    max_connections_per_client: int = 1280
+    max_longpolls: int = 0  # 0: three quarters of max_connections
+    max_longpolls_per_client: int = 1024
     keepalive_timeout: float = 15.0
     self_host: str = ""
     log_level: str = "info"
+
+    @property
+    def longpoll_limit(self) -> int:
+        """Long-polls at once in all: never every connection, so ordinary requests find one."""
+        ceiling = max(self.max_connections * 3 // 4, 1)
+        return min(self.max_longpolls, ceiling) if self.max_longpolls else ceiling
 
 
 def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
@@ -92,15 +100,31 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
     )
     p.flag(
         "--max-connections",
-        default=4096,
+        default=16384,
         type=int,
-        help="HTTP connections open at once (kept below the open-files limit, raised to its maximum at start)",
+        help="HTTP connections open at once (kept below the open-files limit, raised to its maximum at start); "
+        "a connection over it gets 503 with Retry-After",
     )
     p.flag(
         "--max-connections-per-client",
-        default=64,
+        default=1280,
         type=int,
-        help="HTTP connections open at once from one client address",
+        help="HTTP connections open at once from one socket address (not for --xff-trusted proxies when --xff "
+        "is on: their clients are counted apart); over it: 429 with Retry-After",
+    )
+    p.flag(
+        "--max-longpolls",
+        default=0,
+        type=int,
+        help="long-polls waiting at once; 0: three quarters of --max-connections, so that ordinary requests "
+        "always find a connection; over it: 429 with Retry-After",
+    )
+    p.flag(
+        "--max-longpolls-per-client",
+        default=1024,
+        type=int,
+        help="long-polls waiting at once from one client, as identified (X-Forwarded-For from a trusted proxy); "
+        "over it: 429 with Retry-After",
     )
     p.flag(
         "--keepalive-timeout",
@@ -131,8 +155,10 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
             parse_etcd_source(ns.source)
         except ValueError as exc:
             p.error(f"--source: {exc}")
-    if ns.max_connections < 1 or ns.max_connections_per_client < 1:
-        p.error("--max-connections and --max-connections-per-client must be at least 1")
+    if ns.max_connections < 1 or ns.max_connections_per_client < 1 or ns.max_longpolls_per_client < 1:
+        p.error("--max-connections, --max-connections-per-client and --max-longpolls-per-client must be at least 1")
+    if ns.max_longpolls < 0:
+        p.error("--max-longpolls must be 0 (three quarters of --max-connections) or more")
     try:
         xff_trusted = parse_networks(ns.xff_trusted.split(","))
     except ValueError as exc:
@@ -158,6 +184,8 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         etcd_idle_timeout=ns.etcd_idle_timeout,
         max_connections=ns.max_connections,
         max_connections_per_client=ns.max_connections_per_client,
+        max_longpolls=ns.max_longpolls,
+        max_longpolls_per_client=ns.max_longpolls_per_client,
         keepalive_timeout=ns.keepalive_timeout,
         self_host=ns.self_host,
         log_level=ns.log_level,

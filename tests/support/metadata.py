@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from metadata_svc.app import create_app
-from metadata_svc.connections import GatedSite
+from metadata_svc.app import create_app, make_runner
+from metadata_svc.connections import GatedListener
 from metadata_svc.keys import GATE
 from metadata_svc.settings import MetadataSettings
 
@@ -46,12 +46,13 @@ async def run_metadata(
         }
     )
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=2, keepalive_timeout=settings.keepalive_timeout)
+    runner = make_runner(app)  # the production runner and listener, connection gate and all
     await runner.setup()
-    site = GatedSite(runner, "127.0.0.1", port, app[GATE])  # the production site, connection gate and all
+    site = GatedListener(runner, "127.0.0.1", port, app[GATE])
     await site.start()
     port = site.address[1]
     try:
         yield RunningMetadata(f"http://127.0.0.1:{port}", app, settings)
     finally:
+        await site.stop()
         await runner.cleanup()

@@ -1,0 +1,311 @@
+"""The metadata service's limits as its clients meet them: a client over a limit gets an HTTP
+answer (429 or 503 with Retry-After), never a reset; limits count the client as identified
+(X-Forwarded-For from a trusted proxy); long-polls never take the slots ordinary requests need;
+and the defaults carry a host's worth of long-polls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metadata_svc.keys import GATE, LONGPOLLS, STORE
+from metadata_svc.settings import MetadataSettings
+from tests.support.metadata import RunningMetadata, run_metadata
+from tests.support.upstream import reserve_port
+
+
+async def wait_for(predicate, seconds: float = 10.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+class RawClient:
+    """One HTTP/1.1 connection written by hand: what it was answered, or that it was reset."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, source: str = "127.0.0.1") -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0), limit=1 << 20)
+        return cls(reader, writer)
+
+    def send(self, path: str, forwarded_for: str | None = None) -> None:
+        xff = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: md\r\n{xff}\r\n".encode())
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body of the next answer (ConnectionResetError on a reset)."""
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, text = line.partition(":")
+                headers[name.strip().lower()] = text.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def raw_clients() -> AsyncIterator[list[RawClient]]:
+    clients: list[RawClient] = []
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+async def current_version(md: RunningMetadata) -> str:
+    return md.app[STORE].snapshot.version
+
+
+def change_fleet(fleet_file: Path, ip: str) -> None:
+    """Rewrite the fleet atomically with shop-db-1 at ``ip``."""
+    data = yaml.safe_load(fleet_file.read_text())
+    for container in data["containers"]:
+        if container["name"].lower() == "shop-db-1":
+            container["primary_ip"] = ip
+    tmp = fleet_file.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, fleet_file)
+
+
+def test_the_defaults_carry_a_host_of_long_polls_and_no_client_takes_them_all() -> None:
+    """1,000 long-polls from one address (or one trusted proxy), at least 10,000 in all, one
+    client never the whole total, and long-polls never every connection."""
+    s = MetadataSettings()
+    assert s.max_longpolls_per_client >= 1000
+    assert s.max_connections_per_client > s.max_longpolls_per_client  # room for its other requests
+    assert s.longpoll_limit >= 10000
+    assert s.longpoll_limit > s.max_longpolls_per_client
+    assert s.longpoll_limit < s.max_connections
+
+
+async def test_a_connection_over_the_total_is_answered_503_and_one_that_sends_nothing_is_dropped(
+    fleet_file: Path,
+) -> None:
+    async with run_metadata(fleet_file, max_connections=4) as md, raw_clients() as held:
+        port = int(md.url.rsplit(":", 1)[1])
+        gate = md.app[GATE]
+        gate.refusal_wait = 0.3
+        gate.pressure_idle = 60.0  # nothing here is idle long enough to be closed for room
+        for i in range(4):
+            held.append(await RawClient.open(port, f"127.0.11.{i + 1}"))
+        await wait_for(lambda: len(gate.open) == 4)
+        late = await RawClient.open(port, "127.0.11.9")
+        held.append(late)
+        late.send("/latest/version")
+        status, headers, body = await late.answer()
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert b"every connection is busy" in body
+        silent = await RawClient.open(port, "127.0.11.10")
+        held.append(silent)
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(silent.answer(), 5)
+        assert gate.aborted == 1
+        await wait_for(lambda: gate.refusing == 0)
+
+
+async def test_long_polls_over_a_limit_get_429_and_ordinary_requests_are_still_served(fleet_file: Path) -> None:
+    """Per client 3, in all 5: the 4th of one client and the 6th in all are answered 429 with
+    Retry-After at once, not parked; an ordinary request from the client at its limit is served;
+    the change wakes every parked one."""
+    async with (
+        run_metadata(fleet_file, max_longpolls_per_client=3, max_longpolls=5) as md,
+        raw_clients() as clients,
+    ):
+        port = int(md.url.rsplit(":", 1)[1])
+        version = await current_version(md)
+        poll = f"/latest/version?wait=true&value={version}&maxWait=30"
+        parked = []
+        for source in ("127.0.12.1",) * 3 + ("127.0.12.2",) * 2:
+            client = await RawClient.open(port, source)
+            clients.append(client)
+            client.send(poll)
+            parked.append(client)
+        await wait_for(lambda: md.app[STORE].waiting == 5)
+        for source, why in (("127.0.12.1", b"from this client"), ("127.0.12.3", b"on this server")):
+            over = await RawClient.open(port, source)
+            clients.append(over)
+            over.send(poll)
+            status, headers, body = await asyncio.wait_for(over.answer(), 5)
+            assert (status, headers["retry-after"]) == (429, "1"), body
+            assert why in body
+        ordinary = await RawClient.open(port, "127.0.12.1")
+        clients.append(ordinary)
+        ordinary.send("/latest/containers/shop-db-1/primary_ip")
+        assert (await asyncio.wait_for(ordinary.answer(), 5))[::2] == (200, b"127.0.0.21")
+        assert md.app[STORE].waiting == 5
+        change_fleet(fleet_file, "127.0.0.99")
+        answers = await asyncio.wait_for(asyncio.gather(*(c.answer() for c in parked)), 10)
+        assert {(status, body != version.encode()) for status, _, body in answers} == {(200, True)}
+        assert md.app[LONGPOLLS].held == 0
+
+
+async def test_behind_a_trusted_proxy_each_client_is_counted_apart(fleet_file: Path) -> None:
+    """With --xff every connection comes from the proxy's address: the per-address connection cap
+    (5 here) does not apply to it, and the long-poll cap (2 here) counts each forwarded client."""
+    async with (
+        run_metadata(fleet_file, xff=True, max_connections_per_client=5, max_longpolls_per_client=2) as md,
+        raw_clients() as clients,
+    ):
+        port = int(md.url.rsplit(":", 1)[1])
+        version = await current_version(md)
+        poll = f"/latest/version?wait=true&value={version}&maxWait=30"
+        for i in range(20):
+            client = await RawClient.open(port, "127.0.0.1")
+            clients.append(client)
+            client.send(poll, forwarded_for=f"10.9.0.{1 + i // 2}")
+        await wait_for(lambda: md.app[STORE].waiting == 20)
+        third = await RawClient.open(port, "127.0.0.1")
+        clients.append(third)
+        third.send(poll, forwarded_for="10.9.0.1")
+        status, headers, body = await asyncio.wait_for(third.answer(), 5)
+        assert (status, headers["retry-after"]) == (429, "1"), body
+        assert md.app[GATE].refused.total == 0  # no connection was refused on the proxy's address
+
+
+async def start_metadata(fleet_file: Path, *flags: str) -> tuple[asyncio.subprocess.Process, int]:
+    """The real service (uvloop, the open-files limit raised), answering on a fresh port; its log
+    goes to ``metadata.log`` beside the fleet file (a pipe nobody reads would stall it)."""
+    port = reserve_port()
+    log_path = fleet_file.parent / "metadata.log"
+    with log_path.open("wb") as log_file:  # the child has its own copy
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "metadata_svc",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data",
+            str(fleet_file),
+            "--state-file",
+            "",
+            *flags,
+            stderr=log_file,
+        )
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                client = await RawClient.open(port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            client.send("/healthz")
+            status = (await client.answer())[0]
+            client.close()
+            if status == 200:
+                return proc, port
+            await asyncio.sleep(0.05)
+
+
+async def stop(proc: asyncio.subprocess.Process, fleet_file: Path) -> str:
+    """Stop the service started by ``start_metadata``; its log."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 20)
+    return (fleet_file.parent / "metadata.log").read_text()
+
+
+def enough_open_files(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        message = f"needs an open-files limit of {wanted} (hard limit here: {hard})"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def park_and_wake(port: int, fleet_file: Path, sources: Sequence[tuple[str, str | None]]) -> list[int]:
+    """One long-poll per (source address, X-Forwarded-For); once all are parked (as /status
+    tells), change the fleet; every answer's status."""
+    clients: list[RawClient] = []
+    try:
+        probe = await RawClient.open(port)
+        probe.send("/latest/version")
+        version = (await probe.answer())[2].decode()
+        probe.close()
+        for source, xff in sources:
+            client = await RawClient.open(port, source)
+            client.send(f"/latest/version?wait=true&value={version}&maxWait=60", forwarded_for=xff)
+            clients.append(client)
+        async with asyncio.timeout(60):
+            while True:
+                probe = await RawClient.open(port, "127.0.250.1")
+                probe.send("/metrics")
+                text = (await probe.answer())[2].decode()
+                probe.close()
+                line = next(x for x in text.splitlines() if x.startswith("metadns_metadata_longpoll_waiters "))
+                if float(line.split()[1]) >= len(sources):
+                    break
+                await asyncio.sleep(0.2)
+        ordinary = await RawClient.open(port, sources[0][0])  # the busiest client, at its limit
+        ordinary.send("/latest/containers/shop-db-1/primary_ip", forwarded_for=sources[0][1])
+        assert (await asyncio.wait_for(ordinary.answer(), 10))[0] == 200
+        ordinary.close()
+        change_fleet(fleet_file, "127.0.0.98")
+        started = time.perf_counter()
+        answers = await asyncio.wait_for(asyncio.gather(*(c.answer() for c in clients), return_exceptions=True), 60)
+        print(f"{len(sources)} long-polls answered {time.perf_counter() - started:.2f} s after the change")
+        statuses = [a[0] if isinstance(a, tuple) else type(a).__name__ for a in answers]
+        assert all(isinstance(a, tuple) and a[2] != version.encode() for a in answers if a[0] == 200)  # type: ignore[index]
+        return statuses  # type: ignore[return-value]
+    finally:
+        for client in clients:
+            client.close()
+
+
+@pytest.mark.slow
+async def test_ten_thousand_long_polls_from_a_thousand_addresses_are_all_woken(fleet_file: Path) -> None:
+    """10 long-polls from each of 1,000 addresses, with the default limits: every one parks, an
+    ordinary request still gets through, and the change answers all 10,000 (no reset, no 429).
+    How long the wake-up takes is measured in bench/longpoll_fanout.py."""
+    enough_open_files(10_000 + 200)
+    proc, port = await start_metadata(fleet_file)
+    try:
+        sources = [(f"127.0.{20 + i // 250}.{1 + i % 250}", None) for i in range(1000) for _ in range(10)]
+        statuses = await park_and_wake(port, fleet_file, sources)
+    finally:
+        log = await stop(proc, fleet_file)
+    assert statuses.count(200) == 10_000, {s: statuses.count(s) for s in set(statuses)}
+    assert "event=connection_refused" not in log
+    assert "event=longpoll_refused" not in log
+
+
+@pytest.mark.parametrize("via", ["one address", "one trusted proxy"])
+async def test_a_thousand_long_polls_from_one_address_or_through_one_proxy_all_work(fleet_file: Path, via: str) -> None:
+    """Host-network containers share the host's address; behind a proxy (--xff) every client shares
+    the proxy's. With the default limits 1,000 long-polls that way all park and all are woken."""
+    enough_open_files(1000 + 200)
+    if via == "one address":
+        proc, port = await start_metadata(fleet_file)
+        sources: list[tuple[str, str | None]] = [("127.0.30.1", None)] * 1000
+    else:
+        proc, port = await start_metadata(fleet_file, "--xff")
+        sources = [("127.0.0.1", f"10.8.{i // 250}.{1 + i % 250}") for i in range(1000)]
+    try:
+        statuses = await park_and_wake(port, fleet_file, sources)
+    finally:
+        log = await stop(proc, fleet_file)
+    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
+    assert "event=connection_refused" not in log
+    assert "event=longpoll_refused" not in log
