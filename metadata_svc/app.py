@@ -16,6 +16,7 @@ from metadata_svc.identity import ClientIdentity
 from metadata_svc.keys import COUNTERS, GATE, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
 from metadata_svc.longpolls import LongPollSlots
 from metadata_svc.metrics import MetadataCounters
+from metadata_svc.request_errors import RequestErrorLog
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.sources import FleetSource
@@ -163,12 +164,14 @@ def source_for(settings: MetadataSettings) -> FleetSource:
 
 def make_runner(app: web.Application) -> web.AppRunner:
     """The runner production and tests serve ``app`` with: no access log, a bounded graceful
-    shutdown, the keep-alive of ``--keepalive-timeout``."""
+    shutdown, the keep-alive of ``--keepalive-timeout``, and aiohttp's own errors logged by
+    ``RequestErrorLog`` (a malformed request is a throttled line, not a traceback)."""
     return web.AppRunner(
         app,
         access_log=None,
         shutdown_timeout=5,
         keepalive_timeout=app[SETTINGS].keepalive_timeout,
+        logger=RequestErrorLog(log),
     )
 
 

@@ -309,3 +309,41 @@ async def test_a_thousand_long_polls_from_one_address_or_through_one_proxy_all_w
     assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
     assert "event=connection_refused" not in log
     assert "event=longpoll_refused" not in log
+
+
+async def test_a_flood_of_malformed_requests_costs_a_line_per_kind_not_a_traceback_each(fleet_file: Path) -> None:
+    """1,000 requests aiohttp cannot parse (a 60 KB path, a 100 KB header, 10,000 headers, not
+    HTTP at all): each is still answered 400, and the log gets one line per kind, no traceback
+    (each used to write an ERROR with ~1.5 KB of traceback)."""
+    proc, port = await start_metadata(fleet_file)
+    kinds = {
+        "long path": f"GET /{'a' * 60_000} HTTP/1.1\r\nHost: md\r\n\r\n".encode(),
+        "long header": f"GET / HTTP/1.1\r\nHost: md\r\nX-Big: {'b' * 100_000}\r\n\r\n".encode(),
+        "many headers": b"GET / HTTP/1.1\r\nHost: md\r\n"
+        + b"".join(b"X-%d: y\r\n" % i for i in range(10_000))
+        + b"\r\n",
+        "not http": b"\x16\x03\x01\x02\x00 hello\r\n\r\n",
+    }
+    statuses: list[int | str] = []
+    try:
+        started_log = len((fleet_file.parent / "metadata.log").read_bytes())  # the start-up lines
+        for i in range(1000):
+            payload = list(kinds.values())[i % len(kinds)]
+            client = await RawClient.open(port)
+            try:
+                client.writer.write(payload)
+                try:
+                    statuses.append((await asyncio.wait_for(client.answer(), 5))[0])
+                except (ConnectionResetError, asyncio.IncompleteReadError) as exc:
+                    statuses.append(type(exc).__name__)
+            finally:
+                client.close()
+    finally:
+        log = await stop(proc, fleet_file)
+    assert set(statuses) == {400}, {s: statuses.count(s) for s in set(statuses)}
+    lines = [line for line in log.splitlines() if "event=bad_http_request" in line]
+    assert "Traceback" not in log
+    assert 1 <= len(lines) <= len(kinds), lines
+    assert all(len(line) < 400 for line in lines), lines
+    flood_log = len(log.encode()) - started_log
+    assert flood_log < 4 * 1024, f"{flood_log} bytes of log for 1,000 malformed requests"
