@@ -14,6 +14,13 @@ Each step writes its rule once, as three parts (``Step``):
 - ``wait(query)``, and optionally ``relay(query, done)``: the waiting, for the few steps that
   really wait (upstream, gather, a local CNAME chased upstream); ``relay`` is the same wait
   with a callback instead of a coroutine.
+- ``refused(query)``: what the step answers instead of waiting to a client outside
+  ``--allow-recursion`` (REFUSED, unless it has a partial answer of its own).
+
+Every wait sends a query out (to an upstream, to the clusters), so the recursion gate is the
+drivers' too, written once in ``Chain.walk``: a ``WAIT`` for a client that may not recurse
+becomes that step's ``refused`` answer, and nothing is sent. A step never checks the gate itself;
+a new step that waits is gated the day it is added.
 
 The drivers are generic: ``Chain.walk`` runs the checks top-down and, on an answer, the backs
 bottom-up, in plain code with no coroutine (a cache hit or a local answer never awaits);
@@ -34,7 +41,7 @@ from mypy_extensions import mypyc_attr
 
 from dns_svc.answers import AnswersTable, ClientView, Upstream
 from dns_svc.replies import CachedReply
-from dns_svc.wire import RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
+from dns_svc.wire import RCODE_REFUSED, RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
 
 
 class Source(enum.Enum):
@@ -42,7 +49,7 @@ class Source(enum.Enum):
     AUTHORITY = "authority"  # NXDOMAIN/NODATA for a name in our zone: same lifetime as LOCAL
     UPSTREAM = "upstream"  # relayed from an upstream server: global cache, by its TTL
     FAILURE = "failure"  # every upstream failed: SERVFAIL, cached for a few seconds at most
-    REFUSED = "refused"  # recursion not allowed for this client: never cached
+    REFUSED = "refused"  # the recursion gate's answer (Step.refused): never cached
     STALE = "stale"  # an expired upstream answer served while the upstreams fail (RFC 8767)
     GATHER = "gather"  # merged from several clusters' answers: global cache, like UPSTREAM
     CLIENT_CACHE = "client_cache"  # a LOCAL or AUTHORITY answer served again from the client cache
@@ -112,6 +119,8 @@ class Query:
         self.transport = transport
         self.table = table
         self.view = view
+        # --allow-recursion, decided once per query (``RecursionPolicy``): whether a step may send
+        # a query out for it (``Chain.walk``) and whether it may be answered from the global cache
         self.recursion_allowed = recursion_allowed
         self.generation = generation  # the client caches' generation when the query started
         self.started = started  # when the query was read (perf_counter), for its duration
@@ -183,6 +192,15 @@ class Step:
         ``wait`` must answer after all) and return True, or return False at once when it cannot."""
         return False
 
+    def refused(self, query: Query) -> Answer:
+        """The answer instead of ``wait`` for a client outside ``--allow-recursion``: a wait sends
+        a query out, which such a client must never cause (an open resolver, an amplifier towards
+        the upstreams and the clusters). REFUSED without RA, as a recursive resolver that will
+        not recurse for a client answers; a step with something of its own to answer without the
+        wait (a local CNAME whose target is outside the table) answers that instead, with the
+        same ``Source.REFUSED`` so that no cache keeps what this one client was given."""
+        return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
+
 
 class Chain:
     def __init__(self, steps: Sequence[Step]) -> None:
@@ -191,7 +209,10 @@ class Chain:
 
     def walk(self, query: Query) -> Answer | Pending:
         """The checks top-down; an answer goes back up through the steps above the one that gave
-        it. A step that must wait: the ``Pending`` that finishes the query."""
+        it. A step that must wait: the ``Pending`` that finishes the query, or, for a client
+        outside ``--allow-recursion``, the step's ``refused`` answer (the recursion gate: the one
+        place it is checked, for every step that sends a query out, and for both drivers, since
+        every ``Pending`` starts here)."""
         fallback: Pass | None = None
         fallback_at = 0
         index = 0
@@ -201,6 +222,8 @@ class Chain:
                 index += 1
                 continue
             if verdict is WAIT:
+                if not query.recursion_allowed:
+                    return self.back(query, index, self.steps[index].refused(query))
                 return Pending(self, query, index, fallback, fallback_at)
             if isinstance(verdict, Answer):
                 return self.back(query, index, verdict)

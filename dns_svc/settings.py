@@ -157,7 +157,10 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     p.flag(
         "--allow-recursion",
         default=",".join(DEFAULT_ALLOW),
-        help="comma list of client networks that may recurse; others get REFUSED for non-local names",
+        help=(
+            "comma list of client networks that may have queries sent out for them (upstream, gathered,"
+            " a local CNAME chased); others get REFUSED instead, and local answers"
+        ),
     )
     p.flag("--metadata-answer", default="169.254.169.250", help="comma list: A records of rancher-metadata.<domain>")
     p.flag(

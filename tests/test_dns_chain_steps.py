@@ -287,6 +287,44 @@ async def test_a_wait_within_its_timer_is_the_answer() -> None:
     assert (await chain.resolve(plain_query())).source is Source.UPSTREAM
 
 
+class Outgoing(Step):
+    """A step that must wait, as every step that sends a query out does; waiting on it for a
+    client outside --allow-recursion is the defect the recursion gate prevents."""
+
+    name = "outgoing"
+
+    def check(self, query: Query) -> Verdict:
+        return WAIT
+
+    async def wait(self, query: Query) -> Answer:
+        raise AssertionError("waited on for a client outside --allow-recursion")
+
+    def relay(self, query: Query, done: Done) -> bool:
+        raise AssertionError("relayed for a client outside --allow-recursion")
+
+
+def test_the_recursion_gate_answers_for_a_step_that_would_wait() -> None:
+    """For a client outside --allow-recursion, the drivers never wait on a step (no ``Pending``,
+    so neither ``relay`` nor ``wait``): its ``refused`` answer comes back at once, up through the
+    steps above it, with nothing sent. The same through the real steps: nothing reaches the last."""
+    seen: list[tuple[str, Source]] = []
+    chain = Chain([Recorder("top", seen), Outgoing(), Recorder("below", seen)])
+    outside = plain_query()
+    outside = Query(outside.raw, "192.0.2.1", "udp", outside.table, outside.view, False)
+    answer = chain.walk(outside)
+    assert isinstance(answer, Answer)
+    assert answer.source is Source.REFUSED
+    assert dns.rcode.to_text(dns.message.from_wire(answer.wire).rcode()) == "REFUSED"
+    assert seen == [("top", Source.REFUSED)]
+    s = setup()
+    for name, qtype, _client, source, *_ in CASES:
+        query = make_query(s, name, qtype, "192.0.2.1")
+        real = s.chain.walk(Query(query.raw, query.client_ip, "udp", s.table, query.view, False, query.generation))
+        assert isinstance(real, Answer), name
+        assert real.source is (Source.REFUSED if source is Source.UPSTREAM else source), name
+    assert s.upstream.asked == []
+
+
 async def test_a_name_found_not_local_is_not_looked_up_again() -> None:
     """Once the local step has seen a name bound upstream asked again, its check passes it on
     from the memo, without looking in the table, until the answers change. Seen here by handing

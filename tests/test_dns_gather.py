@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import dns.edns
+import dns.flags
 import dns.rdatatype
 import pytest
 
@@ -38,9 +39,12 @@ def clusters(tmp_path: Path) -> Iterator[tuple[Unbound, Unbound]]:
         + 'local-data: "onlya.svc.cluster-a.local. 30 IN A 10.1.0.99"\n'
     )
     with (
-        run_unbound(tmp_path / "a", host="127.0.0.2", zone=a_zone) as a,
+        run_unbound(tmp_path / "a", host="127.0.0.2", zone=a_zone, log_queries=True) as a,
         run_unbound(
-            tmp_path / "b", host="127.0.0.3", zone=zone("cluster-b.local", "demo-1", "10.2.0.11", 20, "from b")
+            tmp_path / "b",
+            host="127.0.0.3",
+            zone=zone("cluster-b.local", "demo-1", "10.2.0.11", 20, "from b"),
+            log_queries=True,
         ) as b,
     ):
         yield a, b
@@ -153,6 +157,42 @@ async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:
             assert rcode(reply) == "SERVFAIL"
             [ede] = [o for o in reply.options if o.otype == dns.edns.OptionType.EDE]
             assert ede.code == 23
+
+
+async def test_a_client_outside_allow_recursion_is_refused_and_no_cluster_is_asked(clusters, unbound) -> None:
+    """The recursion gate for the gather step: a client outside --allow-recursion gets REFUSED,
+    as for an upstream name, counted alike on /metrics, and neither cluster (each a real unbound
+    logging every query it gets) is asked, over UDP or TCP. A client inside then asks once, which
+    shows the logs count what arrives, and the merged answer it leaves in the global cache is
+    still not for the client outside."""
+    a, b = clusters
+    async with run_dns(
+        recurse=(unbound.address,), allow_recursion=("127.0.0.1/32",), **gather_settings(a.address, b.address)
+    ) as server:
+        before = len(a.queried()), len(b.queried())  # their readiness probes
+        for tcp in (False, True):
+            refused = await ask(
+                server, "_http._tcp.demo.svc.distributed.local", "SRV", "127.0.0.5", tcp=tcp, use_edns=0
+            )
+            assert rcode(refused) == "REFUSED"
+            assert not refused.flags & dns.flags.RA
+            assert refused.answer == []
+            assert not [o for o in refused.options if o.otype == dns.edns.OptionType.EDE]  # nothing timed out
+        upstream_name = await ask(server, "www.example.test", source="127.0.0.5")
+        assert rcode(upstream_name) == "REFUSED"
+        assert (a.queried()[before[0] :], b.queried()[before[1] :]) == ([], [])
+        text = await metrics(server)
+        for qtype in ("SRV", "A"):
+            assert sample(text, "metadns_dns_responses_total", source="refused", type=qtype, rcode="REFUSED") == 1
+        assert sample(text, "metadns_dns_responses_total", source="refused", type="SRV", proto="tcp") == 1
+        assert sample(text, "metadns_gather_queries_total", qtype="SRV") == 0
+
+        merged = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
+        assert rcode(merged) == "NOERROR"
+        assert a.queried()[before[0] :] == ["_http._tcp.demo.svc.cluster-a.local."]
+        assert b.queried()[before[1] :] == ["_http._tcp.demo.svc.cluster-b.local."]
+        cached = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", "127.0.0.5", use_edns=0)
+        assert rcode(cached) == "REFUSED"
 
 
 async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> None:

@@ -1,5 +1,6 @@
 """Recursion through a real unbound: relay, TTL countdown, negative caching, failover, TCP
-retry on truncation, SERVFAIL only when every upstream failed, REFUSED for other networks."""
+retry on truncation, SERVFAIL only when every upstream failed, REFUSED for other networks (and
+nothing sent out for them: no upstream query, no CNAME chase)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from tests.support.dns import FakeClock, addresses, ask, dig, rcode, run_dns
 from tests.support.logs import logged_fields
+from tests.support.metrics import scrape, value
 from tests.support.upstream import ScriptedUpstream, reserve_port, run_unbound
 
 pytestmark = pytest.mark.external_tool
@@ -136,6 +138,27 @@ async def test_recursion_refused_outside_allowed_networks(unbound, clock) -> Non
         assert rcode(await ask(server, "rancher.internal", "SOA", source="127.0.0.2")) == "NOERROR"
 
 
+async def test_a_client_outside_allow_recursion_sends_nothing_upstream(tmp_path: Path, clock) -> None:
+    """The recursion gate for the upstream step: REFUSED, and the upstream (a real unbound that
+    logs every query it gets) is never asked, over UDP (the relay) or TCP (the coroutine). A
+    client inside then asks it once, which shows the log counts what arrives."""
+    with run_unbound(tmp_path / "logged", log_queries=True) as upstream:
+        async with run_dns(
+            clock, recurse=(upstream.address,), allow_recursion=("127.0.0.1/32",), http_host="127.0.0.1", http_port=0
+        ) as server:
+            before = len(upstream.queried())  # its readiness probe
+            for tcp in (False, True):
+                refused = await ask(server, "payments.example.test", source="127.0.0.5", tcp=tcp)
+                assert rcode(refused) == "REFUSED"
+                assert not refused.flags & dns.flags.RA
+                assert refused.answer == []
+            assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
+            assert upstream.queried()[before:] == ["www.example.test."]
+            text = await scrape(server.http_address)
+            assert value(text, "metadns_dns_responses_total", source="refused", type="A", rcode="REFUSED") == 2
+            assert value(text, "metadns_dns_upstream_requests_total") == 1
+
+
 async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Path, unbound, clock) -> None:
     private = (
         'local-zone: "." static\nlocal-zone: "only-b.test." static\n'
@@ -192,6 +215,48 @@ async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path:
         again = await ask(server, "pay.rancher.internal")
         assert str(again.answer[0][0].target) == "payments.example.test."
         assert addresses(again) == []  # past the CNAME's 1 s: chased again, and the upstream is gone
+
+
+async def test_a_local_cname_is_not_chased_for_a_client_outside_allow_recursion(tmp_path: Path, clock) -> None:
+    """The recursion gate for the local step's CNAME chase: a client outside --allow-recursion
+    gets the CNAME, as an authoritative server answers it, and the upstream (a real unbound that
+    logs every query it gets) is not asked for its target. That answer is this client's only: a
+    client inside, asking next, gets the chain chased, not the unchased answer from a cache."""
+    answers = tmp_path / "answers.json"
+    answers.write_text(
+        json.dumps(
+            {
+                "default": {
+                    "authoritative": ["rancher.internal"],
+                    "cname": {"pay.rancher.internal.": {"answer": "payments.example.test."}},
+                }
+            }
+        )
+    )
+    with run_unbound(tmp_path / "logged", log_queries=True) as upstream:
+        async with run_dns(
+            clock,
+            recurse=(upstream.address,),
+            answers=str(answers),
+            allow_recursion=("127.0.0.1/32",),
+            http_host="127.0.0.1",
+            http_port=0,
+        ) as server:
+            before = len(upstream.queried())  # its readiness probe
+            for tcp in (False, True, False):  # the third: not from a cache either
+                outside = await ask(server, "pay.rancher.internal", source="127.0.0.5", tcp=tcp)
+                assert rcode(outside) == "NOERROR"
+                assert [rrset.rdtype for rrset in outside.answer] == [dns.rdatatype.CNAME]
+                assert str(outside.answer[0][0].target) == "payments.example.test."
+                assert outside.flags & dns.flags.AA
+            assert upstream.queried()[before:] == []
+            inside = await ask(server, "pay.rancher.internal")
+            assert [rrset.rdtype for rrset in inside.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
+            assert addresses(inside) == ["192.0.2.20"]
+            assert upstream.queried()[before:] == ["payments.example.test."]
+            text = await scrape(server.http_address)
+            assert value(text, "metadns_dns_responses_total", source="refused", type="A", rcode="NOERROR") == 3
+            assert value(text, "metadns_dns_responses_total", source="local", type="A") == 1
 
 
 def _truncated(query: bytes) -> bytes:

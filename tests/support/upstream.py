@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import struct
 import subprocess
@@ -51,10 +52,24 @@ def reserve_port() -> int:
 class Unbound:
     address: tuple[str, int]
     process: subprocess.Popen[bytes]
+    query_log: Path | None = None
 
     @property
     def spec(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
+
+    def queried(self) -> list[str]:
+        """The names unbound was asked, in order, lower-cased, from its own query log (the server
+        made with ``log_queries=True``): what reached it, counted by unbound itself."""
+        assert self.query_log is not None, "started without log_queries=True"
+        if not self.query_log.exists():
+            return []
+        names = []
+        for line in self.query_log.read_text().splitlines():
+            match = re.search(r" info: \S+ (\S+) \S+ IN$", line)
+            if match:
+                names.append(match.group(1).lower())
+        return names
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -79,8 +94,12 @@ def _ready(address: tuple[str, int], access: str = "allow") -> bool:
             return False
 
 
-def unbound_config(workdir: Path, host: str, port: int, zone: str = ZONE, access: str = "allow") -> str:
-    """An unbound that stays in the foreground, logs nowhere, and answers only from ``zone``."""
+def unbound_config(
+    workdir: Path, host: str, port: int, zone: str = ZONE, access: str = "allow", query_log: Path | None = None
+) -> str:
+    """An unbound that stays in the foreground, logs nowhere (or, with ``query_log``, every query
+    it is asked to that file), and answers only from ``zone``."""
+    logging = f'logfile: "{query_log}"\n  log-queries: yes' if query_log is not None else 'logfile: ""'
     return f"""server:
   interface: {host}@{port}
   port: {port}
@@ -90,7 +109,7 @@ def unbound_config(workdir: Path, host: str, port: int, zone: str = ZONE, access
   directory: "{workdir}"
   pidfile: ""
   use-syslog: no
-  logfile: ""
+  {logging}
   verbosity: 0
   do-ip6: no
   access-control: 127.0.0.0/8 {access}
@@ -106,22 +125,30 @@ remote-control:
 
 @contextlib.contextmanager
 def run_unbound(
-    workdir: Path, extra: str = "", host: str = "127.0.0.1", zone: str = ZONE, access: str = "allow", port: int = 0
+    workdir: Path,
+    extra: str = "",
+    host: str = "127.0.0.1",
+    zone: str = ZONE,
+    access: str = "allow",
+    port: int = 0,
+    log_queries: bool = False,
 ) -> Iterator[Unbound]:
-    """A real unbound on ``host`` (on ``port``, when given: restarting one where it was)."""
+    """A real unbound on ``host`` (on ``port``, when given: restarting one where it was); with
+    ``log_queries``, one that logs every query it gets (``Unbound.queried``)."""
     binary = require_tool("unbound", "/usr/sbin/unbound")
     workdir.mkdir(parents=True, exist_ok=True)
     wanted = port
     for attempt in range(5):
         port = wanted or reserve_port()
         conf = workdir / "unbound.conf"
-        conf.write_text(unbound_config(workdir, host, port, zone + extra, access))
+        query_log = workdir / "queries.log" if log_queries else None
+        conf.write_text(unbound_config(workdir, host, port, zone + extra, access, query_log))
         proc = subprocess.Popen([binary, "-d", "-c", str(conf)], stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None and not _ready((host, port), access):
             time.sleep(0.05)
         if proc.poll() is None:
-            server = Unbound((host, port), proc)
+            server = Unbound((host, port), proc, query_log)
             try:
                 yield server
             finally:

@@ -94,7 +94,7 @@ class GlobalCacheStep(Step):
 
     def check(self, query: Query) -> Verdict:
         if not query.recursion_allowed:
-            return PASS
+            return PASS  # recursive answers are for the clients that may recurse, cached or not
         cache = self.cache
         now = cache.clock()
         raw = query.raw
@@ -126,7 +126,9 @@ class GlobalCacheStep(Step):
         return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), ttl), Source.STALE)
 
     def back(self, query: Query, answer: Answer) -> Answer:
-        if not query.recursion_allowed or answer.source not in (Source.UPSTREAM, Source.GATHER, Source.FAILURE):
+        # A client outside --allow-recursion never brings one of these up: the recursion gate
+        # (``Chain.walk``) answers it with ``Source.REFUSED`` before anything is sent.
+        if answer.source not in (Source.UPSTREAM, Source.GATHER, Source.FAILURE):
             return answer
         now = self.cache.clock()
         key = global_key(query.view, cache_key(query.raw))

@@ -8,6 +8,10 @@ records answering the question are owned by the question (gathersrv left them pr
 did not match it), glue is owned by the rewritten target names. Records keep cluster order, not
 arrival order; every TTL is the smallest one; any NOERROR makes the merge NOERROR. A cluster that
 misses the deadline is left out; when none answers, SERVFAIL with Extended DNS Error 23.
+
+Its check waits for every gathered question, whoever asks: for a client outside
+``--allow-recursion`` the chain's recursion gate (``Chain.walk``) answers REFUSED in its place
+(``Step.refused``), and no cluster is asked.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The question name is tried as sent, then with each of the client's search suffixes
 (rancher-dns's server-side search); the answer's owner is always the name as asked. A/AAAA
 follow CNAME chains through the table (loop-safe, at most 10 links) and, when the chain leaves
-the table, resolve its end upstream. A name that exists with other types gets NODATA, never
+the table, resolve its end upstream (for a client outside ``--allow-recursion``: the chain
+without its end, ``refused``). A name that exists with other types gets NODATA, never
 NXDOMAIN (AAAA for an A-only name is the classic case: nginx and musl choke on NXDOMAIN).
 """
 
@@ -70,9 +71,21 @@ class LocalAnswers(Step):
             return PASS
         rec, build = found
         followed = self.followed(query, rec, build)
-        if followed is not None and followed[2] is not None and self.chase is not None and query.recursion_allowed:
-            return WAIT  # the chain leaves the table: its end is resolved upstream
+        if followed is not None and followed[2] is not None and self.chase is not None:
+            return WAIT  # the chain leaves the table: its end is resolved upstream (``refused``: not)
         return self.build(query, rec, build, followed, None)
+
+    def refused(self, query: Query) -> Answer:
+        """A chain that leaves the table, for a client outside ``--allow-recursion``: the chain
+        through the table without its end, which is not chased (what an authoritative server
+        answers; the client's own resolver may follow the last CNAME). ``Source.REFUSED``, so that
+        no cache keeps it: shared, this client's answer would have stood for every client's, the
+        chase skipped for all of them until the answers changed."""
+        found = self.find(query)
+        assert found is not None  # the query's table and generation are the ones check saw
+        rec, build = found
+        answer = self.build(query, rec, build, self.followed(query, rec, build), None)
+        return Answer(answer.wire, Source.REFUSED, countdown=False)
 
     async def wait(self, query: Query) -> Answer:
         """A CNAME chain that leaves the table (``check`` said so): its end resolved upstream,

@@ -80,10 +80,9 @@ class UpstreamPool(Step):
         return [(_text(up), ch) for up, ch in self._channels.items()]
 
     def check(self, query: Query) -> Verdict:
-        if not query.recursion_allowed:
-            return Answer(header_only_reply(query.raw, RCODE_REFUSED, ra=False), Source.REFUSED)
-        if not self.upstreams_for(query):
-            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+        """Always a wait, with upstreams to ask or none (the walk over none answers SERVFAIL at
+        once): a client outside ``--allow-recursion`` is refused by the chain's recursion gate
+        (``Chain.walk``), whether there is an upstream to ask or not."""
         return WAIT
 
     def relay(self, query: Query, done: Done) -> bool:
