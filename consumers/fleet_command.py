@@ -1,4 +1,4 @@
-"""``metadns fleet apply|get|delete``: the fleet in etcd, written from a fleet file.
+"""``metadns fleet apply|put|get|delete``: the fleet in etcd, written from a fleet file.
 
 ``apply`` validates the file exactly as the file source does (a file that fails writes nothing
 and exits 1 with the same one-line reason), reads what is under the prefix, and writes only the
@@ -6,7 +6,9 @@ difference: new and changed objects put, objects no longer in the file deleted, 
 transactions of at most 128 operations (etcd's default ``--max-txn-ops``; a larger change is
 several transactions, each applied whole, and followers may see the steps between them).
 Keys held by a lease are an agent's registrations (``metadns register``): ``apply`` never
-changes or removes them. ``--dry-run`` prints the difference and writes nothing.
+changes or removes them. ``--dry-run`` prints the difference and writes nothing. ``put``
+(``consumers/fleet_put.py``) writes only the objects a file names, validated with what etcd
+holds, and deletes nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from consumers.fleet_put import put, read_put_file
 from metadata_svc.sources.file import parse_fleet_text
 from shared.etcd import EtcdClient, EtcdError, add_etcd_flags, b64, endpoints_from_flags
 from shared.etcd_fleet import fleet_from_keys, fleet_keys
-from shared.model import FleetError
+from shared.model import Fleet, FleetError
 from shared.settings import FlagParser
 
 MAX_TXN_OPS = 128
@@ -34,6 +37,7 @@ FLEET_HELP = """\
 The fleet in etcd, for every host's metadata service (metadata-svc --source etcd://HOST:PORT/PREFIX):
 
   metadns fleet apply --etcd 127.0.0.1:2379 --prefix /metadns/v1/ fleet.yaml [--dry-run]
+  metadns fleet put   --etcd 127.0.0.1:2379 --prefix /metadns/v1/ some-objects.yaml [--dry-run]
   metadns fleet get   --etcd 127.0.0.1:2379 --prefix /metadns/v1/ > fleet.yaml
   metadns fleet delete --etcd 127.0.0.1:2379 --prefix /metadns/v1/ containers/host-a/c-web-1
 """
@@ -130,41 +134,48 @@ def register_main(argv: list[str]) -> int:
         return _refused("register", "nothing registered", exc)
 
 
-def fleet_main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("apply", "get", "delete"):
-        print("usage: metadns fleet {apply,get,delete} [--help]\n\n" + FLEET_HELP, file=sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    command, rest = argv[0], argv[1:]
+FLEET_COMMANDS = ("apply", "put", "get", "delete")
+
+
+def _fleet_parser(command: str) -> FlagParser:
     p = _parser(f"fleet {command}")
     if command == "apply":
         p.add_argument("file", help="the fleet file (YAML or JSON), as the file source reads it")
         p.flag("--dry-run", action="store_true", help="print the difference, write nothing")
+    elif command == "put":
+        p.add_argument(
+            "file",
+            help="the objects to add or replace (hosts, stacks, services, containers, environment), "
+            "in the fleet file's layout",
+        )
+        p.flag("--dry-run", action="store_true", help="print what would be written, write nothing")
     elif command == "delete":
         p.add_argument("keys", nargs="+", help="keys below the prefix, as 'fleet get --keys' prints them")
     else:
         p.flag("--keys", action="store_true", help="print the keys and their values instead of a fleet file")
-    ns = p.parse_flags(rest)
+    return p
+
+
+def fleet_main(argv: list[str]) -> int:
+    if not argv or argv[0] not in FLEET_COMMANDS:
+        print(f"usage: metadns fleet {{{','.join(FLEET_COMMANDS)}}} [--help]\n\n" + FLEET_HELP, file=sys.stdout)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    ns = _fleet_parser(command).parse_flags(rest)
     prefix = _prefix(ns.prefix)
     try:
-        if command == "apply":
-            try:
-                fleet = parse_fleet_text(Path(ns.file).read_text(encoding="utf-8"), ns.file)
-            except (OSError, UnicodeDecodeError) as exc:
-                raise FleetError(ns.file, f"cannot read: {exc}") from None
-            changes = asyncio.run(_run(ns, lambda c: apply(c, prefix, fleet_keys(fleet), ns.dry_run)))
+        if command in ("apply", "put"):
+            if command == "apply":
+                keys = fleet_keys(_read_fleet(ns.file))
+                changes = asyncio.run(_run(ns, lambda c: apply(c, prefix, keys, ns.dry_run)))
+            else:
+                wanted = _read_put(ns.file)
+                changes = asyncio.run(_run(ns, lambda c: put(c, prefix, wanted, ns.file, ns.dry_run)))
             for sign, key in changes:
                 print(f"{sign} {prefix.decode()}{key}")
             print(f"{'would change' if ns.dry_run else 'changed'} {len(changes)} key(s)", file=sys.stderr)
         elif command == "get":
-            if ns.keys:
-                kvs = asyncio.run(_run(ns, lambda c: c.list_prefix(prefix)))[0]
-                for kv in kvs:
-                    print(f"{kv.key.decode()} {kv.value.decode('utf-8', 'replace')}")
-                return 0
-            raw, bad = asyncio.run(_run(ns, lambda c: current_fleet(c, prefix)))
-            for key, problem in bad.items():
-                print(f"held back: {prefix.decode()}{key}: {problem}", file=sys.stderr)
-            print(yaml.safe_dump(json.loads(json.dumps(raw)), sort_keys=False, allow_unicode=True), end="")
+            _get(ns, prefix)
         else:
 
             async def delete(c: EtcdClient) -> None:
@@ -176,6 +187,35 @@ def fleet_main(argv: list[str]) -> int:
     except (FleetError, EtcdError) as exc:
         return _refused(f"fleet {command}", "nothing written", exc)
     return 0
+
+
+def _get(ns: argparse.Namespace, prefix: bytes) -> None:
+    if ns.keys:
+        kvs = asyncio.run(_run(ns, lambda c: c.list_prefix(prefix)))[0]
+        for kv in kvs:
+            print(f"{kv.key.decode()} {kv.value.decode('utf-8', 'replace')}")
+        return
+    raw, bad = asyncio.run(_run(ns, lambda c: current_fleet(c, prefix)))
+    for key, problem in bad.items():
+        print(f"held back: {prefix.decode()}{key}: {problem}", file=sys.stderr)
+    print(yaml.safe_dump(json.loads(json.dumps(raw)), sort_keys=False, allow_unicode=True), end="")
+
+
+def _read_fleet(path: str) -> Fleet:
+    try:
+        return parse_fleet_text(Path(path).read_text(encoding="utf-8"), path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FleetError(path, f"cannot read: {exc}") from None
+
+
+def _read_put(path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FleetError(path, f"cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise FleetError(path, f"does not parse: {str(exc).splitlines()[0]}") from None
+    return read_put_file(data, path)
 
 
 def _refused(command: str, outcome: str, exc: FleetError | EtcdError) -> int:
