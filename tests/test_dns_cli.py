@@ -15,7 +15,7 @@ from pathlib import Path
 import dns.exception
 
 from tests.support.dns import addresses, ask, dns_process, rcode
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port, hold_port
 
 
 async def stop(proc: asyncio.subprocess.Process) -> str:
@@ -69,7 +69,7 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
             }
         )
     )
-    port = reserve_port()
+    port = free_port()
     env = {
         **os.environ,
         "METADNS_DNS_LISTEN": f"127.0.0.1:{port}",
@@ -122,7 +122,7 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
     from tests.support.metadata import run_metadata
 
     async with run_metadata(dns_fleet_file) as md:
-        port = reserve_port()
+        port = free_port()
         proc = await dns_process(f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29")
         address = ("127.0.0.1", port)
 
@@ -162,27 +162,21 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
 
 
 async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    import socket as socket_module
-
-    taken = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
-    with taken:
-        port = taken.getsockname()[1]
-        holder = socket_module.socket()
-        holder.bind(("127.0.0.1", port))
-        holder.listen()
-        with holder:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dns_svc",
-                f"--listen=127.0.0.1:{port}",
-                "--metadata-url=",
-                "--state-file=",
-                "--resolv-conf=/nonexistent",
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await asyncio.wait_for(proc.communicate(), 20)
+    """The port held for both protocols, TCP listening, while the service tries to take it."""
+    with hold_port() as held:
+        assert held.tcp is not None
+        held.tcp.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dns_svc",
+            f"--listen=127.0.0.1:{held.port}",
+            "--metadata-url=",
+            "--state-file=",
+            "--resolv-conf=/nonexistent",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     text = err.decode()
     assert "event=cannot_listen" in text
@@ -206,7 +200,7 @@ async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: 
     env = {**os.environ, "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
     args = [sys.executable, "-m", "dns_svc", "--metadata-url=http://127.0.0.1:1/2016-07-29", f"--state-file={state}"]
     first = await asyncio.create_subprocess_exec(
-        *args, f"--listen=127.0.0.1:{reserve_port()}", "--workers=2", env=env, stderr=asyncio.subprocess.PIPE
+        *args, f"--listen=127.0.0.1:{free_port()}", "--workers=2", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         assert first.stderr is not None
@@ -214,7 +208,7 @@ async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: 
             while b"event=workers_started" not in await first.stderr.readline():
                 pass
         second = subprocess.run(
-            [*args, f"--listen=127.0.0.1:{reserve_port()}"], capture_output=True, text=True, timeout=30, env=env
+            [*args, f"--listen=127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30, env=env
         )
         assert second.returncode == 1
         assert f"{state} is in use by another running instance (pid {first.pid}" in second.stderr

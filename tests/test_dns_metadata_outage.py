@@ -15,7 +15,7 @@ from metadata_svc.keys import STORE
 from tests.support.dns import addresses, ask, run_dns, wait_for_version
 from tests.support.logs import logged_fields
 from tests.support.metadata import run_metadata
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, str]]:
@@ -26,7 +26,7 @@ async def test_outage_recovery_and_restart_from_kept_copy(
     dns_fleet_file: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    port = reserve_port()
+    port = free_port()
     kept = tmp_path / "dns-kept.json"
     md_kept = tmp_path / "metadata-kept.json"
     url = f"http://127.0.0.1:{port}/2016-07-29"
@@ -70,7 +70,7 @@ async def test_broken_kept_copy_is_ignored_with_a_reason(tmp_path: Path, caplog:
     caplog.set_level(logging.INFO)
     kept = tmp_path / "kept.json"
     kept.write_text("{not json")
-    url = f"http://127.0.0.1:{reserve_port()}/2016-07-29"
+    url = f"http://127.0.0.1:{free_port()}/2016-07-29"
     async with run_dns(metadata_url=url, state_file=str(kept)) as server:
         assert (await ask(server, "nope.rancher.internal")).rcode() == 3  # NXDOMAIN, still serving
     [line] = events(caplog, "kept_copy_not_used")

@@ -23,7 +23,7 @@ from metadata_svc.keys import STORE
 from tests.support.dns import addresses, ask, dns_process, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
 from tests.support.metrics import scrape, value
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port, free_ports
 
 pytestmark = pytest.mark.external_tool
 
@@ -99,7 +99,7 @@ async def test_question_types_outside_the_common_ones_share_one_label(server: Dn
 
 
 async def test_each_upstream_is_counted_on_its_own(unbound) -> None:
-    dead = ("127.0.0.1", reserve_port())  # nothing listens: an ICMP port-unreachable
+    dead = ("127.0.0.1", free_port())  # nothing listens: an ICMP port-unreachable
     async with run_dns(recurse=(dead, unbound.address), http_host="127.0.0.1", http_port=0) as server:
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
         text = await scrape(server.http_address)
@@ -134,7 +134,7 @@ class Workers:
 @contextlib.asynccontextmanager
 async def two_workers(unbound) -> AsyncIterator[Workers]:
     """The real ``dns-svc --workers 2 --http-listen``, once both workers are read by the parent."""
-    port, http_port = reserve_port(), reserve_port()
+    port, http_port = free_ports(2)
     process = await dns_process(
         f"--listen=127.0.0.1:{port}",
         "--workers=2",

@@ -22,8 +22,9 @@ from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange, wait_for_version
 from tests.support.logs import logged_fields
+from tests.support.ports import free_port, free_ports
 from tests.support.tools import require_root
-from tests.support.upstream import ScriptedUpstream, answer_a, reserve_port, run_unbound, spoofed_udp
+from tests.support.upstream import ScriptedUpstream, answer_a, run_unbound, spoofed_udp
 
 pytestmark = pytest.mark.external_tool
 
@@ -45,7 +46,7 @@ async def test_recursion_comes_back_after_the_upstream_restarts(
     the same port: the next query is answered. A socket shared by all queries went deaf on uvloop
     after that one ICMP error, and every non-fleet name got SERVFAIL until a restart."""
     caplog.set_level(logging.INFO)
-    port = reserve_port()
+    port = free_port()
     with run_unbound(tmp_path / "u1", port=port) as first:
         async with run_dns(recurse=(first.address,), recurser_timeout=0.5) as server:
             assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
@@ -59,7 +60,7 @@ async def test_recursion_comes_back_after_the_upstream_restarts(
 
 
 async def test_recursion_works_when_the_upstream_starts_after_us(tmp_path: Path) -> None:
-    port = reserve_port()
+    port = free_port()
     async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
         with run_unbound(tmp_path / "late", port=port):
@@ -100,7 +101,7 @@ async def test_a_reused_socket_starts_with_nothing_queued() -> None:
 
 
 async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
-    port = reserve_port()  # nothing listens: each query gets an ICMP port-unreachable
+    port = free_port()  # nothing listens: each query gets an ICMP port-unreachable
     async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
         for i in range(3):
             assert rcode(await ask(server, f"refused{i}.example.test")) == "SERVFAIL"
@@ -349,7 +350,7 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
 
     import aiohttp
 
-    dns_port, http_port = reserve_port(), reserve_port()
+    dns_port, http_port = free_ports(2)
     async with ScriptedUpstream(delay=0.8) as upstream:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

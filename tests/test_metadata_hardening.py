@@ -229,9 +229,9 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
     import socket
     import sys
 
-    from tests.support.upstream import reserve_port
+    from tests.support.ports import free_port
 
-    port = reserve_port()
+    port = free_port()
 
     def small_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
