@@ -15,15 +15,19 @@ from pathlib import Path
 import dns.exception
 
 from tests.support.dns import addresses, ask, dns_process, rcode
+from tests.support.logs import ProcessLog
 from tests.support.ports import free_port, hold_port
 
 
-async def stop(proc: asyncio.subprocess.Process) -> str:
-    """SIGTERM, a clean exit, and the log it wrote."""
+async def stop(proc: asyncio.subprocess.Process, log: ProcessLog | None = None) -> str:
+    """SIGTERM, a clean exit, and the log it wrote (read by ``log`` when one is reading it)."""
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(10):
         await proc.wait()
+        text = await log.finish() if log is not None else None
     assert proc.returncode == 0
+    if text is not None:
+        return text
     assert proc.stderr is not None
     return (await proc.stderr.read()).decode()
 
@@ -81,6 +85,7 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dns_svc", env=env, stderr=asyncio.subprocess.PIPE
     )
+    lines = ProcessLog(proc.stderr)
     address = ("127.0.0.1", port)
     try:
         async with asyncio.timeout(20):
@@ -105,10 +110,10 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
                 await asyncio.sleep(0.1)
         answers.write_text("default: [this is: not valid")  # refused: the last good answers stay
         proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await lines.wait_for("event=answers_rejected", str(answers))
         assert addresses(await ask(address, "app.corp.internal")) == ["10.0.0.2"]
     finally:
-        log = await stop(proc)
+        log = await stop(proc, lines)
     assert "event=answers_rejected" in log
     assert str(answers) in log
     assert "event=gc_full_pass" in log  # the collector schedule runs in the real process
