@@ -52,7 +52,9 @@ async def test_a_file_still_being_written_is_not_published(fleet_file: Path, wat
     whole = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     half = whole[: whole.index("- name: late-1")]
     assert len(yaml.safe_load(half)["containers"]) == len(containers) + 1
-    poll = 0.05 if watch == "auto" else 0.2
+    # polling: the pause (0.15 s) is well under one poll interval, so that a slow machine's
+    # longer sleep still cannot let two polls see the half file
+    poll = 0.05 if watch == "auto" else 1.0
     async with run_metadata(fleet_file, watch=watch, poll_interval=poll) as md:
         store = md.app[STORE]
         before = store.snapshot.version
@@ -252,28 +254,29 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
     idle: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+            while True:
                 try:
                     async with http.get(url) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)
         for i in range(300):
             s = socket.socket()
+            idle.append(s)  # closed in the finally, whatever happens next
             s.bind((f"127.0.6.{1 + i % 10}", 0))
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
-            idle.append(s)
         for _ in range(80):  # one client alone, past its cap
             s = socket.socket()
+            idle.append(s)
             s.bind(("127.0.7.1", 0))
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
-            idle.append(s)
         await asyncio.sleep(1.3)  # the idle ones are now idle for more than a second
         connector = aiohttp.TCPConnector(local_addr=("127.0.8.1", 0), force_close=True)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -297,8 +300,10 @@ async def test_one_client_gets_at_most_its_share_of_connections(fleet_file: Path
     async with run_metadata(fleet_file, max_connections_per_client=5) as md:
         _host, port = md.url.rsplit(":", 1)
         opened = [await asyncio.open_connection("127.0.0.1", int(port), local_addr=("127.0.9.1", 0)) for _ in range(12)]
-        await asyncio.sleep(0.1)
         gate = md.app[GATE]
+        async with asyncio.timeout(10):  # every connection accepted or refused by the gate
+            while gate.by_client.get("127.0.9.1") + gate.refused.total < 12:
+                await asyncio.sleep(0.01)
         assert gate.by_client.get("127.0.9.1") == 5
         assert gate.refused.total == 7
         assert (await get(md, "/latest/containers/shop-db-1/primary_ip", "127.0.9.2"))[1] == "127.0.0.21"
