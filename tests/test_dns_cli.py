@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.exception
 
-from tests.support.dns import addresses, ask, dns_process, rcode
+from tests.support.dns import addresses, ask, dns_process_on_free_ports, listening_address, rcode
 from tests.support.logs import ProcessLog
 from tests.support.ports import free_port, hold_port
 
@@ -73,10 +73,9 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
             }
         )
     )
-    port = free_port()
     env = {
         **os.environ,
-        "METADNS_DNS_LISTEN": f"127.0.0.1:{port}",
+        "METADNS_DNS_LISTEN": "127.0.0.1:0",  # the port the service picks: it says which
         "METADNS_DNS_ANSWERS": str(answers),
         "METADNS_DNS_RESOLV_CONF": "/nonexistent",
         "METADNS_DNS_STATE_FILE": "",
@@ -86,8 +85,8 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
         sys.executable, "-m", "dns_svc", env=env, stderr=asyncio.subprocess.PIPE
     )
     lines = ProcessLog(proc.stderr)
-    address = ("127.0.0.1", port)
     try:
+        address = await listening_address(lines)
         async with asyncio.timeout(20):
             while True:
                 try:
@@ -127,8 +126,10 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
     from tests.support.metadata import run_metadata
 
     async with run_metadata(dns_fleet_file) as md:
-        port = free_port()
-        proc = await dns_process(f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29")
+        proc, lines, [port] = await dns_process_on_free_ports(
+            lambda port: (f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29"),
+            ready=2,  # workers share one fixed port: picked here, another one on a clash
+        )
         address = ("127.0.0.1", port)
 
         async def all_answer(expected: str, rounds: int = 40) -> bool:
@@ -157,7 +158,7 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
                     await asyncio.sleep(0.05)
             assert await all_answer("127.0.0.24", rounds=100)
         finally:
-            log = await stop(proc)
+            log = await stop(proc, lines)
     assert "event=workers_started workers=2" in log
     assert log.count("event=answers_updated") >= 4
     # with several workers every line names its process: two workers' pids, and the parent's

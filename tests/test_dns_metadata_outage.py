@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
-from tests.support.dns import addresses, ask, dns_process, rcode, run_dns, wait_for_version
+from tests.support.dns import addresses, ask, dns_process, listening_address, rcode, run_dns, wait_for_version
 from tests.support.logs import ProcessLog, logged_fields
 from tests.support.metadata import run_metadata
 from tests.support.ports import free_port, hold_port
@@ -103,14 +102,6 @@ async def test_follows_any_rancher_metadata_through_the_tree(fleet_stack, dns_fl
     await wait_for_version(server, version_index(version), version=version)
     assert addresses(await ask(server, "lonely.rancher.internal")) == ["127.0.0.42"]
     assert server.follower.fleet_url is None
-
-
-async def listening_address(log: ProcessLog) -> tuple[str, int]:
-    """Where a ``dns-svc --listen 127.0.0.1:0`` listens, from its ``event=listening`` line."""
-    [line] = await log.wait_for("event=listening")
-    found = re.search(r"address=127\.0\.0\.1:(\d+)", line)
-    assert found is not None, line
-    return ("127.0.0.1", int(found[1]))
 
 
 async def terminate(proc: asyncio.subprocess.Process, log: ProcessLog) -> str:

@@ -20,9 +20,18 @@ from dnslib import RR, A, DNSRecord
 
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
-from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange, wait_for_version
+from tests.support.dns import (
+    FakeClock,
+    addresses,
+    ask,
+    dns_process_on_free_ports,
+    rcode,
+    run_dns,
+    udp_exchange,
+    wait_for_version,
+)
 from tests.support.logs import logged_fields
-from tests.support.ports import free_port, free_ports
+from tests.support.ports import free_port
 from tests.support.tools import require_root
 from tests.support.upstream import ScriptedUpstream, answer_a, run_unbound, spoofed_udp
 
@@ -346,31 +355,19 @@ async def test_one_cache_bound_for_every_client(fleet_stack) -> None:
 async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
     """The real process on uvloop: 20 queries wait on a slow upstream, SIGTERM arrives; /healthz
     fails at once, every query is answered, then the process exits 0."""
-    import sys
-
     import aiohttp
 
-    dns_port, http_port = free_ports(2)
     async with ScriptedUpstream(delay=0.8) as upstream:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dns_svc",
-            "--listen",
-            f"127.0.0.1:{dns_port}",
-            "--metadata-url",
-            "",
-            "--answers",
-            str(_answers(tmp_path)),
-            "--recurse",
-            f"{upstream.address[0]}:{upstream.address[1]}",
-            "--http-listen",
-            f"127.0.0.1:{http_port}",
-            "--lameduck",
-            "0.3",
-            "--state-file",
-            "",
-            stderr=asyncio.subprocess.PIPE,
+        proc, log, [dns_port, http_port] = await dns_process_on_free_ports(
+            lambda dns_port, http_port: (
+                f"--listen=127.0.0.1:{dns_port}",
+                "--metadata-url=",
+                f"--answers={_answers(tmp_path)}",
+                f"--recurse={upstream.address[0]}:{upstream.address[1]}",
+                f"--http-listen=127.0.0.1:{http_port}",
+                "--lameduck=0.3",
+            ),
+            ports=2,
         )
         try:
             async with aiohttp.ClientSession() as http:
@@ -398,10 +395,9 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
             replies = await asyncio.gather(*asking)
             assert all(addresses(r) == ["192.0.2.55"] for r in replies), [(rcode(r), addresses(r)) for r in replies]
             assert await asyncio.wait_for(proc.wait(), 10) == 0
-            assert proc.stderr is not None
-            log = (await proc.stderr.read()).decode()
-            assert "event=draining" in log
-            assert "event=stopped" in log
+            text = await log.finish()
+            assert "event=draining" in text
+            assert "event=stopped" in text
         finally:
             if proc.returncode is None:
                 proc.kill()

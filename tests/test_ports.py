@@ -99,3 +99,31 @@ def test_no_port_at_all_is_said_and_leaves_nothing_open() -> None:
         with pytest.raises(RuntimeError, match="no port free for both UDP and TCP"):
             hold_port(candidates=[taken] * 3, attempts=0)
     assert open_fds() == before
+
+
+async def test_a_service_whose_port_is_taken_before_it_binds_is_started_again_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between the pick and the service's bind another program can take the port: the real
+    dns-svc then says so and exits, and the helper starts it again on another port."""
+    import signal
+
+    import tests.support.dns as support
+
+    with hold_port() as taken:
+        assert taken.tcp is not None
+        taken.tcp.listen()  # what another program would hold
+        first = [[taken.port]]
+        real = free_ports
+        monkeypatch.setattr(support, "free_ports", lambda count: first.pop() if first else real(count))
+        proc, log, [port] = await support.dns_process_on_free_ports(
+            lambda port: (f"--listen=127.0.0.1:{port}", "--metadata-url=")
+        )
+        try:
+            assert port != taken.port
+            assert not first  # the taken port was tried first
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+            await log.finish()
+    assert f"event=listening address=127.0.0.1:{port}" in log.text

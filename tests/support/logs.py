@@ -4,6 +4,7 @@ lines a real process writes, waited for as they come."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,19 +43,24 @@ class ProcessLog:
         """The lines so far that contain every one of ``parts``."""
         return [line for line in self.lines if all(part in line for part in parts)]
 
-    async def wait_for(self, *parts: str, count: int = 1, seconds: float = 20.0) -> list[str]:
-        """Until ``count`` lines contain every one of ``parts``; fails with the log when the
+    async def until(self, condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
+        """Until ``condition()`` holds, checked at each new line; fails with the log when the
         process ends first or the deadline passes."""
         try:
             async with asyncio.timeout(seconds):
-                while len(found := self.matching(*parts)) < count:
+                while not condition():
                     if self.closed:
-                        raise AssertionError(f"the process ended before {count} lines with {parts}:\n{self.text}")
+                        raise AssertionError(f"the process ended before {what}:\n{self.text}")
                     self._more.clear()
                     await self._more.wait()
         except TimeoutError:
-            raise AssertionError(f"no {count} lines with {parts} within {seconds}s:\n{self.text}") from None
-        return found
+            raise AssertionError(f"not {what} within {seconds}s:\n{self.text}") from None
+
+    async def wait_for(self, *parts: str, count: int = 1, seconds: float = 20.0) -> list[str]:
+        """Until ``count`` lines contain every one of ``parts``; fails with the log when the
+        process ends first or the deadline passes."""
+        await self.until(lambda: len(self.matching(*parts)) >= count, f"{count} lines with {parts}", seconds)
+        return self.matching(*parts)
 
     async def finish(self) -> str:
         """The whole log, once the process has closed its stderr (it has exited)."""
