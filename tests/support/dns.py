@@ -206,7 +206,11 @@ async def dns_process_on_free_ports(
         if len(log.matching("event=listening")) >= ready and not _clashed(log.text):
             return proc, log, numbers
         if proc.returncode is None:  # a clash for one worker, or no start at all: this one is ours to stop
-            proc.kill()
+            proc.terminate()  # SIGTERM: a parent stops its workers too (SIGKILL would orphan them)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
         await proc.wait()
         text = await log.finish()
         if not _clashed(text) or attempt == attempts - 1:
