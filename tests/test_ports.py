@@ -101,11 +101,13 @@ def test_no_port_at_all_is_said_and_leaves_nothing_open() -> None:
     assert open_fds() == before
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 async def test_a_service_whose_port_is_taken_before_it_binds_is_started_again_elsewhere(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
     """Between the pick and the service's bind another program can take the port: the real
-    dns-svc then says so and exits, and the helper starts it again on another port."""
+    dns-svc then says so and exits (its workers fail), and the helper stops it and starts it
+    again on another port."""
     import signal
 
     import tests.support.dns as support
@@ -117,7 +119,7 @@ async def test_a_service_whose_port_is_taken_before_it_binds_is_started_again_el
         real = free_ports
         monkeypatch.setattr(support, "free_ports", lambda count: first.pop() if first else real(count))
         proc, log, [port] = await support.dns_process_on_free_ports(
-            lambda port: (f"--listen=127.0.0.1:{port}", "--metadata-url=")
+            lambda port: (f"--listen=127.0.0.1:{port}", "--metadata-url=", f"--workers={workers}"), ready=workers
         )
         try:
             assert port != taken.port
@@ -126,4 +128,4 @@ async def test_a_service_whose_port_is_taken_before_it_binds_is_started_again_el
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
             await log.finish()
-    assert f"event=listening address=127.0.0.1:{port}" in log.text
+    assert len(log.matching("event=listening", f"address=127.0.0.1:{port}")) == workers
