@@ -40,6 +40,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.ports import free_port, free_ports  # noqa: E402  (free for both UDP and TCP)
 
 
 def python_of(root: Path) -> str:
@@ -54,12 +57,6 @@ SERVICES = 50
 SOURCES = 50
 WORKLOADS = ("local", "local-1src", "mixed", "cached", "miss", "churn")
 DOMAIN = "rancher.internal"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def ip_of(i: int) -> str:
@@ -212,7 +209,7 @@ def start_upstream(p: Processes, data: Data) -> int:
 
 
 def start_metadns(p: Processes, data: Data, upstream: int) -> tuple[int, subprocess.Popen[bytes], int]:
-    md_port, dns_port = free_port(), free_port()
+    md_port, dns_port = free_ports(2)
     md = p.start(
         [
             python_of(ROOT),

@@ -33,14 +33,9 @@ sys.path.insert(0, str(ROOT))
 from shared.etcd import EtcdClient, EtcdEndpoints  # noqa: E402
 from shared.etcd_fleet import fleet_keys  # noqa: E402
 from shared.model import Fleet  # noqa: E402
+from tests.support.ports import free_ports  # noqa: E402  (free for both UDP and TCP)
 
 PREFIX = "/metadns/bench/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fleet(n: int) -> dict[str, object]:
@@ -97,7 +92,7 @@ async def main() -> None:  # noqa: C901 (one linear script: start, measure, repo
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        client_port, peer_port = free_port(), free_port()
+        client_port, peer_port = free_ports(2)
         etcd = subprocess.Popen(
             [
                 "etcd",
@@ -170,7 +165,7 @@ async def main() -> None:  # noqa: C901 (one linear script: start, measure, repo
                 await client.txn([], ops[start : start + 128])
             dns_ports = []
             for _ in range(args.followers):
-                md_port, dns_port = free_port(), free_port()
+                md_port, dns_port = free_ports(2)
                 procs.append(
                     subprocess.Popen(
                         [

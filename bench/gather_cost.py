@@ -46,7 +46,7 @@ def main() -> None:
                 ("127.0.0.2", "cluster-a.local", "demo-0", "10.1.0.10"),
                 ("127.0.0.3", "cluster-b.local", "demo-1", "10.2.0.11"),
             ):
-                port = free_port()
+                port = free_port(host)  # free there, for UDP and TCP
                 conf = unbound_conf(work, port, cluster_zone(domain, name, ip)).read_text()
                 conf_path = work / f"{domain}.conf"
                 conf_path.write_text(conf.replace(f"127.0.0.1@{port}", f"{host}@{port}"))

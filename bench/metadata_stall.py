@@ -33,12 +33,9 @@ import aiohttp
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.ports import free_port  # noqa: E402  (free for both UDP and TCP)
 
 
 def fleet(n: int, moved: int = 0) -> dict[str, object]:

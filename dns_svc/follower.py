@@ -4,6 +4,12 @@ On a new version it fetches the whole tree once, rebuilds the table and swaps it
 client caches are cleared only when the answers really changed. While metadata is unreachable
 it keeps answering from the last table, retries with backoff, and logs the outage once when it
 starts and once when it ends. The last good fleet is kept on disk for restarts.
+
+At start, metadata not answering yet is no outage: both services are usually started together
+(compose, systemd, ``scripts/run.sh``), and the DNS service asks before metadata listens. Until
+it has reached metadata once, the follower retries quietly (debug lines) for a grace period,
+and says ERROR only if metadata is still unreachable after it. Once it has reached metadata,
+losing it is logged at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from shared.model import Fleet, FleetError
 
 log = logging.getLogger("dns.metadata")
 
+STARTUP_GRACE = 10.0
+"""Seconds a follower that has never reached metadata retries quietly before it logs the outage:
+long enough for a metadata service started at the same time to load its fleet and listen."""
+
+STARTUP_MAX_BACKOFF = 1.0
+"""The longest wait between retries within the grace period: metadata coming up is answered
+within a second, not after a backoff grown for an outage."""
+
 
 def version_index(version: str) -> int:
     """The counter part of a metadns version (``<index>-<hash>``); other servers' versions give 0."""
@@ -42,14 +56,19 @@ class VersionFollower:
         max_wait: int = 30,
         kept: KeptCopy | None = None,
         max_backoff: float = 30.0,
+        startup_grace: float = STARTUP_GRACE,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.apply = apply
         self.max_wait = max_wait
         self.kept = kept
         self.max_backoff = max_backoff
+        self.startup_grace = startup_grace
         self.version: str | None = None
+        # None: never reached yet (within or past the grace period); then True or False.
         self.reachable: bool | None = None
+        self.failures = 0  # failed attempts in a row: the current outage's, or the start's
+        self.started = time.monotonic()
         self.restored: int | None = None
         parts = urlsplit(self.base_url)
         self.fleet_url: str | None = f"{parts.scheme}://{parts.netloc}{FLEET_PATH}"
@@ -69,8 +88,13 @@ class VersionFollower:
         log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path), serial=index)
         return fleet, index
 
+    def in_grace(self) -> bool:
+        """Never reached metadata, and started less than the grace period ago."""
+        return self.reachable is None and time.monotonic() - self.started < self.startup_grace
+
     async def run(self) -> None:
         backoff = 0.5
+        self.started = time.monotonic()
         timeout = aiohttp.ClientTimeout(total=self.max_wait + 15, connect=5)
         async with aiohttp.ClientSession(timeout=timeout, headers={"Accept": "application/json"}) as session:
             while True:
@@ -78,6 +102,21 @@ class VersionFollower:
                     await self.step(session)
                     backoff = 0.5
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
+                    self.failures += 1
+                    error = str(exc) or type(exc).__name__
+                    if self.in_grace():
+                        log_event(
+                            log,
+                            logging.DEBUG,
+                            "metadata_not_yet_reachable",
+                            url=self.base_url,
+                            error=error,
+                            attempt=self.failures,
+                            retry_in=backoff,
+                        )
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, STARTUP_MAX_BACKOFF, self.max_backoff)
+                        continue
                     if self.reachable is not False:
                         serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
                         log_event(
@@ -85,11 +124,21 @@ class VersionFollower:
                             logging.ERROR,
                             "metadata_unreachable",
                             url=self.base_url,
-                            error=str(exc) or type(exc).__name__,
+                            error=error,
                             serving=serving,
                             retry=f"exponential backoff up to {int(self.max_backoff)}s",
+                            attempts=self.failures,
                         )
                         self.reachable = False
+                    else:
+                        log_event(
+                            log,
+                            logging.DEBUG,
+                            "metadata_retry_failed",
+                            url=self.base_url,
+                            error=error,
+                            attempt=self.failures,
+                        )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
 
@@ -122,7 +171,17 @@ class VersionFollower:
         if self.reachable is not True:
             if self.reachable is False:
                 log_event(log, logging.WARNING, "metadata_reachable", url=self.base_url, version=version)
+            elif self.failures:  # reached within the start's grace period: said, but no warning
+                log_event(
+                    log,
+                    logging.INFO,
+                    "metadata_reachable",
+                    url=self.base_url,
+                    version=version,
+                    after_attempts=self.failures + 1,
+                )
             self.reachable = True
+        self.failures = 0
         if version == self.version:
             return
         started = time.perf_counter()

@@ -192,6 +192,7 @@ class DnsServer:
                 s.metadata_url,
                 self.apply_fleet,
                 max_wait=s.max_wait,
+                startup_grace=s.metadata_grace,
                 kept=KeptCopy(s.state_file) if s.state_file else None,
             )
             kept = self.follower.load_kept()

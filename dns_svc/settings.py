@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from dns_svc.answers import Upstream, parse_upstream
+from dns_svc.follower import STARTUP_GRACE
 from dns_svc.resolver import DEFAULT_ALLOW
 from dns_svc.steps.gather.step import Cluster, parse_cluster
 from shared.settings import FlagParser, parse_host_port
@@ -53,6 +54,7 @@ class DnsSettings:
     state_file: str = ""
     resolv_conf: str = "/etc/resolv.conf"
     max_wait: int = 30
+    metadata_grace: float = STARTUP_GRACE
     log_level: str = "info"
     log_queries: bool = False
     workers: int = 1
@@ -95,6 +97,14 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         "--metadata-url",
         default="http://169.254.169.250/2016-07-29",
         help="metadata service base URL to follow ('' to run on --answers only)",
+    )
+    p.flag(
+        "--metadata-grace",
+        default=STARTUP_GRACE,
+        type=float,
+        help="seconds metadata may stay unreachable at start (services started together) before it is "
+        "logged as an error; until then the retries are debug lines (0: at once). Once reached, a loss is "
+        "logged at once",
     )
     p.flag("--answers", default="", help="rancher-dns answers file (JSON or YAML) to serve instead of metadata")
     p.flag(
@@ -244,6 +254,7 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
         host=host,
         port=port,
         metadata_url="" if ns.answers else ns.metadata_url,
+        metadata_grace=ns.metadata_grace,
         answers=ns.answers,
         recurse=recurse,
         recurse_from_resolv_conf=not flagged,

@@ -12,6 +12,23 @@ mkdir -p .state
 .venv/bin/metadata-svc --listen "127.0.0.1:${METADATA_PORT}" --data examples/fleet.yaml \
     --state-file .state/metadata-last-good.json --self-host host-a &
 METADATA_PID=$!
+trap 'kill "$METADATA_PID" 2>/dev/null || true; wait' EXIT INT TERM
+# DNS starts once metadata serves its fleet (GET /healthz), so that its first ask is answered;
+# after 30 s it starts anyway (it retries until metadata answers), and this says so.
+HEALTHZ="http://127.0.0.1:${METADATA_PORT}/healthz"
+healthy() {  # no proxy from the environment: the address is loopback
+    .venv/bin/python -c 'import sys, urllib.request as u; u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=1)' \
+        "$HEALTHZ" 2>/dev/null
+}
+DEADLINE=$((SECONDS + 30))
+until healthy; do
+    kill -0 "$METADATA_PID" 2>/dev/null || { echo "run.sh: the metadata service exited" >&2; exit 1; }
+    if [ "$SECONDS" -ge "$DEADLINE" ]; then
+        echo "run.sh: ${HEALTHZ} is not answering after 30 s; starting DNS anyway" >&2
+        break
+    fi
+    sleep 0.1
+done
 .venv/bin/dns-svc --listen "127.0.0.1:${DNS_PORT}" --metadata-url "http://127.0.0.1:${METADATA_PORT}/2016-07-29" \
     --state-file .state/dns-last-good.json --metadata-answer 127.0.0.1 &
 DNS_PID=$!

@@ -19,7 +19,7 @@ from tests.support.dns import ask, run_dns, wait_for_version
 from tests.support.etcd import run_etcd
 from tests.support.metadata import run_metadata
 from tests.support.metrics import sample_names, scrape
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.external_tool
 
@@ -48,7 +48,7 @@ async def test_every_metric_the_dashboard_uses_is_exported(tmp_path: Path, unbou
             fleet_main, ["apply", "--etcd", cluster.endpoints, "--prefix", PREFIX, str(path)]
         )
         assert code == 0
-        dead = ("127.0.0.1", reserve_port())
+        dead = ("127.0.0.1", free_port())
         async with (
             run_metadata(tmp_path / "unused.yaml", source=f"etcd://{cluster.endpoints}{PREFIX}") as md,
             run_dns(

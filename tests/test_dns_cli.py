@@ -14,16 +14,20 @@ from pathlib import Path
 
 import dns.exception
 
-from tests.support.dns import addresses, ask, dns_process, rcode
-from tests.support.upstream import reserve_port
+from tests.support.dns import addresses, ask, dns_process_on_free_ports, listening_address, rcode
+from tests.support.logs import ProcessLog
+from tests.support.ports import free_port, hold_port
 
 
-async def stop(proc: asyncio.subprocess.Process) -> str:
-    """SIGTERM, a clean exit, and the log it wrote."""
+async def stop(proc: asyncio.subprocess.Process, log: ProcessLog | None = None) -> str:
+    """SIGTERM, a clean exit, and the log it wrote (read by ``log`` when one is reading it)."""
     proc.send_signal(signal.SIGTERM)
     async with asyncio.timeout(10):
         await proc.wait()
+        text = await log.finish() if log is not None else None
     assert proc.returncode == 0
+    if text is not None:
+        return text
     assert proc.stderr is not None
     return (await proc.stderr.read()).decode()
 
@@ -69,10 +73,9 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
             }
         )
     )
-    port = reserve_port()
     env = {
         **os.environ,
-        "METADNS_DNS_LISTEN": f"127.0.0.1:{port}",
+        "METADNS_DNS_LISTEN": "127.0.0.1:0",  # the port the service picks: it says which
         "METADNS_DNS_ANSWERS": str(answers),
         "METADNS_DNS_RESOLV_CONF": "/nonexistent",
         "METADNS_DNS_STATE_FILE": "",
@@ -81,8 +84,9 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "dns_svc", env=env, stderr=asyncio.subprocess.PIPE
     )
-    address = ("127.0.0.1", port)
+    lines = ProcessLog(proc.stderr)
     try:
+        address = await listening_address(lines)
         async with asyncio.timeout(20):
             while True:
                 try:
@@ -105,10 +109,10 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
                 await asyncio.sleep(0.1)
         answers.write_text("default: [this is: not valid")  # refused: the last good answers stay
         proc.send_signal(signal.SIGHUP)
-        await asyncio.sleep(0.5)
+        await lines.wait_for("event=answers_rejected", str(answers))
         assert addresses(await ask(address, "app.corp.internal")) == ["10.0.0.2"]
     finally:
-        log = await stop(proc)
+        log = await stop(proc, lines)
     assert "event=answers_rejected" in log
     assert str(answers) in log
     assert "event=gc_full_pass" in log  # the collector schedule runs in the real process
@@ -122,8 +126,10 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
     from tests.support.metadata import run_metadata
 
     async with run_metadata(dns_fleet_file) as md:
-        port = reserve_port()
-        proc = await dns_process(f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29")
+        proc, lines, [port] = await dns_process_on_free_ports(
+            lambda port: (f"--listen=127.0.0.1:{port}", "--workers=2", f"--metadata-url={md.url}/2016-07-29"),
+            ready=2,  # workers share one fixed port: picked here, another one on a clash
+        )
         address = ("127.0.0.1", port)
 
         async def all_answer(expected: str, rounds: int = 40) -> bool:
@@ -152,7 +158,7 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
                     await asyncio.sleep(0.05)
             assert await all_answer("127.0.0.24", rounds=100)
         finally:
-            log = await stop(proc)
+            log = await stop(proc, lines)
     assert "event=workers_started workers=2" in log
     assert log.count("event=answers_updated") >= 4
     # with several workers every line names its process: two workers' pids, and the parent's
@@ -162,27 +168,21 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
 
 
 async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    import socket as socket_module
-
-    taken = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
-    taken.bind(("127.0.0.1", 0))
-    with taken:
-        port = taken.getsockname()[1]
-        holder = socket_module.socket()
-        holder.bind(("127.0.0.1", port))
-        holder.listen()
-        with holder:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "dns_svc",
-                f"--listen=127.0.0.1:{port}",
-                "--metadata-url=",
-                "--state-file=",
-                "--resolv-conf=/nonexistent",
-                stderr=asyncio.subprocess.PIPE,
-            )
-            _, err = await asyncio.wait_for(proc.communicate(), 20)
+    """The port held for both protocols, TCP listening, while the service tries to take it."""
+    with hold_port() as held:
+        assert held.tcp is not None
+        held.tcp.listen()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dns_svc",
+            f"--listen=127.0.0.1:{held.port}",
+            "--metadata-url=",
+            "--state-file=",
+            "--resolv-conf=/nonexistent",
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     text = err.decode()
     assert "event=cannot_listen" in text
@@ -206,7 +206,7 @@ async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: 
     env = {**os.environ, "METADNS_DNS_RESOLV_CONF": "/nonexistent"}
     args = [sys.executable, "-m", "dns_svc", "--metadata-url=http://127.0.0.1:1/2016-07-29", f"--state-file={state}"]
     first = await asyncio.create_subprocess_exec(
-        *args, f"--listen=127.0.0.1:{reserve_port()}", "--workers=2", env=env, stderr=asyncio.subprocess.PIPE
+        *args, f"--listen=127.0.0.1:{free_port()}", "--workers=2", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         assert first.stderr is not None
@@ -214,7 +214,7 @@ async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: 
             while b"event=workers_started" not in await first.stderr.readline():
                 pass
         second = subprocess.run(
-            [*args, f"--listen=127.0.0.1:{reserve_port()}"], capture_output=True, text=True, timeout=30, env=env
+            [*args, f"--listen=127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=30, env=env
         )
         assert second.returncode == 1
         assert f"{state} is in use by another running instance (pid {first.pid}" in second.stderr

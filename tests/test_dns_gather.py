@@ -129,9 +129,8 @@ async def test_nxdomain_and_noerror_merge(clusters, unbound) -> None:
 async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound) -> None:
     """Cluster b is a bare UDP socket that never answers: a real server cannot be made to hang."""
     a, _ = clusters
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.3", 0))
-    with silent:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.3", 0))
         async with run_dns(
             recurse=(unbound.address,),
             recurser_timeout=5.0,
@@ -146,9 +145,8 @@ async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound)
 
 
 async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:
-    down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    down.bind(("127.0.0.2", 0))
-    with down:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as down:
+        down.bind(("127.0.0.2", 0))
         async with run_dns(
             recurse=(unbound.address,),
             **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]), timeout=0.3),

@@ -20,10 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from dns_svc.follower import version_index
 from dns_svc.server import DnsServer
 from metadata_svc.keys import STORE
-from tests.support.dns import addresses, ask, dns_process, rcode, run_dns, wait_for_version
+from tests.support.dns import addresses, ask, dns_process_on_free_ports, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
 from tests.support.metrics import scrape, value
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.external_tool
 
@@ -99,7 +99,7 @@ async def test_question_types_outside_the_common_ones_share_one_label(server: Dn
 
 
 async def test_each_upstream_is_counted_on_its_own(unbound) -> None:
-    dead = ("127.0.0.1", reserve_port())  # nothing listens: an ICMP port-unreachable
+    dead = ("127.0.0.1", free_port())  # nothing listens: an ICMP port-unreachable
     async with run_dns(recurse=(dead, unbound.address), http_host="127.0.0.1", http_port=0) as server:
         assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
         text = await scrape(server.http_address)
@@ -134,14 +134,16 @@ class Workers:
 @contextlib.asynccontextmanager
 async def two_workers(unbound) -> AsyncIterator[Workers]:
     """The real ``dns-svc --workers 2 --http-listen``, once both workers are read by the parent."""
-    port, http_port = reserve_port(), reserve_port()
-    process = await dns_process(
-        f"--listen=127.0.0.1:{port}",
-        "--workers=2",
-        f"--http-listen=127.0.0.1:{http_port}",
-        f"--recurse={unbound.address[0]}:{unbound.address[1]}",
-        "--metadata-url=http://127.0.0.1:1/2016-07-29",
-        stderr=asyncio.subprocess.DEVNULL,
+    process, log, [port, http_port] = await dns_process_on_free_ports(
+        lambda port, http_port: (
+            f"--listen=127.0.0.1:{port}",
+            "--workers=2",
+            f"--http-listen=127.0.0.1:{http_port}",
+            f"--recurse={unbound.address[0]}:{unbound.address[1]}",
+            "--metadata-url=http://127.0.0.1:1/2016-07-29",
+        ),
+        ports=2,
+        ready=2,
     )
     workers = Workers(process, ("127.0.0.1", port), ("127.0.0.1", http_port))
     try:
@@ -152,6 +154,7 @@ async def two_workers(unbound) -> AsyncIterator[Workers]:
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 15)
+        await log.finish()
 
 
 async def test_one_scrape_shows_every_worker(unbound) -> None:

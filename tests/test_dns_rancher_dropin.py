@@ -20,7 +20,7 @@ from dns_svc.server import DnsServer, StartupError
 from dns_svc.settings import parse_settings
 from dns_svc.wire import parse_query
 from tests.support.dns import addresses, ask, dig, rcode, run_dns
-from tests.support.upstream import reserve_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.external_tool
 
@@ -69,7 +69,7 @@ async def test_an_answers_file_refused_at_start_stops_the_service(tmp_path: Path
         "-m",
         "dns_svc",
         "--listen",
-        f"127.0.0.1:{reserve_port()}",
+        f"127.0.0.1:{free_port()}",
         "--answers",
         str(path),
         "--state-file",
@@ -127,9 +127,8 @@ async def test_ede_only_for_queries_that_had_edns(unbound) -> None:
     """RFC 6891 section 7: a reply carries OPT only when the query did."""
     from tests.test_dns_gather import gather_settings
 
-    down = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    down.bind(("127.0.0.2", 0))
-    with down:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as down:
+        down.bind(("127.0.0.2", 0))
         async with run_dns(
             recurse=(unbound.address,),
             **gather_settings(down.getsockname(), ("127.0.0.3", down.getsockname()[1]), timeout=0.3),

@@ -105,9 +105,8 @@ async def test_a_silent_upstream_is_waited_for_once(answers_file: Path, unbound)
     """The silent upstream is a bare UDP socket that never answers (no real server drops queries
     on purpose): the relay gives up on it once and moves on, and a lone one gets SERVFAIL after
     one wait, not one wait for the relay and another for the chain."""
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    with silent:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
         quiet = silent.getsockname()
         async with run_dns(recurse=(quiet, unbound.address), recurser_timeout=0.3) as server:
             assert addresses(await ask(server, "n2.wild.test")) == ["192.0.2.99"]

@@ -20,10 +20,20 @@ from dnslib import RR, A, DNSRecord
 
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
-from tests.support.dns import FakeClock, addresses, ask, rcode, run_dns, udp_exchange, wait_for_version
+from tests.support.dns import (
+    FakeClock,
+    addresses,
+    ask,
+    dns_process_on_free_ports,
+    rcode,
+    run_dns,
+    udp_exchange,
+    wait_for_version,
+)
 from tests.support.logs import logged_fields
+from tests.support.ports import free_port
 from tests.support.tools import require_root
-from tests.support.upstream import ScriptedUpstream, answer_a, reserve_port, run_unbound, spoofed_udp
+from tests.support.upstream import ScriptedUpstream, answer_a, run_unbound, spoofed_udp
 
 pytestmark = pytest.mark.external_tool
 
@@ -45,7 +55,7 @@ async def test_recursion_comes_back_after_the_upstream_restarts(
     the same port: the next query is answered. A socket shared by all queries went deaf on uvloop
     after that one ICMP error, and every non-fleet name got SERVFAIL until a restart."""
     caplog.set_level(logging.INFO)
-    port = reserve_port()
+    port = free_port()
     with run_unbound(tmp_path / "u1", port=port) as first:
         async with run_dns(recurse=(first.address,), recurser_timeout=0.5) as server:
             assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
@@ -59,7 +69,7 @@ async def test_recursion_comes_back_after_the_upstream_restarts(
 
 
 async def test_recursion_works_when_the_upstream_starts_after_us(tmp_path: Path) -> None:
-    port = reserve_port()
+    port = free_port()
     async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
         with run_unbound(tmp_path / "late", port=port):
@@ -100,7 +110,7 @@ async def test_a_reused_socket_starts_with_nothing_queued() -> None:
 
 
 async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
-    port = reserve_port()  # nothing listens: each query gets an ICMP port-unreachable
+    port = free_port()  # nothing listens: each query gets an ICMP port-unreachable
     async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
         for i in range(3):
             assert rcode(await ask(server, f"refused{i}.example.test")) == "SERVFAIL"
@@ -282,9 +292,9 @@ async def test_serve_stale_when_the_upstream_is_slow_then_refresh() -> None:
             assert addresses(stale) == [before]
             assert stale.answer[0].ttl == 30
             assert asyncio.get_running_loop().time() - started < 0.7
-            await asyncio.sleep(0.9)  # the upstream's answer arrives and refreshes the cache
-            fresh = await ask(server, "slow.example.test")
-            assert addresses(fresh) == [newer]
+            async with asyncio.timeout(10):  # until the upstream's answer arrives and refreshes the cache
+                while addresses(fresh := await ask(server, "slow.example.test")) != [newer]:
+                    await asyncio.sleep(0.05)
             assert fresh.answer[0].ttl == 300
             clock.advance(301)
 
@@ -345,40 +355,32 @@ async def test_one_cache_bound_for_every_client(fleet_stack) -> None:
 async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
     """The real process on uvloop: 20 queries wait on a slow upstream, SIGTERM arrives; /healthz
     fails at once, every query is answered, then the process exits 0."""
-    import sys
-
     import aiohttp
 
-    dns_port, http_port = reserve_port(), reserve_port()
     async with ScriptedUpstream(delay=0.8) as upstream:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dns_svc",
-            "--listen",
-            f"127.0.0.1:{dns_port}",
-            "--metadata-url",
-            "",
-            "--answers",
-            str(_answers(tmp_path)),
-            "--recurse",
-            f"{upstream.address[0]}:{upstream.address[1]}",
-            "--http-listen",
-            f"127.0.0.1:{http_port}",
-            "--lameduck",
-            "0.3",
-            "--state-file",
-            "",
-            stderr=asyncio.subprocess.PIPE,
+        proc, log, [dns_port, http_port] = await dns_process_on_free_ports(
+            lambda dns_port, http_port: (
+                f"--listen=127.0.0.1:{dns_port}",
+                "--metadata-url=",
+                f"--answers={_answers(tmp_path)}",
+                f"--recurse={upstream.address[0]}:{upstream.address[1]}",
+                f"--http-listen=127.0.0.1:{http_port}",
+                "--lameduck=0.3",
+            ),
+            ports=2,
         )
         try:
             async with aiohttp.ClientSession() as http:
-                for _ in range(100):
+
+                async def health() -> int:
                     try:
                         async with http.get(f"http://127.0.0.1:{http_port}/healthz") as r:
-                            if r.status == 200:
-                                break
+                            return r.status
                     except aiohttp.ClientError:
+                        return 0
+
+                async with asyncio.timeout(20):
+                    while await health() != 200:
                         await asyncio.sleep(0.05)
                 asking = [
                     asyncio.ensure_future(ask(("127.0.0.1", dns_port), f"q{i}.example.test", timeout=4))
@@ -387,16 +389,15 @@ async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
                 while len(upstream.queries) < 20:
                     await asyncio.sleep(0.01)
                 proc.terminate()
-                await asyncio.sleep(0.1)
-                async with http.get(f"http://127.0.0.1:{http_port}/healthz") as r:
-                    assert r.status == 503
+                async with asyncio.timeout(10):  # failing from the signal on, for the lameduck's 0.3 s
+                    while await health() != 503:
+                        await asyncio.sleep(0.01)
             replies = await asyncio.gather(*asking)
             assert all(addresses(r) == ["192.0.2.55"] for r in replies), [(rcode(r), addresses(r)) for r in replies]
             assert await asyncio.wait_for(proc.wait(), 10) == 0
-            assert proc.stderr is not None
-            log = (await proc.stderr.read()).decode()
-            assert "event=draining" in log
-            assert "event=stopped" in log
+            text = await log.finish()
+            assert "event=draining" in text
+            assert "event=stopped" in text
         finally:
             if proc.returncode is None:
                 proc.kill()
@@ -420,8 +421,9 @@ async def test_drain_answers_relayed_and_chained_queries_in_flight() -> None:
         while len(upstream.queries) < 10:
             await asyncio.sleep(0.01)
         draining = asyncio.ensure_future(server.drain())
-        await asyncio.sleep(0.05)
-        assert server.draining
+        async with asyncio.timeout(10):
+            while not server.draining:
+                await asyncio.sleep(0.01)
         late = await udp_exchange(server.address, dns.message.make_query("late.example.test", "A").to_wire(), 0.8)
         assert late is None
         replies = await asyncio.gather(*waiting)

@@ -16,7 +16,8 @@ import pytest
 from tests.support.dns import FakeClock, addresses, ask, dig, rcode, run_dns
 from tests.support.logs import logged_fields
 from tests.support.metrics import scrape, value
-from tests.support.upstream import ScriptedUpstream, reserve_port, run_unbound
+from tests.support.ports import free_port
+from tests.support.upstream import ScriptedUpstream, run_unbound
 
 pytestmark = pytest.mark.external_tool
 
@@ -78,10 +79,12 @@ async def test_failover_past_dead_silent_and_refusing_upstreams(
     """The silent upstream is a bare UDP socket that never answers: no real server can be made to
     drop queries on purpose, so this one fake stands in for a hung resolver."""
     caplog.set_level(logging.WARNING)
-    dead = ("127.0.0.1", reserve_port())
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    with silent, run_unbound(tmp_path / "refusing", access="refuse") as refusing:
+    dead = ("127.0.0.1", free_port())
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent,
+        run_unbound(tmp_path / "refusing", access="refuse") as refusing,
+    ):
+        silent.bind(("127.0.0.1", 0))
         upstreams = (dead, silent.getsockname(), refusing.address, unbound.address)
         async with run_dns(clock, recurse=upstreams, recurser_timeout=0.3) as server:
             for _ in range(3):  # relayed with callbacks, the first upstream down or not
@@ -95,7 +98,7 @@ async def test_failover_past_dead_silent_and_refusing_upstreams(
 
 
 async def test_servfail_only_when_all_failed_and_cached_briefly(clock) -> None:
-    dead = ("127.0.0.1", reserve_port())
+    dead = ("127.0.0.1", free_port())
     async with run_dns(clock, recurse=(dead,), servfail_ttl=2.0) as server:
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
         attempts = server.upstream.failures[dead]

@@ -21,6 +21,7 @@ from metadata_svc.keys import STORE
 from shared.etcd import EtcdClient, EtcdEndpoints
 from tests.support.dns import addresses, ask, run_dns, wait_for_version
 from tests.support.etcd import EtcdCluster, run_etcd
+from tests.support.logs import ProcessLog
 from tests.support.metadata import RunningMetadata, run_metadata
 
 pytestmark = pytest.mark.external_tool
@@ -179,7 +180,12 @@ async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path)
         assert await apply(cluster, fleet(), tmp_path) == 0
         async with host(cluster, tmp_path, "a") as (md, _):
             version = md.app[STORE].snapshot.version
-            await asyncio.sleep(0.2)  # the kept copy is written
+            kept = tmp_path / "a-kept.json"
+
+            async def kept_written() -> bool:
+                return kept.exists() and json.loads(kept.read_text())["index"] == md.app[STORE].snapshot.index
+
+            await until(kept_written)
         cluster.stop(cluster.members[0])
         async with host(cluster, tmp_path, "a") as (md, dns):
             assert md.app[STORE].snapshot.version == version
@@ -213,7 +219,8 @@ async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(t
             for dns in (dns_a, dns_b):
                 await until(lambda dns=dns: _has(dns, "127.0.0.31"))
             cluster.stop(m1)  # quorum lost: the fleet stays served everywhere
-            await asyncio.sleep(1.5)
+            for md in (md_a, md_b):
+                await until(lambda md=md: _source_down(md), 20)
             for dns in (dns_a, dns_b):
                 assert await answer(dns) == ["127.0.0.12", "127.0.0.31"]
             cluster.stop(m2)  # host b is now away from etcd altogether
@@ -292,7 +299,14 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
             )
         )
         agent_a = await _register(cluster, tmp_path / "a.yaml", "host-c")
-        await asyncio.sleep(1.0)
+        claims = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
+
+        async def claimed_by_a() -> bool:
+            kvs = (await claims.range(f"{PREFIX}claims/uuid/u-c1".encode()))[0]
+            return [kv.value.decode() for kv in kvs] == ["host-c"]
+
+        await until(claimed_by_a, 15)  # the first agent holds u-c1 before the second asks for it
+        await claims.close()
         agent_b = await _register(cluster, tmp_path / "b.yaml", "host-d")
         try:
             async with host(cluster, tmp_path, "x") as (_, dns_x), host(cluster, tmp_path, "y") as (_, dns_y):
@@ -331,6 +345,12 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
         assert "host-c" in log_b
 
 
+async def _source_down(md: RunningMetadata) -> bool:
+    """The metadata service knows etcd is gone (its source is not connected)."""
+    async with md.client() as s, s.get("/metrics") as r:
+        return re.search(r"^metadns_metadata_source_up 0(\.0)?$", await r.text(), re.M) is not None
+
+
 async def _lost(dns: Any, ip: str) -> bool:
     return ip not in await answer(dns)
 
@@ -350,6 +370,7 @@ async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> N
                 )
             )
         agents = await asyncio.gather(*(_register(cluster, tmp_path / f"r{k}.yaml", f"race-{k}") for k in range(2)))
+        lines = [ProcessLog(agent.stderr) for agent in agents]
         try:
             client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
             claim = f"{PREFIX}claims/uuid/u-race".encode()
@@ -359,7 +380,11 @@ async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> N
                 return len(kvs) >= 1 and len((await client.range(claim))[0]) == 1
 
             await until(registered, 10)
-            await asyncio.sleep(1.0)  # both have had their try
+
+            async def refused() -> bool:  # both have had their try: the one that lost says so
+                return any(log.matching("event=registration_refused") for log in lines)
+
+            await until(refused, 10)
             holder = (await client.range(claim))[0][0].value.decode()
             kvs, _ = await client.list_prefix(f"{PREFIX}containers/".encode())
             assert [kv.key.decode() for kv in kvs] == [f"{PREFIX}containers/{holder}/u-race"]
@@ -367,7 +392,8 @@ async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> N
         finally:
             for agent in agents:
                 agent.terminate()
-            logs = [(await a.communicate())[1].decode() for a in agents]
+                await agent.wait()
+            logs = [await log.finish() for log in lines]
         loser = 1 - int(holder.rsplit("-", 1)[1])
         assert "event=registration_refused" in logs[loser]
         assert "event=registration_refused" not in logs[1 - loser]

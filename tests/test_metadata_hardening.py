@@ -52,7 +52,9 @@ async def test_a_file_still_being_written_is_not_published(fleet_file: Path, wat
     whole = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     half = whole[: whole.index("- name: late-1")]
     assert len(yaml.safe_load(half)["containers"]) == len(containers) + 1
-    poll = 0.05 if watch == "auto" else 0.2
+    # polling: the pause (0.15 s) is well under one poll interval, so that a slow machine's
+    # longer sleep still cannot let two polls see the half file
+    poll = 0.05 if watch == "auto" else 1.0
     async with run_metadata(fleet_file, watch=watch, poll_interval=poll) as md:
         store = md.app[STORE]
         before = store.snapshot.version
@@ -227,53 +229,39 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
     connections refused are logged. Without limits, accept() failed with EMFILE for everyone."""
     import resource
     import socket
-    import sys
 
-    from tests.support.upstream import reserve_port
-
-    port = reserve_port()
+    from tests.support.metadata import start_metadata, stop
 
     def small_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "metadata_svc",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data",
-        str(fleet_file),
-        "--state-file",
-        "",
-        preexec_fn=small_limit,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc, port = await start_metadata(fleet_file, preexec_fn=small_limit)
     idle: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(100):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+            while True:
                 try:
                     async with http.get(url) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientError:
-                    await asyncio.sleep(0.05)
+                    pass
+                await asyncio.sleep(0.05)
         for i in range(300):
             s = socket.socket()
+            idle.append(s)  # closed in the finally, whatever happens next
             s.bind((f"127.0.6.{1 + i % 10}", 0))
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
-            idle.append(s)
-        for _ in range(80):  # one client alone, past its cap
+        for _ in range(80):  # and more from one client: the total is taken by now
             s = socket.socket()
+            idle.append(s)
             s.bind(("127.0.7.1", 0))
             s.setblocking(False)
             with contextlib.suppress(BlockingIOError):
                 s.connect(("127.0.0.1", port))
-            idle.append(s)
         await asyncio.sleep(1.3)  # the idle ones are now idle for more than a second
         connector = aiohttp.TCPConnector(local_addr=("127.0.8.1", 0), force_close=True)
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -284,10 +272,7 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
     finally:
         for s in idle:
             s.close()
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 10)
-    assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+        log = await stop(proc, fleet_file)
     assert "event=connection_refused" in log
 
 

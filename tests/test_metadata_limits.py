@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -20,46 +18,13 @@ import yaml
 
 from metadata_svc.keys import GATE, LONGPOLLS, STORE
 from metadata_svc.settings import MetadataSettings
-from tests.support.metadata import RunningMetadata, run_metadata
-from tests.support.upstream import reserve_port
+from tests.support.metadata import RawClient, RunningMetadata, run_metadata, start_metadata, stop
 
 
 async def wait_for(predicate, seconds: float = 10.0) -> None:
     async with asyncio.timeout(seconds):
         while not predicate():
             await asyncio.sleep(0.02)
-
-
-class RawClient:
-    """One HTTP/1.1 connection written by hand: what it was answered, or that it was reset."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, source: str = "127.0.0.1") -> RawClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0), limit=1 << 20)
-        return cls(reader, writer)
-
-    def send(self, path: str, forwarded_for: str | None = None) -> None:
-        xff = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: md\r\n{xff}\r\n".encode())
-
-    async def answer(self) -> tuple[int, dict[str, str], bytes]:
-        """Status, headers and body of the next answer (ConnectionResetError on a reset)."""
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
-        lines = head.split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                name, _, text = line.partition(":")
-                headers[name.strip().lower()] = text.strip()
-        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return int(lines[0].split()[1]), headers, body
-
-    def close(self) -> None:
-        self.writer.close()
 
 
 @contextlib.asynccontextmanager
@@ -182,48 +147,6 @@ async def test_behind_a_trusted_proxy_each_client_is_counted_apart(fleet_file: P
         assert md.app[GATE].refused.total == 0  # no connection was refused on the proxy's address
 
 
-async def start_metadata(fleet_file: Path, *flags: str) -> tuple[asyncio.subprocess.Process, int]:
-    """The real service (uvloop, the open-files limit raised), answering on a fresh port; its log
-    goes to ``metadata.log`` beside the fleet file (a pipe nobody reads would stall it)."""
-    port = reserve_port()
-    log_path = fleet_file.parent / "metadata.log"
-    with log_path.open("wb") as log_file:  # the child has its own copy
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "metadata_svc",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--data",
-            str(fleet_file),
-            "--state-file",
-            "",
-            *flags,
-            stderr=log_file,
-        )
-    async with asyncio.timeout(20):
-        while True:
-            try:
-                client = await RawClient.open(port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            client.send("/healthz")
-            status = (await client.answer())[0]
-            client.close()
-            if status == 200:
-                return proc, port
-            await asyncio.sleep(0.05)
-
-
-async def stop(proc: asyncio.subprocess.Process, fleet_file: Path) -> str:
-    """Stop the service started by ``start_metadata``; its log."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    await asyncio.wait_for(proc.wait(), 20)
-    return (fleet_file.parent / "metadata.log").read_text()
-
-
 def enough_open_files(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < wanted:
@@ -274,21 +197,27 @@ async def park_and_wake(port: int, fleet_file: Path, sources: Sequence[tuple[str
             client.close()
 
 
+async def every_long_poll_answered(fleet_file: Path, sources: Sequence[tuple[str, str | None]], *flags: str) -> None:
+    """The real service with the default limits (and ``flags``): every one of ``sources``'
+    long-polls parks, and the change answers every one with 200, nothing refused."""
+    proc, port = await start_metadata(fleet_file, *flags)
+    try:
+        statuses = await park_and_wake(port, fleet_file, sources)
+    finally:
+        log = await stop(proc, fleet_file)
+    assert statuses.count(200) == len(sources), {s: statuses.count(s) for s in set(statuses)}
+    assert "event=connection_refused" not in log
+    assert "event=longpoll_refused" not in log
+
+
 @pytest.mark.slow
 async def test_ten_thousand_long_polls_from_a_thousand_addresses_are_all_woken(fleet_file: Path) -> None:
     """10 long-polls from each of 1,000 addresses, with the default limits: every one parks, an
     ordinary request still gets through, and the change answers all 10,000 (no reset, no 429).
     How long the wake-up takes is measured in bench/longpoll_fanout.py."""
     enough_open_files(10_000 + 200)
-    proc, port = await start_metadata(fleet_file)
-    try:
-        sources = [(f"127.0.{20 + i // 250}.{1 + i % 250}", None) for i in range(1000) for _ in range(10)]
-        statuses = await park_and_wake(port, fleet_file, sources)
-    finally:
-        log = await stop(proc, fleet_file)
-    assert statuses.count(200) == 10_000, {s: statuses.count(s) for s in set(statuses)}
-    assert "event=connection_refused" not in log
-    assert "event=longpoll_refused" not in log
+    sources = [(f"127.0.{20 + i // 250}.{1 + i % 250}", None) for i in range(1000) for _ in range(10)]
+    await every_long_poll_answered(fleet_file, sources)
 
 
 @pytest.mark.parametrize("via", ["one address", "one trusted proxy"])
@@ -297,18 +226,10 @@ async def test_a_thousand_long_polls_from_one_address_or_through_one_proxy_all_w
     the proxy's. With the default limits 1,000 long-polls that way all park and all are woken."""
     enough_open_files(1000 + 200)
     if via == "one address":
-        proc, port = await start_metadata(fleet_file)
-        sources: list[tuple[str, str | None]] = [("127.0.30.1", None)] * 1000
+        await every_long_poll_answered(fleet_file, [("127.0.30.1", None)] * 1000)
     else:
-        proc, port = await start_metadata(fleet_file, "--xff")
         sources = [("127.0.0.1", f"10.8.{i // 250}.{1 + i % 250}") for i in range(1000)]
-    try:
-        statuses = await park_and_wake(port, fleet_file, sources)
-    finally:
-        log = await stop(proc, fleet_file)
-    assert statuses.count(200) == 1000, {s: statuses.count(s) for s in set(statuses)}
-    assert "event=connection_refused" not in log
-    assert "event=longpoll_refused" not in log
+        await every_long_poll_answered(fleet_file, sources, "--xff")
 
 
 async def test_a_flood_of_malformed_requests_costs_a_line_per_kind_not_a_traceback_each(fleet_file: Path) -> None:

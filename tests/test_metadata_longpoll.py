@@ -28,6 +28,15 @@ async def version(md: RunningMetadata) -> str:
         return await r.text()
 
 
+async def until_waiting(md: RunningMetadata, count: int = 1, after_index: int = 0) -> None:
+    """Until ``count`` long-polls wait in the store (at an index past ``after_index``): a waiter
+    is known to be asleep, rather than assumed so after a pause."""
+    store = md.app[STORE]
+    async with asyncio.timeout(10):
+        while store.waiting < count or store.index <= after_index:
+            await asyncio.sleep(0.01)
+
+
 async def test_returns_at_once_when_value_differs(metadata: RunningMetadata) -> None:
     started = time.monotonic()
     async with metadata.client() as s, s.get("/version?wait=true&value=init&maxWait=30") as r:
@@ -40,7 +49,7 @@ async def test_returns_on_change_of_that_path(metadata: RunningMetadata, fleet_f
     path = "/latest/containers/shop-db-1/primary_ip?wait=true&value=127.0.0.21&maxWait=30"
     async with metadata.client() as s:
         waiter = asyncio.create_task(s.get(path))
-        await asyncio.sleep(0.2)
+        await until_waiting(metadata)
         assert not waiter.done()
         move_ip(fleet_file, "Shop-db-1", "127.0.0.22")
         async with asyncio.timeout(10):
@@ -50,15 +59,18 @@ async def test_returns_on_change_of_that_path(metadata: RunningMetadata, fleet_f
 
 
 async def test_change_elsewhere_does_not_wake_a_path_waiter(metadata: RunningMetadata, fleet_file: Path) -> None:
-    path = "/latest/containers/shop-web-1/primary_ip?wait=true&value=127.0.0.11&maxWait=1"
+    path = "/latest/containers/shop-web-1/primary_ip?wait=true&value=127.0.0.11&maxWait=30"
     async with metadata.client() as s:
         waiter = asyncio.create_task(s.get(path))
-        await asyncio.sleep(0.2)
+        await until_waiting(metadata)
+        before = metadata.app[STORE].index
         move_ip(fleet_file, "Shop-db-1", "127.0.0.22")  # another container moves
-        await asyncio.sleep(0.4)
+        await until_waiting(metadata, after_index=before)  # woken by the new version, asleep again
         assert not waiter.done()
-        r = await waiter
-        assert (r.status, await r.text()) == (200, "127.0.0.11")
+        move_ip(fleet_file, "Shop-Web-1", "127.0.0.19")  # its own path changes: now it returns
+        async with asyncio.timeout(10):
+            r = await waiter
+        assert (r.status, await r.text()) == (200, "127.0.0.19")
         r.release()
 
 
@@ -88,7 +100,7 @@ async def test_index_blocking_query_on_the_whole_tree(metadata: RunningMetadata,
         async with s.get("/latest/containers") as r:
             index = int(r.headers["X-Metadns-Index"])
         waiter = asyncio.create_task(s.get(f"/latest/containers?index={index}&maxWait=30"))
-        await asyncio.sleep(0.2)
+        await until_waiting(metadata)
         assert not waiter.done()
         move_ip(fleet_file, "infra-cache-1", "127.0.0.32")
         async with asyncio.timeout(10):

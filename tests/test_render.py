@@ -200,7 +200,8 @@ async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:
     first = ["dns://shop-db-1.rancher.internal"]
     template: dict[str, Any] = {"pools": {"A": {"servers": first}}, "route": "PoolRoute|A"}
     s = settings_for(fleet_stack, tmp_path, template, once=False, ttl_min=60.0, ttl_max=60.0)
-    task = asyncio.create_task(RenderLoop(s).run())
+    loop = RenderLoop(s)
+    task = asyncio.create_task(loop.run())
     try:
         async with asyncio.timeout(10):
             while not Path(s.output).exists():
@@ -210,8 +211,11 @@ async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:
         async with asyncio.timeout(5):
             while servers(s.output) != ["127.0.0.21:11211", "127.0.0.13:6379"]:
                 await asyncio.sleep(0.02)
+        failures = loop.failures
         Path(s.template).write_text("{broken")  # a broken edit keeps the last good output
-        await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):  # until the broken template has been read and refused
+            while loop.failures == failures:
+                await asyncio.sleep(0.02)
         assert servers(s.output) == ["127.0.0.21:11211", "127.0.0.13:6379"]
     finally:
         task.cancel()

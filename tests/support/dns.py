@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import dns.asyncquery
@@ -19,6 +21,8 @@ import dns.rdatatype
 
 from dns_svc.server import DnsServer
 from dns_svc.settings import DnsSettings
+from tests.support.logs import ProcessLog
+from tests.support.ports import free_ports
 from tests.support.tools import require_tool
 
 
@@ -165,6 +169,53 @@ async def dns_process(*flags: str, stderr: int = asyncio.subprocess.PIPE, **env:
     resolv.conf unless ``env`` (METADNS_DNS_* variables) says otherwise."""
     environment = {**os.environ, "METADNS_DNS_STATE_FILE": "", "METADNS_DNS_RESOLV_CONF": "/nonexistent", **env}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "dns_svc", *flags, env=environment, stderr=stderr)
+
+
+async def listening_address(log: ProcessLog) -> tuple[str, int]:
+    """Where a real ``dns-svc`` listens, from its ``event=listening`` line (``--listen`` with port
+    0: the service picks the port, and no other program can take it first)."""
+    line = (await log.wait_for("event=listening"))[0]
+    found = re.search(r"address=([0-9.]+):(\d+)", line)
+    assert found is not None, line
+    return (found[1], int(found[2]))
+
+
+def _clashed(text: str) -> bool:
+    """A port was taken: the service's one line, or a worker's traceback."""
+    return "already in use" in text.lower()
+
+
+def _settled(log: ProcessLog, ready: int) -> bool:
+    return len(log.matching("event=listening")) >= ready or _clashed(log.text)
+
+
+async def dns_process_on_free_ports(
+    flags: Callable[..., Sequence[str]], ports: int = 1, ready: int = 1, attempts: int = 5, **env: str
+) -> tuple[asyncio.subprocess.Process, ProcessLog, list[int]]:
+    """The real DNS service on ports picked for it, once ``ready`` processes (workers) have
+    logged ``event=listening``: ``flags(*ports)`` gives its flags. For ports that must be known up
+    front (workers share one fixed port; --http-listen). Another program can take a port between
+    its pick and the service's bind: then this process is stopped and another one started on
+    other ports."""
+    for attempt in range(attempts):
+        numbers = free_ports(ports)
+        proc = await dns_process(*flags(*numbers), stderr=asyncio.subprocess.PIPE, **env)
+        log = ProcessLog(proc.stderr)
+        with contextlib.suppress(AssertionError):  # ended, or not up in time: told apart below
+            await log.until(functools.partial(_settled, log, ready), f"{ready} listening")
+        if len(log.matching("event=listening")) >= ready and not _clashed(log.text):
+            return proc, log, numbers
+        if proc.returncode is None:  # a clash for one worker, or no start at all: this one is ours to stop
+            proc.terminate()  # SIGTERM: a parent stops its workers too (SIGKILL would orphan them)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+        await proc.wait()
+        text = await log.finish()
+        if not _clashed(text) or attempt == attempts - 1:
+            raise AssertionError(f"dns-svc did not start:\n{text}")
+    raise AssertionError("unreachable")
 
 
 async def serve_fleet(server: DnsServer, data: dict[str, Any], serial: int) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.ports import free_ports
 from tests.support.tools import require_tool
-from tests.support.upstream import reserve_port
 
 
 @dataclass
@@ -109,7 +109,8 @@ class EtcdCluster:
 def run_etcd(workdir: Path, members: int = 1) -> Iterator[EtcdCluster]:
     binary = require_tool("etcd", "/usr/bin/etcd")
     workdir.mkdir(parents=True, exist_ok=True)
-    ms = [Member(f"m{i}", reserve_port(), reserve_port(), workdir / f"m{i}") for i in range(members)]
+    ports = free_ports(2 * members)  # client and peer ports, all distinct
+    ms = [Member(f"m{i}", ports[2 * i], ports[2 * i + 1], workdir / f"m{i}") for i in range(members)]
     cluster = EtcdCluster(ms, binary, workdir / "etcd.log")
     cluster.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in ms)
     try:

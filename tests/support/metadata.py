@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +60,72 @@ async def run_metadata(
     finally:
         await site.stop()
         await runner.cleanup()
+
+
+class RawClient:
+    """One HTTP/1.1 connection written by hand: what it was answered, or that it was reset."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int, source: str = "127.0.0.1") -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0), limit=1 << 20)
+        return cls(reader, writer)
+
+    def send(self, path: str, forwarded_for: str | None = None) -> None:
+        xff = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
+        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: md\r\n{xff}\r\n".encode())
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body of the next answer (ConnectionResetError on a reset)."""
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if ":" in line:
+                name, _, text = line.partition(":")
+                headers[name.strip().lower()] = text.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(lines[0].split()[1]), headers, body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def start_metadata(
+    fleet_file: Path, *flags: str, preexec_fn: Callable[[], None] | None = None
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The real service (uvloop, the open-files limit raised) on a port of its own choosing, read
+    from its ``event=listening`` line; its log goes to ``metadata.log`` beside the fleet file (a
+    pipe nobody reads would stall it)."""
+    log_path = fleet_file.parent / "metadata.log"
+    with log_path.open("wb") as log_file:  # the child has its own copy
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "metadata_svc",
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            str(fleet_file),
+            "--state-file",
+            "",
+            *flags,
+            stderr=log_file,
+            preexec_fn=preexec_fn,
+        )
+    async with asyncio.timeout(30):
+        while not (found := re.search(r"event=listening address=\S+:(\d+)", log_path.read_text())):
+            assert proc.returncode is None, log_path.read_text()
+            await asyncio.sleep(0.05)
+    return proc, int(found.group(1))
+
+
+async def stop(proc: asyncio.subprocess.Process, fleet_file: Path) -> str:
+    """Stop the service started by ``start_metadata``; its log."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 20)
+    return (fleet_file.parent / "metadata.log").read_text()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.ports import free_port
 from tests.support.tools import require_tool
 
 ZONE = """\
@@ -32,20 +33,6 @@ local-data: "_ldap._tcp.example.test. 300 IN SRV 0 5 389 www.example.test."
 local-zone: "wild.test." redirect
 local-data: "wild.test. 60 IN A 192.0.2.99"
 """
-
-
-def reserve_port() -> int:
-    """A free port number for a third-party daemon that needs one up front (UDP and TCP)."""
-    for _ in range(50):
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(port)
-    raise RuntimeError("no free port")
 
 
 @dataclass
@@ -139,7 +126,7 @@ def run_unbound(
     workdir.mkdir(parents=True, exist_ok=True)
     wanted = port
     for attempt in range(5):
-        port = wanted or reserve_port()
+        port = wanted or free_port(host)
         conf = workdir / "unbound.conf"
         query_log = workdir / "queries.log" if log_queries else None
         conf.write_text(unbound_config(workdir, host, port, zone + extra, access, query_log))
@@ -175,7 +162,11 @@ class ScriptedUpstream:
         copies: int = 1,
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        try:
+            self.sock.bind((host, 0))
+        except OSError:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.address: tuple[str, int] = self.sock.getsockname()
         self.delay = delay
