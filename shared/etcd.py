@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import re
 import time
@@ -42,6 +43,8 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from shared.logs import log_event
 
 try:
     from shared.etcd_api import kv_pb2, rpc_pb2
@@ -70,6 +73,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+log = logging.getLogger("etcd")
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -294,6 +299,8 @@ class EtcdClient:
                     return
                 raise self._error(url, exc, f"authenticate as {self.endpoints.username}") from None
             self._token = reply.token
+            if stale:  # the first token is not news; a renewal is
+                log_event(log, logging.INFO, "etcd_token_renewed", endpoint=_host(url), user=self.endpoints.username)
 
     def _error(self, url: str, exc: grpc.aio.AioRpcError, what: str) -> EtcdError:
         return EtcdError(f"{_host(url)}: {explain(exc, self.endpoints, what)}", exc.code().value[0])
@@ -548,14 +555,14 @@ _NEED_AUTH = (
 _CASES: tuple[tuple[tuple[str, ...], Callable[[str, EtcdEndpoints, str], str]], ...] = (
     (
         ("permission denied",),
-        lambda t, e, w: f"permission denied: etcd user {e.username or '(the client certificate CN)'} may not {w}",
+        lambda t, e, w: f"permission denied: etcd user {etcd_user(e)} may not {w}",
     ),
     (
         ("authentication failed", "invalid user id or password"),
         lambda t, e, w: f"authentication failed: wrong password for etcd user {e.username}, or no such user",
     ),
     (("user name is empty",), lambda t, e, w: _NEED_AUTH),
-    (("user name not found",), lambda t, e, w: f"no such etcd user {e.username or '(the client certificate CN)'}"),
+    (("user name not found",), lambda t, e, w: f"no such etcd user {etcd_user(e)}"),
     (("no leader",), lambda t, e, w: "the member has no leader (no quorum): etcdserver: no leader"),
     (("certificate_verify_failed", "certificate verify failed"), _untrusted_server),
     (
@@ -606,14 +613,36 @@ def _refused_certificate(endpoints: EtcdEndpoints) -> str:
     return f"TLS: etcd refused the client certificate (--etcd-cert {endpoints.cert_file}): {why}"
 
 
-def _not_after(path: str) -> float | None:
-    """The certificate's notAfter, read with the ssl module's decoder (it has no public one);
+def _decoded_certificate(path: str) -> dict[str, Any] | None:
+    """A PEM certificate's fields, read with the ssl module's decoder (it has no public one);
     None when it cannot be read."""
     import ssl
 
     decode: Callable[[str], dict[str, Any]] | None = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
-    if decode is None:
+    if decode is None or not path:
         return None
     with contextlib.suppress(Exception):
-        return float(ssl.cert_time_to_seconds(decode(path)["notAfter"]))
+        return decode(path)
     return None
+
+
+def _not_after(path: str) -> float | None:
+    import ssl
+
+    fields = _decoded_certificate(path)
+    with contextlib.suppress(Exception):
+        return float(ssl.cert_time_to_seconds(fields["notAfter"])) if fields else None
+    return None
+
+
+def etcd_user(endpoints: EtcdEndpoints) -> str:
+    """Who etcd takes us for: the user given, else the client certificate's CN (with etcd's
+    ``--client-cert-auth``), else nobody."""
+    if endpoints.username:
+        return endpoints.username
+    fields = _decoded_certificate(endpoints.cert_file) or {}
+    for rdn in fields.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return f"{value} (the client certificate's CN)"
+    return "(none given)"
