@@ -182,16 +182,26 @@ def run_etcd(
     tls: TLSFiles | None = None,
     extra: Sequence[str] = (),
 ) -> Iterator[EtcdCluster]:
+    """A cluster on free ports; started again on other ports when one was taken in the meantime
+    (the ports are chosen before etcd binds them)."""
     binary = etcd_binary(version)
     workdir.mkdir(parents=True, exist_ok=True)
-    ms = [Member(f"m{i}", reserve_port(), reserve_port(), workdir / f"m{i}") for i in range(members)]
-    cluster = EtcdCluster(ms, binary, workdir / "etcd.log", version, tls, extra)
-    cluster.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in ms)
-    try:
-        for m in ms:
-            cluster.start(m)
-        for m in ms:
-            cluster.wait_healthy(m)
-        yield cluster
-    finally:
-        cluster.stop_all()
+    for attempt in range(3):
+        ms = [Member(f"m{i}", reserve_port(), reserve_port(), workdir / f"a{attempt}-m{i}") for i in range(members)]
+        cluster = EtcdCluster(ms, binary, workdir / f"etcd-{attempt}.log", version, tls, extra)
+        cluster.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in ms)
+        try:
+            for m in ms:
+                cluster.start(m)
+            try:
+                for m in ms:
+                    cluster.wait_healthy(m)
+            except RuntimeError:
+                if "address already in use" in cluster.log.read_text() and attempt < 2:
+                    continue
+                raise
+            yield cluster
+            return
+        finally:
+            cluster.stop_all()
+    raise AssertionError("unreachable")
