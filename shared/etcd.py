@@ -229,6 +229,7 @@ class EtcdClient:
         self._order = list(endpoints.urls)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._token = ""
+        self._auth_off = False  # etcd said its authentication is off: no token to ask for
         self._auth_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EtcdClient:
@@ -280,12 +281,12 @@ class EtcdClient:
         """Get a token for the user and password, once for all calls (and again when etcd said
         ``stale`` was no longer valid). Without a password there is none to get: etcd then
         takes the user from the client certificate's CN (``--client-cert-auth``)."""
-        if not self.endpoints.username or not self.endpoints.password:
+        if not self.endpoints.username or not self.endpoints.password or (self._auth_off and not stale):
             return
         async with self._auth_lock:
             if self._token and self._token != stale:
                 return
-            self._token = ""
+            self._token, self._auth_off = "", False
             request = rpc_pb2.AuthenticateRequest(name=self.endpoints.username, password=self.endpoints.password)
             call = self._channel(url).unary_unary(
                 "/etcdserverpb.Auth/Authenticate",
@@ -296,6 +297,7 @@ class EtcdClient:
                 reply = await call(request, timeout=self.timeout)
             except grpc.aio.AioRpcError as exc:
                 if "authentication is not enabled" in (exc.details() or ""):
+                    self._auth_off = True
                     return
                 raise self._error(url, exc, f"authenticate as {self.endpoints.username}") from None
             self._token = reply.token
@@ -494,8 +496,10 @@ class EtcdClient:
 
 
 def _stale_token(exc: grpc.aio.AioRpcError) -> bool:
+    """A token etcd no longer takes; or none, where one was not needed before and is now
+    (authentication turned on while we ran with a user and password)."""
     details = exc.details() or ""
-    return any(s in details for s in _STALE_TOKEN)
+    return any(s in details for s in _STALE_TOKEN) or "user name is empty" in details
 
 
 def _txn_what(request: rpc_pb2.TxnRequest) -> str:
