@@ -5,7 +5,9 @@
 #   scripts/bootstrap.sh run    # runtime only
 #   scripts/bootstrap.sh test   # runtime + test dependencies + Debian packages
 # Python packages are installed at the versions of constraints/tested.txt, and only when
-# pyproject.toml or the constraints changed since the last install.
+# pyproject.toml or the constraints changed since the last install. etcd's API modules are then
+# generated from shared/etcd_api/*.proto (scripts/gen_etcd_api.py, when the .proto files changed):
+# a run that cannot generate them fails, with one line saying why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-run}"
@@ -62,19 +64,24 @@ fi
 # pip runs only when the packaging changed since the last install (pyproject.toml or the
 # constraints), so a start with a complete .venv needs no registry and takes no time. The stamp
 # names what was installed: "test" includes "run".
+generate_etcd_api() {
+    .venv/bin/python scripts/gen_etcd_api.py || { echo "bootstrap: failed: etcd's API modules could not be generated" >&2; exit 1; }
+}
 STAMP=.venv/.metadns-installed
 DIGEST="$(cat pyproject.toml constraints/tested.txt | sha256sum | cut -c1-32)"
 if [ -f "$STAMP" ]; then
     read -r STAMPED_MODE STAMPED_DIGEST < "$STAMP" || true
     if [ "${STAMPED_DIGEST:-}" = "$DIGEST" ] && { [ "$STAMPED_MODE" = "$MODE" ] || [ "$STAMPED_MODE" = test ]; }; then
+        generate_etcd_api
         exit 0
     fi
 fi
 echo "bootstrap: installing the package into .venv ($MODE)" >&2
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 if [ "$MODE" = test ]; then
-    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[test,compiled]'
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[test,compiled,build]'
 else
-    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[compiled]'
+    .venv/bin/python -m pip install --quiet -c constraints/tested.txt -e '.[compiled,build]'
 fi
 echo "$MODE $DIGEST" > "$STAMP"
+generate_etcd_api

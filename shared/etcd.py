@@ -1,31 +1,88 @@
-"""A small etcd v3 client over etcd's JSON gateway (``/v3/kv/range``, ``/v3/kv/txn``,
-``/v3/watch``, ``/v3/lease/*``), with aiohttp; the same API in etcd 3.4 and 3.5+.
+"""A small etcd v3 client over etcd's native gRPC API (``grpc.aio``); the same API in etcd 3.4
+and 3.5+.
 
-Written rather than taken: the asyncio etcd clients on PyPI either drop progress
-notifications and hide the header revision of a watch response (aetcd), or no longer import on
-current protobuf (etcd3), and following a prefix reliably needs exactly those (see
-``metadata_svc/sources/etcd.py``). Keys and values are bytes on our side, base64 on the wire.
+gRPC rather than etcd's JSON gateway: production etcd runs mutual TLS with client certificates
+that carry a Common Name, which the gateway refuses (CVE-2018-16886: "CommonName of client
+sending a request against gateway will be ignored"), so CN-as-user authentication cannot work
+through it; a cluster may run with the gateway off (``--enable-grpc-gateway=false``); and the
+gateway's errors are HTTP bodies of several shapes where gRPC has one status.
+
+Written rather than taken: the asyncio etcd clients on PyPI either drop progress notifications
+and hide the header revision of a watch response (aetcd), or no longer import on current
+protobuf (etcd3), and following a prefix reliably needs exactly those (see
+``metadata_svc/sources/etcd.py``). The message classes are generated from the ``.proto`` files
+in ``shared/etcd_api`` at install time (``scripts/gen_etcd_api.py``); the methods are called by
+their gRPC paths (``/etcdserverpb.KV/Range``), so no generated service stubs are needed.
 
 Several endpoints may be given; a request that cannot reach one (or finds it without a
-leader) moves to the next, and the one that answered is tried first next time.
+leader) moves to the next, and the one that answered is tried first next time. Every error is
+raised as an ``EtcdError`` whose message is one line saying what is wrong (an unknown CA, a
+refused certificate, a wrong password, a permission denied on a named key or range, no leader,
+unreachable), never a decode error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import json
-import ssl
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-import aiohttp
+# gRPC's C core logs a failed handshake on stderr by itself, in lines of its own format; our
+# one line per problem says it instead (set before grpc is first imported; a setting given wins).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
-COMPACTED = 11  # gRPC OUT_OF_RANGE: "mvcc: required revision has been compacted"
+import grpc
+import grpc.aio
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from shared.logs import log_event
+
+try:
+    from shared.etcd_api import kv_pb2, rpc_pb2
+except ImportError as exc:  # pragma: no cover (an install without the generated modules)
+    raise ImportError(
+        f"etcd's API modules are not generated ({exc}): run scripts/bootstrap.sh, or scripts/gen_etcd_api.py"
+    ) from exc
+
+COMPACTED = grpc.StatusCode.OUT_OF_RANGE.value[0]  # 11: "mvcc: required revision has been compacted"
+PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+
+# Status codes after which another member may well answer: it cannot be reached, has no
+# leader, or did not answer in time.
+_ELSEWHERE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+# etcd's messages for a token it no longer knows (expired, or issued by a restarted member) and
+# for a token older than a change of users or roles: authenticate again, then retry.
+_STALE_TOKEN = ("invalid auth token", "revision of auth store is old")
+_ELSEWHERE_CODES = {c.value[0] for c in _ELSEWHERE}
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 2**31 - 1),  # a page of a big prefix; etcd bounds what it sends
+    ("grpc.enable_http_proxy", 0),  # etcd is reached directly, whatever http_proxy says
+    # A member that was down is tried again soon after it is back (gRPC's default backoff grows to 2 min).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+log = logging.getLogger("etcd")
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 class EtcdError(Exception):
-    """etcd answered with an error, or no endpoint could be reached."""
+    """etcd answered with an error, or no endpoint could be reached; ``code`` is the gRPC status
+    code's number when etcd gave one."""
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -33,11 +90,8 @@ class EtcdError(Exception):
 
 
 def b64(data: bytes) -> str:
+    """Bytes as etcd's JSON mapping writes them (the transaction operations of ``txn``)."""
     return base64.b64encode(data).decode()
-
-
-def unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -51,6 +105,16 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
+def describe_range(key: bytes, range_end: bytes = b"") -> str:
+    """A key or range as an operator would name it in ``etcdctl role grant-permission``."""
+    text = key.decode("utf-8", "replace")
+    if not range_end:
+        return f"key {text}"
+    if range_end == prefix_end(key):
+        return f"prefix {text}"
+    return f"range [{text}, {range_end.decode('utf-8', 'replace')})"
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: bytes
@@ -60,14 +124,8 @@ class KeyValue:
     lease: int
 
     @classmethod
-    def parse(cls, kv: dict[str, Any]) -> KeyValue:
-        return cls(
-            unb64(kv.get("key")),
-            unb64(kv.get("value")),
-            int(kv.get("mod_revision", 0)),
-            int(kv.get("create_revision", 0)),
-            int(kv.get("lease", 0)),
-        )
+    def of(cls, kv: kv_pb2.KeyValue) -> KeyValue:
+        return cls(kv.key, kv.value, kv.mod_revision, kv.create_revision, kv.lease)
 
 
 @dataclass(frozen=True)
@@ -78,7 +136,8 @@ class WatchEvent:
 
 @dataclass(frozen=True)
 class WatchResult:
-    """One watch response: applied as a unit, then ``revision`` is where we are."""
+    """One watch response: applied as a unit, then ``revision`` (its header's) is where we are;
+    a progress notification is a result without events."""
 
     revision: int
     events: tuple[WatchEvent, ...]
@@ -89,7 +148,8 @@ class WatchResult:
 
 @dataclass(frozen=True)
 class EtcdEndpoints:
-    """``HOST:PORT[,HOST:PORT...]``, with TLS and user/password when given."""
+    """``HOST:PORT[,HOST:PORT...]``, with TLS and user/password when given. An endpoint is kept
+    as ``http://HOST:PORT`` or ``https://HOST:PORT`` (TLS), the form etcd's flags use."""
 
     urls: tuple[str, ...]
     username: str = ""
@@ -114,20 +174,33 @@ class EtcdEndpoints:
             raise ValueError("no etcd endpoint given")
         return cls(tuple(urls), **options)
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        if not any(u.startswith("https://") for u in self.urls):
-            return None
-        context = ssl.create_default_context(cafile=self.ca_file or None)
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file or None)
-        return context
+    def credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials for the ``https://`` endpoints: the CA (the system's when none is
+        given) and the client certificate; a file that cannot be read is said by its flag."""
+
+        def read(flag: str, path: str) -> bytes | None:
+            if not path:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as exc:
+                raise EtcdError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+
+        cert, key = read("--etcd-cert", self.cert_file), read("--etcd-key", self.key_file)
+        if cert is not None and key is None:
+            key = cert  # a PEM file holding both
+        return grpc.ssl_channel_credentials(
+            root_certificates=read("--etcd-ca", self.ca_file), private_key=key, certificate_chain=cert
+        )
 
 
 def add_etcd_flags(p: Any) -> None:
     """The etcd connection options every command that talks to etcd takes (a ``FlagParser``)."""
-    p.flag("--etcd-tls", action="store_true", help="talk HTTPS to etcd (implied by --etcd-ca/--etcd-cert)")
+    p.flag("--etcd-tls", action="store_true", help="talk TLS to etcd (implied by --etcd-ca/--etcd-cert)")
     p.flag("--etcd-ca", default="", help="CA bundle that signed etcd's certificates")
-    p.flag("--etcd-cert", default="", help="client certificate for etcd")
+    p.flag(
+        "--etcd-cert", default="", help="client certificate for etcd (its CN is the etcd user with --client-cert-auth)"
+    )
     p.flag("--etcd-key", default="", help="client certificate's key")
     p.flag("--etcd-user", default="", help="etcd user (with --etcd-password)")
     p.flag("--etcd-password", default="", help="etcd password")
@@ -145,13 +218,19 @@ def endpoints_from_flags(hosts: str, ns: Any) -> EtcdEndpoints:
     )
 
 
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1]
+
+
 class EtcdClient:
     def __init__(self, endpoints: EtcdEndpoints, timeout: float = 5.0) -> None:
         self.endpoints = endpoints
         self.timeout = timeout
         self._order = list(endpoints.urls)
-        self._session: aiohttp.ClientSession | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
         self._token = ""
+        self._auth_off = False  # etcd said its authentication is off: no token to ask for
+        self._auth_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -159,16 +238,10 @@ class EtcdClient:
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.endpoints.ssl_context() or False)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
 
     @property
     def endpoint(self) -> str:
@@ -179,71 +252,116 @@ class EtcdClient:
         """Try the next endpoint first from now on."""
         self._order.append(self._order.pop(0))
 
-    def _headers(self, require_leader: bool) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+    def _channel(self, url: str) -> grpc.aio.Channel:
+        channel = self._channels.get(url)
+        if channel is None:
+            if url.startswith("https://"):
+                channel = grpc.aio.secure_channel(_host(url), self.endpoints.credentials(), options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.insecure_channel(_host(url), options=_CHANNEL_OPTIONS)
+            self._channels[url] = channel
+        return channel
+
+    async def _drop_channel(self, url: str) -> None:
+        """Forget a channel that failed: the next call connects afresh instead of waiting out
+        gRPC's reconnect backoff."""
+        channel = self._channels.pop(url, None)
+        if channel is not None:
+            await channel.close()
+
+    def _metadata(self, require_leader: bool) -> list[tuple[str, str]]:
+        metadata = []
         if require_leader:
-            headers["Grpc-Metadata-hasleader"] = "true"
+            metadata.append(("hasleader", "true"))
         if self._token:
-            headers["Authorization"] = self._token
-        return headers
+            metadata.append(("token", self._token))
+        return metadata
 
-    async def _authenticate(self, url: str) -> None:
-        if not self.endpoints.username or self._token:
+    async def _authenticate(self, url: str, stale: str = "") -> None:
+        """Get a token for the user and password, once for all calls (and again when etcd said
+        ``stale`` was no longer valid). Without a password there is none to get: etcd then
+        takes the user from the client certificate's CN (``--client-cert-auth``)."""
+        if not self.endpoints.username or not self.endpoints.password or (self._auth_off and not stale):
             return
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        body = {"name": self.endpoints.username, "password": self.endpoints.password}
-        async with self.session().post(f"{url}/v3/auth/authenticate", json=body, timeout=timeout) as r:
-            doc = await r.json(content_type=None)
-            if r.status != 200 or "token" not in doc:
-                raise EtcdError(f"{url}: authentication failed: {doc.get('error') or doc.get('message')}")
-            self._token = str(doc["token"])
+        async with self._auth_lock:
+            if self._token and self._token != stale:
+                return
+            self._token, self._auth_off = "", False
+            request = rpc_pb2.AuthenticateRequest(name=self.endpoints.username, password=self.endpoints.password)
+            call = self._channel(url).unary_unary(
+                "/etcdserverpb.Auth/Authenticate",
+                request_serializer=rpc_pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=rpc_pb2.AuthenticateResponse.FromString,
+            )
+            try:
+                reply = await call(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if "authentication is not enabled" in (exc.details() or ""):
+                    self._auth_off = True
+                    return
+                raise self._error(url, exc, f"authenticate as {self.endpoints.username}") from None
+            self._token = reply.token
+            if stale:  # the first token is not news; a renewal is
+                log_event(log, logging.INFO, "etcd_token_renewed", endpoint=_host(url), user=self.endpoints.username)
 
-    async def call(self, path: str, body: dict[str, Any], *, require_leader: bool = True) -> dict[str, Any]:
-        """POST ``body`` to ``path`` on the first endpoint that answers; etcd's own errors are
-        raised as they are (they would be the same on another member)."""
+    def _error(self, url: str, exc: grpc.aio.AioRpcError, what: str) -> EtcdError:
+        return EtcdError(f"{_host(url)}: {explain(exc, self.endpoints, what)}", exc.code().value[0])
+
+    async def _call(self, what: str, attempt: Callable[[str], Awaitable[T]]) -> T:
+        """Run ``attempt(url)`` on the first endpoint that answers; etcd's own errors are raised
+        as they are (they would be the same on another member), once explained. A stale token
+        is renewed and the call made once more on the same endpoint."""
         problems = []
         for _ in range(len(self._order)):
             url = self._order[0]
-            try:
-                await self._authenticate(url)
-                timeout = aiohttp.ClientTimeout(total=self.timeout)
-                async with self.session().post(
-                    f"{url}{path}", data=json.dumps(body), headers=self._headers(require_leader), timeout=timeout
-                ) as r:
-                    doc = await r.json(content_type=None)
-            except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError) as exc:
-                problems.append(f"{url}: {type(exc).__name__}: {exc}")
-                self.rotate()
-                continue
-            error = _error_of(doc)
-            if error is not None:
-                code, message = error
-                if code in (14, 4) or "no leader" in message:  # unavailable here: another member may do
-                    problems.append(f"{url}: {message}")
-                    self.rotate()
-                    continue
-                raise EtcdError(message, code)
-            if not isinstance(doc, dict):
-                raise EtcdError(f"{url}{path}: not a JSON object in reply")
-            return doc
-        raise EtcdError("no etcd endpoint answered: " + "; ".join(problems))
+            stale = ""
+            for _try in range(2):
+                try:
+                    await self._authenticate(url, stale)
+                    return await attempt(url)
+                except grpc.aio.AioRpcError as exc:
+                    if _stale_token(exc) and not stale:
+                        stale = self._token or "-"
+                        continue
+                    if exc.code() not in _ELSEWHERE:
+                        raise self._error(url, exc, what) from None
+                    problems.append(f"{_host(url)}: {explain(exc, self.endpoints, what)}")
+                except EtcdError as exc:  # from authenticating
+                    if exc.code not in _ELSEWHERE_CODES:
+                        raise
+                    problems.append(str(exc))
+                break
+            await self._drop_channel(url)
+            self.rotate()
+        raise EtcdError("no etcd endpoint answered: " + "; ".join(problems), UNAVAILABLE)
+
+    async def _unary(
+        self, method: str, request: Message, reply_type: type[M], what: str, *, require_leader: bool = True
+    ) -> M:
+        async def attempt(url: str) -> M:
+            call = self._channel(url).unary_unary(
+                method, request_serializer=type(request).SerializeToString, response_deserializer=reply_type.FromString
+            )
+            reply: M = await call(request, timeout=self.timeout, metadata=self._metadata(require_leader))
+            return reply
+
+        return await self._call(what, attempt)
 
     async def range(
         self, key: bytes, range_end: bytes = b"", *, revision: int = 0, limit: int = 0, serializable: bool = False
     ) -> tuple[list[KeyValue], int, bool]:
         """(key-values, header revision, more)."""
-        body: dict[str, Any] = {"key": b64(key)}
-        if range_end:
-            body["range_end"] = b64(range_end)
-        if revision:
-            body["revision"] = revision
-        if limit:
-            body["limit"] = limit
-        if serializable:
-            body["serializable"] = True
-        doc = await self.call("/v3/kv/range", body, require_leader=not serializable)
-        kvs = [KeyValue.parse(kv) for kv in doc.get("kvs") or ()]
-        return kvs, int(doc.get("header", {}).get("revision", 0)), bool(doc.get("more"))
+        request = rpc_pb2.RangeRequest(
+            key=key, range_end=range_end, revision=revision, limit=limit, serializable=serializable
+        )
+        reply = await self._unary(
+            "/etcdserverpb.KV/Range",
+            request,
+            rpc_pb2.RangeResponse,
+            f"read {describe_range(key, range_end)}",
+            require_leader=not serializable,
+        )
+        return [KeyValue.of(kv) for kv in reply.kvs], reply.header.revision, reply.more
 
     async def list_prefix(self, prefix: bytes, page: int = 500) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` at one revision, read in pages pinned to the first's."""
@@ -263,90 +381,272 @@ class EtcdClient:
         success: Sequence[dict[str, Any]],
         failure: Sequence[dict[str, Any]] = (),
     ) -> tuple[bool, int, list[dict[str, Any]]]:
-        """(succeeded, header revision, responses)."""
-        doc = await self.call(
-            "/v3/kv/txn", {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        """(succeeded, header revision, responses). The comparisons and operations are written
+        in etcd's JSON form of its messages (``{"request_put": {"key": b64(...), ...}}``, as
+        ``etcdctl txn`` and the gateway take them), turned into the messages here."""
+        request = json_format.ParseDict(
+            {"compare": list(compare), "success": list(success), "failure": list(failure)}, rpc_pb2.TxnRequest()
         )
-        return (
-            bool(doc.get("succeeded")),
-            int(doc.get("header", {}).get("revision", 0)),
-            list(doc.get("responses") or ()),
-        )
+        reply = await self._unary("/etcdserverpb.KV/Txn", request, rpc_pb2.TxnResponse, _txn_what(request))
+        responses = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in reply.responses]
+        return reply.succeeded, reply.header.revision, responses
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-        if lease:
-            body["lease"] = lease
-        doc = await self.call("/v3/kv/put", body)
-        return int(doc.get("header", {}).get("revision", 0))
+        request = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
+        reply = await self._unary("/etcdserverpb.KV/Put", request, rpc_pb2.PutResponse, f"write {describe_range(key)}")
+        return reply.header.revision
 
     async def compact(self, revision: int) -> None:
-        await self.call("/v3/kv/compaction", {"revision": revision, "physical": True})
+        request = rpc_pb2.CompactionRequest(revision=revision, physical=True)
+        await self._unary("/etcdserverpb.KV/Compact", request, rpc_pb2.CompactionResponse, "compact the history")
 
     async def lease_grant(self, ttl: int) -> int:
-        doc = await self.call("/v3/lease/grant", {"TTL": ttl})
-        return int(doc["ID"])
+        request = rpc_pb2.LeaseGrantRequest(TTL=ttl)
+        reply = await self._unary(
+            "/etcdserverpb.Lease/LeaseGrant", request, rpc_pb2.LeaseGrantResponse, "grant a lease"
+        )
+        return reply.ID
 
     async def lease_keepalive(self, lease: int) -> int:
-        """The lease's remaining TTL; 0 when it has expired (etcd then omits the field)."""
-        doc = await self.call("/v3/lease/keepalive", {"ID": lease})
-        return int(doc.get("result", doc).get("TTL", 0))
+        """The lease's remaining TTL; 0 when it has expired. One request on etcd's keep-alive
+        stream, which is then closed: a renewal every TTL/3 needs no stream kept open."""
+
+        async def attempt(url: str) -> int:
+            call = self._channel(url).stream_stream(
+                "/etcdserverpb.Lease/LeaseKeepAlive",
+                request_serializer=rpc_pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=rpc_pb2.LeaseKeepAliveResponse.FromString,
+            )(timeout=self.timeout, metadata=self._metadata(True))
+            try:
+                await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease))
+                reply = await call.read()
+            finally:
+                call.cancel()
+            if not isinstance(reply, rpc_pb2.LeaseKeepAliveResponse):  # the stream ended at once
+                raise EtcdError(f"{_host(url)}: keep-alive stream closed without an answer", UNAVAILABLE)
+            return int(reply.TTL)
+
+        return await self._call(f"keep lease {lease:x} alive", attempt)
 
     async def lease_revoke(self, lease: int) -> None:
-        await self.call("/v3/lease/revoke", {"ID": lease})
+        request = rpc_pb2.LeaseRevokeRequest(ID=lease)
+        await self._unary(
+            "/etcdserverpb.Lease/LeaseRevoke", request, rpc_pb2.LeaseRevokeResponse, f"revoke lease {lease:x}"
+        )
 
     async def watch(
         self, key: bytes, range_end: bytes, start_revision: int, idle_timeout: float
     ) -> AsyncIterator[WatchResult]:
         """Watch ``key``..``range_end`` from ``start_revision`` on the first endpoint, with
         progress notifications and the leader required, until the stream ends, an error comes,
-        or nothing (not even a progress notification) arrives for ``idle_timeout`` seconds."""
+        or nothing (not even a progress notification) arrives for ``idle_timeout`` seconds.
+
+        A watch etcd refuses to create (canceled at once, without a compaction revision) is a
+        permission denied, or a token that expired: the token is renewed and the watch asked for
+        once more before that is raised."""
         url = self._order[0]
-        await self._authenticate(url)
-        body = {
-            "create_request": {
-                "key": b64(key),
-                "range_end": b64(range_end),
-                "start_revision": start_revision,
-                "progress_notify": True,
-            }
-        }
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=idle_timeout)
-        async with self.session().post(
-            f"{url}/v3/watch", data=json.dumps(body), headers=self._headers(True), timeout=timeout
-        ) as r:
-            if r.status != 200:
-                raise EtcdError(f"{url}: watch refused: HTTP {r.status} {(await r.text())[:200]}")
-            buffer = b""
-            async for chunk in r.content.iter_any():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield _watch_result(json.loads(line))
+        what = f"watch {describe_range(key, range_end)}"
+        create = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=key, range_end=range_end, start_revision=start_revision, progress_notify=True
+            )
+        )
+        stale, delivered = "", False
+        for _attempt in range(2):
+            await self._authenticate(url, stale)
+            call = self._channel(url).stream_stream(
+                "/etcdserverpb.Watch/Watch",
+                request_serializer=rpc_pb2.WatchRequest.SerializeToString,
+                response_deserializer=rpc_pb2.WatchResponse.FromString,
+            )(metadata=self._metadata(True))
+            refused = ""
+            try:
+                await call.write(create)
+                while True:
+                    try:
+                        async with asyncio.timeout(idle_timeout):
+                            reply = await call.read()
+                    except TimeoutError:
+                        raise EtcdError(
+                            f"{_host(url)}: no watch message for {idle_timeout:g} s (not even a progress notification)",
+                            UNAVAILABLE,
+                        ) from None
+                    if reply is grpc.aio.EOF:
+                        return
+                    assert isinstance(reply, rpc_pb2.WatchResponse)
+                    if reply.canceled and not reply.compact_revision:
+                        refused = reply.cancel_reason or "etcdserver: permission denied"
+                        break
+                    delivered = True
+                    yield _watch_result(reply)
+            except grpc.aio.AioRpcError as exc:
+                if _stale_token(exc) and not stale and not delivered:
+                    stale = self._token or "-"
+                    continue
+                if exc.code() in _ELSEWHERE:
+                    await self._drop_channel(url)
+                raise self._error(url, exc, what) from None
+            finally:
+                call.cancel()
+            if self._token and not stale and not delivered:
+                stale = self._token
+                continue
+            break
+        raise EtcdError(f"{_host(url)}: {explain_message(refused, self.endpoints, what)}", PERMISSION_DENIED)
 
 
-def _error_of(doc: dict[str, Any]) -> tuple[int, str] | None:
-    err = doc.get("error")
-    if isinstance(err, dict):
-        return int(err.get("grpc_code") or err.get("code") or 2), str(err.get("message", err))
-    if "code" in doc and "message" in doc and "header" not in doc:  # 3.5's gateway shape
-        return int(doc["code"]), str(doc["message"])
+def _stale_token(exc: grpc.aio.AioRpcError) -> bool:
+    """A token etcd no longer takes; or none, where one was not needed before and is now
+    (authentication turned on while we ran with a user and password)."""
+    details = exc.details() or ""
+    return any(s in details for s in _STALE_TOKEN) or "user name is empty" in details
+
+
+def _txn_what(request: rpc_pb2.TxnRequest) -> str:
+    """What a transaction touches, for a permission denied: its keys, the first few."""
+    keys = []
+    for op in [*request.success, *request.failure]:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            keys.append(op.request_put.key)
+        elif kind == "request_delete_range":
+            keys.append(op.request_delete_range.key)
+        elif kind == "request_range":
+            keys.append(op.request_range.key)
+    keys += [c.key for c in request.compare]
+    unique = list(dict.fromkeys(k.decode("utf-8", "replace") for k in keys))
+    shown = ", ".join(unique[:3]) + (f" and {len(unique) - 3} more" if len(unique) > 3 else "")
+    return f"write {shown or 'nothing'} (in one transaction)"
+
+
+def _watch_result(reply: rpc_pb2.WatchResponse) -> WatchResult:
+    events = tuple(WatchEvent(e.type == kv_pb2.Event.DELETE, KeyValue.of(e.kv)) for e in reply.events)
+    return WatchResult(reply.header.revision, events, reply.compact_revision, reply.canceled, reply.created)
+
+
+def explain(exc: grpc.aio.AioRpcError, endpoints: EtcdEndpoints, what: str) -> str:
+    """One line for an RPC that failed: what is wrong, in terms of the flags that fix it."""
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer in time (to {what}): the member is overloaded, or cut off from its cluster"
+    return explain_message(exc.details() or exc.code().name, endpoints, what)
+
+
+def explain_message(details: str, endpoints: EtcdEndpoints, what: str) -> str:
+    """Etcd's or gRPC's message, said in terms of the flags that fix it (the first case whose
+    words it has); a message no case knows is passed on as it is, on one line."""
+    text = _GRPC_PREFIX.sub("", " ".join(details.split()))
+    lower = text.lower()
+    for needles, say in _CASES:
+        if any(n in lower for n in needles):
+            return say(text, endpoints, what)
+    return text
+
+
+def _untrusted_server(text: str, e: EtcdEndpoints, what: str) -> str:
+    ca = f"--etcd-ca {e.ca_file}" if e.ca_file else "the system's CAs (no --etcd-ca given)"
+    return f"TLS: etcd's certificate is not trusted: not signed by {ca}, or not valid for this address"
+
+
+def _closed(text: str, e: EtcdEndpoints, what: str) -> str:
+    hint = " (does it expect TLS? --etcd-tls, --etcd-ca)" if not e.ca_file else ""
+    return f"connection closed by etcd{hint}: {text}"
+
+
+_NEED_AUTH = (
+    "etcd requires authentication: give --etcd-user and --etcd-password, or a client certificate"
+    " whose CN is an etcd user (--etcd-cert, with etcd's --client-cert-auth)"
+)
+_CASES: tuple[tuple[tuple[str, ...], Callable[[str, EtcdEndpoints, str], str]], ...] = (
+    (
+        ("permission denied",),
+        lambda t, e, w: f"permission denied: etcd user {etcd_user(e)} may not {w}",
+    ),
+    (
+        ("authentication failed", "invalid user id or password"),
+        lambda t, e, w: f"authentication failed: wrong password for etcd user {e.username}, or no such user",
+    ),
+    (("user name is empty",), lambda t, e, w: _NEED_AUTH),
+    (("user name not found",), lambda t, e, w: f"no such etcd user {etcd_user(e)}"),
+    (("no leader",), lambda t, e, w: "the member has no leader (no quorum): etcdserver: no leader"),
+    (("certificate_verify_failed", "certificate verify failed"), _untrusted_server),
+    (
+        ("certificate_expired", "certificate expired"),
+        lambda t, e, w: f"TLS: etcd refused the client certificate (--etcd-cert {e.cert_file}): it has expired",
+    ),
+    # etcd's "bad certificate" alert; with TLS 1.3 it arrives after the handshake, as a record
+    # gRPC cannot decrypt (TSI_DATA_CORRUPTED)
+    (
+        ("bad_certificate", "bad certificate", "unknown_ca", "unknown ca", "tsi_data_corrupted", "unwrap failed"),
+        lambda t, e, w: _refused_certificate(e),
+    ),
+    (
+        ("certificate_required", "certificate required"),
+        lambda t, e, w: "TLS: etcd requires a client certificate (--etcd-cert and --etcd-key)",
+    ),
+    (
+        ("wrong_version_number", "wrong version number"),
+        lambda t, e, w: "TLS to an endpoint that does not speak TLS (leave out --etcd-tls/--etcd-ca, or use http://)",
+    ),
+    (
+        ("handshake read failed",),
+        lambda t, e, w: "TLS handshake failed: the endpoint closed the connection (does it speak TLS at all?)",
+    ),
+    (("connection refused",), lambda t, e, w: "unreachable: connection refused"),
+    (("ssl", "handshake"), lambda t, e, w: f"TLS handshake failed: {t}"),
+    (("socket closed", "connection reset", "end of tcp stream", "connection closed"), _closed),
+    (
+        ("failed to connect", "unreachable", "no route", "timed out", "dns resolution"),
+        lambda t, e, w: f"unreachable: {t}",
+    ),
+)
+
+
+# What gRPC puts before the reason a connection failed.
+_GRPC_PREFIX = re.compile(r"^failed to connect to all addresses; last error: \w+: (?:ipv[46]:)?\S+: ")
+
+
+def _refused_certificate(endpoints: EtcdEndpoints) -> str:
+    """One TLS alert, "bad certificate", is what etcd sends for an expired client certificate and
+    for one from a CA it does not trust: the certificate's own dates tell them apart."""
+    if not endpoints.cert_file:
+        return "TLS: etcd requires a client certificate (--etcd-cert and --etcd-key)"
+    why = "not signed by a CA etcd trusts (etcd's --trusted-ca-file)"
+    expires = _not_after(endpoints.cert_file)
+    if expires is not None and expires < time.time():
+        why = f"it expired on {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(expires))}"
+    return f"TLS: etcd refused the client certificate (--etcd-cert {endpoints.cert_file}): {why}"
+
+
+def _decoded_certificate(path: str) -> dict[str, Any] | None:
+    """A PEM certificate's fields, read with the ssl module's decoder (it has no public one);
+    None when it cannot be read."""
+    import ssl
+
+    decode: Callable[[str], dict[str, Any]] | None = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None or not path:
+        return None
+    with contextlib.suppress(Exception):
+        return decode(path)
     return None
 
 
-def _watch_result(doc: dict[str, Any]) -> WatchResult:
-    error = _error_of(doc)
-    if error is not None:
-        raise EtcdError(error[1], error[0])
-    result = doc.get("result", doc)
-    events = tuple(
-        WatchEvent(e.get("type") == "DELETE", KeyValue.parse(e.get("kv") or {})) for e in result.get("events") or ()
-    )
-    return WatchResult(
-        int(result.get("header", {}).get("revision", 0)),
-        events,
-        int(result.get("compact_revision", 0)),
-        bool(result.get("canceled")),
-        bool(result.get("created")),
-    )
+def _not_after(path: str) -> float | None:
+    import ssl
+
+    fields = _decoded_certificate(path)
+    with contextlib.suppress(Exception):
+        return float(ssl.cert_time_to_seconds(fields["notAfter"])) if fields else None
+    return None
+
+
+def etcd_user(endpoints: EtcdEndpoints) -> str:
+    """Who etcd takes us for: the user given, else the client certificate's CN (with etcd's
+    ``--client-cert-auth``), else nobody."""
+    if endpoints.username:
+        return endpoints.username
+    fields = _decoded_certificate(endpoints.cert_file) or {}
+    for rdn in fields.get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return f"{value} (the client certificate's CN)"
+    return "(none given)"

@@ -104,6 +104,9 @@ def test_dockerfile_runs_as_an_unprivileged_user_and_installs_the_console_script
     assert user_lines
     assert user_lines[-1].split()[1] not in ("root", "0")
     assert "setcap cap_net_bind_service=+ep" in dockerfile
+    for path in ("setup.py", "scripts/gen_etcd_api.py"):  # the build generates etcd's API modules
+        assert path in dockerfile
+        assert (ROOT / path).exists()
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'metadata-svc = "metadata_svc.__main__:main"' in pyproject
     assert 'dns-svc = "dns_svc.__main__:main"' in pyproject

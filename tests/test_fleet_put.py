@@ -20,7 +20,7 @@ from metadata_svc.keys import STORE
 from shared.etcd import EtcdClient, EtcdEndpoints, b64
 from shared.model import FleetError
 from tests.support.dns import addresses, ask, run_dns, wait_for_version
-from tests.support.etcd import EtcdCluster, run_etcd
+from tests.support.etcd import VERSIONS, EtcdCluster, run_etcd
 from tests.support.metadata import run_metadata
 
 pytestmark = pytest.mark.external_tool
@@ -58,8 +58,8 @@ async def stored(client: EtcdClient) -> dict[str, tuple[Any, int]]:
 
 
 @contextlib.asynccontextmanager
-async def etcd_with_fleet(tmp_path: Path):
-    with run_etcd(tmp_path / "etcd") as cluster:
+async def etcd_with_fleet(tmp_path: Path, version: str = "3.4"):
+    with run_etcd(tmp_path / "etcd", version=version) as cluster:
         code, _, err = await asyncio.to_thread(run, cluster, tmp_path, "apply", base_fleet())
         assert code == 0, err
         client = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
@@ -69,11 +69,12 @@ async def etcd_with_fleet(tmp_path: Path):
             await client.close()
 
 
-async def test_a_put_writes_only_the_objects_it_names_and_the_hosts_follow(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_a_put_writes_only_the_objects_it_names_and_the_hosts_follow(tmp_path: Path, version: str) -> None:
     """One container's new address (named, no uuid) and a new service with its container: the
     keys they are stored at change, every other key keeps its revision, nothing is deleted (the
     service put without its token keeps it), and a host's DNS answers both."""
-    async with etcd_with_fleet(tmp_path) as (cluster, client):
+    async with etcd_with_fleet(tmp_path, version) as (cluster, client):
         before = await stored(client)
         objects = {
             "services": [

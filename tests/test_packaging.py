@@ -139,3 +139,40 @@ def test_pre_commit_runs_what_the_test_script_runs() -> None:
     for entry in entries:  # the hooks run the venv's tools, which exist once bootstrap ran
         assert (ROOT / entry.split()[0]).exists(), entry
     assert "--cov-fail-under=" in script
+
+
+def test_etcd_api_modules_are_generated_and_never_committed(tmp_path: Path) -> None:
+    """Only the .proto files are in git; scripts/gen_etcd_api.py makes the modules, and says in
+    one line, with exit 1, when it cannot (no grpcio-tools)."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "shared/etcd_api"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(tracked) == [f"shared/etcd_api/{n}" for n in ("__init__.py", "auth.proto", "kv.proto", "rpc.proto")]
+    for name in ("scripts/gen_etcd_api.py", "shared/__init__.py", *tracked):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    script = str(tmp_path / "scripts" / "gen_etcd_api.py")
+    without = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, runpy; sys.modules['grpc_tools'] = None; runpy.run_path({script!r}, run_name='__main__')",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert without.returncode == 1
+    assert without.stderr.strip().splitlines() == [
+        "gen_etcd_api: etcd's API modules not generated: grpcio-tools is not installed (pip install 'metadns[build]')"
+    ]
+    made = subprocess.run([sys.executable, script], capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    check = (
+        "from shared.etcd_api import rpc_pb2; print(rpc_pb2.__file__);"
+        " print(rpc_pb2.WatchCreateRequest(progress_notify=True).SerializeToString())"
+    )
+    out = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [str(tmp_path / "shared" / "etcd_api" / "rpc_pb2.py"), repr(b" \x01")]  # field 4
+    again = subprocess.run([sys.executable, script], capture_output=True, text=True, check=True)
+    assert again.stderr == ""  # up to date: nothing done

@@ -32,8 +32,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import aiohttp
-
 from shared.etcd import COMPACTED, EtcdClient, EtcdEndpoints, EtcdError, WatchResult, prefix_end
 from shared.etcd_fleet import fleet_from_keys
 from shared.logs import log_event
@@ -121,7 +119,7 @@ class EtcdSource:
                         self._revision, self._replay = 0, False
                         continue
                     self._outage(client, str(exc))
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                except (OSError, ValueError) as exc:
                     self._outage(client, f"{type(exc).__name__}: {exc}")
                 else:
                     continue  # a watch that ended cleanly (resync, reload): go on at once
