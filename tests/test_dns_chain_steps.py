@@ -267,7 +267,6 @@ async def test_a_fallback_answers_when_the_wait_runs_past_its_timer(relayed: boo
     chain = Chain([Recorder("top", seen), Fallback(0.05), Recorder("middle", seen), Slow(0.3)])
     outcome = chain.walk(plain_query())
     assert isinstance(outcome, Pending)
-    started = asyncio.get_running_loop().time()
     if relayed:
         got: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
         assert outcome.relay(lambda _p, a: got.set_result(a))
@@ -276,8 +275,7 @@ async def test_a_fallback_answers_when_the_wait_runs_past_its_timer(relayed: boo
         answer = await outcome.answer()
     assert answer is not None
     assert answer.source is Source.STALE
-    assert asyncio.get_running_loop().time() - started < 0.25
-    assert seen == [("top", Source.STALE)]
+    assert seen == [("top", Source.STALE)]  # the fallback's, before the slow step's answer came up
     await asyncio.sleep(0.4)
     assert seen[1:] == [("middle", Source.UPSTREAM), ("top", Source.UPSTREAM)]
 

@@ -4,11 +4,9 @@ address serving its cluster's zone."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import dns.edns
 import dns.flags
 import dns.rdatatype
@@ -16,6 +14,7 @@ import pytest
 
 from dns_svc.steps.gather import parse_cluster
 from tests.support.dns import addresses, ask, rcode, run_dns
+from tests.support.metrics import scrape, value
 from tests.support.upstream import Unbound, run_unbound
 
 pytestmark = pytest.mark.external_tool
@@ -64,16 +63,7 @@ def gather_settings(a: tuple[str, int], b: tuple[str, int], timeout: float = 1.0
 
 
 async def metrics(server) -> str:
-    host, port = server.http_address
-    async with aiohttp.ClientSession() as s, s.get(f"http://{host}:{port}/metrics") as r:
-        return await r.text()
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return await scrape(server.http_address)
 
 
 async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound) -> None:
@@ -93,17 +83,17 @@ async def test_merged_srv_with_rewritten_targets_that_resolve(clusters, unbound)
             assert addresses(answer) == [ip]
             assert str(answer.answer[0].name) == target + "."  # owners match the question
         text = await metrics(server)
-        assert sample(text, "metadns_gather_queries_total", qtype="SRV") == 1
-        assert sample(text, "metadns_gather_subqueries_total", cluster="cluster-a.local.", rcode="NOERROR") == 2
-        assert sample(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="NOERROR") == 2
-        assert sample(text, "metadns_gather_subquery_seconds_count", cluster="cluster-a.local.") == 2
+        assert value(text, "metadns_gather_queries_total", qtype="SRV") == 1
+        assert value(text, "metadns_gather_subqueries_total", cluster="cluster-a.local.", rcode="NOERROR") == 2
+        assert value(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="NOERROR") == 2
+        assert value(text, "metadns_gather_subquery_seconds_count", cluster="cluster-a.local.") == 2
         # the merged answer is cached: asking again sends no sub-query
         await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
         again = await metrics(server)
-        assert sample(again, "metadns_gather_subqueries_total", cluster="cluster-a.local.", rcode="NOERROR") == 2
+        assert value(again, "metadns_gather_subqueries_total", cluster="cluster-a.local.", rcode="NOERROR") == 2
         # where each answer came from, as /metrics tells it
-        assert sample(again, "metadns_dns_responses_total", source="gather", type="SRV") == 1
-        assert sample(again, "metadns_dns_responses_total", source="global_cache", type="SRV") == 1
+        assert value(again, "metadns_dns_responses_total", source="gather", type="SRV") == 1
+        assert value(again, "metadns_dns_responses_total", source="global_cache", type="SRV") == 1
 
 
 async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, unbound) -> None:
@@ -111,7 +101,9 @@ async def test_prefix_routes_to_one_cluster_and_plain_names_fan_out(clusters, un
     async with run_dns(recurse=(unbound.address,), **gather_settings(a.address, b.address)) as server:
         assert addresses(await ask(server, "a-demo.svc.distributed.local")) == ["10.1.0.10"]
         text = await metrics(server)
-        assert sample(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="NOERROR") == 0
+        assert (
+            value(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="NOERROR", default=0) == 0
+        )
         both = await ask(server, "demo.svc.distributed.local")
         assert addresses(both) == ["10.1.0.10", "10.2.0.11"]
         assert {str(r.name) for r in both.answer} == {"demo.svc.distributed.local."}
@@ -127,7 +119,10 @@ async def test_nxdomain_and_noerror_merge(clusters, unbound) -> None:
 
 
 async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound) -> None:
-    """Cluster b is a bare UDP socket that never answers: a real server cannot be made to hang."""
+    """Cluster b is a bare UDP socket that never answers: a real server cannot be made to hang.
+    Its upstream timeout (5 s) is longer than the client waits (``ask``: 3 s), so an answer at
+    all, with cluster a's record only and cluster b counted as a timeout, is the gather deadline
+    (0.5 s) at work, not the upstream giving up."""
     a, _ = clusters
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.3", 0))
@@ -137,12 +132,10 @@ async def test_silent_cluster_is_left_out_within_the_deadline(clusters, unbound)
             recurser_timeout=5.0,
             **gather_settings(a.address, silent.getsockname(), timeout=0.5),
         ) as server:
-            started = time.monotonic()
             reply = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
-            assert time.monotonic() - started < 2.0
             assert [str(rd.target) for rd in reply.answer[0]] == ["a-demo-0.svc.distributed.local."]
             text = await metrics(server)
-            assert sample(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="timeout") == 1
+            assert value(text, "metadns_gather_subqueries_total", cluster="cluster-b.local.", rcode="timeout") == 1
 
 
 async def test_no_cluster_answers_servfail_with_ede_23(unbound) -> None:
@@ -183,9 +176,12 @@ async def test_a_client_outside_allow_recursion_is_refused_and_no_cluster_is_ask
         assert (a.queried()[before[0] :], b.queried()[before[1] :]) == ([], [])
         text = await metrics(server)
         for qtype in ("SRV", "A"):
-            assert sample(text, "metadns_dns_responses_total", source="refused", type=qtype, rcode="REFUSED") == 1
-        assert sample(text, "metadns_dns_responses_total", source="refused", type="SRV", proto="tcp") == 1
-        assert sample(text, "metadns_gather_queries_total", qtype="SRV") == 0
+            assert (
+                value(text, "metadns_dns_responses_total", source="refused", type=qtype, rcode="REFUSED", proto="udp")
+                == 1
+            )
+        assert value(text, "metadns_dns_responses_total", source="refused", type="SRV", proto="tcp") == 1
+        assert value(text, "metadns_gather_queries_total", qtype="SRV", default=0) == 0
 
         merged = await ask(server, "_http._tcp.demo.svc.distributed.local", "SRV", use_edns=0)
         assert rcode(merged) == "NOERROR"
@@ -203,7 +199,7 @@ async def test_other_types_and_other_names_are_untouched(clusters, unbound) -> N
         assert rcode(mx) == "NXDOMAIN"
         assert rcode(await ask(server, "nope.rancher.internal")) == "NXDOMAIN"
         text = await metrics(server)
-        assert sample(text, "metadns_gather_queries_total", qtype="MX") == 0
+        assert value(text, "metadns_gather_queries_total", qtype="MX", default=0) == 0
         assert "metadns_dns_responses_total" in text
 
 
