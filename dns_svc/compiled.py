@@ -29,6 +29,7 @@ HOT_MODULES = (
     "dns_svc.answers",
     "dns_svc.tally",
     "dns_svc.respond",
+    "dns_svc.query",
     "dns_svc.replies.entry",
     "dns_svc.replies.store",
     "dns_svc.chain",

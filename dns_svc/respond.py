@@ -4,14 +4,10 @@ glue), then answer empty with TC so the client retries over TCP (rancher-dns's r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dnslib import EDNS0, QTYPE, DNSRecord
 
+from dns_svc.query import Query
 from dns_svc.wire import FLAG_AA, RCODE_SERVFAIL, RawQuery, header_only_reply
-
-if TYPE_CHECKING:
-    from dns_svc.chain import Query
 
 
 def budget(raw: RawQuery, transport: str) -> int:
