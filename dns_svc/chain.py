@@ -44,7 +44,7 @@ from mypy_extensions import mypyc_attr
 from dns_svc.answers import Upstream
 from dns_svc.query import Query as Query  # the steps read it from here, with the other chain types
 from dns_svc.replies import CachedReply
-from dns_svc.wire import RCODE_REFUSED, RCODE_SERVFAIL, ReplyLayout, header_only_reply
+from dns_svc.wire import RCODE_REFUSED, RawQuery, ReplyLayout, header_only_reply, servfail
 
 
 class Source(enum.Enum):
@@ -88,6 +88,12 @@ class Answer:
 
     def __repr__(self) -> str:
         return f"Answer({self.source.value}, {len(self.wire)} bytes)"
+
+
+def failure(raw: RawQuery) -> Answer:
+    """SERVFAIL as an answer: nothing could answer (every upstream failed, no step did). Cached
+    for a few seconds at most (``--cache-servfail-ttl``), never served over an expired answer."""
+    return Answer(servfail(raw), Source.FAILURE)
 
 
 class Pass:
@@ -182,7 +188,7 @@ class Chain:
             if isinstance(verdict, Pass) and verdict.fallback is not None:
                 fallback, fallback_at = verdict, index
             index += 1
-        return self.back(query, index, Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE))
+        return self.back(query, index, failure(query.raw))
 
     def back(self, query: Query, below: int, answer: Answer) -> Answer:
         """``answer``, given by step ``below``, through the ``back`` of each step above it."""
