@@ -35,6 +35,7 @@ HOT_MODULES = (
     "dns_svc.query",
     "dns_svc.replies.entry",
     "dns_svc.replies.store",
+    "dns_svc.replies.packets",
     "dns_svc.chain",
     "dns_svc.resolver",
     "dns_svc.transport",

@@ -80,6 +80,16 @@ class CachedReply:
         if layout is not None:
             self._read(layout)
 
+    def servable(self, now: float) -> bool:
+        """Whether this reply may still be served as it is: the one validity rule of every cache
+        that holds it (the store's partitions, the packet cache). Not once its cache let it go
+        (``dropped``: a reference kept elsewhere must not outlive it), nor from its expiry on."""
+        return not self.dropped and now < self.expires_at
+
+    def stale_within(self, now: float, stale_for: float) -> bool:
+        """Expired, but less than ``stale_for`` ago: kept for serve-stale (RFC 8767)."""
+        return self.expires_at <= now < self.expires_at + stale_for
+
     def _read(self, layout: ReplyLayout) -> None:
         self.ttl_offsets = layout.ttl_offsets
         self.ttls = layout.ttls
