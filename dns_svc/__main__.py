@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from dns_svc import compiled
 from dns_svc.server import StartupError
 from dns_svc.settings import parse_settings
 from dns_svc.workers import serve, serve_workers
@@ -20,6 +21,7 @@ log = logging.getLogger("dns")
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     setup_logging(settings.log_level, with_pid=settings.workers > 1)
+    compiled.warn_if_unused(log)  # a build the edits since made stale: said once, at start
     hold_state_file(settings.state_file, log)  # held until exit, by the workers too (they inherit it)
     if settings.workers > 1:
         sys.exit(serve_workers(settings))

@@ -5,10 +5,12 @@ per-client cache -> local answers -> global cache -> [gather] -> authority -> up
 
 Each step writes its rule once, as three parts (``Step``):
 
-- ``check(query)``: synchronous, and it changes nothing but what it returns: an ``Answer``, ``PASS``
-  (the next step's turn) or ``WAIT`` (only this step can answer, and not without waiting).
-  A step that could answer later when the steps below are slow passes with a ``Pass`` carrying
-  that fallback (serve-stale's client-response timer).
+- ``check(query)``: synchronous: an ``Answer``, ``PASS`` (the next step's turn) or ``WAIT``
+  (only this step can answer, and not without waiting). A step that could answer later when
+  the steps below are slow passes with a ``Pass`` carrying that fallback (serve-stale's
+  client-response timer). It keeps, drops and builds no answer, so that asking twice gives the
+  same verdict; a lookup's own bookkeeping is all it may change (``ReplyCache.get``'s LRU order
+  and expired entries, ``CachedReply.render``'s rotation turn, ``upstreams_for``'s memo).
 - ``back(query, answer)``: what it does with an answer from below on its way back up (the
   caches keep it), and the answer to pass up.
 - ``wait(query)``, and optionally ``relay(query, done)``: the waiting, for the few steps that
@@ -36,12 +38,13 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from dnslib import RR, DNSRecord
+from dnslib import RR
 from mypy_extensions import mypyc_attr
 
-from dns_svc.answers import AnswersTable, ClientView, Upstream
+from dns_svc.answers import Upstream
+from dns_svc.query import Query as Query  # the steps read it from here, with the other chain types
 from dns_svc.replies import CachedReply
-from dns_svc.wire import RCODE_REFUSED, RCODE_SERVFAIL, RawQuery, ReplyLayout, ascii_packet, header_only_reply
+from dns_svc.wire import RCODE_REFUSED, RawQuery, ReplyLayout, header_only_reply, servfail
 
 
 class Source(enum.Enum):
@@ -87,55 +90,10 @@ class Answer:
         return f"Answer({self.source.value}, {len(self.wire)} bytes)"
 
 
-class Query:
-    """One client question on its way through the chain: what was asked, by whom, and the answers
-    table and cache generation it started with. Steps read it; none writes to it."""
-
-    __slots__ = (
-        "_request",
-        "client_ip",
-        "generation",
-        "raw",
-        "recursion_allowed",
-        "started",
-        "table",
-        "transport",
-        "view",
-    )
-
-    def __init__(
-        self,
-        raw: RawQuery,
-        client_ip: str,
-        transport: str,
-        table: AnswersTable,
-        view: ClientView,
-        recursion_allowed: bool,
-        generation: int = 0,
-        started: float = 0.0,
-    ) -> None:
-        self.raw = raw
-        self.client_ip = client_ip
-        self.transport = transport
-        self.table = table
-        self.view = view
-        # --allow-recursion, decided once per query (``RecursionPolicy``): whether a step may send
-        # a query out for it (``Chain.walk``) and whether it may be answered from the global cache
-        self.recursion_allowed = recursion_allowed
-        self.generation = generation  # the client caches' generation when the query started
-        self.started = started  # when the query was read (perf_counter), for its duration
-        self._request: DNSRecord | None = None
-
-    def __repr__(self) -> str:
-        return f"Query({self.raw.text_name()} {self.raw.qtype} from {self.client_ip} over {self.transport})"
-
-    @property
-    def request(self) -> DNSRecord:
-        """The full dnslib parse, done only when a step needs it (cache misses)."""
-        if self._request is None:
-            raw = self.raw
-            self._request = DNSRecord.parse(raw.packet if raw.qname.isascii() else ascii_packet(raw))
-        return self._request
+def failure(raw: RawQuery) -> Answer:
+    """SERVFAIL as an answer: nothing could answer (every upstream failed, no step did). Cached
+    for a few seconds at most (``--cache-servfail-ttl``), never served over an expired answer."""
+    return Answer(servfail(raw), Source.FAILURE)
 
 
 class Pass:
@@ -157,7 +115,7 @@ class Wait(enum.Enum):
 PASS = Pass()
 WAIT = Wait.WAIT
 Verdict = Answer | Pass | Wait
-Done = Callable[["Query", Answer | None], None]
+Done = Callable[[Query, Answer | None], None]
 Settled = Callable[["Pending", Answer | None], None]  # a relayed query's way back to its transport
 # What steps may ask of the upstreams without knowing the upstream step: resolve a name a local
 # CNAME points to (``Chase``), or forward a query they built to given servers (``Forwarder``).
@@ -175,7 +133,7 @@ class Step:
     name = "step"
 
     def check(self, query: Query) -> Verdict:
-        """Answer, ``PASS`` or ``WAIT``, decided now and changing nothing."""
+        """Answer, ``PASS`` or ``WAIT``, decided now, keeping and dropping no answer."""
         raise NotImplementedError
 
     def back(self, query: Query, answer: Answer) -> Answer:
@@ -230,7 +188,7 @@ class Chain:
             if isinstance(verdict, Pass) and verdict.fallback is not None:
                 fallback, fallback_at = verdict, index
             index += 1
-        return self.back(query, index, Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE))
+        return self.back(query, index, failure(query.raw))
 
     def back(self, query: Query, below: int, answer: Answer) -> Answer:
         """``answer``, given by step ``below``, through the ``back`` of each step above it."""

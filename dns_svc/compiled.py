@@ -15,6 +15,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,14 +24,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from shared.logs import log_event
+
 # The modules every query runs through; they compile without changes (mypy --strict clean).
 HOT_MODULES = (
     "dns_svc.wire",
     "dns_svc.answers",
     "dns_svc.tally",
     "dns_svc.respond",
+    "dns_svc.query",
     "dns_svc.replies.entry",
     "dns_svc.replies.store",
+    "dns_svc.replies.packets",
     "dns_svc.chain",
     "dns_svc.resolver",
     "dns_svc.transport",
@@ -82,19 +87,56 @@ def manifest() -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+# What ``install`` found: "compiled" (the build is used), "pure" (METADNS_PURE_PYTHON), "none"
+# (never built), "stale" (built from other sources), "incomplete" (files of the build missing).
+_state = "none"
+
+
 def install() -> bool:
     """Put the compiled build in front of the sources when it matches them; True when it does."""
+    global _state
     if os.environ.get(PURE_ENV):
+        _state = "pure"
         return False
     if any(isinstance(finder, CompiledFinder) for finder in sys.meta_path):
+        _state = "compiled"
         return True
     built = manifest()
-    if not built or built.get("digest") != source_digest(Path(__file__).resolve().parent.parent):
-        return False  # no build, or one made from other sources: the sources
+    if not built:
+        _state = "none"
+        return False
+    if built.get("digest") != source_digest(Path(__file__).resolve().parent.parent):
+        _state = "stale"  # made from other sources: the sources are used
+        return False
     files = {name: build_dir() / relative for name, relative in built.get("files", {}).items()}
     if not files or not all(file.is_file() for file in files.values()):
+        _state = "incomplete"
         return False
     sys.meta_path.insert(0, CompiledFinder(files))
+    _state = "compiled"
+    return True
+
+
+def state() -> str:
+    """What ``install`` found (see ``_state``)."""
+    return _state
+
+
+def warn_if_unused(log: logging.Logger) -> bool:
+    """One WARNING line at start when a build exists but is not loaded: without it an edit since
+    the last ``scripts/compile.py`` silently runs the hot path as plain Python, several times
+    slower. True when it warned. No build at all, or ``METADNS_PURE_PYTHON``, is a choice, and
+    says nothing (the ``listening`` line's ``compiled=`` tells which modules run)."""
+    if _state not in ("stale", "incomplete"):
+        return False
+    log_event(
+        log,
+        logging.WARNING,
+        "compiled_build_unused",
+        build=str(build_dir()),
+        reason="built from other sources" if _state == "stale" else "files of the build missing",
+        fix="scripts/compile.py",
+    )
     return True
 
 

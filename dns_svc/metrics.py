@@ -10,17 +10,14 @@ process serves one endpoint for all workers (``workers.py``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from dns_svc.observed import ObservedServer
 from dns_svc.tally import Durations, qtype_label, rcode_label
-
-if TYPE_CHECKING:
-    from dns_svc.server import DnsServer
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -64,7 +61,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 class ServerCollector(Collector):
     """Everything the server counts, read when scraped."""
 
-    def __init__(self, server: DnsServer) -> None:
+    def __init__(self, server: ObservedServer) -> None:
         self.server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -188,7 +185,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.gather = GatherMetrics(self.registry)
 
-    def watch(self, server: DnsServer) -> None:
+    def watch(self, server: ObservedServer) -> None:
         self.registry.register(ServerCollector(server))
 
     def text(self) -> bytes:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from dns_svc.answers import AnswersTable, ClientView
+from dns_svc.answers import AnswersTable
 from dns_svc.chain import Answer, Chain, Pending, Query, Settled, Source
-from dns_svc.replies import CachedReply, ClientCaches, cache_key
+from dns_svc.replies import ClientCaches, PacketCache
 from dns_svc.respond import budget, fit
 from dns_svc.tally import ResponseTally
 from dns_svc.wire import (
@@ -87,47 +86,6 @@ class RecursionPolicy:
                 allowed = False
             self._memo[client_ip] = allowed
         return allowed
-
-
-class PacketCache:
-    """The exact bytes of a query (all but its ID) and the client, mapped to the cached reply that
-    answers it: a repeat query skips even reading its question. An entry lives as long as the
-    reply it points to: gone from its cache (``dropped``), expired, or of another answers
-    generation, it is a miss. A shared local answer (the same for every client, ``built_from``
-    set) outlives a fleet change that did not touch the names it was built from, as it does in
-    the client cache, unless the client's own records now cover its name: a fleet change a second
-    then costs a refill of what changed, not of every entry."""
-
-    def __init__(self, capacity: int = 65536) -> None:
-        self.capacity = capacity
-        self._map: dict[tuple[str, bytes], list[Any]] = {}
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def get(self, view: ClientView, data: bytes, generation: int, now: float) -> tuple[bytes, bool, int] | None:
-        """The reply, whether it is a recursive answer (which only some clients may have), and the
-        question type."""
-        hit = self._map.get((view.key, data[2:]))
-        if hit is None:
-            return None
-        entry, raw, size, gen, recursive, name = hit
-        if entry.dropped or entry.expires_at <= now:
-            del self._map[(view.key, data[2:])]
-            return None
-        if gen != generation:
-            if recursive or entry.built_from is None or name in view.overlay_wire:
-                del self._map[(view.key, data[2:])]
-                return None
-            hit[3] = generation  # a shared answer the change left alone: still this one
-        return data[:2] + entry.render_tail(raw, now, size), recursive, raw.qtype
-
-    def put(
-        self, view_key: str, raw: RawQuery, entry: CachedReply, size: int, generation: int, recursive: bool
-    ) -> None:
-        if len(self._map) >= self.capacity:
-            self._map.clear()  # cheap and rare: it refills from the caches behind it
-        self._map[(view_key, raw.packet[2:])] = [entry, raw, size, generation, recursive, cache_key(raw)[0]]
 
 
 class Resolver:

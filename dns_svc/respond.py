@@ -4,14 +4,12 @@ glue), then answer empty with TC so the client retries over TCP (rancher-dns's r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from dnslib import EDNS0, QTYPE, DNSRecord
+from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 
-from dns_svc.wire import FLAG_AA, RCODE_SERVFAIL, RawQuery, header_only_reply
-
-if TYPE_CHECKING:
-    from dns_svc.chain import Query
+from dns_svc.query import Query
+from dns_svc.wire import EDNS_UDP_SIZE, FLAG_AA, RawQuery, header_only_reply, servfail
 
 
 def budget(raw: RawQuery, transport: str) -> int:
@@ -45,19 +43,20 @@ def fit(wire: bytes, raw: RawQuery, transport: str) -> bytes:
     if len(wire) <= limit:
         return wire
     if transport == "tcp":
-        return header_only_reply(raw, RCODE_SERVFAIL)
+        return servfail(raw)
     slim = without_additional(wire)
     if slim is not None and len(slim) <= limit:
         return slim
     return truncated(raw, wire)
 
 
-def reply_for(query: Query) -> DNSRecord:
-    """An empty authoritative reply to ``query``, with OPT when the query had one."""
+def reply_for(query: Query, options: Sequence[EDNSOption] = ()) -> DNSRecord:
+    """An empty authoritative reply to ``query``, with OPT (carrying ``options``) when the query
+    had one: RFC 6891 7, no OPT in a reply to a query without."""
     reply = query.request.reply(ra=1, aa=1)
     # dnslib's reply copies the query's flag bits, AD among them; we validate nothing, and a client
     # with glibc's trust-ad would believe it (RFC 4035 3.1.6): only RD and CD come from the query
     reply.header.ad = 0
     if query.raw.edns:
-        reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
+        reply.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE, flags="do" if query.raw.do else "", opts=list(options)))
     return reply

@@ -113,8 +113,10 @@ class DnsServer:
             self._http, self.settings.http_host, self.settings.http_port, reuse_port=self.settings.reuse_port or None
         )
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[attr-defined]
-        self.http_address = sockets[0].getsockname()[:2] if sockets else None
+        # The runner's public ``addresses`` (a TCP site's socket names), not the site's private server:
+        # with --http-port 0 this is where the port picked is read back.
+        addresses = self._http.addresses
+        self.http_address = tuple(addresses[0][:2]) if addresses else None
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         if self.draining:

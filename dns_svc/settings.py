@@ -11,6 +11,7 @@ from dns_svc.answers import Upstream, parse_upstream
 from dns_svc.follower import STARTUP_GRACE
 from dns_svc.resolver import DEFAULT_ALLOW
 from dns_svc.steps.gather.step import Cluster, parse_cluster
+from dns_svc.wire import EDNS_UDP_SIZE
 from shared.settings import FlagParser, parse_host_port
 
 DESCRIPTION = """\
@@ -38,7 +39,7 @@ class DnsSettings:
     cache_capacity: int = 100000
     serve_stale: float = 86400.0
     stale_answer_timeout: float = 1.8
-    max_udp_size: int = 1232
+    max_udp_size: int = EDNS_UDP_SIZE
     drain_timeout: float = 5.0
     lameduck: float = 0.0
     tcp_max_connections: int = 512
@@ -138,7 +139,7 @@ def parse_settings(argv: list[str] | None = None) -> DnsSettings:
     )
     p.flag(
         "--max-udp-size",
-        default=1232,
+        default=EDNS_UDP_SIZE,
         type=int,
         help="cap in bytes on UDP replies whatever size the client advertises (larger: TC, retry over TCP)",
     )

@@ -12,13 +12,13 @@ from dns_svc.chain import Answer, Pending
 from dns_svc.resolver import Resolver
 from dns_svc.tally import clock
 from dns_svc.wire import (
+    EDNS_UDP_SIZE,
     MAX_UDP_QUERY,
-    RCODE_SERVFAIL,
     RawQuery,
     WireError,
     error_reply,
-    header_only_reply,
     parse_query,
+    servfail,
 )
 from shared.client_slots import ClientSlots
 from shared.logs import ThrottledLog
@@ -29,7 +29,7 @@ log = logging.getLogger("dns")
 class Dispatcher:
     """Shared by both transports: edge checks, the chain's checks, then a tracked task for a wait."""
 
-    def __init__(self, resolver: Resolver, max_inflight: int = 2048, udp_cap: int = 1232) -> None:
+    def __init__(self, resolver: Resolver, max_inflight: int = 2048, udp_cap: int = EDNS_UDP_SIZE) -> None:
         self.resolver = resolver
         self.max_inflight = max_inflight
         self.udp_cap = udp_cap
@@ -71,7 +71,7 @@ class Dispatcher:
 
     def failed_reply(self, raw: RawQuery, client: str, transport: str, started: float, exc: Exception) -> bytes:
         self.failed.note(client=client, qname=raw.text_name(), qtype=raw.qtype, error=f"{type(exc).__name__}: {exc}")
-        reply = header_only_reply(raw, RCODE_SERVFAIL)
+        reply = servfail(raw)
         self.resolver.tally.note(transport, "failure", raw.qtype, reply, started, client)
         return reply
 
@@ -147,7 +147,7 @@ class UdpListener:
         d = self.dispatcher
         if len(d.tasks) >= d.max_inflight:
             query = pending.query
-            reply = header_only_reply(query.raw, RCODE_SERVFAIL)
+            reply = servfail(query.raw)
             d.resolver.tally.note("udp", "overload", query.raw.qtype, reply, query.started, query.client_ip)
             self.send(reply, pending.context)
             return

@@ -20,6 +20,10 @@ RCODE_BADVERS = 16
 FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_RA, FLAG_CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0080, 0x0010
 
 MAX_UDP_QUERY = 4096
+# The EDNS UDP size we advertise in every OPT record we write (to clients and upstreams) and the
+# default cap on a UDP reply: DNS Flag Day 2020's 1232, below the common 1280-byte IPv6 MTU minus
+# headers, so that no reply of ours needs IP fragmentation.
+EDNS_UDP_SIZE = 1232
 _HEADER = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -105,7 +109,19 @@ def ascii_packet(raw: RawQuery) -> bytes:
 
 def with_question(wire: bytes, raw: RawQuery) -> bytes:
     """``wire`` with the question name exactly as ``raw`` spelled it (same length)."""
-    return wire[:12] + raw.qname + wire[12 + len(raw.qname) :]
+    return wire[:2] + reply_tail(wire, raw.qname)
+
+
+def reply_tail(wire: bytes, qname: bytes, bits: int = -1) -> bytes:
+    """A reply after its two ID bytes, with the question name spelled ``qname`` (the same name,
+    the same length: letter case is all that differs) and, with ``bits`` (a query's flags), the
+    query's RD and CD bits instead of the reply's. The one splice of a reply to the question a
+    client asked: the caller puts the client's ID in front."""
+    if bits < 0:
+        head = wire[2:4]
+    else:
+        head = (((wire[2] << 8 | wire[3]) & ~(FLAG_RD | FLAG_CD)) | (bits & (FLAG_RD | FLAG_CD))).to_bytes(2, "big")
+    return head + wire[4:12] + qname + wire[12 + len(qname) :]
 
 
 def name_to_text(wire: bytes) -> str:
@@ -270,13 +286,12 @@ def _layout(packet: bytes) -> ReplyLayout:
                 best = (run_start, run_count, run_size)
         else:
             run_count = 0
-    answer_ttls = ttls[:an] if an else ttls
     return ReplyLayout(
         flags & 0xF,
         an,
         tuple(offsets),
         tuple(ttls),
-        min(answer_ttls) if answer_ttls else None,
+        min_ttl(ttls, an),
         negative,
         best,
         bool(flags & FLAG_TC),
@@ -293,11 +308,16 @@ def cap_ttls(wire: bytes, lay: ReplyLayout, cap: int) -> tuple[bytes, ReplyLayou
     for offset, ttl in zip(lay.ttl_offsets, ttls, strict=True):
         struct.pack_into("!I", buf, offset, ttl)
     negative = None if lay.negative_ttl is None else min(lay.negative_ttl, cap)
-    answer_ttls = ttls[: lay.answers] if lay.answers else ttls
-    min_ttl = min(answer_ttls) if answer_ttls else None
     return bytes(buf), ReplyLayout(
-        lay.rcode, lay.answers, lay.ttl_offsets, ttls, min_ttl, negative, lay.rotate, lay.truncated
+        lay.rcode, lay.answers, lay.ttl_offsets, ttls, min_ttl(ttls, lay.answers), negative, lay.rotate, lay.truncated
     )
+
+
+def min_ttl(ttls: list[int] | tuple[int, ...], answers: int) -> int | None:
+    """The smallest TTL of the answer section (the first ``answers`` of ``ttls``, OPT's left out),
+    or of every record when there are no answers; None when there are no records at all."""
+    counted = ttls[:answers] if answers else ttls
+    return min(counted) if counted else None
 
 
 def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool = False, ra: bool = True) -> bytes:
@@ -312,9 +332,15 @@ def header_only_reply(query: RawQuery, rcode: int, *, tc: bool = False, aa: bool
     opt = b""
     if query.edns:
         ext = (rcode >> 4) & 0xFF
-        opt = b"\x00" + struct.pack("!HHIH", QTYPE_OPT, 1232, ext << 24, 0)
+        opt = b"\x00" + struct.pack("!HHIH", QTYPE_OPT, EDNS_UDP_SIZE, ext << 24, 0)
     head = _HEADER.pack(query.id, flags, 1, 0, 0, 1 if opt else 0)
     return head + query.packet[12 : query.question_end] + opt
+
+
+def servfail(query: RawQuery) -> bytes:
+    """SERVFAIL with the question and no records: the one way we build it (every upstream
+    failed, nothing answered, a reply too big even for TCP, a query we could not finish)."""
+    return header_only_reply(query, RCODE_SERVFAIL)
 
 
 def error_reply(packet: bytes, rcode: int) -> bytes | None:

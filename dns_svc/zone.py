@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dnslib import NS, QTYPE, RR, SOA
+from dnslib import NS, QTYPE, RR, SOA, DNSRecord
 
 from dns_svc.answers import AnswersTable
 
@@ -20,3 +20,11 @@ def soa_rr(table: AnswersTable, zone: str, ttl: int) -> RR:
 
 def ns_rr(zone: str, ttl: int) -> RR:
     return RR(zone, QTYPE.NS, ttl=ttl, rdata=NS(f"rancher-metadata.{zone}"))
+
+
+def soa_when_empty(reply: DNSRecord, table: AnswersTable, zone: str, ttl: int) -> None:
+    """An answer with no records (NXDOMAIN or NODATA) from our ``zone`` carries the zone's SOA in
+    its authority section (RFC 2308), so that resolvers know how long to remember it: the one
+    place that rule lives, for the authority and the local answers alike."""
+    if not reply.rr:
+        reply.add_auth(soa_rr(table, zone, ttl))

@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate, request_tracker
+from metadata_svc.counters import MetadataCounters
 from metadata_svc.identity import ClientIdentity
 from metadata_svc.keys import COUNTERS, GATE, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
 from metadata_svc.longpolls import LongPollSlots
-from metadata_svc.metrics import MetadataCounters
 from metadata_svc.request_errors import RequestErrorLog
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings

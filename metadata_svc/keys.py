@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate
+from metadata_svc.counters import MetadataCounters
 from metadata_svc.identity import ClientIdentity
 from metadata_svc.longpolls import LongPollSlots
-from metadata_svc.metrics import MetadataCounters
 from metadata_svc.settings import MetadataSettings
 from metadata_svc.store import VersionedStore
 

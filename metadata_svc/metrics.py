@@ -8,7 +8,6 @@ our own (no lock, no metric object on the request path), exported as Prometheus 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,18 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from metadata_svc.keys import COUNTERS, SOURCE, STORE
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class MetadataCounters:
-    """What happened since start: requests by kind and status, reloads by result."""
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.reloads: Counter[str] = Counter()
-
-    def request(self, kind: str, status: int) -> None:
-        self.requests[(kind, status)] += 1
 
 
 def path_kind(segments: list[str]) -> str:
@@ -46,8 +36,6 @@ class _Collector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        from metadata_svc.keys import COUNTERS, SOURCE, STORE
-
         counters, store = self.app[COUNTERS], self.app[STORE]
         requests = CounterMetricFamily(
             "metadns_metadata_requests", "HTTP requests for metadata paths", labels=["kind", "status"]

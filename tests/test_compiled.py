@@ -7,10 +7,13 @@ DNS tests again on them with ``METADNS_EXPECT_COMPILED=1``."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.machinery
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +101,77 @@ def test_a_build_that_cannot_be_made_is_one_line_and_the_sources_stay(tmp_path: 
         assert len(lines) == 1
         assert "C compiler" in lines[0]
         assert "pure-Python" in lines[0]
+
+
+LAUNCH = (
+    "import sys, runpy\n"
+    "sys.prefix = sys.argv.pop(1)  # where dns_svc.compiled looks for the build\n"
+    "runpy.run_module('dns_svc', run_name='__main__', alter_sys=True)\n"
+)
+
+
+async def start_lines(prefix: Path) -> list[str]:
+    """The log lines of the real DNS service, started with its build looked for under
+    ``prefix``, up to its ``listening`` line; then it is stopped."""
+    env = {k: v for k, v in os.environ.items() if k != "METADNS_PURE_PYTHON"}
+    env.update(METADNS_DNS_STATE_FILE="", METADNS_DNS_RESOLV_CONF="/nonexistent")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        LAUNCH,
+        str(prefix),
+        "--listen=127.0.0.1:0",
+        "--metadata-url=http://127.0.0.1:1/2016-07-29",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not lines or "event=listening" not in lines[-1]:
+                line = await process.stderr.readline()
+                assert line, f"exited before listening: {lines}"
+                lines.append(line.decode().strip())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+    return lines
+
+
+async def test_a_stale_build_is_one_warning_at_start(tmp_path: Path) -> None:
+    """A build made from other sources is not loaded (above); the service says so once, at
+    start, instead of running the hot path as plain Python without a word. No build at all is
+    a choice and says nothing; either way ``listening`` says which modules run."""
+    stale = tmp_path / "stale"
+    (stale / "metadns-compiled").mkdir(parents=True)
+    (stale / "metadns-compiled" / "manifest.json").write_text(json.dumps({"digest": "0" * 64, "files": {}}))
+    lines = await start_lines(stale)
+    warnings = [line for line in lines if "event=compiled_build_unused" in line]
+    assert len(warnings) == 1, lines
+    assert "level=warning" in warnings[0]
+    assert f"build={stale / 'metadns-compiled'}" in warnings[0]
+    assert "fix=scripts/compile.py" in warnings[0]
+    assert "compiled=False" in lines[-1]
+
+    lines = await start_lines(tmp_path / "never-built")
+    assert not [line for line in lines if "compiled_build" in line], lines
+    assert "compiled=False" in lines[-1]
+
+
+DRIVES_DNS = ("run_dns(", "dns_process(", "fleet_stack", "DnsServer(")  # in process, or the real dns-svc
+
+
+def test_every_test_file_that_drives_the_dns_server_runs_compiled_too() -> None:
+    """scripts/test.sh's compiled pass names every test file that starts the DNS service (in
+    process or as one), so that none tests only the pure-Python modules."""
+    script = (ROOT / "scripts" / "test.sh").read_text().replace("\\\n", " ")
+    [command] = [line for line in script.splitlines() if "METADNS_EXPECT_COMPILED=1" in line]
+    compiled = {p.name for arg in command.split() if arg.startswith("tests/") for p in ROOT.glob(arg)}
+    assert "test_dns_local.py" in compiled
+    driving = {
+        path.name
+        for path in (ROOT / "tests").glob("test_*.py")
+        if path.name != Path(__file__).name and any(mark in path.read_text() for mark in DRIVES_DNS)
+    }
+    assert driving - compiled == set()

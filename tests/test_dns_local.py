@@ -1,46 +1,153 @@
-"""Local answers through the real stack: metadata -> long-poll -> answers table -> DNS -> dig/dnspython."""
+"""Local answers: the local and authority steps' builds as a table over the real answers table in
+process (``tests/support/chain.py``: the real steps, no socket), then one test each through the
+real stack (metadata -> long-poll -> answers table -> DNS) for what only the stack does: dig
+reading our replies, a CNAME chased to a real upstream, a fleet change reaching the answers."""
 
 from __future__ import annotations
 
+import asyncio
+
 import dns.flags
+import dns.message
 import dns.rdatatype
+import dns.rrset
 import pytest
 import yaml
 
+from dns_svc.chain import Source
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
-from tests.support.dns import addresses, ask, dig, rcode, wait_for_version
-
-pytestmark = [pytest.mark.external_tool, pytest.mark.usefixtures("fleet_stack")]
-
-
-@pytest.fixture
-def server(fleet_stack):
-    return fleet_stack[1]
+from tests.support.chain import make_query, resolve, setup
+from tests.support.dns import addresses, ask, dig, wait_for_version
 
 
-@pytest.mark.parametrize(
-    ("qname", "expected"),
-    [
-        ("web.shop.rancher.internal", {"127.0.0.11", "127.0.0.12"}),  # healthy only (web-3 is unhealthy)
-        ("log.web.shop.rancher.internal", {"127.0.0.14"}),  # sidekick
-        ("shop-web-3.rancher.internal", {"127.0.0.13"}),  # container name, any health
-        ("lonely.rancher.internal", {"127.0.0.41"}),  # standalone container
-        ("rancher-metadata.rancher.internal", {"127.0.0.250"}),
-        ("legacy.shop.rancher.internal", {"192.0.2.7", "192.0.2.8"}),  # external IPs
-        ("backend.shop.rancher.internal", {"127.0.0.11", "127.0.0.12", "127.0.0.21"}),  # alias: union
-        ("sick.infra.rancher.internal", {"127.0.0.52"}),  # none healthy: the last one
-    ],
-    ids=["service", "sidekick", "container", "standalone", "metadata", "external-ips", "alias", "last-fallback"],
-)
-async def test_fleet_names(server, qname: str, expected: set[str]) -> None:
-    reply = await ask(server, qname)
-    assert rcode(reply) == "NOERROR"
-    assert set(addresses(reply)) == expected
+def values(rrset: dns.rrset.RRset) -> set[str]:
+    """What each record says, in a form a table can spell: addresses, ``port target`` for SRV,
+    the target of CNAME/PTR/NS, the text of TXT, ``serial`` for SOA."""
+    out = set()
+    for rd in rrset:
+        if rrset.rdtype == dns.rdatatype.SRV:
+            out.add(f"{rd.port} {rd.target}")
+        elif rrset.rdtype == dns.rdatatype.SOA:
+            out.add(f"serial {rd.serial}")
+        elif rrset.rdtype == dns.rdatatype.TXT:
+            out.add(b"".join(rd.strings).decode())
+        elif hasattr(rd, "address"):
+            out.add(rd.address)
+        else:
+            out.add(str(rd.target))
+    return out
+
+
+SERIAL = setup().table.serial
+# name, type, client -> rcode, the records of the answer section, the types in the authority
+# section; every one answered by the local or the authority step (never upstream), with AA.
+CASES = [
+    ("web.shop.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.11", "127.0.0.12"}, []),  # healthy only
+    ("log.web.shop.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.14"}, []),  # sidekick
+    ("shop-web-3.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.13"}, []),  # container, any health
+    ("lonely.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.41"}, []),  # standalone container
+    ("rancher-metadata.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.250"}, []),
+    ("legacy.shop.rancher.internal", "A", "127.0.0.1", "NOERROR", {"192.0.2.7", "192.0.2.8"}, []),  # external IPs
+    ("backend.shop.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.11", "127.0.0.12", "127.0.0.21"}, []),
+    ("sick.infra.rancher.internal", "A", "127.0.0.1", "NOERROR", {"127.0.0.52"}, []),  # none healthy: the last
+    ("loop-a.shop.rancher.internal", "A", "127.0.0.1", "NOERROR", None, ["SOA"]),  # an alias loop: no addresses
+    (
+        "_web._tcp.shop.rancher.internal",
+        "SRV",
+        "127.0.0.1",
+        "NOERROR",
+        {"8080 shop-web-1.rancher.internal.", "8080 shop-web-2.rancher.internal."},
+        [],
+    ),
+    (
+        "_web._udp.shop.rancher.internal",
+        "SRV",
+        "127.0.0.1",
+        "NOERROR",
+        {"9090 shop-web-1.rancher.internal.", "9090 shop-web-2.rancher.internal."},
+        [],
+    ),
+    ("21.0.0.127.in-addr.arpa", "PTR", "127.0.0.1", "NOERROR", {"shop-db-1.rancher.internal."}, []),
+    ("web.shop.rancher.internal", "TXT", "127.0.0.1", "NOERROR", {"tier=front"}, []),
+    ("payments.shop.rancher.internal", "CNAME", "127.0.0.1", "NOERROR", {"payments.example.test."}, []),
+    ("rancher.internal", "SOA", "127.0.0.1", "NOERROR", {f"serial {SERIAL}"}, []),
+    ("rancher.internal", "NS", "127.0.0.1", "NOERROR", {"rancher-metadata.rancher.internal."}, []),
+    ("web.shop.rancher.internal", "AAAA", "127.0.0.1", "NOERROR", None, ["SOA"]),  # NODATA, never NXDOMAIN
+    ("web.shop.rancher.internal", "MX", "127.0.0.1", "NOERROR", None, ["SOA"]),
+    ("shop.rancher.internal", "A", "127.0.0.1", "NOERROR", None, ["SOA"]),  # an empty non-terminal
+    ("nope.shop.rancher.internal", "A", "127.0.0.1", "NXDOMAIN", None, ["SOA"]),
+    # per client: shop-web-1 searches shop.rancher.internal and has link aliases; others do not
+    ("db", "A", "127.0.0.11", "NOERROR", {"127.0.0.21"}, []),  # its stack's db service, through search
+    ("primary.rancher.internal", "A", "127.0.0.11", "NOERROR", {"127.0.0.21"}, []),  # its link alias
+    ("kv", "A", "127.0.0.11", "NOERROR", {"127.0.0.31"}, []),  # a service link alias
+    ("primary.rancher.internal", "A", "127.0.0.12", "NXDOMAIN", None, ["SOA"]),  # not this client's link
+]
+IDS = [f"{name}-{qtype}-{client.rsplit('.', 1)[1]}" for name, qtype, client, *_ in CASES]
+
+
+@pytest.mark.parametrize(("name", "qtype", "client", "code", "answers", "authority"), CASES, ids=IDS)
+async def test_case(
+    name: str, qtype: str, client: str, code: str, answers: set[str] | None, authority: list[str]
+) -> None:
+    s = setup()
+    answer, reply = await resolve(s, name, qtype, client)
+    assert answer.source in (Source.LOCAL, Source.AUTHORITY)
+    assert s.upstream.asked == []  # local answers never go upstream
+    assert dns.rcode.to_text(reply.rcode()) == code
     assert reply.flags & dns.flags.AA
+    assert not reply.flags & dns.flags.AD
+    asked = [rrset for rrset in reply.answer if rrset.rdtype == dns.rdatatype.from_text(qtype)]
+    assert (values(asked[0]) if asked else None) == answers
+    assert all(str(rrset.name) == f"{name}." for rrset in asked)  # owned by the name as asked
+    assert [dns.rdatatype.to_text(rrset.rdtype) for rrset in reply.authority] == authority
 
 
-async def test_dig_sees_the_same(server) -> None:
+async def test_a_client_without_the_search_list_is_not_answered_locally() -> None:
+    """A client with neither the link nor that search list (it searches infra.rancher.internal):
+    "db" is no local name for it, and goes on upstream."""
+    s = setup()
+    answer, _ = await resolve(s, "db", "A", "127.0.0.31")
+    assert answer.source is Source.UPSTREAM
+    assert s.upstream.asked == ["db."]
+
+
+async def test_srv_glue_and_negative_soa() -> None:
+    s = setup()
+    _, srv = await resolve(s, "_web._tcp.shop.rancher.internal", "SRV")
+    glue = {str(r.name): values(r) for r in srv.additional if r.rdtype == dns.rdatatype.A}
+    assert glue == {"shop-web-1.rancher.internal.": {"127.0.0.11"}, "shop-web-2.rancher.internal.": {"127.0.0.12"}}
+    _, missing = await resolve(s, "nope.shop.rancher.internal")
+    soa = missing.authority[0]
+    assert soa[0].minimum == 1  # the local TTL: NXDOMAINs remembered no longer than our answers
+    assert soa.ttl == 1
+    assert soa[0].serial == s.table.serial
+
+
+async def test_query_case_is_echoed_built_and_cached() -> None:
+    s = setup()
+    for source in (Source.LOCAL, Source.CLIENT_CACHE):  # the second answer comes from the cached bytes
+        answer = await s.chain.resolve(make_query(s, "WeB.ShOp.RaNcHeR.InTeRnAl"))
+        assert answer.source is source
+        reply = dns.message.from_wire(answer.wire)
+        assert str(reply.question[0].name) == "WeB.ShOp.RaNcHeR.InTeRnAl."
+        assert str(reply.answer[0].name) == "WeB.ShOp.RaNcHeR.InTeRnAl."
+        assert set(addresses(reply)) == {"127.0.0.11", "127.0.0.12"}
+
+
+async def test_several_a_records_are_rotated() -> None:
+    s = setup()
+    orders = {tuple(addresses((await resolve(s, "many.infra.rancher.internal", transport="tcp"))[1])) for _ in range(4)}
+    assert len(orders) > 1
+    assert all(sorted(o) == sorted(next(iter(orders))) for o in orders)
+
+
+# Through the real stack: one test per behaviour only it shows.
+
+
+@pytest.mark.external_tool
+async def test_dig_sees_the_same(fleet_stack) -> None:
+    _, server = fleet_stack
     result = await dig(server, "web.shop.rancher.internal", "A")
     assert result.status == "NOERROR"
     assert "aa" in result.flags
@@ -48,90 +155,16 @@ async def test_dig_sees_the_same(server) -> None:
     assert all(line.split()[1] == "1" for line in result.answer)  # --ttl 1
 
 
-async def test_external_hostname_is_a_cname_chased_upstream(server) -> None:
+@pytest.mark.external_tool
+async def test_external_hostname_is_a_cname_chased_upstream(fleet_stack) -> None:
+    _, server = fleet_stack
     reply = await ask(server, "payments.shop.rancher.internal")
     assert [rrset.rdtype for rrset in reply.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A]
     assert str(reply.answer[0][0].target) == "payments.example.test."
     assert addresses(reply) == ["192.0.2.20"]
-    cname_only = await ask(server, "payments.shop.rancher.internal", "CNAME")
-    assert [str(rd.target) for rd in cname_only.answer[0]] == ["payments.example.test."]
 
 
-async def test_alias_loop_does_not_hang_or_fail(server) -> None:
-    reply = await ask(server, "loop-a.shop.rancher.internal")
-    assert rcode(reply) == "NOERROR"
-    assert addresses(reply) == []
-
-
-async def test_srv_per_healthy_container_with_glue(server) -> None:
-    reply = await ask(server, "_web._tcp.shop.rancher.internal", "SRV", use_edns=0)
-    srv = sorted((rd.port, str(rd.target)) for rd in reply.answer[0])
-    assert srv == [(8080, "shop-web-1.rancher.internal."), (8080, "shop-web-2.rancher.internal.")]
-    glue = {str(r.name): [rd.address for rd in r] for r in reply.additional if r.rdtype == dns.rdatatype.A}
-    assert glue == {"shop-web-1.rancher.internal.": ["127.0.0.11"], "shop-web-2.rancher.internal.": ["127.0.0.12"]}
-    udp = await ask(server, "_web._udp.shop.rancher.internal", "SRV")
-    assert [rd.port for rd in udp.answer[0]] == [9090, 9090]
-
-
-async def test_ptr_txt_soa_ns(server) -> None:
-    ptr = await ask(server, "21.0.0.127.in-addr.arpa", "PTR")
-    assert [str(rd.target) for rd in ptr.answer[0]] == ["shop-db-1.rancher.internal."]
-    txt = await ask(server, "web.shop.rancher.internal", "TXT")
-    assert [rd.strings for rd in txt.answer[0]] == [(b"tier=front",)]
-    soa = await ask(server, "rancher.internal", "SOA")
-    assert soa.answer[0][0].serial == server.tables.current.serial
-    ns = await ask(server, "rancher.internal", "NS")
-    assert [str(rd.target) for rd in ns.answer[0]] == ["rancher-metadata.rancher.internal."]
-
-
-async def test_nodata_versus_nxdomain(server) -> None:
-    aaaa = await ask(server, "web.shop.rancher.internal", "AAAA")
-    assert rcode(aaaa) == "NOERROR"
-    assert aaaa.answer == []
-    assert aaaa.authority[0].rdtype == dns.rdatatype.SOA
-    empty_non_terminal = await ask(server, "shop.rancher.internal")
-    assert rcode(empty_non_terminal) == "NOERROR"
-    assert empty_non_terminal.answer == []
-    missing = await ask(server, "nope.shop.rancher.internal")
-    assert rcode(missing) == "NXDOMAIN"
-    soa = missing.authority[0]
-    assert soa.rdtype == dns.rdatatype.SOA
-    assert soa[0].minimum == 1
-    assert soa.ttl == 1
-    mx = await ask(server, "web.shop.rancher.internal", "MX")
-    assert rcode(mx) == "NOERROR"
-    assert mx.answer == []
-
-
-async def test_search_list_and_links_are_per_client(server) -> None:
-    # shop-web-1 searches shop.rancher.internal: "db" is its stack's db service; "primary" is its link alias
-    assert addresses(await ask(server, "db", source="127.0.0.11")) == ["127.0.0.21"]
-    assert addresses(await ask(server, "primary.rancher.internal", source="127.0.0.11")) == ["127.0.0.21"]
-    assert addresses(await ask(server, "kv", source="127.0.0.11")) == ["127.0.0.31"]  # service link alias
-    # the owner is the name as asked, not the expanded one
-    reply = await ask(server, "db", source="127.0.0.11")
-    assert str(reply.answer[0].name) == "db."
-    # another client has neither the link nor that search list
-    other = await ask(server, "primary.rancher.internal", source="127.0.0.12")
-    assert rcode(other) == "NXDOMAIN"
-    cache_client = await ask(server, "db", source="127.0.0.31")  # searches infra.rancher.internal only
-    assert addresses(cache_client) == []
-
-
-async def test_query_case_is_echoed(server) -> None:
-    for _ in range(2):  # the second answer comes from the cached bytes
-        reply = await ask(server, "WeB.ShOp.RaNcHeR.InTeRnAl")
-        assert str(reply.question[0].name) == "WeB.ShOp.RaNcHeR.InTeRnAl."
-        assert str(reply.answer[0].name) == "WeB.ShOp.RaNcHeR.InTeRnAl."
-        assert set(addresses(reply)) == {"127.0.0.11", "127.0.0.12"}
-
-
-async def test_several_a_records_are_rotated(server) -> None:
-    orders = {tuple(addresses(await ask(server, "many.infra.rancher.internal", tcp=True))) for _ in range(4)}
-    assert len(orders) > 1
-    assert all(sorted(o) == sorted(next(iter(orders))) for o in orders)
-
-
+@pytest.mark.external_tool
 async def test_version_change_moves_an_ip_at_once(fleet_stack, dns_fleet_file) -> None:
     md, server = fleet_stack
     before = await ask(server, "shop-db-1.rancher.internal", source="127.0.0.11")
@@ -141,8 +174,6 @@ async def test_version_change_moves_an_ip_at_once(fleet_stack, dns_fleet_file) -
     dns_fleet_file.write_text(yaml.safe_dump(data))
     store = md.app[STORE]
     old = store.index
-    import asyncio
-
     async with asyncio.timeout(10):
         while store.index == old:
             await asyncio.sleep(0.01)

@@ -22,7 +22,7 @@ from dns_svc.server import DnsServer
 from metadata_svc.keys import STORE
 from tests.support.dns import addresses, ask, dns_process_on_free_ports, rcode, run_dns, wait_for_version
 from tests.support.metadata import run_metadata
-from tests.support.metrics import scrape, value
+from tests.support.metrics import samples, scrape, value
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.external_tool
@@ -70,7 +70,7 @@ async def test_responses_are_counted_by_source_type_and_rcode(server: DnsServer)
     assert kinds["metadns_dns_cache_entries"][0] == "gauge"
 
     def responses(**labels: str) -> float:
-        return value(text, "metadns_dns_responses_total", **labels)
+        return value(text, "metadns_dns_responses_total", None, **labels)
 
     assert responses(proto="udp", source="local", type="A", rcode="NOERROR") == 1
     assert responses(proto="udp", source="client_cache", type="A") == 1
@@ -106,7 +106,7 @@ async def test_each_upstream_is_counted_on_its_own(unbound) -> None:
     live, gone = f"{unbound.address[0]}:{unbound.address[1]}", f"{dead[0]}:{dead[1]}"
     assert value(text, "metadns_dns_upstream_requests_total", to=gone) == 1
     assert value(text, "metadns_dns_upstream_errors_total", to=gone, error="refused") == 1
-    assert value(text, "metadns_dns_upstream_responses_total", to=gone) == 0
+    assert value(text, "metadns_dns_upstream_responses_total", to=gone, default=0) == 0  # no reply, no series
     assert value(text, "metadns_dns_upstream_requests_total", to=live) == 1
     assert value(text, "metadns_dns_upstream_responses_total", to=live, rcode="NOERROR") == 1
     assert value(text, "metadns_dns_upstream_request_duration_seconds_count", to=live) == 1
@@ -122,7 +122,7 @@ class Workers:
     async def up(self) -> float:
         """How many workers the parent's /metrics reads (0 before it answers)."""
         try:
-            return value(await scrape(self.http), "metadns_dns_worker_up")
+            return value(await scrape(self.http), "metadns_dns_worker_up", default=0)
         except aiohttp.ClientError:
             return 0
 
@@ -175,6 +175,8 @@ async def test_one_scrape_shows_every_worker(unbound) -> None:
 
 
 async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
+    """A worker killed: the parent starts another in its place (one new process, the other worker
+    untouched), whose endpoint the parent's /metrics reads again, and the port still answers."""
     async with two_workers(unbound) as workers:
         first = workers.children()
         os.kill(first[0], signal.SIGKILL)
@@ -184,6 +186,15 @@ async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
                 if first[0] not in now and len(now) == 2 and await workers.up() == 2:
                     break
                 await asyncio.sleep(0.1)
+        assert first[1] in now  # the other worker was left alone
+        assert len(set(now) - set(first)) == 1  # one new worker
+        text = await scrape(workers.http)
+        assert sorted(s.labels["worker"] for s in samples(text, "metadns_dns_worker_up")) == ["0", "1"]
+        assert value(text, "metadns_dns_worker_up") == 2
+        for _ in range(10):  # from fresh sockets: whichever worker the kernel picks answers
+            assert addresses(await ask(workers.dns, "www.example.test", timeout=2)) == ["192.0.2.10"]
+        async with aiohttp.ClientSession() as s, s.get(f"http://{workers.http[0]}:{workers.http[1]}/healthz") as r:
+            assert (await r.json())["workers"] == {"0": "ok", "1": "ok"}
 
 
 async def test_log_queries_gives_one_debug_line_per_query(unbound, caplog: pytest.LogCaptureFixture) -> None:

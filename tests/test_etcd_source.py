@@ -111,12 +111,10 @@ async def test_every_host_serves_the_fleet_with_the_same_version(tmp_path: Path,
                 await wait_for_version(dns, version_index(md.app[STORE].snapshot.version))
                 assert await answer(dns) == ["127.0.0.11", "127.0.0.12"]
             assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
-            # a change reaches every host's DNS within a second, with one version everywhere
-            started = asyncio.get_running_loop().time()
+            # a change reaches every host's DNS, with one version everywhere (how fast: bench/etcd_follow.py)
             assert await apply(cluster, fleet("127.0.0.21"), tmp_path) == 0
             for dns in (dns_a, dns_b):
-                await until(lambda dns=dns: _has(dns, "127.0.0.21"), 1.0)
-            assert asyncio.get_running_loop().time() - started < 1.5
+                await until(lambda dns=dns: _has(dns, "127.0.0.21"))
             assert md_a.app[STORE].snapshot.version == md_b.app[STORE].snapshot.version
             async with md_a.client("127.0.0.21") as s, s.get("/latest/self/service/token") as r:
                 assert await r.text() == "web-secret"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import aiohttp
@@ -38,11 +37,18 @@ async def until_waiting(md: RunningMetadata, count: int = 1, after_index: int = 
 
 
 async def test_returns_at_once_when_value_differs(metadata: RunningMetadata) -> None:
-    started = time.monotonic()
-    async with metadata.client() as s, s.get("/version?wait=true&value=init&maxWait=30") as r:
+    """A value that differs already: answered without waiting (the store never counts a waiter
+    while the request is out; waiting, it would for maxWait's 30 s)."""
+    store = metadata.app[STORE]
+    async with metadata.client() as s:
+        request = asyncio.ensure_future(s.get("/version?wait=true&value=init&maxWait=30"))
+        while not request.done():
+            assert store.waiting == 0
+            await asyncio.sleep(0.005)
+        r = await request
         assert r.status == 200
         assert await r.text() == await version(metadata)
-    assert time.monotonic() - started < 5
+        r.release()
 
 
 async def test_returns_on_change_of_that_path(metadata: RunningMetadata, fleet_file: Path) -> None:
@@ -75,24 +81,28 @@ async def test_change_elsewhere_does_not_wake_a_path_waiter(metadata: RunningMet
 
 
 async def test_timeout_returns_200_with_the_unchanged_value(metadata: RunningMetadata) -> None:
+    """It waits (the store counts the waiter), then maxWait ends the wait with the same value."""
     current = await version(metadata)
-    started = time.monotonic()
-    async with (
-        metadata.client(headers={"Accept": "application/json"}) as s,
-        s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5") as r,
-    ):
+    store = metadata.app[STORE]
+    async with metadata.client(headers={"Accept": "application/json"}) as s:
+        request = asyncio.ensure_future(s.get(f"/latest/version?wait=true&value={current}&maxWait=0.5"))
+        while store.waiting < 1:
+            assert not request.done()
+            await asyncio.sleep(0.005)
+        r = await request
         assert r.status == 200
         assert json.loads(await r.text()) == current
-    assert 0.45 < time.monotonic() - started < 3
+        assert store.waiting == 0
+        r.release()
 
 
 async def test_max_wait_is_capped(fleet_file: Path) -> None:
     async with run_metadata(fleet_file, max_wait=0.3) as md:
         current = await version(md)
-        started = time.monotonic()
-        async with md.client() as s, s.get(f"/version?wait=true&value={current}&maxWait=100") as r:
+        # uncapped, the request would wait 100 s: the hang guard is far from both
+        async with asyncio.timeout(20), md.client() as s, s.get(f"/version?wait=true&value={current}&maxWait=100") as r:
             assert r.status == 200
-        assert time.monotonic() - started < 3
+            assert await r.text() == current
 
 
 async def test_index_blocking_query_on_the_whole_tree(metadata: RunningMetadata, fleet_file: Path) -> None:
@@ -146,9 +156,7 @@ async def test_shutdown_releases_waiters_at_once(fleet_file: Path) -> None:
         waiter = asyncio.create_task(s.get(f"/version?wait=true&value={current}&maxWait=100"))
         while md.app[STORE].waiting < 1:
             await asyncio.sleep(0.02)
-        started = time.monotonic()
     r = await waiter
     assert r.status == 200
     r.release()
     await session_cm.__aexit__(None, None, None)
-    assert time.monotonic() - started < 5

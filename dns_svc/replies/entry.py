@@ -21,6 +21,7 @@ from dns_svc.wire import (
     RawQuery,
     ReplyLayout,
     layout,
+    reply_tail,
 )
 
 _pack_ttl = struct.Struct("!I").pack_into
@@ -79,6 +80,16 @@ class CachedReply:
         if layout is not None:
             self._read(layout)
 
+    def servable(self, now: float) -> bool:
+        """Whether this reply may still be served as it is: the one validity rule of every cache
+        that holds it (the store's partitions, the packet cache). Not once its cache let it go
+        (``dropped``: a reference kept elsewhere must not outlive it), nor from its expiry on."""
+        return not self.dropped and now < self.expires_at
+
+    def stale_within(self, now: float, stale_for: float) -> bool:
+        """Expired, but less than ``stale_for`` ago: kept for serve-stale (RFC 8767)."""
+        return self.expires_at <= now < self.expires_at + stale_for
+
     def _read(self, layout: ReplyLayout) -> None:
         self.ttl_offsets = layout.ttl_offsets
         self.ttls = layout.ttls
@@ -111,14 +122,7 @@ class CachedReply:
         buf = bytearray(self.variants[0])
         for offset in self.ttl_offsets:
             _pack_ttl(buf, offset, ttl)
-        flags = ((buf[2] << 8 | buf[3]) & ~_COPIED) | (query.flags & _COPIED)
-        wire = (
-            query.packet[:2]
-            + flags.to_bytes(2, "big")
-            + bytes(buf[4:12])
-            + query.qname
-            + bytes(buf[12 + len(query.qname) :])
-        )
+        wire = query.packet[:2] + reply_tail(bytes(buf), query.qname, query.flags)
         if len(wire) > budget:
             return truncated(query, wire)
         return wire
@@ -147,9 +151,7 @@ class CachedReply:
             tails = self._tails = {}
         tail = tails.get((turn, bits, qname))
         if tail is None:
-            wire = variants[turn]
-            flags = ((wire[2] << 8 | wire[3]) & ~_COPIED) | bits
-            tail = flags.to_bytes(2, "big") + wire[4:12] + qname + wire[12 + len(qname) :]
+            tail = reply_tail(variants[turn], qname, bits)
             if len(tails) >= 16:
                 tails.clear()
             tails[(turn, bits, qname)] = tail

@@ -42,6 +42,13 @@ def global_key(view: ClientView, key: CacheKey) -> CacheKey:
     return key
 
 
+def shared_serves(view: ClientView, name: object) -> bool:
+    """Whether a shared local answer (the same for every client) answers this client's question
+    ``name`` (lower-case wire form, ``CacheKey[0]``): not when the client's own records, its link
+    aliases, cover the name. The client cache and the packet cache both ask this."""
+    return name not in view.overlay_wire
+
+
 class ReplyStore:
     """Every cached reply of the process, in one LRU of ``capacity`` entries: the global cache,
     the shared local answers and every client's cache are partitions of it (their keys carry
@@ -150,9 +157,9 @@ class ReplyCache:
         entry = entries.get(k)
         if entry is None:
             return None
-        if isinstance(entry, CachedReply) and entry.expires_at <= now:
-            if entry.expires_at + self.stale_for <= now:
-                self.store.delete(self.tag, key)
+        if isinstance(entry, CachedReply) and not entry.servable(now):
+            if not entry.stale_within(now, self.stale_for):
+                self.store.delete(self.tag, key)  # past its serve-stale window too
             return None
         entries.move_to_end(k)
         return entry
@@ -160,7 +167,7 @@ class ReplyCache:
     def stale(self, key: CacheKey, now: float) -> CachedReply | None:
         """An expired entry still within ``stale_for`` of its expiry, for serve-stale."""
         entry = self.store.entries.get((self.tag, key))
-        if isinstance(entry, CachedReply) and entry.expires_at <= now < entry.expires_at + self.stale_for:
+        if isinstance(entry, CachedReply) and entry.stale_within(now, self.stale_for):
             return entry
         return None
 
@@ -201,7 +208,7 @@ class ClientCaches:
         alias) cover the name."""
         cache = self.views.get(view.key)
         entry = cache.get(key, now) if cache is not None else None
-        if entry is None and key[0] not in view.overlay_wire:
+        if entry is None and shared_serves(view, key[0]):
             entry = self.shared.get(key, now)
         return entry if type(entry) is CachedReply else None
 

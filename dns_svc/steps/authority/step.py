@@ -8,7 +8,7 @@ from __future__ import annotations
 from dns_svc.chain import PASS, Answer, Query, Source, Step, Verdict
 from dns_svc.respond import reply_for
 from dns_svc.wire import QTYPE_ANY, QTYPE_NS, QTYPE_SOA, RCODE_NXDOMAIN
-from dns_svc.zone import ns_rr, soa_rr
+from dns_svc.zone import ns_rr, soa_rr, soa_when_empty
 
 
 class Authority(Step):
@@ -28,8 +28,7 @@ class Authority(Step):
             reply.add_answer(soa_rr(query.table, zone, self.ttl))
         if name == zone and qtype in (QTYPE_NS, QTYPE_ANY):
             reply.add_answer(ns_rr(zone, self.ttl))
-        if not reply.rr:
-            if not query.table.exists(name):
-                reply.header.rcode = RCODE_NXDOMAIN
-            reply.add_auth(soa_rr(query.table, zone, self.ttl))
+        if not reply.rr and not query.table.exists(name):
+            reply.header.rcode = RCODE_NXDOMAIN
+        soa_when_empty(reply, query.table, zone, self.ttl)
         return Answer(bytes(reply.pack()), Source.AUTHORITY, countdown=False)

@@ -7,11 +7,11 @@ Entries live for min(cap, smallest answer TTL); negative answers for the SOA min
 
 from __future__ import annotations
 
-from dns_svc.chain import PASS, Answer, Pass, Query, Source, Step, Verdict
+from dns_svc.chain import PASS, Answer, Pass, Query, Source, Step, Verdict, failure
 from dns_svc.replies import CachedReply, ClientCaches, ReplyCache, cache_key, global_key
 from dns_svc.replies.entry import lifetime_of
 from dns_svc.respond import budget
-from dns_svc.wire import RCODE_SERVFAIL, ReplyLayout, cap_ttls, header_only_reply, layout
+from dns_svc.wire import ReplyLayout, cap_ttls, layout
 
 
 def layout_of(answer: Answer) -> ReplyLayout | None:
@@ -120,7 +120,7 @@ class GlobalCacheStep(Step):
         """The expired reply for ``query`` (if it is still there), else SERVFAIL."""
         entry = self.cache.stale(global_key(query.view, cache_key(query.raw)), self.cache.clock())
         if entry is None:
-            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
+            return failure(query.raw)
         self.stale_served += 1
         ttl = min(self.stale_ttl, int(self.max_ttl))
         return Answer(entry.render_stale(query.raw, budget(query.raw, query.transport), ttl), Source.STALE)

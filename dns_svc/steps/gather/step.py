@@ -28,7 +28,8 @@ from dnslib import CNAME, EDNS0, QTYPE, RCODE, RR, SRV, DNSLabel, DNSRecord, EDN
 from dns_svc.answers import Upstream, fqdn, parse_upstream
 from dns_svc.chain import PASS, WAIT, Answer, Forwarder, Query, Source, Step, Verdict
 from dns_svc.metrics import GatherMetrics
-from dns_svc.wire import QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
+from dns_svc.respond import reply_for
+from dns_svc.wire import EDNS_UDP_SIZE, QTYPE_A, QTYPE_AAAA, QTYPE_SRV, QTYPE_TXT
 from shared.logs import log_event
 
 log = logging.getLogger("dns.gather")
@@ -103,7 +104,7 @@ class GatherStep(Step):
 
     async def ask(self, cluster: Cluster, name: str, query: Query) -> DNSRecord | None:
         request = DNSRecord.question(name, QTYPE.get(query.raw.qtype))
-        request.add_ar(EDNS0(udp_len=1232))
+        request.add_ar(EDNS0(udp_len=EDNS_UDP_SIZE))
         started = time.perf_counter()
         rcode = "timeout"
         try:
@@ -141,19 +142,14 @@ class GatherStep(Step):
     def merge(
         self, query: Query, qname: str, targets: list[tuple[Cluster, str]], replies: list[DNSRecord | None]
     ) -> bytes:
-        reply = query.request.reply(ra=1)
-        reply.header.ad = 0  # merged from several clusters: nothing here was validated
-        if query.raw.edns:
-            reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else ""))
         answered = [(cluster, sub, r) for (cluster, sub), r in zip(targets, replies, strict=True) if r is not None]
         if not answered:
+            ede = EDNSOption(EDE_OPTION, struct.pack("!H", EDE_NETWORK_ERROR) + b"Sub-queries timed out")
+            reply = reply_for(query, [ede])  # AD clear: merged from several clusters, nothing validated
             reply.header.rcode = RCODE.SERVFAIL
-            if query.raw.edns:  # RFC 6891 7: no OPT in a reply to a query that had none
-                ede = EDNSOption(EDE_OPTION, struct.pack("!H", EDE_NETWORK_ERROR) + b"Sub-queries timed out")
-                reply.ar = [rr for rr in reply.ar if rr.rtype != QTYPE.OPT]
-                reply.add_ar(EDNS0(udp_len=1232, flags="do" if query.raw.do else "", opts=[ede]))
             log_event(log, logging.WARNING, "gather_failed", qname=qname, clusters=len(targets))
             return bytes(reply.pack())
+        reply = reply_for(query)
         noerror = [r for _, _, r in answered if r.header.rcode == RCODE.NOERROR]
         reply.header.rcode = RCODE.NOERROR if noerror else answered[0][2].header.rcode
         answers: list[RR] = []

@@ -25,7 +25,7 @@ from dns_svc.wire import (
     QTYPE_SRV,
     QTYPE_TXT,
 )
-from dns_svc.zone import soa_rr
+from dns_svc.zone import soa_when_empty
 
 MAX_CNAME_DEPTH = 10
 # A CNAME chain through the table: each link (its records, its target), the records that end it
@@ -173,10 +173,9 @@ class LocalAnswers(Step):
             reply.add_answer(RR(owner, QTYPE.PTR, ttl=self.ttl_of(rec), rdata=PTR(rec.ptr)))
         if qtype == QTYPE_SRV:
             self.services(query, reply, owner, rec, build)
-        if not reply.rr:
-            zone = query.table.zone_of(query.raw.lower_text())
-            if zone is not None:
-                reply.add_auth(soa_rr(query.table, zone, self.ttl))
+        zone = query.table.zone_of(query.raw.lower_text()) if not reply.rr else None
+        if zone is not None:
+            soa_when_empty(reply, query.table, zone, self.ttl)
         built_from = frozenset(build.names) if build.shared else None
         return Answer(bytes(reply.pack()), Source.LOCAL, countdown, built_from=built_from)
 

@@ -39,13 +39,12 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from dns_svc.tally import Durations, clock
-from dns_svc.wire import FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery
+from dns_svc.wire import EDNS_UDP_SIZE, FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery, reply_tail
 
 log = logging.getLogger("dns.upstream")
 _HEADER = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
 MAX_IN_FLIGHT = 8192
-UPSTREAM_UDP_SIZE = 1232
 
 
 class Waiter(Protocol):
@@ -76,7 +75,7 @@ class Entropy:
 
 def upstream_query(raw: RawQuery, qid: int) -> bytes:
     """What we send upstream for ``raw``: its question and RD/CD bits, and our own EDNS (size
-    1232, the client's DO bit, no options) when it had EDNS. Rebuilt rather than forwarded, so
+    ``EDNS_UDP_SIZE``, the client's DO bit, no options) when it had EDNS. Rebuilt rather than forwarded, so
     that one question is one upstream query whatever EDNS options (cookies) each client sent,
     and a client's cookie never reaches a server it did not talk to."""
     flags = raw.flags & (FLAG_RD | FLAG_CD)
@@ -84,7 +83,7 @@ def upstream_query(raw: RawQuery, qid: int) -> bytes:
     question = raw.packet[12 : raw.question_end]
     if not raw.edns:
         return head + question
-    return head + question + b"\x00" + struct.pack("!HHIH", QTYPE_OPT, UPSTREAM_UDP_SIZE, 0x8000 if raw.do else 0, 0)
+    return head + question + b"\x00" + struct.pack("!HHIH", QTYPE_OPT, EDNS_UDP_SIZE, 0x8000 if raw.do else 0, 0)
 
 
 def merge_key(raw: RawQuery) -> bytes:
@@ -390,7 +389,7 @@ class UdpChannel:
             sent = result[12 : 12 + len(waiters[0][1])]
             for waiter, qname in waiters:
                 # each waiter gets the question in its own spelling (the reply repeats ours)
-                _deliver(waiter, result[2:] if qname == sent else result[2:12] + qname + result[12 + len(qname) :])
+                _deliver(waiter, result[2:] if qname == sent else reply_tail(result, qname))
         else:
             why = (
                 "timeout"
@@ -463,4 +462,4 @@ async def tcp_exchange(address: tuple[str, int], raw: RawQuery, wait: float, ent
     question = packet[12 : raw.question_end].lower()
     if not reply_matches(reply, qid, question):
         raise ValueError("TCP reply does not match the query")
-    return raw.packet[:2] + reply[2:12] + raw.qname + reply[12 + len(raw.qname) :]
+    return raw.packet[:2] + reply_tail(reply, raw.qname)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from dnslib import QTYPE, RR, DNSRecord
 
 from dns_svc.answers import Upstream
-from dns_svc.chain import WAIT, Answer, Done, Query, Source, Step, Verdict
+from dns_svc.chain import WAIT, Answer, Done, Query, Source, Step, Verdict, failure
 from dns_svc.steps.upstream.channel import Entropy, UdpChannel, UpstreamSockets, tcp_exchange
 from dns_svc.wire import (
     FLAG_TC,
@@ -30,7 +30,6 @@ from dns_svc.wire import (
     RawQuery,
     ReplyLayout,
     WireError,
-    header_only_reply,
     layout,
     parse_query,
 )
@@ -110,34 +109,23 @@ class UpstreamPool(Step):
         return order
 
     async def wait(self, query: Query) -> Answer:
-        found = await self.forward(query.raw, self.upstreams_for(query))
-        if found is None:
-            return Answer(header_only_reply(query.raw, RCODE_SERVFAIL), Source.FAILURE)
-        return Answer(found[0], Source.UPSTREAM, layout=found[1])
+        return answer_of(query.raw, await self.forward(query.raw, self.upstreams_for(query)))
 
     async def forward(self, raw: RawQuery, upstreams: Sequence[Upstream]) -> tuple[bytes, ReplyLayout] | None:
         """The first acceptable reply to ``raw`` (with its ID and letter case) and its layout.
         Over UDP whatever the client used, as unbound and dnsmasq do (and merged with the same
         question in flight); over TCP only when the UDP reply was truncated, from the upstream
-        that truncated it. The walk over the upstreams is ``_Walk``'s, the relay's own."""
-        start = 0
-        while start < len(upstreams):
-            future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-            _Walk(self, raw, upstreams, start, future=future).next()
+        that truncated it. The walk over the upstreams, TCP retries included, is ``_Walk``'s,
+        the relay's own."""
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        walk = _Walk(self, raw, upstreams, 0, future=future)
+        walk.next()
+        try:
             outcome = await future
-            if not isinstance(outcome, Truncated):
-                return outcome
-            up = upstreams[outcome.index]
-            start = outcome.index + 1
-            try:
-                reply = await tcp_exchange(up, raw, self.timeout, self.entropy)
-            except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
-                self.mark(up, False, _error_text(exc))
-                continue
-            lay = self.accepts(up, reply)
-            if lay is not None:
-                return reply, lay
-        return None
+        finally:
+            walk.stop()  # whoever waited has gone (a deadline): a TCP retry in flight goes too
+        assert not isinstance(outcome, Truncated)  # awaited walks retry over TCP themselves
+        return outcome
 
     async def forward_packet(self, packet: bytes, upstreams: Sequence[Upstream]) -> bytes | None:
         """``forward`` for a query we built ourselves (a CNAME chase, a gathered sub-query)."""
@@ -213,15 +201,24 @@ class Truncated:
 Outcome = tuple[bytes, ReplyLayout] | Truncated | None
 
 
-class _Walk:
-    """One query walking the upstreams in order over UDP, one callback per reply: the failover
-    rule, written once. A reply is taken when ``accepts`` takes it; a timeout, an ICMP error,
-    SERVFAIL, REFUSED or a reply that cannot be walked moves on to the next upstream; a truncated
-    one stops the walk. The outcome goes to the relay's ``done`` (an Answer, None on truncation
-    so that the chain retries over TCP, SERVFAIL when every upstream failed) or to ``forward``'s
-    future (the reply and its layout, ``Truncated``, or None)."""
+def answer_of(raw: RawQuery, found: tuple[bytes, ReplyLayout] | None) -> Answer:
+    """What a walk found, as the answer: the upstream's reply, or SERVFAIL when every upstream
+    failed."""
+    if found is None:
+        return failure(raw)
+    return Answer(found[0], Source.UPSTREAM, layout=found[1])
 
-    __slots__ = ("done", "future", "index", "pool", "query", "raw", "upstreams")
+
+class _Walk:
+    """One query walking the upstreams in order, one callback per UDP reply: the failover rule,
+    written once. A reply is taken when ``accepts`` takes it; a timeout, an ICMP error, SERVFAIL,
+    REFUSED or a reply that cannot be walked moves on to the next upstream. A truncated reply
+    stops a relayed walk (``done(query, None)``: the chain's coroutine takes over, over TCP); an
+    awaited walk (``forward``'s future) asks the upstream that truncated it again over TCP, and
+    walks on over UDP when that fails too. The outcome goes to the relay's ``done`` or to the
+    future (the reply and its layout, or None when every upstream failed)."""
+
+    __slots__ = ("done", "future", "index", "pool", "query", "raw", "tcp", "upstreams")
 
     def __init__(
         self,
@@ -241,6 +238,7 @@ class _Walk:
         self.query = query
         self.done = done
         self.future = future
+        self.tcp: asyncio.Task[None] | None = None  # a truncated reply's retry over TCP, in flight
 
     def next(self) -> None:
         pool = self.pool
@@ -268,13 +266,35 @@ class _Walk:
             return
         wire = self.raw.packet[:2] + result
         if wire[2] & (FLAG_TC >> 8):
-            self._finish(Truncated(self.index - 1))
+            if self.future is None:
+                self._finish(Truncated(self.index - 1))
+            else:
+                self.tcp = asyncio.ensure_future(self._over_tcp(up))
             return
+        self._take(up, wire)
+
+    def _take(self, up: Upstream, wire: bytes) -> None:
         lay = self.pool.accepts(up, wire)
         if lay is None:
             self.next()
         else:
             self._finish((wire, lay))
+
+    async def _over_tcp(self, up: Upstream) -> None:
+        """The truncated reply's question again, over TCP to the upstream that truncated it."""
+        pool = self.pool
+        try:
+            reply = await tcp_exchange(up, self.raw, pool.timeout, pool.entropy)
+        except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            pool.mark(up, False, _error_text(exc))
+            self.next()
+            return
+        self._take(up, reply)
+
+    def stop(self) -> None:
+        """The awaiting side has gone: a TCP retry in flight is cancelled."""
+        if self.tcp is not None and not self.tcp.done():
+            self.tcp.cancel()
 
     def _finish(self, outcome: Outcome) -> None:
         if self.future is not None:
@@ -284,11 +304,9 @@ class _Walk:
         assert self.query is not None
         assert self.done is not None
         if isinstance(outcome, Truncated):
-            self.done(self.query, None)
-        elif outcome is None:
-            self.done(self.query, Answer(header_only_reply(self.raw, RCODE_SERVFAIL), Source.FAILURE))
+            self.done(self.query, None)  # the chain's coroutine takes over: ``wait``, over TCP
         else:
-            self.done(self.query, Answer(outcome[0], Source.UPSTREAM, layout=outcome[1]))
+            self.done(self.query, answer_of(self.raw, outcome))
 
 
 def _error_text(exc: BaseException) -> str:

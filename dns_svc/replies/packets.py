@@ -1,0 +1,73 @@
+"""The packet cache: a repeat UDP query, byte for byte, answered without reading its question.
+
+An entry points at a reply of the store's (``CachedReply``) and is valid exactly as long as that
+reply is (``CachedReply.servable``): gone from its cache, expired, or of another answers
+generation, it is a miss. A shared local answer (the same for every client, ``built_from`` set)
+outlives a fleet change that did not touch the names it was built from, as it does in the client
+cache, unless the client's own records now cover its name (``shared_serves``): a fleet change a
+second then costs a refill of what changed, not of every entry.
+"""
+
+from __future__ import annotations
+
+from dns_svc.answers import ClientView
+from dns_svc.replies.entry import CachedReply
+from dns_svc.replies.store import cache_key, shared_serves
+from dns_svc.wire import RawQuery
+
+
+class PacketEntry:
+    """What a packet-cache hit needs: the reply, the query it was parsed from once (to render
+    with), the budget it was rendered for, the answers generation it was last valid in, whether
+    it is a recursive answer (which only some clients may have), and the question name (wire
+    form, lower case) for the link-alias check."""
+
+    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size")
+
+    def __init__(
+        self, reply: CachedReply, raw: RawQuery, size: int, generation: int, recursive: bool, name: object
+    ) -> None:
+        self.reply = reply
+        self.raw = raw
+        self.size = size
+        self.generation = generation
+        self.recursive = recursive
+        self.name = name
+
+
+class PacketCache:
+    """The exact bytes of a query (all but its ID) and the client's view, mapped to the cached
+    reply that answers it (see the module's docstring for how long)."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self.capacity = capacity
+        self._map: dict[tuple[str, bytes], PacketEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def get(self, view: ClientView, data: bytes, generation: int, now: float) -> tuple[bytes, bool, int] | None:
+        """The reply, whether it is a recursive answer (which only some clients may have), and the
+        question type."""
+        k = (view.key, data[2:])
+        hit = self._map.get(k)
+        if hit is None:
+            return None
+        reply = hit.reply
+        if not reply.servable(now):
+            del self._map[k]
+            return None
+        if hit.generation != generation:
+            if hit.recursive or reply.built_from is None or not shared_serves(view, hit.name):
+                del self._map[k]
+                return None
+            hit.generation = generation  # a shared answer the change left alone: still this one
+        raw = hit.raw
+        return data[:2] + reply.render_tail(raw, now, hit.size), hit.recursive, raw.qtype
+
+    def put(
+        self, view_key: str, raw: RawQuery, reply: CachedReply, size: int, generation: int, recursive: bool
+    ) -> None:
+        if len(self._map) >= self.capacity:
+            self._map.clear()  # cheap and rare: it refills from the caches behind it
+        self._map[(view_key, raw.packet[2:])] = PacketEntry(reply, raw, size, generation, recursive, cache_key(raw)[0])
