@@ -223,6 +223,40 @@ async def test_template_change_is_rendered(fleet_stack, tmp_path: Path) -> None:
             await task
 
 
+class EditedDuringFirstRender(RenderLoop):
+    """The template is edited while the first render runs (after it was read): an operator's
+    edit right after the start."""
+
+    def __init__(self, settings: RenderSettings, edited: dict[str, Any]) -> None:
+        super().__init__(settings)
+        self.edited = edited
+
+    async def render_once(self, renderer):
+        rendered = await super().render_once(renderer)
+        if self.renders == 1:
+            Path(self.settings.template).write_text(json.dumps(self.edited))
+        return rendered
+
+
+async def test_a_template_edited_during_the_first_render_is_rendered(fleet_stack, tmp_path: Path) -> None:
+    template: dict[str, Any] = {"pools": {"A": {"servers": ["dns://shop-db-1.rancher.internal"]}}}
+    edited = {
+        "pools": {"A": {"servers": ["dns://shop-db-1.rancher.internal", "dns+6379://shop-web-3.rancher.internal"]}}
+    }
+    s = settings_for(fleet_stack, tmp_path, template, once=False, ttl_min=60.0, ttl_max=60.0)
+    loop = EditedDuringFirstRender(s, edited)
+    task = asyncio.create_task(loop.run())
+    try:
+        async with asyncio.timeout(10):
+            while loop.renders < 2:
+                await asyncio.sleep(0.02)
+        assert servers(s.output) == ["127.0.0.21:11211", "127.0.0.13:6379"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
 def test_pool_setups_are_valid_mcrouter_configs() -> None:
     sharded = pool_template("sharded", "10.0.0.1:11211")
     replicated = pool_template("replicated", "10.0.0.1:11211")

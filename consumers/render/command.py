@@ -97,20 +97,19 @@ class RenderLoop:
             return s.ttl_max
         return min(max(float(rendered.ttl), s.ttl_min), s.ttl_max)
 
-    async def watch_template(self) -> None:
-        path = Path(self.settings.template)
+    def template_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = Path(self.settings.template).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-        def stamp() -> tuple[int, int, int] | None:
-            try:
-                st = path.stat()
-            except OSError:
-                return None
-            return (st.st_ino, st.st_size, st.st_mtime_ns)
-
-        last = stamp()
+    async def watch_template(self, last: tuple[int, int, int] | None) -> None:
+        """Wake the loop when the template changes from ``last``: its stamp taken before the
+        first render read it, so that an edit made while that render ran is not missed."""
         while True:
             await asyncio.sleep(self.settings.poll_interval)
-            current = stamp()
+            current = self.template_stamp()
             if current != last:
                 last = current
                 self.wake.set()
@@ -144,13 +143,14 @@ class RenderLoop:
             if metadata is not None and not s.once:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
                     version = await metadata.version(None, 0)
+            stamp = self.template_stamp() if s.template else None
             rendered = await self.render_once(renderer)
             if s.once:
                 dns.close()
                 return 0 if rendered is not None else 1
             tasks = []
             if s.template:
-                tasks.append(asyncio.create_task(self.watch_template()))
+                tasks.append(asyncio.create_task(self.watch_template(stamp)))
             if metadata is not None:
                 tasks.append(asyncio.create_task(self.watch_metadata(metadata, version)))
             try:
