@@ -29,11 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.etcd import EtcdClient, KeyValue, b64
+from shared.etcd import MAX_TXN_OPS, EtcdClient, KeyValue, b64
 from shared.etcd_fleet import KINDS, fleet_from_keys, fleet_keys, object_key
 from shared.model import Fleet, FleetError, stable_uuid
 
-MAX_TXN_OPS = 128
 ATTEMPTS = 3
 _LISTS = KINDS[1:]
 
@@ -44,21 +43,31 @@ class PutConflict(Exception):
 
 @dataclass
 class PutPlan:
-    """What a put writes: per key its new value, the old keys of moved containers, and every
-    key the objects rely on (their own, and the objects they reference), with the mod revision
-    read (0: absent)."""
+    """What a put writes: per key its new value, the old keys it replaces when its object moves,
+    and the keys it relies on (the objects it references), with every such key's mod revision
+    as read (0: absent)."""
 
     writes: dict[str, bytes] = field(default_factory=dict)
-    moved_from: dict[str, str] = field(default_factory=dict)  # old key -> new key
+    moves: dict[str, list[str]] = field(default_factory=dict)  # written key -> old keys it replaces
     relies_on: dict[str, set[str]] = field(default_factory=dict)  # written key -> keys read
     revisions: dict[str, int] = field(default_factory=dict)
 
-    def moves_into(self, key: str) -> list[str]:
-        return [old for old, new in self.moved_from.items() if new == key]
+    def needs(self, key: str) -> set[str]:
+        """Every key whose revision the write of ``key`` is conditional on."""
+        return {key, *self.relies_on.get(key, ()), *self.moves.get(key, ())}
+
+    def changes(self) -> list[tuple[str, str]]:
+        """(sign, key) of every key written or removed, in the order written: ``+`` new, ``~``
+        changed, ``-`` removed."""
+        out = []
+        for key in (k for step in self.steps() for k in step):
+            out.append(("~" if self.revisions.get(key) else "+", key))
+            out += [("-", old) for old in self.moves.get(key, ())]
+        return out
 
     def steps(self) -> list[list[str]]:
-        """The written keys in transactions that etcd takes (at most 128 comparisons and 128
-        operations each), referenced kinds first."""
+        """The written keys in transactions that etcd takes (at most MAX_TXN_OPS comparisons and
+        as many operations each), referenced kinds first."""
         order = {kind: i for i, kind in enumerate(("environment", "hosts", "stacks", "services", "tokens"))}
         keys = sorted(self.writes, key=lambda k: (order.get(k.split("/", 1)[0], len(order)), k))
         out: list[list[str]] = []
@@ -66,13 +75,12 @@ class PutPlan:
         ops = 0
         compared: set[str] = set()
         for key in keys:
-            moved = self.moves_into(key)
-            needs = {key, *self.relies_on.get(key, ()), *moved}
-            if step and (ops + 1 + len(moved) > MAX_TXN_OPS or len(compared | needs) > MAX_TXN_OPS):
+            needs, key_ops = self.needs(key), 1 + len(self.moves.get(key, ()))
+            if step and (ops + key_ops > MAX_TXN_OPS or len(compared | needs) > MAX_TXN_OPS):
                 out.append(step)
                 step, ops, compared = [], 0, set()
             step.append(key)
-            ops += 1 + len(moved)
+            ops += key_ops
             compared |= needs
         if step:
             out.append(step)
@@ -136,13 +144,19 @@ def merge(current: Fleet, wanted: Mapping[str, Any], path: str) -> Merged:
     merged = Merged(data, {kind: {} for kind in _LISTS}, {kind: {} for kind in _LISTS})
     for kind in _LISTS:
         items: list[dict[str, Any]] = data[kind]
+        at_identity = {_identity(kind, o): i for i, o in enumerate(items)}
+        by_name: dict[str, list[int]] = {}
+        for i, o in enumerate(items):
+            by_name.setdefault(_lower(o, "name"), []).append(i)
         for file_index, obj in enumerate(wanted.get(kind) or ()):
             name = f" name={obj['name']}" if isinstance(obj.get("name"), str) else ""
-            _complete_identity(kind, obj, items, f"{path}: {kind}[{file_index}]{name}")
+            where = f"{path}: {kind}[{file_index}]{name}"
+            _complete_identity(kind, obj, [items[i] for i in by_name.get(_lower(obj, "name"), ())], where)
             ident = _identity(kind, obj)
-            at = next((i for i, o in enumerate(items) if _identity(kind, o) == ident), None)
+            at = at_identity.get(ident)
             if at is None:
-                at = len(items)
+                at = at_identity[ident] = len(items)
+                by_name.setdefault(_lower(obj, "name"), []).append(at)
                 items.append(obj)
             else:
                 if kind == "services" and "token" not in obj and items[at].get("token"):
@@ -153,15 +167,14 @@ def merge(current: Fleet, wanted: Mapping[str, Any], path: str) -> Merged:
     return merged
 
 
-def _complete_identity(kind: str, obj: dict[str, Any], items: list[dict[str, Any]], where: str) -> None:
-    """Give an object without a uuid the one it has in etcd (found by name), or a new one, as
-    the model would derive it; stacks and services are known by name already."""
+def _complete_identity(kind: str, obj: dict[str, Any], same: list[dict[str, Any]], where: str) -> None:
+    """Give an object without a uuid the one it has in etcd (``same``: the objects of its name),
+    or a new one, as the model would derive it; stacks and services are known by name already."""
     if kind not in ("hosts", "containers") or obj.get("uuid"):
         return
     name = obj.get("name")
     if not isinstance(name, str) or not name:
         raise FleetError(where, "'name' is required")
-    same = [o for o in items if _lower(o, "name") == name.lower()]
     if kind == "hosts":
         obj["uuid"] = same[0]["uuid"] if same else stable_uuid("host", name)
         return
@@ -215,8 +228,8 @@ def plan_put(current_kvs: list[KeyValue], prefix: bytes, wanted: Mapping[str, An
         existing = current.get("environment")
         if existing is None or existing.value != new_keys["environment"]:
             plan.writes["environment"] = new_keys["environment"]
-    for key in [*plan.writes, *plan.moved_from]:
-        for k in {key, *plan.relies_on.get(key, ())}:
+    for key in plan.writes:
+        for k in plan.needs(key):
             kv = current.get(k)
             plan.revisions[k] = kv.mod_revision if kv is not None else 0
     return plan
@@ -261,7 +274,7 @@ def _plan_object(
                 raise FleetError(f"{path}: {kind} {k}", "registered by a host agent (its lease holds it): not put's")
         moves = old is not None and old != new and old in current
         if moves:
-            plan.moved_from[str(old)] = new
+            plan.moves.setdefault(new, []).append(str(old))
         existing = current.get(new)
         if moves or existing is None or existing.value != new_keys[new]:
             plan.writes[new] = new_keys[new]
@@ -277,36 +290,22 @@ async def write_plan(client: EtcdClient, prefix: bytes, plan: PutPlan) -> list[t
     """Write ``plan`` step by step; the changes as (sign, key). Each step compares every key it
     writes, moves or relies on with the revision read (0: absent), or the revision an earlier
     step wrote it at; PutConflict when one differs (nothing of that step written)."""
-    changes: list[tuple[str, str]] = []
     revisions = dict(plan.revisions)
     for step in plan.steps():
         compared: set[str] = set()
         ops: list[dict[str, object]] = []
         for key in step:
-            moved = plan.moves_into(key)
-            compared |= {key, *plan.relies_on.get(key, ()), *moved}
+            compared |= plan.needs(key)
             ops.append({"request_put": {"key": b64(prefix + key.encode()), "value": b64(plan.writes[key])}})
-            changes.append(("~" if plan.revisions.get(key) else "+", key))
-            for old in moved:
-                ops.append({"request_delete_range": {"key": b64(prefix + old.encode())}})
-                changes.append(("-", old))
-        compares: list[dict[str, object]] = [
-            {
-                "key": b64(prefix + k.encode()),
-                "target": "MOD",
-                "result": "EQUAL",
-                "mod_revision": str(revisions.get(k, 0)),
-            }
-            for k in sorted(compared)
-        ]
+            ops += [{"request_delete_range": {"key": b64(prefix + old.encode())}} for old in plan.moves.get(key, ())]
+        compares = [_unchanged_since(prefix + k.encode(), revisions.get(k, 0)) for k in sorted(compared)]
         ok, revision, _ = await client.txn(compares, ops)
         if not ok:
             raise PutConflict("etcd changed under the put")
         for key in step:
             revisions[key] = revision
-            for old in plan.moves_into(key):
-                revisions[old] = 0
-    return changes
+            revisions.update(dict.fromkeys(plan.moves.get(key, ()), 0))
+    return plan.changes()
 
 
 async def put(
@@ -317,9 +316,7 @@ async def put(
         kvs, _ = await client.list_prefix(prefix)
         plan = plan_put(kvs, prefix, wanted, path)
         if dry_run:
-            return [("~" if plan.revisions.get(k) else "+", k) for k in plan.writes] + [
-                ("-", old) for old in plan.moved_from
-            ]
+            return plan.changes()
         try:
             return await write_plan(client, prefix, plan)
         except PutConflict:

@@ -103,44 +103,41 @@ class VersionFollower:
                     backoff = 0.5
                 except (aiohttp.ClientError, TimeoutError, ValueError, FleetError) as exc:
                     self.failures += 1
-                    error = str(exc) or type(exc).__name__
-                    if self.in_grace():
-                        log_event(
-                            log,
-                            logging.DEBUG,
-                            "metadata_not_yet_reachable",
-                            url=self.base_url,
-                            error=error,
-                            attempt=self.failures,
-                            retry_in=backoff,
-                        )
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, STARTUP_MAX_BACKOFF, self.max_backoff)
-                        continue
-                    if self.reachable is not False:
-                        serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
-                        log_event(
-                            log,
-                            logging.ERROR,
-                            "metadata_unreachable",
-                            url=self.base_url,
-                            error=error,
-                            serving=serving,
-                            retry=f"exponential backoff up to {int(self.max_backoff)}s",
-                            attempts=self.failures,
-                        )
-                        self.reachable = False
-                    else:
-                        log_event(
-                            log,
-                            logging.DEBUG,
-                            "metadata_retry_failed",
-                            url=self.base_url,
-                            error=error,
-                            attempt=self.failures,
-                        )
+                    quiet = self.in_grace()
+                    self.report_failure(str(exc) or type(exc).__name__, quiet, backoff)
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                    backoff = min(backoff * 2, STARTUP_MAX_BACKOFF if quiet else self.max_backoff, self.max_backoff)
+
+    def report_failure(self, error: str, quiet: bool, retry_in: float) -> None:
+        """One line per failed attempt: debug within the start's grace period and during an
+        outage already said; the error when an outage starts."""
+        if quiet:
+            log_event(
+                log,
+                logging.DEBUG,
+                "metadata_not_yet_reachable",
+                url=self.base_url,
+                error=error,
+                attempt=self.failures,
+                retry_in=retry_in,
+            )
+        elif self.reachable is not False:
+            serving = self.version or ("kept copy" if self.restored is not None else "no data yet")
+            log_event(
+                log,
+                logging.ERROR,
+                "metadata_unreachable",
+                url=self.base_url,
+                error=error,
+                serving=serving,
+                retry=f"exponential backoff up to {int(self.max_backoff)}s",
+                attempts=self.failures,
+            )
+            self.reachable = False
+        else:
+            log_event(
+                log, logging.DEBUG, "metadata_retry_failed", url=self.base_url, error=error, attempt=self.failures
+            )
 
     async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, Fleet]:
         """The fleet as one compact document from metadns's metadata service, or the whole

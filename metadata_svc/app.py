@@ -180,11 +180,7 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
     app = web.Application(middlewares=[request_tracker])
     app[SETTINGS] = settings
     app[IDENTITY] = ClientIdentity(settings.xff, settings.xff_trusted)
-    app[GATE] = ConnectionGate(
-        settings.max_connections_per_client,
-        settings.max_connections,
-        trusted_proxies=settings.xff_trusted if settings.xff else (),
-    )
+    app[GATE] = ConnectionGate(settings.max_connections_per_client, settings.max_connections, identity=app[IDENTITY])
     app[LONGPOLLS] = LongPollSlots(settings.max_longpolls_per_client, settings.longpoll_limit)
     app[COUNTERS] = MetadataCounters()
     app[STORE] = VersionedStore(self_host_uuid=settings.self_host)

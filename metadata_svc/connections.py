@@ -21,7 +21,6 @@ seconds, or one beyond ``max_refusing``, is aborted unanswered.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import resource
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from metadata_svc.identity import IPNetwork, normalize_ip
+from metadata_svc.identity import ClientIdentity, normalize_ip
 from shared.client_slots import ClientSlots
 from shared.logs import ThrottledLog, log_event
 
@@ -88,12 +87,12 @@ class ConnectionGate:
         per_peer: int = 1280,
         max_total: int = 16384,
         pressure_idle: float = 1.0,
-        trusted_proxies: tuple[IPNetwork, ...] = (),
+        identity: ClientIdentity | None = None,
         refusal_wait: float = 2.0,
     ) -> None:
         self.max_total = max_total
         self.pressure_idle = pressure_idle
-        self.trusted_proxies = trusted_proxies
+        self.identity = identity or ClientIdentity(False, ())
         self.refusal_wait = refusal_wait
         self.max_refusing = refusal_room(max_total)
         self.open: dict[GatedConnection, None] = {}
@@ -106,19 +105,10 @@ class ConnectionGate:
     def protocol_factory(self, make: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: GatedConnection(self, make)
 
-    def is_proxy(self, peer: str) -> bool:
-        if not self.trusted_proxies:
-            return False
-        try:
-            addr = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted_proxies)
-
     def admit(self, conn: GatedConnection) -> tuple[int, str] | None:
         """Take a slot for ``conn``; or the status and reason of its refusal (nothing taken)."""
         peer = conn.peer
-        capped = not self.is_proxy(peer)
+        capped = not self.identity.speaks_for_others(peer)
         if capped and not self.by_peer.take(peer):
             self.refused.note(client=peer, reason="per-client limit", limit=self.by_peer.per_client)
             return 429, "too many connections from this address"

@@ -35,6 +35,11 @@ class ClientIdentity:
     trust_xff: bool
     trusted: tuple[IPNetwork, ...]
 
+    def speaks_for_others(self, peer: str) -> bool:
+        """Whether ``peer`` is a proxy whose X-Forwarded-For is believed: its requests are its
+        clients', so limits count those, not the proxy's address."""
+        return self.trust_xff and self._is_trusted(peer)
+
     def _is_trusted(self, ip: str) -> bool:
         try:
             addr = ipaddress.ip_address(ip)

@@ -28,13 +28,13 @@ class LongPollSlots:
 
     def take(self, client: str) -> str | None:
         """One long-poll for ``client``; or why not (nothing taken)."""
-        if self.by_client.get(client) >= self.by_client.per_client:
+        if not self.by_client.take(client):
             self.refused.note(client=client, reason="per-client limit", limit=self.by_client.per_client)
             return "too many long-polls from this client"
         if self.held >= self.max_total:
+            self.by_client.give_back(client)
             self.refused.note(client=client, reason="every long-poll slot busy", limit=self.max_total)
             return "too many long-polls on this server"
-        self.by_client.take(client)
         self.held += 1
         return None
 

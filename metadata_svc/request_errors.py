@@ -46,7 +46,3 @@ class RequestErrorLog(logging.Logger):
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         if not self._bad_request(args, kwargs.get("exc_info")):
             super().debug(msg, *args, **kwargs)
-
-    @property
-    def total(self) -> int:
-        return sum(t.total for t in self.by_kind.values())

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover (an install without the generated
         f"etcd's API modules are not generated ({exc}): run scripts/bootstrap.sh, or scripts/gen_etcd_api.py"
     ) from exc
 
+MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: comparisons, and operations, in one transaction
 COMPACTED = grpc.StatusCode.OUT_OF_RANGE.value[0]  # 11: "mvcc: required revision has been compacted"
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
