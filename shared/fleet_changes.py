@@ -53,7 +53,8 @@ def identity(kind: str, obj: FleetObject) -> str:
 class FleetObjects(Protocol):
     """The part of a fleet's read API that a diff needs."""
 
-    environment: Environment
+    @property
+    def environment(self) -> Environment: ...
 
     @property
     def hosts(self) -> Iterable[Host]: ...
