@@ -26,7 +26,8 @@ import yaml
 from consumers.fleet_put import put, read_put_file
 from metadata_svc.sources.file import parse_fleet_text
 from shared.etcd import MAX_TXN_OPS, EtcdClient, EtcdError, add_etcd_flags, b64, endpoints_from_flags
-from shared.etcd_fleet import fleet_from_keys, fleet_keys
+from shared.etcd_fleet import fleet_keys
+from shared.etcd_objects import fleet_from_keys
 from shared.model import Fleet, FleetError
 from shared.settings import FlagParser
 

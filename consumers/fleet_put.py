@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.etcd import MAX_TXN_OPS, EtcdClient, KeyValue, b64
-from shared.etcd_fleet import KINDS, fleet_from_keys, fleet_keys, object_key
+from shared.etcd_fleet import KINDS, fleet_keys, object_key
+from shared.etcd_objects import fleet_from_keys
 from shared.model import Fleet, FleetError, stable_uuid
 
 ATTEMPTS = 3

@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from shared.etcd import EtcdClient, EtcdError, b64
-from shared.etcd_fleet import fleet_from_keys, object_key
+from shared.etcd_fleet import object_key
+from shared.etcd_objects import fleet_from_keys
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
 

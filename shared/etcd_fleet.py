@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from shared.model import Fleet, FleetError
+from shared.model import Fleet
 
 KINDS = ("environment", "hosts", "stacks", "services", "containers")
 
@@ -62,61 +62,6 @@ def _dump(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def fleet_from_keys(values: Mapping[str, bytes], max_rounds: int = 1000) -> tuple[Fleet, dict[str, str]]:
-    """The fleet stored under ``values`` (keys below the prefix), and the keys held back with
-    why. Objects are validated together (references cross them); each refused object is taken
-    out and the rest validated again, so one bad object costs only itself."""
-    bad: dict[str, str] = {}
-    objects: dict[str, list[tuple[str, dict[str, Any]]]] = {kind: [] for kind in KINDS[1:]}
-    environment: dict[str, Any] = {}
-    tokens: dict[str, dict[str, Any]] = {}
-    for key in sorted(values):
-        if key.startswith("claims/"):  # the agents' uniqueness claims, not fleet objects
-            continue
-        try:
-            obj = json.loads(values[key])
-        except (ValueError, UnicodeDecodeError) as exc:
-            bad[key] = f"not JSON: {exc}"
-            continue
-        if not isinstance(obj, dict):
-            bad[key] = f"not a JSON object but {type(obj).__name__}"
-            continue
-        if key == "environment":
-            environment = obj
-            continue
-        if key.startswith("tokens/"):
-            tokens[key[len("tokens/") :]] = obj
-            continue
-        kind = key.split("/", 1)[0]
-        problem = _named_by_key(kind, key, obj) if kind in objects else "not a key of the fleet layout"
-        if problem:
-            bad[key] = problem
-        else:
-            objects[kind].append((key, obj))
-    for key, obj in objects["services"]:
-        token = tokens.pop(key[len("services/") :], None)
-        if token is not None:
-            obj["token"] = token.get("token") or ""
-    for rest in tokens:
-        bad[f"tokens/{rest}"] = "a token for a service that does not exist"
-
-    def locate(kind: str, i: int) -> str | None:
-        return f"key {objects[kind][i][0]}" if kind in objects and i < len(objects[kind]) else None
-
-    for _ in range(max_rounds):
-        data: dict[str, Any] = {"environment": environment, **{k: [o for _, o in v] for k, v in objects.items()}}
-        try:
-            fleet = Fleet.from_mapping(data, locate)
-        except FleetError as exc:
-            if exc.collection in objects and exc.index is not None and exc.index < len(objects[exc.collection]):
-                key, _ = objects[exc.collection].pop(exc.index)
-                bad[key] = exc.problem
-                continue
-            raise
-        return fleet, bad
-    raise FleetError("etcd", "too many invalid objects")
-
-
 _KEY_FIELDS = {
     "hosts": ("uuid",),
     "stacks": ("name",),
@@ -125,7 +70,7 @@ _KEY_FIELDS = {
 }
 
 
-def _named_by_key(kind: str, key: str, obj: dict[str, Any]) -> str | None:
+def named_by_key(kind: str, key: str, obj: dict[str, Any]) -> str | None:
     """The key names the object: fields it leaves out are taken from it, fields that say
     otherwise make the object refused (two keys must never claim one object)."""
     parts = key_names(key)[1:]

@@ -15,7 +15,7 @@ import uuid as uuid_mod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 SERVICE_KINDS = frozenset(
     {"service", "externalService", "dnsService", "loadBalancerService", "kubernetesService", "scalingGroup"}
@@ -310,12 +310,6 @@ def stable_uuid(kind: str, name: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def canonical_digest(data: Mapping[str, Any]) -> str:
-    """Content hash of a normalised fleet: equal data gives an equal digest, whatever the key order."""
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 _KNOWN = {
     "hosts": {"uuid", "name", "agent_ip", "hostname", "labels"},
     "stacks": {"name", "uuid", "services"},
@@ -359,10 +353,220 @@ _KNOWN = {
 _DERIVED = {"stacks": {"services"}, "services": {"containers"}, "containers": set(), "hosts": set()}
 
 
+class References(Protocol):
+    """What validating one object needs to know of the rest of the fleet: whether the objects it
+    names exist. A whole document answers from its own lists (``_FleetBuilder``); an incremental
+    index answers from what it serves (``shared.fleet_index``), so both apply the same rules."""
+
+    def has_stack(self, stack: str) -> bool: ...
+
+    def has_service(self, stack: str, name: str) -> bool: ...
+
+    def host_uuid(self, ref: str) -> str | None:
+        """The uuid of the host ``ref`` names (its uuid or its name); None when there is none."""
+        ...
+
+    def primary_of(self, stack: str, name: str) -> str | None:
+        """The service that lists ``stack/name`` as a sidekick, if one does."""
+        ...
+
+
+class ObjectRules:
+    """The rules for one object of each kind: the same for a whole document and for one etcd
+    key, so that an object refused in one is refused in the other with the same words."""
+
+    @staticmethod
+    def text(item: Mapping[str, Any], key: str, where: object, *, required: bool = False) -> str:
+        value = item.get(key)
+        if value is None or value == "":
+            if required:
+                raise FleetError(where, f"'{key}' is required")
+            return ""
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise FleetError(where, f"'{key}' must be a string")
+        return str(value)
+
+    @staticmethod
+    def strings(item: Mapping[str, Any], key: str, where: object) -> tuple[str, ...]:
+        value = item.get(key) or []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            raise FleetError(where, f"'{key}' must be a list of strings")
+        return tuple(str(v) for v in value)
+
+    @staticmethod
+    def mapping(item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True) -> Mapping[str, Any]:
+        value = item.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise FleetError(where, f"'{key}' must be a mapping")
+        if str_values:
+            bad = [k for k, v in value.items() if not isinstance(v, str | int | float) or isinstance(v, bool)]
+            if bad:
+                raise FleetError(where, f"'{key}.{bad[0]}' must be a string")
+            return _frozen({str(k): str(v) for k, v in value.items()})
+        return _frozen({str(k): v for k, v in value.items()})
+
+    @staticmethod
+    def ip(value: str, where: object, key: str) -> str:
+        canonical = canonical_ip(value)
+        if canonical is None:
+            raise FleetError(where, f"'{key}' is not an IP address: {value!r}")
+        return canonical
+
+    @staticmethod
+    def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
+        return _frozen({k: v for k, v in item.items() if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
+
+    @classmethod
+    def host(cls, item: Mapping[str, Any], where: object) -> Host:
+        name = cls.text(item, "name", where, required=True)
+        agent_ip = cls.text(item, "agent_ip", where)
+        return Host(
+            uuid=cls.text(item, "uuid", where) or stable_uuid("host", f"{name}"),
+            name=name,
+            agent_ip=cls.ip(agent_ip, where, "agent_ip") if agent_ip else "",
+            hostname=cls.text(item, "hostname", where) or name,
+            labels=cls.mapping(item, "labels", where),
+            extra=cls.extra(item, "hosts"),
+        )
+
+    @classmethod
+    def stack(cls, item: Mapping[str, Any], where: object) -> Stack:
+        name = cls.text(item, "name", where, required=True)
+        uuid = cls.text(item, "uuid", where) or stable_uuid("stack", f"{name}")
+        return Stack(name=name, uuid=uuid, extra=cls.extra(item, "stacks"))
+
+    @classmethod
+    def service_key(cls, item: Mapping[str, Any], where: object, refs: References) -> tuple[str, str]:
+        """The (stack, name) a service item claims, once its stack is known to exist."""
+        name = cls.text(item, "name", where, required=True)
+        stack = cls.text(item, "stack_name", where, required=True)
+        if not refs.has_stack(stack):
+            raise FleetError(where, f"stack {stack!r} does not exist")
+        return stack, name
+
+    @classmethod
+    def sidekicks(cls, item: Mapping[str, Any], where: object, refs: References) -> tuple[str, ...]:
+        stack = str(item["stack_name"])
+        sidekicks = cls.strings(item, "sidekicks", where)
+        for sidekick in sidekicks:
+            if not refs.has_service(stack, sidekick):
+                raise FleetError(where, f"sidekick {sidekick!r} is not a service of stack {stack!r}")
+        return sidekicks
+
+    @classmethod
+    def service(cls, item: Mapping[str, Any], where: object, refs: References) -> Service:
+        """A service whose key (``service_key``) and sidekicks (``sidekicks``) were checked."""
+        name, stack = str(item["name"]), str(item["stack_name"])
+        kind = cls.text(item, "kind", where) or "service"
+        if kind not in SERVICE_KINDS:
+            raise FleetError(where, f"unknown kind {kind!r} (one of {', '.join(sorted(SERVICE_KINDS))})")
+        links = cls.mapping(item, "links", where)
+        for target in links:
+            t_stack, _, t_name = target.rpartition("/")
+            if not (t_stack or stack) or not refs.has_service(t_stack or stack, t_name):
+                raise FleetError(where, f"link target {target!r} is not a service")
+        if kind == "dnsService" and not links:
+            raise FleetError(where, "a dnsService needs 'links' to the services it aliases")
+        hostname = cls.text(item, "hostname", where)
+        external_ips = tuple(cls.ip(v, where, "external_ips") for v in cls.strings(item, "external_ips", where))
+        if kind == "externalService" and not hostname and not external_ips:
+            raise FleetError(where, "an externalService needs 'hostname' or 'external_ips'")
+        vip = cls.text(item, "vip", where)
+        hc = item.get("health_check")
+        if hc is not None and not isinstance(hc, Mapping):
+            raise FleetError(where, "'health_check' must be a mapping")
+        return Service(
+            name=name,
+            stack_name=stack,
+            kind=kind,
+            hostname=hostname,
+            uuid=cls.text(item, "uuid", where) or stable_uuid("service", f"{stack}/{name}"),
+            vip=cls.ip(vip, where, "vip") if vip else "",
+            external_ips=external_ips,
+            links=links,
+            sidekicks=cls.strings(item, "sidekicks", where),
+            primary_service_name=cls.text(item, "primary_service_name", where) or refs.primary_of(stack, name) or name,
+            ports=cls.strings(item, "ports", where),
+            labels=cls.mapping(item, "labels", where),
+            metadata=cls.mapping(item, "metadata", where, str_values=False),
+            token=cls.text(item, "token", where),
+            health_check=_frozen(hc) if hc is not None else None,
+            extra=cls.extra(item, "services"),
+        )
+
+    @classmethod
+    def container(
+        cls, item: Mapping[str, Any], where: object, refs: References, create_index: int, uuid_of: Callable[..., str]
+    ) -> Container:
+        """A container; ``create_index`` when the item has none, ``uuid_of(name, host, ip)``
+        when it has no uuid (how a name-derived uuid is made depends on the whole document)."""
+        name = cls.text(item, "name", where, required=True)
+        ip = cls.ip(cls.text(item, "primary_ip", where, required=True), where, "primary_ip")
+        stack = cls.text(item, "stack_name", where)
+        service = cls.text(item, "service_name", where)
+        if stack and not refs.has_stack(stack):
+            raise FleetError(where, f"stack {stack!r} does not exist")
+        if service and not stack:
+            raise FleetError(where, f"'service_name' {service!r} needs a 'stack_name'")
+        if service and not refs.has_service(stack, service):
+            raise FleetError(where, f"service {service!r} does not exist in stack {stack!r}")
+        host = cls.text(item, "host_uuid", where)
+        host_uuid = refs.host_uuid(host) if host else ""
+        if host_uuid is None:
+            raise FleetError(where, f"host {host!r} does not exist")
+        index = item.get("create_index", create_index)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise FleetError(where, "'create_index' must be an integer")
+        dns = tuple(cls.ip(v, where, "dns") for v in cls.strings(item, "dns", where))
+        return Container(
+            name=name,
+            uuid=cls.text(item, "uuid", where) or uuid_of(name, host, ip),
+            primary_ip=ip,
+            stack_name=stack,
+            service_name=service,
+            host_uuid=host_uuid,
+            state=cls.text(item, "state", where) or "running",
+            health_state=cls.text(item, "health_state", where) or "healthy",
+            create_index=index,
+            service_index=cls.text(item, "service_index", where),
+            labels=cls.mapping(item, "labels", where),
+            ports=cls.strings(item, "ports", where),
+            dns=dns,
+            dns_search=cls.strings(item, "dns_search", where),
+            links=cls.mapping(item, "links", where),
+            extra=cls.extra(item, "containers"),
+        )
+
+
+class _DocumentReferences:
+    """``References`` answered from one document's own lists, as they are validated."""
+
+    def __init__(self) -> None:
+        self.stacks: set[str] = set()
+        self.services: set[tuple[str, str]] = set()
+        self.host_ids: dict[str, str] = {}
+        self.primaries: dict[tuple[str, str], str] = {}
+
+    def has_stack(self, stack: str) -> bool:
+        return stack.lower() in self.stacks
+
+    def has_service(self, stack: str, name: str) -> bool:
+        return (stack.lower(), name.lower()) in self.services
+
+    def host_uuid(self, ref: str) -> str | None:
+        return self.host_ids.get(ref)
+
+    def primary_of(self, stack: str, name: str) -> str | None:
+        return self.primaries.get((stack.lower(), name.lower()))
+
+
 class _FleetBuilder:
     def __init__(self, data: Any, locate: Locate) -> None:
         self.data = data
         self.locate = locate
+        self.refs = _DocumentReferences()
 
     def where(self, collection: str, index: int, item: Any = None) -> _Where:
         return _Where(collection, index, item, self.locate)
@@ -376,47 +580,6 @@ class _FleetBuilder:
                 raise FleetError(self.where(key, i), f"must be a mapping, not {type(item).__name__}")
         return value
 
-    def text(self, item: Mapping[str, Any], key: str, where: object, *, required: bool = False) -> str:
-        value = item.get(key)
-        if value is None or value == "":
-            if required:
-                raise FleetError(where, f"'{key}' is required")
-            return ""
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise FleetError(where, f"'{key}' must be a string")
-        return str(value)
-
-    def strings(self, item: Mapping[str, Any], key: str, where: object) -> tuple[str, ...]:
-        value = item.get(key) or []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-            raise FleetError(where, f"'{key}' must be a list of strings")
-        return tuple(str(v) for v in value)
-
-    def mapping(
-        self, item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True
-    ) -> Mapping[str, Any]:
-        value = item.get(key) or {}
-        if not isinstance(value, Mapping):
-            raise FleetError(where, f"'{key}' must be a mapping")
-        if str_values:
-            bad = [k for k, v in value.items() if not isinstance(v, str | int | float) or isinstance(v, bool)]
-            if bad:
-                raise FleetError(where, f"'{key}.{bad[0]}' must be a string")
-            return _frozen({str(k): str(v) for k, v in value.items()})
-        return _frozen({str(k): v for k, v in value.items()})
-
-    def ip(self, value: str, where: object, key: str) -> str:
-        canonical = canonical_ip(value)
-        if canonical is None:
-            raise FleetError(where, f"'{key}' is not an IP address: {value!r}")
-        return canonical
-
-    @staticmethod
-    def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
-        return _frozen({k: v for k, v in item.items() if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
-
     def build(self) -> Fleet:
         data = self.data
         if data is None:
@@ -427,152 +590,65 @@ class _FleetBuilder:
             raise FleetError("fleet", f"the top level must be a mapping, not {type(data).__name__}")
         if "containers" not in data:
             raise FleetError("fleet", "no 'containers' key (an empty fleet is 'containers: []')")
-        unknown = set(data) - {
-            "environment",
-            "hosts",
-            "stacks",
-            "services",
-            "containers",
-            "version",
-            "name",
-            "uuid",
-            "self",
-            "networks",
-            "environments",
-        }
+        unknown = set(data) - TOP_LEVEL_KEYS
         if unknown:
             raise FleetError("fleet", f"unknown top-level key {sorted(unknown)[0]!r}")
-        env_raw = data.get("environment") or {}
-        if not isinstance(env_raw, Mapping):
-            raise FleetError("environment", "must be a mapping")
-        env_name = self.text(env_raw, "name", "environment") or str(data.get("name") or "default")
-        environment = Environment(
-            name=env_name,
-            uuid=self.text(env_raw, "uuid", "environment")
-            or str(data.get("uuid") or "")
-            or stable_uuid("environment", f"{env_name}"),
-        )
+        environment = environment_from(data)
         hosts = self.hosts()
         stacks = self.stacks()
-        services = self.services({s.name.lower() for s in stacks})
-        containers = self.containers(stacks, services, hosts)
+        services = self.services()
+        containers = self.containers()
         raw = {
             "environment": {"name": environment.name, "uuid": environment.uuid},
-            "hosts": [_host_raw(h) for h in hosts],
-            "stacks": [{"name": s.name, "uuid": s.uuid, **s.extra} for s in stacks],
-            "services": [_service_raw(s) for s in services],
-            "containers": [_container_raw(c) for c in containers],
+            "hosts": [host_raw(h) for h in hosts],
+            "stacks": [stack_raw(s) for s in stacks],
+            "services": [service_raw(s) for s in services],
+            "containers": [container_raw(c) for c in containers],
         }
-        return Fleet(environment, hosts, stacks, services, containers, canonical_digest(raw), raw)
+        return Fleet(environment, hosts, stacks, services, containers, fleet_digest(raw), raw)
 
     def hosts(self) -> tuple[Host, ...]:
         out: list[Host] = []
         seen: set[str] = set()
         for i, item in enumerate(self.items("hosts")):
             where = self.where("hosts", i, item)
-            name = self.text(item, "name", where, required=True)
-            uuid = self.text(item, "uuid", where) or stable_uuid("host", f"{name}")
-            if uuid in seen:
-                raise FleetError(where, f"duplicate host uuid {uuid!r}")
-            seen.add(uuid)
-            agent_ip = self.text(item, "agent_ip", where)
-            out.append(
-                Host(
-                    uuid=uuid,
-                    name=name,
-                    agent_ip=self.ip(agent_ip, where, "agent_ip") if agent_ip else "",
-                    hostname=self.text(item, "hostname", where) or name,
-                    labels=self.mapping(item, "labels", where),
-                    extra=self.extra(item, "hosts"),
-                )
-            )
+            host = ObjectRules.host(item, where)
+            if host.uuid in seen:
+                raise FleetError(where, f"duplicate host uuid {host.uuid!r}")
+            seen.add(host.uuid)
+            out.append(host)
+        # A container names its host by uuid or by name; a name wins (the last host of that name).
+        self.refs.host_ids = {h.uuid: h.uuid for h in out}
+        self.refs.host_ids.update((h.name, h.uuid) for h in out)
         return tuple(out)
 
     def stacks(self) -> tuple[Stack, ...]:
         out: list[Stack] = []
-        seen: set[str] = set()
         for i, item in enumerate(self.items("stacks")):
             where = self.where("stacks", i, item)
-            name = self.text(item, "name", where, required=True)
-            if name.lower() in seen:
-                raise FleetError(where, f"duplicate stack name {name!r}")
-            seen.add(name.lower())
-            uuid = self.text(item, "uuid", where) or stable_uuid("stack", f"{name}")
-            out.append(Stack(name=name, uuid=uuid, extra=self.extra(item, "stacks")))
+            stack = ObjectRules.stack(item, where)
+            if stack.name.lower() in self.refs.stacks:
+                raise FleetError(where, f"duplicate stack name {stack.name!r}")
+            self.refs.stacks.add(stack.name.lower())
+            out.append(stack)
         return tuple(out)
 
-    def services(self, stack_names: set[str]) -> tuple[Service, ...]:
+    def services(self) -> tuple[Service, ...]:
         items = self.items("services")
-        keys: dict[tuple[str, str], int] = {}
+        refs = self.refs
         for i, item in enumerate(items):
             where = self.where("services", i, item)
-            name = self.text(item, "name", where, required=True)
-            stack = self.text(item, "stack_name", where, required=True)
-            if stack.lower() not in stack_names:
-                raise FleetError(where, f"stack {stack!r} does not exist")
-            if (stack.lower(), name.lower()) in keys:
+            stack, name = ObjectRules.service_key(item, where, refs)
+            if refs.has_service(stack, name):
                 raise FleetError(where, f"duplicate service {stack}/{name}")
-            keys[(stack.lower(), name.lower())] = i
-        primaries: dict[tuple[str, str], str] = {}
+            refs.services.add((stack.lower(), name.lower()))
         for i, item in enumerate(items):
-            where = self.where("services", i, item)
             stack = str(item["stack_name"])
-            for sidekick in self.strings(item, "sidekicks", where):
-                if (stack.lower(), sidekick.lower()) not in keys:
-                    raise FleetError(where, f"sidekick {sidekick!r} is not a service of stack {stack!r}")
-                primaries[(stack.lower(), sidekick.lower())] = str(item["name"])
-        out: list[Service] = []
-        for i, item in enumerate(items):
-            where = self.where("services", i, item)
-            name, stack = str(item["name"]), str(item["stack_name"])
-            kind = self.text(item, "kind", where) or "service"
-            if kind not in SERVICE_KINDS:
-                raise FleetError(where, f"unknown kind {kind!r} (one of {', '.join(sorted(SERVICE_KINDS))})")
-            links = self.mapping(item, "links", where)
-            for target in links:
-                t_stack, _, t_name = target.rpartition("/")
-                if (t_stack or stack).lower() == "" or ((t_stack or stack).lower(), t_name.lower()) not in keys:
-                    raise FleetError(where, f"link target {target!r} is not a service")
-            if kind == "dnsService" and not links:
-                raise FleetError(where, "a dnsService needs 'links' to the services it aliases")
-            hostname = self.text(item, "hostname", where)
-            external_ips = tuple(self.ip(v, where, "external_ips") for v in self.strings(item, "external_ips", where))
-            if kind == "externalService" and not hostname and not external_ips:
-                raise FleetError(where, "an externalService needs 'hostname' or 'external_ips'")
-            vip = self.text(item, "vip", where)
-            hc = item.get("health_check")
-            if hc is not None and not isinstance(hc, Mapping):
-                raise FleetError(where, "'health_check' must be a mapping")
-            out.append(
-                Service(
-                    name=name,
-                    stack_name=stack,
-                    kind=kind,
-                    hostname=hostname,
-                    uuid=self.text(item, "uuid", where) or stable_uuid("service", f"{stack}/{name}"),
-                    vip=self.ip(vip, where, "vip") if vip else "",
-                    external_ips=external_ips,
-                    links=links,
-                    sidekicks=self.strings(item, "sidekicks", where),
-                    primary_service_name=self.text(item, "primary_service_name", where)
-                    or primaries.get((stack.lower(), name.lower()), name),
-                    ports=self.strings(item, "ports", where),
-                    labels=self.mapping(item, "labels", where),
-                    metadata=self.mapping(item, "metadata", where, str_values=False),
-                    token=self.text(item, "token", where),
-                    health_check=_frozen(hc) if hc is not None else None,
-                    extra=self.extra(item, "services"),
-                )
-            )
-        return tuple(out)
+            for sidekick in ObjectRules.sidekicks(item, self.where("services", i, item), refs):
+                refs.primaries[(stack.lower(), sidekick.lower())] = str(item["name"])
+        return tuple(ObjectRules.service(item, self.where("services", i, item), refs) for i, item in enumerate(items))
 
-    def containers(
-        self, stacks: tuple[Stack, ...], services: tuple[Service, ...], hosts: tuple[Host, ...]
-    ) -> tuple[Container, ...]:
-        stack_names = {s.name.lower() for s in stacks}
-        service_keys = {(s.stack_name.lower(), s.name.lower()) for s in services}
-        host_ids = {h.uuid for h in hosts} | {h.name for h in hosts}
-        host_by_name = {h.name: h.uuid for h in hosts}
+    def containers(self) -> tuple[Container, ...]:
         # A container is its uuid; names may repeat (Rancher runs one "Network Agent" per host,
         # all with that name), and then a name-derived uuid would not tell them apart.
         items = self.items("containers")
@@ -580,57 +656,79 @@ class _FleetBuilder:
         for item in items:
             key = str(item.get("name") or "").lower()
             name_counts[key] = name_counts.get(key, 0) + 1
+
+        def uuid_of(name: str, host: str, ip: str) -> str:
+            return stable_uuid("container", name if name_counts[name.lower()] == 1 else f"{name}@{host}/{ip}")
+
         uuids: dict[str, object] = {}
         out: list[Container] = []
         for i, item in enumerate(items):
             where = self.where("containers", i, item)
-            name = self.text(item, "name", where, required=True)
-            ip = self.ip(self.text(item, "primary_ip", where, required=True), where, "primary_ip")
-            stack = self.text(item, "stack_name", where)
-            service = self.text(item, "service_name", where)
-            if stack and stack.lower() not in stack_names:
-                raise FleetError(where, f"stack {stack!r} does not exist")
-            if service and not stack:
-                raise FleetError(where, f"'service_name' {service!r} needs a 'stack_name'")
-            if service and (stack.lower(), service.lower()) not in service_keys:
-                raise FleetError(where, f"service {service!r} does not exist in stack {stack!r}")
-            host = self.text(item, "host_uuid", where)
-            if host and host not in host_ids:
-                raise FleetError(where, f"host {host!r} does not exist")
-            create_index = item.get("create_index", i + 1)
-            if not isinstance(create_index, int) or isinstance(create_index, bool):
-                raise FleetError(where, "'create_index' must be an integer")
-            dns = tuple(self.ip(v, where, "dns") for v in self.strings(item, "dns", where))
-            uuid = self.text(item, "uuid", where) or stable_uuid(
-                "container", name if name_counts[name.lower()] == 1 else f"{name}@{host}/{ip}"
-            )
-            if uuid in uuids:
-                raise FleetError(where, f"duplicate container uuid {uuid!r} (also {uuids[uuid]})")
-            uuids[uuid] = where
-            out.append(
-                Container(
-                    name=name,
-                    uuid=uuid,
-                    primary_ip=ip,
-                    stack_name=stack,
-                    service_name=service,
-                    host_uuid=host_by_name.get(host, host),
-                    state=self.text(item, "state", where) or "running",
-                    health_state=self.text(item, "health_state", where) or "healthy",
-                    create_index=create_index,
-                    service_index=self.text(item, "service_index", where),
-                    labels=self.mapping(item, "labels", where),
-                    ports=self.strings(item, "ports", where),
-                    dns=dns,
-                    dns_search=self.strings(item, "dns_search", where),
-                    links=self.mapping(item, "links", where),
-                    extra=self.extra(item, "containers"),
-                )
-            )
+            container = ObjectRules.container(item, where, self.refs, i + 1, uuid_of)
+            if container.uuid in uuids:
+                raise FleetError(where, f"duplicate container uuid {container.uuid!r} (also {uuids[container.uuid]})")
+            uuids[container.uuid] = where
+            out.append(container)
         return tuple(out)
 
 
-def _host_raw(h: Host) -> dict[str, Any]:
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "environment",
+        "hosts",
+        "stacks",
+        "services",
+        "containers",
+        "version",
+        "name",
+        "uuid",
+        "self",
+        "networks",
+        "environments",
+    }
+)
+
+
+def environment_from(data: Mapping[str, Any]) -> Environment:
+    """The environment of a document (its ``environment`` mapping, or Rancher's top-level
+    ``name``/``uuid`` of a tree), with a uuid derived from the name when it has none."""
+    env_raw = data.get("environment") or {}
+    if not isinstance(env_raw, Mapping):
+        raise FleetError("environment", "must be a mapping")
+    env_name = ObjectRules.text(env_raw, "name", "environment") or str(data.get("name") or "default")
+    return Environment(
+        name=env_name,
+        uuid=ObjectRules.text(env_raw, "uuid", "environment")
+        or str(data.get("uuid") or "")
+        or stable_uuid("environment", f"{env_name}"),
+    )
+
+
+def object_digest(kind: str, raw: Mapping[str, Any]) -> int:
+    """One object's share of ``fleet_digest``."""
+    blob = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(f"{kind}\0{blob}".encode()).digest(), "big")
+
+
+def digest_text(total: int) -> str:
+    return f"{total % DIGEST_MODULUS:064x}"
+
+
+DIGEST_MODULUS = 1 << 256
+
+
+def fleet_digest(raw: Mapping[str, Any]) -> str:
+    """Content hash of a normalised fleet: the sum of every object's hash, so that equal content
+    gives an equal digest whatever the order, and an index updated per object keeps it up to
+    date by adding and subtracting one object's share (``shared.fleet_index``)."""
+    total = object_digest("environment", raw.get("environment") or {})
+    for kind in ("hosts", "stacks", "services", "containers"):
+        for obj in raw.get(kind) or ():
+            total += object_digest(kind, obj)
+    return digest_text(total)
+
+
+def host_raw(h: Host) -> dict[str, Any]:
     return {
         "uuid": h.uuid,
         "name": h.name,
@@ -641,7 +739,11 @@ def _host_raw(h: Host) -> dict[str, Any]:
     }
 
 
-def _service_raw(s: Service) -> dict[str, Any]:
+def stack_raw(s: Stack) -> dict[str, Any]:
+    return {"name": s.name, "uuid": s.uuid, **s.extra}
+
+
+def service_raw(s: Service) -> dict[str, Any]:
     return {
         "name": s.name,
         "stack_name": s.stack_name,
@@ -662,7 +764,7 @@ def _service_raw(s: Service) -> dict[str, Any]:
     }
 
 
-def _container_raw(c: Container) -> dict[str, Any]:
+def container_raw(c: Container) -> dict[str, Any]:
     return {
         "name": c.name,
         "uuid": c.uuid,

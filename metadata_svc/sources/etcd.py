@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from shared.etcd import COMPACTED, EtcdClient, EtcdEndpoints, EtcdError, WatchResult, prefix_end
-from shared.etcd_fleet import fleet_from_keys
+from shared.etcd_objects import fleet_from_keys
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
 

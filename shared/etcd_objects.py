@@ -1,0 +1,445 @@
+"""The objects under an etcd prefix, validated one key at a time into a ``FleetIndex``.
+
+A watch event is one key put or deleted. ``EtcdObjects.apply`` parses the keys that changed,
+validates them and whatever depends on them (``shared.model.ObjectRules``, the rules a whole
+document is checked with), and returns the ``ObjectChange``s of what is served: a container
+put is one change; a service deleted also takes out its containers, held back until it comes
+back. The cost is what the change touches, not the fleet.
+
+What is served is what a whole validation of every key gives (``fleet_from_keys`` is this class
+applied to every key at once, so the two cannot disagree):
+
+- an object is served when it is well formed and everything it names is served; objects that
+  name each other (two services linking each other) are served together;
+- when several keys claim one identity (``stacks/Web`` and ``stacks/web``; one container uuid
+  under two hosts), the first in key order that could be served is, and the others are held back;
+- a container without ``create_index`` gets its key's etcd ``create_revision``: the same on
+  every host, and not moved by other keys coming and going.
+
+Held-back keys are reported with why (``held``) and come back when what they lack appears.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.etcd_fleet import KINDS, key_names, named_by_key
+from shared.fleet_changes import FleetObject, ObjectChange
+from shared.fleet_index import FleetIndex
+from shared.model import Environment, Fleet, FleetError, Host, ObjectRules, Service, Stack, environment_from
+
+Ref = tuple[str, str]
+"""Something an object names: ("stack", name), ("service", "stack/name"), ("host", uuid or
+name), or ("primary", "stack/name") for a service whose primary another service's sidekicks
+decide. Lower-cased where the model compares without case."""
+
+
+@dataclass
+class _Item:
+    """One key's object as parsed: its kind and identity (from the key), and what it names."""
+
+    kind: str
+    ident: str
+    obj: dict[str, Any] | None  # None: not usable at all (``problem`` says why)
+    problem: str = ""
+    create_revision: int = 0
+    refs: frozenset[Ref] = field(default_factory=frozenset)
+
+
+def _ident_of(kind: str, parts: list[str]) -> str:
+    if kind == "hosts" or kind == "containers":
+        return parts[-1]
+    if kind == "stacks":
+        return parts[0].lower()
+    return f"{parts[0].lower()}/{parts[1].lower()}"
+
+
+def _refs_of(kind: str, obj: Mapping[str, Any]) -> frozenset[Ref]:
+    refs: set[Ref] = set()
+    try:
+        if kind == "services":
+            stack = str(obj.get("stack_name") or "").lower()
+            refs.add(("stack", stack))
+            refs.add(("primary", f"{stack}/{str(obj.get('name') or '').lower()}"))
+            for target in obj.get("links") or {}:
+                t_stack, _, t_name = str(target).rpartition("/")
+                refs.add(("service", f"{(t_stack or stack).lower()}/{t_name.lower()}"))
+            sidekicks = obj.get("sidekicks") or []
+            for sidekick in [sidekicks] if isinstance(sidekicks, str) else sidekicks:
+                refs.add(("service", f"{stack}/{str(sidekick).lower()}"))
+        elif kind == "containers":
+            stack = str(obj.get("stack_name") or "").lower()
+            if stack:
+                refs.add(("stack", stack))
+            if obj.get("service_name"):
+                refs.add(("service", f"{stack}/{str(obj['service_name']).lower()}"))
+            if obj.get("host_uuid"):
+                refs.add(("host", str(obj["host_uuid"])))
+    except (TypeError, AttributeError):
+        pass  # malformed: validation says what is wrong
+    return frozenset(refs)
+
+
+def _provides(obj: FleetObject | None) -> set[Ref]:
+    """What an object settles for others: its existence, and for a host the name it may be
+    named by, for a service the primary of each of its sidekicks."""
+    if isinstance(obj, Host):
+        return {("host", obj.uuid), ("host", obj.name)}
+    if isinstance(obj, Stack):
+        return {("stack", obj.name.lower())}
+    if isinstance(obj, Service):
+        stack = obj.stack_name.lower()
+        out = {("service", f"{stack}/{obj.name.lower()}")}
+        out.update(("primary", f"{stack}/{s.lower()}") for s in obj.sidekicks)
+        return out
+    return set()
+
+
+class _Layered:
+    """``References`` over the index plus the keys being decided (taken as served until shown
+    otherwise, so that objects naming each other can be served together)."""
+
+    def __init__(self, owner: EtcdObjects) -> None:
+        self.owner = owner
+
+    def has_stack(self, stack: str) -> bool:
+        return self.owner.present("stacks", stack.lower())
+
+    def has_service(self, stack: str, name: str) -> bool:
+        return self.owner.present("services", f"{stack.lower()}/{name.lower()}")
+
+    def host_uuid(self, ref: str) -> str | None:
+        return self.owner.host_uuid(ref)
+
+    def primary_of(self, stack: str, name: str) -> str | None:
+        return self.owner.primary_of(f"{stack.lower()}/{name.lower()}")
+
+
+class EtcdObjects:
+    """Every key under the prefix, parsed, and the ``FleetIndex`` of what is served."""
+
+    def __init__(self, index: FleetIndex | None = None) -> None:
+        self.index = index or FleetIndex()
+        self.held: dict[str, str] = {}
+        self._items: dict[str, _Item] = {}
+        self._values: dict[str, bytes] = {}
+        self._tokens: dict[str, dict[str, Any]] = {}  # "<stack>/<service>" (as in the key) -> {"token"}
+        self._claims: dict[tuple[str, str], set[str]] = {}  # identity -> keys claiming it
+        self._served: dict[tuple[str, str], str] = {}  # identity -> the key served for it
+        self._dependents: dict[Ref, set[str]] = {}
+        self._hopeful: dict[tuple[str, str], str] = {}  # identities being decided -> their key
+        self._host_names: dict[str, set[str]] = {}  # host name -> uuids served with it
+        self._sidekick_of: dict[str, set[str]] = {}  # "stack/service" -> services listing it
+        self._env_key = False
+
+    # References, as the layered view answers them -------------------------------------------
+
+    def present(self, kind: str, ident: str) -> bool:
+        return (kind, ident) in self._served or (kind, ident) in self._hopeful
+
+    def host_uuid(self, ref: str) -> str | None:
+        named = self._host_names.get(ref)
+        if named:
+            return max(named, key=lambda u: self.index._order["hosts"].get(u, ""))
+        if ("hosts", ref) in self._served or ("hosts", ref) in self._hopeful:
+            return ref
+        return None
+
+    def primary_of(self, ident: str) -> str | None:
+        listing = [i for i in self._sidekick_of.get(ident, ()) if ("services", i) in self._served]
+        if not listing:
+            return None
+        service = self.index._objects["services"][max(listing, key=self.index._order["services"].__getitem__)]
+        return str(service.name)
+
+    # Changes -----------------------------------------------------------------------------
+
+    def apply(
+        self, puts: Mapping[str, bytes], deletes: Iterable[str] = (), create_revisions: Mapping[str, int] | None = None
+    ) -> list[ObjectChange]:
+        """Apply one unit of change (a watch response, a list): keys below the prefix put with
+        their values, and keys deleted. Returns what changed in the index."""
+        revisions = create_revisions or {}
+        journal: dict[tuple[str, str], FleetObject | None] = {}
+        decide: set[tuple[str, str]] = set()
+        env_changed = False
+        tokens: set[str] = set()
+        for key in deletes:
+            if self._values.pop(key, None) is None:
+                continue
+            env_changed |= self._forget(key, decide)
+            tokens.add(key)
+        for key, value in puts.items():
+            if self._values.get(key) == value:
+                continue
+            self._values[key] = value
+            env_changed |= self._forget(key, decide)
+            env_changed |= self._parse(key, value, revisions.get(key, 0), decide)
+            tokens.add(key)
+        self._settle(decide, journal)
+        self._check_tokens(tokens)
+        changes = [
+            ObjectChange(kind, ident, old, self.index._objects[kind].get(ident))
+            for (kind, ident), old in journal.items()
+            if old != self.index._objects[kind].get(ident)
+        ]
+        if env_changed:
+            env = self._environment()
+            if env != self.index.environment:
+                changes.insert(0, ObjectChange("environment", "", self.index.environment, env))
+                self.index.apply(changes[:1])
+        return changes
+
+    def _environment(self) -> Environment:
+        """The ``environment`` key's, or the default one when it is missing or unusable (held
+        back), as a whole validation gives."""
+        try:
+            obj = json.loads(self._values.get("environment", b"{}"))
+            return environment_from({"environment": obj if isinstance(obj, dict) else {}})
+        except (ValueError, UnicodeDecodeError):
+            return environment_from({})
+        except FleetError as exc:
+            self.held["environment"] = exc.problem
+            return environment_from({})
+
+    def _check_tokens(self, keys: Iterable[str]) -> None:
+        """A token is held back while no key (valid or not) holds its service."""
+        for key in keys:
+            if key.startswith(("tokens/", "services/")):
+                rest = key.split("/", 1)[1]
+                token_key = f"tokens/{rest}"
+                if rest in self._tokens and f"services/{rest}" not in self._values:
+                    self.held[token_key] = "a token for a service that does not exist"
+                elif self.held.get(token_key) == "a token for a service that does not exist":
+                    del self.held[token_key]
+
+    def _service_identity(self, token_rest: str, decide: set[tuple[str, str]]) -> None:
+        item = self._items.get("services/" + token_rest)
+        if item is not None and item.obj is not None:
+            decide.add((item.kind, item.ident))
+
+    def _forget(self, key: str, decide: set[tuple[str, str]]) -> bool:
+        """Take ``key``'s parsed object out (its identity is decided again)."""
+        if key == "environment":
+            self.held.pop(key, None)
+            return True
+        if key.startswith("tokens/"):
+            self._tokens.pop(key[len("tokens/") :], None)
+            self.held.pop(key, None)
+            self._service_identity(key[len("tokens/") :], decide)
+            return False
+        item = self._items.pop(key, None)
+        self.held.pop(key, None)
+        if item is None:
+            return False
+        for ref in item.refs:
+            dependents = self._dependents.get(ref)
+            if dependents is not None:
+                dependents.discard(key)
+                if not dependents:
+                    del self._dependents[ref]
+        if item.obj is not None:
+            claims = self._claims.get((item.kind, item.ident))
+            if claims is not None:
+                claims.discard(key)
+                if not claims:
+                    del self._claims[(item.kind, item.ident)]
+            decide.add((item.kind, item.ident))
+        return False
+
+    def _parse(self, key: str, value: bytes, create_revision: int, decide: set[tuple[str, str]]) -> bool:
+        if key.startswith(("claims/", "status/")):  # the agents' claims, the hosts' reports
+            return False
+        problem = ""
+        obj: Any = None
+        try:
+            obj = json.loads(value)
+        except (ValueError, UnicodeDecodeError) as exc:
+            problem = f"not JSON: {exc}"
+        else:
+            if not isinstance(obj, dict):
+                problem = f"not a JSON object but {type(obj).__name__}"
+        if key == "environment":
+            if problem:
+                self.held[key] = problem
+            return True
+        if key.startswith("tokens/"):
+            if problem:
+                self.held[key] = problem
+                return False
+            self._tokens[key[len("tokens/") :]] = obj
+            self._service_identity(key[len("tokens/") :], decide)
+            return False
+        kind = key.split("/", 1)[0]
+        if not problem:
+            problem = (named_by_key(kind, key, obj) if kind in KINDS[1:] else "not a key of the fleet layout") or ""
+        if problem:
+            self._items[key] = _Item(kind, "", None, problem)
+            self.held[key] = problem
+            return False
+        ident = _ident_of(kind, key_names(key)[1:])
+        refs = _refs_of(kind, obj)
+        self._items[key] = _Item(kind, ident, obj, "", create_revision, refs)
+        for ref in refs:
+            self._dependents.setdefault(ref, set()).add(key)
+        self._claims.setdefault((kind, ident), set()).add(key)
+        decide.add((kind, ident))
+        return False
+
+    def _object_of(self, key: str, item: _Item) -> FleetObject:
+        """Validate ``item`` against the layered references; FleetError when it cannot be served."""
+        assert item.obj is not None
+        obj = item.obj
+        refs = _Layered(self)
+        if item.kind == "hosts":
+            return ObjectRules.host(obj, f"key {key}")
+        if item.kind == "stacks":
+            return ObjectRules.stack(obj, f"key {key}")
+        if item.kind == "services":
+            token = self._tokens.get(key[len("services/") :])
+            if token is not None:
+                obj = {**obj, "token": token.get("token") or ""}
+            ObjectRules.service_key(obj, f"key {key}", refs)
+            ObjectRules.sidekicks(obj, f"key {key}", refs)
+            return ObjectRules.service(obj, f"key {key}", refs)
+        return ObjectRules.container(obj, f"key {key}", refs, item.create_revision, _no_uuid)
+
+    def _settle(self, decide: set[tuple[str, str]], journal: dict[tuple[str, str], FleetObject | None]) -> None:
+        """Decide what is served for every identity ``decide``'s keys claim, and everything that
+        depends on them, until nothing moves: first every candidate is taken as served (so that
+        objects naming each other can be), then each is checked, and each refusal or change
+        checks what depends on it again."""
+        identities = decide
+        check: set[tuple[str, str]] = set()
+        # Hope: each identity's first claimant in key order, and, through what they provide,
+        # every held-back key that names them.
+        queue = list(identities)
+        seen: set[tuple[str, str]] = set()
+        while queue:
+            ident = queue.pop()
+            if ident in seen:
+                continue
+            seen.add(ident)
+            check.add(ident)
+            claimants = sorted(self._claims.get(ident, ()))
+            if claimants:
+                self._hopeful[ident] = claimants[0]
+                item = self._items[claimants[0]]
+                for ref in _hoped_provides(item):
+                    for dependent in self._dependents.get(ref, ()):
+                        dep = self._items[dependent]
+                        if (dep.kind, dep.ident) not in self._served and dep.obj is not None:
+                            queue.append((dep.kind, dep.ident))
+        rounds = 0
+        while check:
+            rounds += 1
+            if rounds > 100_000:
+                raise FleetError("etcd", "the objects do not settle")
+            ident = check.pop()
+            moved = self._decide(ident, journal)
+            for ref in moved:
+                for dependent in self._dependents.get(ref, ()):
+                    dep = self._items[dependent]
+                    check.add((dep.kind, dep.ident))
+        self._hopeful.clear()
+
+    def _decide(self, ident: tuple[str, str], journal: dict[tuple[str, str], FleetObject | None]) -> set[Ref]:
+        """Serve the first claimant of ``ident`` (in key order) that validates, or nothing;
+        returns what that changed for others."""
+        kind, name = ident
+        hoped = self._hopeful.get(ident)
+        old = self.index._objects[kind].get(name)
+        new: FleetObject | None = None
+        served_key = ""
+        claimants = sorted(self._claims.get(ident, ()))
+        for key in claimants:
+            item = self._items[key]
+            self._hopeful[ident] = key
+            try:
+                new = self._object_of(key, item)
+            except FleetError as exc:
+                self.held[key] = exc.problem
+                continue
+            served_key = key
+            break
+        # Others may have been checked on the hope that the hoped key would be served.
+        dashed: set[Ref] = set()
+        if hoped is not None and hoped != served_key and hoped in self._items:
+            dashed = _hoped_provides(self._items[hoped])
+        if not served_key:
+            self._hopeful.pop(ident, None)
+        for key in claimants:
+            if key == served_key:
+                self.held.pop(key, None)
+            elif served_key and key > served_key:
+                self.held[key] = f"another key, {served_key}, holds this {kind[:-1]} already"
+        if new == old and (served_key or old is None):
+            if served_key:
+                self._served[ident] = served_key
+            self._hopeful.pop(ident, None)
+            return dashed
+        journal.setdefault(ident, old)
+        if served_key:
+            self._served[ident] = served_key
+        else:
+            self._served.pop(ident, None)
+        self._hopeful.pop(ident, None)
+        self.index.apply([ObjectChange(kind, name, old, new)])
+        self._track(name, old, new)
+        return _provides(old) | _provides(new) | dashed
+
+    def _track(self, ident: str, old: FleetObject | None, new: FleetObject | None) -> None:
+        """The lookups of ``References`` that the index does not keep: hosts by name, and which
+        services list a service as their sidekick."""
+        for obj, add in ((old, False), (new, True)):
+            if isinstance(obj, Host):
+                names = self._host_names.setdefault(obj.name, set())
+                if add:
+                    names.add(ident)
+                else:
+                    names.discard(ident)
+                    if not names:
+                        del self._host_names[obj.name]
+            elif isinstance(obj, Service):
+                stack = obj.stack_name.lower()
+                for sidekick in obj.sidekicks:
+                    listing = self._sidekick_of.setdefault(f"{stack}/{sidekick.lower()}", set())
+                    if add:
+                        listing.add(ident)
+                    else:
+                        listing.discard(ident)
+
+
+def fleet_from_keys(
+    values: Mapping[str, bytes], create_revisions: Mapping[str, int] | None = None
+) -> tuple[Fleet, dict[str, str]]:
+    """The fleet stored under ``values`` (keys below the prefix), and the keys held back with
+    why: every key applied at once (``create_revisions``: each key's etcd ``create_revision``,
+    a container's ``create_index`` when it has none)."""
+    objects = EtcdObjects()
+    objects.apply(values, (), create_revisions)
+    return objects.index.snapshot(), dict(objects.held)
+
+
+def _hoped_provides(item: _Item) -> set[Ref]:
+    """What an item would provide if served, from its parsed object (before validation)."""
+    obj = item.obj or {}
+    if item.kind == "hosts":
+        return {("host", item.ident), ("host", str(obj.get("name") or ""))}
+    if item.kind == "stacks":
+        return {("stack", item.ident)}
+    if item.kind == "services":
+        out: set[Ref] = {("service", item.ident)}
+        stack = item.ident.split("/", 1)[0]
+        sidekicks = obj.get("sidekicks") or []
+        if isinstance(sidekicks, list):
+            out.update(("primary", f"{stack}/{str(s).lower()}") for s in sidekicks)
+        return out
+    return set()
+
+
+def _no_uuid(name: str, host: str, ip: str) -> str:
+    raise AssertionError("a container's key names its uuid")  # named_by_key fills it in

@@ -1,0 +1,282 @@
+"""The fleet as indexes updated one object at a time, with ``Fleet``'s read API.
+
+A ``Fleet`` is rebuilt whole: right for a file, which is read whole, and hopeless for a fleet of
+100,000 containers that changes one container at a time. ``FleetIndex`` holds the same objects
+by identity (``shared.fleet_changes``) and applies ``ObjectChange``s: each one updates the
+indexes it touches (by IP, a service's members, a stack's services) and the content digest
+(``fleet_digest`` is a sum of per-object hashes, so one object's share is taken out and put in).
+
+Lists come out in one canonical order, the order of the objects' etcd keys
+(``shared.etcd_fleet.object_key``), sorted when a whole list is first asked for after a change,
+so an index built in one batch and one built by any sequence of changes list the same fleet in
+the same order. A service's members and a stack's services are sorted per service or stack.
+
+The index is mutable, and only the event loop changes it, in one synchronous ``apply`` per
+version: readers that finish without awaiting (every render and every lookup does) see one
+version. A reader that needs one version across awaits takes ``snapshot()``, an immutable
+``Fleet`` (it costs the whole fleet, so the kept copy takes it at most every few seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+from shared.etcd_fleet import object_key
+from shared.fleet_changes import FleetObject, ObjectChange, identity
+from shared.model import (
+    Container,
+    Environment,
+    Fleet,
+    Host,
+    Service,
+    Stack,
+    container_raw,
+    digest_text,
+    environment_from,
+    host_raw,
+    object_digest,
+    service_raw,
+    stack_raw,
+)
+
+T = TypeVar("T")
+
+
+class SortedObjects(Sequence[T], Generic[T]):
+    """One collection of the index as a read-only sequence in canonical order. Its length is
+    free; the sorted order is built on the first access after a change."""
+
+    def __init__(self, items: dict[str, T], order: dict[str, str]) -> None:
+        self._items = items
+        self._order = order
+        self._sorted: tuple[T, ...] | None = None
+
+    def changed(self) -> None:
+        self._sorted = None
+
+    def _all(self) -> tuple[T, ...]:
+        if self._sorted is None:
+            order = self._order
+            self._sorted = tuple(self._items[i] for i in sorted(self._items, key=order.__getitem__))
+        return self._sorted
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._all())
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        return self._all()[index]
+
+
+def _raw_of(kind: str, obj: FleetObject) -> dict[str, Any]:
+    if isinstance(obj, Environment):
+        return {"name": obj.name, "uuid": obj.uuid}
+    if isinstance(obj, Host):
+        return host_raw(obj)
+    if isinstance(obj, Stack):
+        return stack_raw(obj)
+    if isinstance(obj, Service):
+        return service_raw(obj)
+    return container_raw(obj)
+
+
+class FleetIndex:
+    """Served objects by identity, kept in step by ``apply``; reads like a ``Fleet``."""
+
+    def __init__(self) -> None:
+        self.environment = environment_from({})
+        self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in ("hosts", "stacks", "services", "containers")}
+        self._raws: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in self._objects}
+        self._order: dict[str, dict[str, str]] = {kind: {} for kind in self._objects}
+        self._shares: dict[tuple[str, str], int] = {}
+        self._total = object_digest("environment", _raw_of("environment", self.environment))
+        self._lists: dict[str, SortedObjects[Any]] = {
+            kind: SortedObjects(self._objects[kind], self._order[kind]) for kind in self._objects
+        }
+        self._by_ip: dict[str, set[str]] = {}
+        self._members: dict[tuple[str, str], dict[str, Container]] = {}
+        self._stack_services: dict[str, dict[str, Service]] = {}
+        self._sorted_members: dict[tuple[str, str], tuple[Container, ...]] = {}
+        self._sorted_stack_services: dict[str, tuple[Service, ...]] = {}
+
+    @classmethod
+    def of(cls, fleet: Fleet) -> FleetIndex:
+        """An index holding ``fleet`` (for a whole document: a kept copy, a first fetch)."""
+        index = cls()
+        index.apply(
+            [ObjectChange("environment", "", None, fleet.environment)]
+            + [
+                ObjectChange(kind, identity(kind, obj), None, obj)
+                for kind in ("hosts", "stacks", "services", "containers")
+                for obj in getattr(fleet, kind)
+            ]
+        )
+        return index
+
+    # Fleet's read API ---------------------------------------------------------------------
+
+    @property
+    def hosts(self) -> SortedObjects[Host]:
+        return self._lists["hosts"]
+
+    @property
+    def stacks(self) -> SortedObjects[Stack]:
+        return self._lists["stacks"]
+
+    @property
+    def services(self) -> SortedObjects[Service]:
+        return self._lists["services"]
+
+    @property
+    def containers(self) -> SortedObjects[Container]:
+        return self._lists["containers"]
+
+    @property
+    def digest(self) -> str:
+        return digest_text(self._total)
+
+    def container(self, uuid: str) -> Container | None:
+        found: Container | None = self._objects["containers"].get(uuid)
+        return found
+
+    def container_by_ip(self, ip: str) -> Container | None:
+        # An address several containers share names none of them (as ``Fleet``).
+        uuids = self._by_ip.get(ip)
+        if uuids is None or len(uuids) != 1:
+            return None
+        return self.container(next(iter(uuids)))
+
+    def host(self, uuid: str) -> Host | None:
+        found: Host | None = self._objects["hosts"].get(uuid)
+        return found
+
+    def stack(self, name: str) -> Stack | None:
+        found: Stack | None = self._objects["stacks"].get(name.lower())
+        return found
+
+    def service(self, stack_name: str, name: str) -> Service | None:
+        found: Service | None = self._objects["services"].get(f"{stack_name.lower()}/{name.lower()}")
+        return found
+
+    def service_containers(self, service: Service) -> tuple[Container, ...]:
+        key = (service.stack_name.lower(), service.name.lower())
+        found = self._sorted_members.get(key)
+        if found is None:
+            members = self._members.get(key, {})
+            order = self._order["containers"]
+            found = tuple(members[u] for u in sorted(members, key=order.__getitem__))
+            self._sorted_members[key] = found
+        return found
+
+    def stack_services(self, stack: Stack) -> tuple[Service, ...]:
+        key = stack.name.lower()
+        found = self._sorted_stack_services.get(key)
+        if found is None:
+            services = self._stack_services.get(key, {})
+            order = self._order["services"]
+            found = tuple(services[i] for i in sorted(services, key=order.__getitem__))
+            self._sorted_stack_services[key] = found
+        return found
+
+    def raw_lists(self) -> dict[str, Any]:
+        """The normalised fleet (``Fleet.raw``'s shape), sharing the per-object dicts: a copy of
+        references, cheap enough to take on the event loop and serialise in a thread."""
+        out: dict[str, Any] = {"environment": _raw_of("environment", self.environment)}
+        for kind, objects in self._objects.items():
+            raws, order = self._raws[kind], self._order[kind]
+            out[kind] = [raws[i] for i in sorted(objects, key=order.__getitem__)]
+        return out
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self.raw_lists()
+
+    def snapshot(self) -> Fleet:
+        """An immutable ``Fleet`` of what the index holds now (costs the whole fleet)."""
+        return Fleet(
+            self.environment,
+            tuple(self.hosts),
+            tuple(self.stacks),
+            tuple(self.services),
+            tuple(self.containers),
+            self.digest,
+            self.raw_lists(),
+        )
+
+    def to_mapping(self) -> dict[str, Any]:
+        return self.snapshot().to_mapping()
+
+    # Changes ------------------------------------------------------------------------------
+
+    def apply(self, changes: Iterable[ObjectChange]) -> None:
+        """Make each change's ``new`` the object served under its identity (None: none)."""
+        for change in changes:
+            if change.kind == "environment":
+                if isinstance(change.new, Environment):
+                    self._set_environment(change.new)
+                continue
+            self._remove(change.kind, change.ident)
+            if change.new is not None:
+                self._add(change.kind, change.ident, change.new)
+
+    def _set_environment(self, env: Environment) -> None:
+        self._total -= object_digest("environment", _raw_of("environment", self.environment))
+        self.environment = env
+        self._total += object_digest("environment", _raw_of("environment", env))
+
+    def _add(self, kind: str, ident: str, obj: FleetObject) -> None:
+        raw = _raw_of(kind, obj)
+        share = object_digest(kind, raw)
+        self._objects[kind][ident] = obj
+        self._raws[kind][ident] = raw
+        self._order[kind][ident] = object_key(kind, raw)
+        self._shares[(kind, ident)] = share
+        self._total += share
+        self._lists[kind].changed()
+        if isinstance(obj, Container):
+            self._by_ip.setdefault(obj.primary_ip, set()).add(ident)
+            if obj.service_name:
+                key = (obj.stack_name.lower(), obj.service_name.lower())
+                self._members.setdefault(key, {})[ident] = obj
+                self._sorted_members.pop(key, None)
+        elif isinstance(obj, Service):
+            stack = obj.stack_name.lower()
+            self._stack_services.setdefault(stack, {})[ident] = obj
+            self._sorted_stack_services.pop(stack, None)
+
+    def _remove(self, kind: str, ident: str) -> None:
+        obj = self._objects[kind].pop(ident, None)
+        if obj is None:
+            return
+        del self._raws[kind][ident]
+        del self._order[kind][ident]
+        self._total -= self._shares.pop((kind, ident))
+        self._lists[kind].changed()
+        if isinstance(obj, Container):
+            sharing = self._by_ip[obj.primary_ip]
+            sharing.discard(ident)
+            if not sharing:
+                del self._by_ip[obj.primary_ip]
+            if obj.service_name:
+                key = (obj.stack_name.lower(), obj.service_name.lower())
+                members = self._members[key]
+                del members[ident]
+                if not members:
+                    del self._members[key]
+                self._sorted_members.pop(key, None)
+        elif isinstance(obj, Service):
+            stack = obj.stack_name.lower()
+            services = self._stack_services[stack]
+            del services[ident]
+            if not services:
+                del self._stack_services[stack]
+            self._sorted_stack_services.pop(stack, None)
