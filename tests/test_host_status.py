@@ -16,19 +16,21 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import yaml
 
 from consumers.fleet_command import fleet_main
+from consumers.fleet_status import FleetStatus, assess
+from metadata_svc.host_status import HostStatusReporter
+from metadata_svc.sources.etcd import EtcdSource, EtcdStatus
+from metadata_svc.store import VersionedStore
 from shared.etcd import EtcdClient, EtcdEndpoints, prefix_end
 from tests.support.etcd import VERSIONS, EtcdCluster, run_etcd
 from tests.support.metadata import start_metadata, stop
 from tests.support.ports import free_ports
-
-pytestmark = pytest.mark.external_tool
 
 PREFIX = "/metadns/status-test/"
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +151,7 @@ def line_of(table: str, host: str) -> list[str]:
     return line.split()
 
 
+@pytest.mark.external_tool
 async def test_hosts_report_what_they_serve_and_fleet_status_names_the_one_behind(
     tmp_path: Path, etcd_version: str
 ) -> None:
@@ -224,6 +227,7 @@ async def test_hosts_report_what_they_serve_and_fleet_status_names_the_one_behin
             assert (await fleet_status(cluster, "--max-lag", "2")).returncode == 0
 
 
+@pytest.mark.external_tool
 async def test_a_killed_host_s_report_goes_with_its_lease(tmp_path: Path, etcd_version: str) -> None:
     with run_etcd(tmp_path / "etcd", version=etcd_version) as cluster:
         await apply(cluster, fleet(), tmp_path)
@@ -246,6 +250,7 @@ async def _reported(client: EtcdClient, host: str) -> bool:
     return await report(client, host) is not None
 
 
+@pytest.mark.external_tool
 async def test_the_status_range_is_neither_content_nor_written_by_fleet_apply(tmp_path: Path) -> None:
     """A report is not a fleet object for ``fleet get`` and is never deleted by ``fleet apply``
     (it is under a lease, and not content)."""
@@ -274,3 +279,72 @@ async def test_fleet_status_without_etcd_is_one_line_and_exit_2() -> None:
     [line] = done.stderr.splitlines()
     assert line.startswith("metadns fleet status: etcd: no etcd endpoint answered")
     assert "unreachable" in line
+
+
+def _report(revision: int, written_at: float, **fields: Any) -> dict[str, Any]:
+    return {"revision": revision, "written_at": written_at, "heartbeat_s": 10.0, "applied_at": written_at} | fields
+
+
+def test_how_long_a_host_has_been_behind() -> None:
+    """What ``fleet status`` counts, at time 1000: a host's own word; a change another host
+    already serves; a silent host since its last report; a change nobody serves yet."""
+    now = 1000.0
+    status = FleetStatus(
+        etcd_revision=60,
+        content_revision=50,
+        reports={
+            "caught-up": _report(50, 995.0, applied_at=990.0),
+            "says-behind": _report(50, 999.0, behind_since=970.0),
+            "not-yet": _report(40, 998.0),
+            "silent": _report(40, 950.0),
+        },
+        fleet_hosts=("caught-up", "never-seen"),
+    )
+    states = {s.host: s for s in assess(status, now)}
+    assert (states["caught-up"].behind_revisions, states["caught-up"].lag_s) == (0, 0.0)
+    assert states["says-behind"].lag_s == 30.0  # its watch has not brought what it knows exists
+    assert (states["not-yet"].behind_revisions, states["not-yet"].lag_s) == (10, 10.0)  # since caught-up applied 50
+    assert not states["not-yet"].silent
+    assert (states["silent"].silent, states["silent"].lag_s) == (True, 50.0)  # since it last said anything
+    assert status.not_reporting == ["never-seen"]
+    # a delete leaves no key: the newest revision a host serves counts as the newest content
+    deleted = FleetStatus(60, 50, {"a": _report(55, 999.0), "b": _report(50, 999.0)})
+    assert [s.behind_revisions for s in assess(deleted, now)] == [0, 5]
+    # a change no host serves yet, to a host that reports: not counted as a lag it cannot have had
+    fresh = FleetStatus(60, 51, {"a": _report(50, 999.0)})
+    assert [(s.behind_revisions, s.lag_s) for s in assess(fresh, now)] == [(1, 0.0)]
+
+
+@dataclass
+class FrozenWatch:
+    """An etcd source as the reporter sees it, whose watch brings nothing until told."""
+
+    prefix: bytes
+    served: tuple[int, int]
+    status: EtcdStatus
+
+
+@pytest.mark.external_tool
+async def test_a_watch_that_stops_delivering_is_reported_behind_while_the_host_still_writes(tmp_path: Path) -> None:
+    """The host's own report has a revision; until its watch brings it, the host is behind from
+    the moment it learned of it. Once the watch brings it, it is caught up again."""
+    with run_etcd(tmp_path / "etcd") as cluster:
+        async with EtcdClient(EtcdEndpoints.parse(cluster.endpoints)) as client:
+            source = FrozenWatch(PREFIX.encode(), (1, 1), EtcdStatus(connected=True))  # before any write
+            store = VersionedStore(self_host_uuid="host-a")
+            reporter = HostStatusReporter(client, cast(EtcdSource, source), store, interval=1.0, ttl=3)
+            assert await reporter.write()
+            first = await report(client, "host-a")
+            assert first is not None
+            assert (first["revision"], first["watch_revision"], first["behind_since"]) == (1, 1, None)
+            assert await reporter.write()  # the watch has not brought the first write
+            second = await report(client, "host-a") or {}
+            assert second["heard_revision"] > second["watch_revision"] == 1
+            assert second["behind_since"] is not None
+            assert second["lag_s"] >= 0
+            source.served = (1, await written_at_revision(client, "host-a"))  # now it has brought both
+            assert await reporter.write()
+            third = await report(client, "host-a") or {}
+            assert (third["behind_since"], third["lag_s"]) == (None, 0.0)
+            await reporter.close()
+            assert await report(client, "host-a") is None
