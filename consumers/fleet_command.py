@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from consumers.fleet_put import put, read_put_file
+from consumers.fleet_status import assess, read_status, render_json, render_table
 from metadata_svc.sources.file import parse_fleet_text
 from shared.etcd import MAX_TXN_OPS, EtcdClient, EtcdError, add_etcd_flags, b64, endpoints_from_flags
 from shared.etcd_fleet import fleet_keys
@@ -40,6 +42,25 @@ The fleet in etcd, for every host's metadata service (metadata-svc --source etcd
   metadns fleet put   --etcd 127.0.0.1:2379 --prefix /metadns/v1/ some-objects.yaml [--dry-run]
   metadns fleet get   --etcd 127.0.0.1:2379 --prefix /metadns/v1/ > fleet.yaml
   metadns fleet delete --etcd 127.0.0.1:2379 --prefix /metadns/v1/ containers/host-a/c-web-1
+  metadns fleet status --etcd 127.0.0.1:2379 --prefix /metadns/v1/ [--max-lag 30] [--json]
+"""
+
+STATUS_HELP = """Which host serves which revision of the fleet, and which are behind: one line per host, from the
+report every host's metadata service keeps in etcd (<prefix>status/hosts/<host>, every
+--status-interval seconds and whenever what it serves changes):
+
+  HOST    SERVED  BEHIND  LAG    LAST HEARD  METADNS  NOTE
+  host-a  1042    0       0.0s   3.1s ago    0.1.0
+  host-b  1031    11      41.2s  41.9s ago   0.1.0    silent: no report for 41.9s (heartbeat 10.0s)
+
+SERVED is the etcd revision at which the content it serves last changed (its version index);
+BEHIND the newest content revision minus that (etcd revisions, not changes); LAG how long it has
+been behind, in seconds; LAST HEARD the age of its report. A host that misses two heartbeats is
+"silent" (stopped, hung, or cut off from etcd); a host of the fleet without a report is listed as
+"never" (no metadata service on etcd, or its lease expired). Exit status: 0; 1 when a host has
+been behind for more than --max-lag seconds (each is named on stderr); 2 when etcd cannot be read.
+
+  metadns fleet status --etcd 127.0.0.1:2379 --prefix /metadns/v1/ --max-lag 30
 """
 
 
@@ -134,11 +155,11 @@ def register_main(argv: list[str]) -> int:
         return _refused("register", "nothing registered", exc)
 
 
-FLEET_COMMANDS = ("apply", "put", "get", "delete")
+FLEET_COMMANDS = ("apply", "put", "get", "delete", "status")
 
 
 def _fleet_parser(command: str) -> FlagParser:
-    p = _parser(f"fleet {command}")
+    p = _parser(f"fleet {command}", description=STATUS_HELP if command == "status" else FLEET_HELP)
     if command == "apply":
         p.add_argument("file", help="the fleet file (YAML or JSON), as the file source reads it")
         p.flag("--dry-run", action="store_true", help="print the difference, write nothing")
@@ -151,6 +172,14 @@ def _fleet_parser(command: str) -> FlagParser:
         p.flag("--dry-run", action="store_true", help="print what would be written, write nothing")
     elif command == "delete":
         p.add_argument("keys", nargs="+", help="keys below the prefix, as 'fleet get --keys' prints them")
+    elif command == "status":
+        p.flag(
+            "--max-lag",
+            default=0.0,
+            type=float,
+            help="exit 1 when a host has been behind for more than this many seconds; 0: never",
+        )
+        p.flag("--json", action="store_true", help="print one JSON document (the hosts' reports included)")
     else:
         p.flag("--keys", action="store_true", help="print the keys and their values instead of a fleet file")
     return p
@@ -163,6 +192,8 @@ def fleet_main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     ns = _fleet_parser(command).parse_flags(rest)
     prefix = _prefix(ns.prefix)
+    if command == "status":
+        return _status(ns, prefix)
     try:
         if command in ("apply", "put"):
             if command == "apply":
@@ -187,6 +218,28 @@ def fleet_main(argv: list[str]) -> int:
     except (FleetError, EtcdError) as exc:
         return _refused(f"fleet {command}", "nothing written", exc)
     return 0
+
+
+def _status(ns: argparse.Namespace, prefix: bytes) -> int:
+    """Print the hosts' status; 1 when one has been behind for over --max-lag, 2 when etcd
+    cannot be read (1 is taken: a monitor tells "a host lags" from "cannot tell")."""
+    try:
+        status = asyncio.run(_run(ns, lambda c: read_status(c, prefix)))
+    except EtcdError as exc:
+        print(f"metadns fleet status: etcd: {exc}", file=sys.stderr)
+        return 2
+    now = time.time()
+    states = assess(status, now)
+    print(render_json(status, states, now) if ns.json else render_table(status, states))
+    late = [s for s in states if ns.max_lag > 0 and s.lag_s > ns.max_lag]
+    for state in late:
+        print(
+            f"metadns fleet status: {state.host} has been behind for {state.lag_s:.1f} s (more than --max-lag"
+            f" {ns.max_lag:g}): serves revision {state.revision}, {state.behind_revisions} behind"
+            + (f", silent for {state.last_heard_s:.1f} s" if state.silent else ""),
+            file=sys.stderr,
+        )
+    return 1 if late else 0
 
 
 def _get(ns: argparse.Namespace, prefix: bytes) -> None:

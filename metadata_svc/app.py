@@ -13,8 +13,9 @@ from aiohttp import web
 
 from metadata_svc.connections import ConnectionGate, request_tracker
 from metadata_svc.counters import MetadataCounters
+from metadata_svc.host_status import HostStatusReporter
 from metadata_svc.identity import ClientIdentity
-from metadata_svc.keys import COUNTERS, GATE, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
+from metadata_svc.keys import COUNTERS, GATE, HOST_STATUS, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
 from metadata_svc.longpolls import LongPollSlots
 from metadata_svc.request_errors import RequestErrorLog
 from metadata_svc.routes import add_routes
@@ -23,7 +24,7 @@ from metadata_svc.sources import FleetSource
 from metadata_svc.sources.etcd import EtcdSource, parse_etcd_source
 from metadata_svc.sources.file import FileSource
 from metadata_svc.store import ReloadResult, VersionedStore
-from shared.etcd import endpoints_from_flags
+from shared.etcd import EtcdClient, endpoints_from_flags
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -223,10 +224,32 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
         if follower.kept is not None:
             await follower.kept.flush()
 
+    async def report_status(app: web.Application) -> AsyncIterator[None]:
+        """The host's report of what it serves, in etcd (``host_status.py``); after the
+        source in the startup, so its first report has the first fleet, and before it in the
+        cleanup, so the lease is revoked while the service still serves."""
+        assert isinstance(fleet_source, EtcdSource)
+        reporter = HostStatusReporter(
+            EtcdClient(fleet_source.endpoints),
+            fleet_source,
+            app[STORE],
+            interval=settings.status_interval,
+            ttl=settings.status_ttl,
+        )
+        app[HOST_STATUS] = reporter
+        task = asyncio.create_task(reporter.run(), name="metadata-host-status")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await reporter.close()
+
     async def release_waiters(app: web.Application) -> None:
         app[STORE].close()
 
     app.cleanup_ctx.append(follow_source)
+    if isinstance(fleet_source, EtcdSource) and settings.status_interval > 0:
+        app.cleanup_ctx.append(report_status)
     app.on_shutdown.append(release_waiters)
     add_routes(app)
     return app

@@ -40,6 +40,8 @@ class MetadataSettings:
     etcd_cert: str = ""
     etcd_key: str = ""
     etcd_idle_timeout: float = 30.0
+    status_interval: float = 10.0
+    status_ttl: int = 30
     max_connections: int = 16384
     max_connections_per_client: int = 1280
     max_longpolls: int = 0  # 0: three quarters of max_connections
@@ -92,6 +94,21 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         "well below it",
     )
     p.flag(
+        "--status-interval",
+        default=10.0,
+        type=float,
+        help="with an etcd source: seconds between heartbeats of this host's report of what it serves, "
+        "<prefix>status/hosts/<host> (what 'metadns fleet status' lists; <host> as --self-host says); a change "
+        "of what it serves is written at once, at most once a second; 0: no report",
+    )
+    p.flag(
+        "--status-ttl",
+        default=30,
+        type=int,
+        help="seconds the report stays in etcd once it is no longer renewed (a killed or hung host; on a clean "
+        "stop it goes at once); at least twice --status-interval",
+    )
+    p.flag(
         "--watch",
         default="auto",
         choices=("auto", "poll"),
@@ -136,7 +153,9 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         "--self-host",
         default="",
         help="name or uuid of the host this service runs on (the 'self/host' of unknown clients); "
-        "default: the only host of the fleet",
+        "default: the only host of the fleet. With etcd, also whose report this host writes "
+        "(status/hosts/<host>): that host's uuid once the fleet has it, else the text given; with neither, "
+        "this machine's hostname",
     )
     p.flag("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="how much to log")
     ns = p.parse_flags(argv)
@@ -155,6 +174,10 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
             parse_etcd_source(ns.source)
         except ValueError as exc:
             p.error(f"--source: {exc}")
+    if ns.status_interval < 0:
+        p.error("--status-interval must be 0 (no report) or more")
+    if ns.status_interval and ns.status_ttl < max(2, 2 * ns.status_interval):
+        p.error("--status-ttl must be at least 2 seconds and twice --status-interval")
     if ns.max_connections < 1 or ns.max_connections_per_client < 1 or ns.max_longpolls_per_client < 1:
         p.error("--max-connections, --max-connections-per-client and --max-longpolls-per-client must be at least 1")
     if ns.max_longpolls < 0:
@@ -182,6 +205,8 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         etcd_cert=ns.etcd_cert,
         etcd_key=ns.etcd_key,
         etcd_idle_timeout=ns.etcd_idle_timeout,
+        status_interval=ns.status_interval,
+        status_ttl=ns.status_ttl,
         max_connections=ns.max_connections,
         max_connections_per_client=ns.max_connections_per_client,
         max_longpolls=ns.max_longpolls,

@@ -364,6 +364,23 @@ class EtcdClient:
         )
         return [KeyValue.of(kv) for kv in reply.kvs], reply.header.revision, reply.more
 
+    async def newest(self, key: bytes, range_end: bytes, *, revision: int = 0) -> tuple[KeyValue | None, int]:
+        """(the key of the range changed last, header revision): sorted by ``mod_revision`` with
+        a limit of one, so a range of 100,000 keys sends one (etcd still reads them all to
+        sort them); None for an empty range."""
+        request = rpc_pb2.RangeRequest(
+            key=key,
+            range_end=range_end,
+            revision=revision,
+            limit=1,
+            sort_order=rpc_pb2.RangeRequest.DESCEND,
+            sort_target=rpc_pb2.RangeRequest.MOD,
+        )
+        reply = await self._unary(
+            "/etcdserverpb.KV/Range", request, rpc_pb2.RangeResponse, f"read {describe_range(key, range_end)}"
+        )
+        return (KeyValue.of(reply.kvs[0]) if reply.kvs else None), reply.header.revision
+
     async def list_prefix(self, prefix: bytes, page: int = 5000) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` at one revision, read in pages pinned to the first's. etcd
         counts the rest of the range for every page, so pages of 5,000 list 100,000 objects four

@@ -8,6 +8,12 @@ names, so that a change to one container is one event and a watcher applies whol
     <prefix>tokens/<stack>/<service>         {"token"}: a range of its own, for etcd's access control
     <prefix>containers/<host uuid>/<uuid>    a containers[] entry ("-" for no host)
     <prefix>claims/uuid/<uuid>               the host whose agent registered that container
+    <prefix>status/hosts/<host uuid>         what that host's metadata service serves (under its lease)
+
+``status/`` is never fleet content: the hosts' reports of what they serve (``metadata_svc/
+host_status.py``, read by ``metadns fleet status``) are skipped by every reader of the fleet, and
+a report never moves the revision the content last changed at (the version index), so a
+heartbeat costs the followers no rebuild and the same data keeps one version on every host.
 
 A follower reads every key and validates each object on its own: an object that is not JSON,
 sits under the wrong key, or that validation refuses (a dangling reference, a malformed IP) is
@@ -24,6 +30,8 @@ from urllib.parse import quote, unquote
 from shared.model import Fleet
 
 KINDS = ("environment", "hosts", "stacks", "services", "containers")
+STATUS_PREFIX = "status/"  # below the fleet prefix: the hosts' reports, not content
+HOST_STATUS_PREFIX = "status/hosts/"
 
 
 def _part(text: str) -> str:
@@ -41,6 +49,16 @@ def object_key(kind: str, obj: Mapping[str, Any]) -> str:
     if kind == "services":
         return f"services/{_part(obj['stack_name'])}/{_part(obj['name'])}"
     return f"containers/{_part(obj.get('host_uuid') or '-')}/{_part(obj['uuid'])}"
+
+
+def host_status_key(host: str) -> str:
+    """The key (below the prefix) where ``host``'s metadata service reports what it serves."""
+    return HOST_STATUS_PREFIX + _part(host)
+
+
+def is_status_key(key: str) -> bool:
+    """A key (below the prefix) of the hosts' reports: never part of the fleet."""
+    return key.startswith(STATUS_PREFIX)
 
 
 def fleet_keys(fleet: Fleet) -> dict[str, bytes]:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.etcd_fleet import KINDS, key_names, named_by_key
+from shared.etcd_fleet import KINDS, is_status_key, key_names, named_by_key
 from shared.fleet_changes import FleetObject, ObjectChange
 from shared.fleet_index import FleetIndex
 from shared.model import Environment, Fleet, FleetError, Host, ObjectRules, Service, Stack, environment_from
@@ -251,7 +251,7 @@ class EtcdObjects:
         return False
 
     def _parse(self, key: str, value: bytes, create_revision: int, decide: set[tuple[str, str]]) -> bool:
-        if key.startswith(("claims/", "status/")):  # the agents' claims, the hosts' reports
+        if key.startswith("claims/") or is_status_key(key):  # the agents' claims, the hosts' reports
             return False
         problem = ""
         obj: Any = None

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 import yaml
 
+from metadata_svc.keys import HOST_STATUS
 from shared.etcd import EtcdClient, EtcdEndpoints, EtcdError
 from tests.support.certs import CA, Pair
 from tests.support.etcd import VERSIONS, EtcdCluster, TLSFiles, etcd_binary, run_etcd
@@ -101,8 +102,9 @@ def grant_roles(run: Callable[..., str], prefix: str = PREFIX, password: str = "
     run("user", "grant-role", "root", "root")
     run("role", "add", "metadns-fleet-writer")
     run("role", "grant-permission", "metadns-fleet-writer", "--prefix=true", "readwrite", prefix)
-    run("role", "add", "metadns-reader")
-    run("role", "grant-permission", "metadns-reader", "--prefix=true", "read", prefix)
+    run("role", "add", "metadns-metadata-host-a")
+    run("role", "grant-permission", "metadns-metadata-host-a", "--prefix=true", "read", prefix)
+    run("role", "grant-permission", "metadns-metadata-host-a", "readwrite", f"{prefix}status/hosts/host-a")
     run("role", "add", "metadns-agent-host-a")
     run("role", "grant-permission", "metadns-agent-host-a", "--prefix=true", "read", prefix)
     run("role", "grant-permission", "metadns-agent-host-a", "readwrite", f"{prefix}hosts/host-a")
@@ -110,7 +112,7 @@ def grant_roles(run: Callable[..., str], prefix: str = PREFIX, password: str = "
     run("role", "grant-permission", "metadns-agent-host-a", "--prefix=true", "readwrite", f"{prefix}claims/uuid/")
     for user, role in (
         ("fleet-writer", "metadns-fleet-writer"),
-        ("metadata-host-a", "metadns-reader"),
+        ("metadata-host-a", "metadns-metadata-host-a"),
         ("agent-host-a", "metadns-agent-host-a"),
     ):
         run("user", "add", user, *pw)
@@ -170,6 +172,11 @@ async def ip_of(md: RunningMetadata, name: str) -> str:
         return await r.text() if r.status == 200 else ""
 
 
+async def reported(md: RunningMetadata) -> bool:
+    """The metadata service's report of what it serves has been written (under its own user)."""
+    return md.app[HOST_STATUS].writes > 0
+
+
 async def serves(md: RunningMetadata, name: str, ip: str) -> bool:
     return await ip_of(md, name) == ip
 
@@ -180,7 +187,7 @@ async def test_mutual_tls_with_the_certificate_cn_as_the_etcd_user_and_the_three
     """No passwords: etcd takes each client's user from its certificate's CN (which the JSON
     gateway refuses outright). The fleet writer applies, host-a's metadata service follows and
     host-a's agent registers; the agent cannot write another host's containers and the
-    metadata service cannot write at all."""
+    metadata service writes nothing but its own status report."""
     with run_etcd(tmp_path / "etcd", version=etcd_version, tls=certs.tls) as cluster:
         grant_roles(lambda *a: etcdctl(cluster, *a, certs=certs))
         done = apply(cluster, tmp_path, fleet(), *certs.flags(certs.writer))
@@ -194,8 +201,10 @@ async def test_mutual_tls_with_the_certificate_cn_as_the_etcd_user_and_the_three
             etcd_cert=reader.cert_file,
             etcd_key=reader.key_file,
             etcd_idle_timeout=3.0,
+            self_host="host-a",  # not registered yet: its report is written under the name given
         ) as md:
             await until(lambda: serves(md, "web-2", "127.0.0.12"))
+            await until(lambda: reported(md))
             (tmp_path / "host-a.yaml").write_text(
                 yaml.safe_dump(
                     {
@@ -278,12 +287,15 @@ async def test_mutual_tls_with_the_certificate_cn_as_the_etcd_user_and_the_three
         )
         assert "permission denied" in line
         assert f"{PREFIX}hosts/host-b" in line or f"{PREFIX}containers/host-b/" in line
-        # the metadata service's certificate reads, and writes nothing
+        # the metadata service's certificate reads, and writes only its own host's report
         async with EtcdClient(certs.endpoints(cluster, certs.reader)) as client:
             kvs, _ = await client.list_prefix(PREFIX.encode())
             assert not [kv.key for kv in kvs if kv.key.endswith(b"containers/host-b/u-x")]
-            with pytest.raises(EtcdError, match="permission denied"):
-                await client.put(f"{PREFIX}stacks/evil".encode(), b"{}")
+            assert not [kv.key for kv in kvs if kv.key.startswith(f"{PREFIX}status/".encode())]  # revoked at stop
+            await client.put(f"{PREFIX}status/hosts/host-a".encode(), b"{}")
+            for key in ("stacks/evil", "containers/host-a/u-x", "hosts/host-a", "status/hosts/host-b"):
+                with pytest.raises(EtcdError, match="permission denied"):
+                    await client.put(f"{PREFIX}{key}".encode(), b"{}")
         line = one_line(apply(cluster, tmp_path, fleet("127.0.0.99"), *certs.flags(certs.reader)))
         assert "permission denied" in line
         assert PREFIX in line
@@ -349,6 +361,7 @@ async def test_passwords_and_tokens_that_expire_while_the_fleet_is_followed(
                 etcd_user="metadata-host-a",
                 etcd_password="pw",
                 etcd_idle_timeout=3.0,
+                status_interval=0,  # the report's own connection renews its token too: only the watch's here
             ) as md,
         ):
             await until(lambda: serves(md, "web-2", "127.0.0.12"))

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from shared.etcd import COMPACTED, EtcdClient, EtcdEndpoints, EtcdError, WatchResult, prefix_end
+from shared.etcd_fleet import STATUS_PREFIX, is_status_key
 from shared.etcd_objects import fleet_from_keys
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -91,6 +92,16 @@ class EtcdSource:
         self._digest = ""
         self._listed_at = 0.0
         self._replay = True  # watch from the content's revision (False once that history is compacted)
+
+    @property
+    def served(self) -> tuple[int, int]:
+        """(content revision, watch revision) of the fleet the store serves, for the host's
+        status report (``metadata_svc/host_status.py``). Both move only together with what is
+        published (applying a watch response, building and publishing run without yielding to
+        the event loop), so a reader never sees a revision that is not served yet. The watch
+        covers ``status/`` too: the reporter's own writes coming back through it are how it
+        tells a watch that stopped delivering."""
+        return self._changed_at, self._revision
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -154,6 +165,8 @@ class EtcdSource:
 
     async def _list(self, client: EtcdClient) -> tuple[Fleet, int] | FleetError | None:
         kvs, revision = await client.list_prefix(self.prefix)
+        status = self.prefix + STATUS_PREFIX.encode()  # the hosts' reports: not content (host_status.py)
+        kvs = [kv for kv in kvs if not kv.key.startswith(status)]
         self._values = {self._key(kv.key): kv.value for kv in kvs}
         self._mod = {self._key(kv.key): kv.mod_revision for kv in kvs}
         self._changed_at = max(self._mod.values(), default=0)
@@ -231,6 +244,8 @@ class EtcdSource:
         changed = False
         for event in result.events:
             key = self._key(event.kv.key)
+            if is_status_key(key):  # a host's report of what it serves: never content (host_status.py)
+                continue
             if event.deleted:
                 if self._values.pop(key, None) is not None:
                     changed = True
