@@ -358,6 +358,7 @@ class Host:
     dns: subprocess.Popen[bytes] | None = None
     client: DnsClient | None = None
     starts: int = 0
+    unanswered: int = 0  # queries of the cache loop without a reply within 1 s
 
     @property
     def md_state(self) -> Path:
@@ -480,17 +481,21 @@ async def sample(hosts: Sequence[Host], expect: Expect, written: float, deadline
 # Measurements
 
 
-async def metrics(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
-    """``metadns_dns_responses_total`` by source."""
+async def metrics(session: aiohttp.ClientSession, port: int) -> tuple[dict[str, float], float]:
+    """``metadns_dns_responses_total`` by source, and ``metadns_dns_answers_serial`` (the table
+    in use: whether a change was applied in between)."""
     async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
+    serial = 0.0
     for line in text.splitlines():
         if line.startswith("metadns_dns_responses_total{"):
             found = re.search(r'source="([^"]*)"', line)
             if found:
                 out[found[1]] = out.get(found[1], 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
+        elif line.startswith("metadns_dns_answers_serial "):
+            serial = float(line.rsplit(" ", 1)[1])
+    return out, serial
 
 
 def hit_rate(before: dict[str, float], after: dict[str, float]) -> tuple[float, int]:
@@ -694,32 +699,41 @@ class Bench:
             if time.monotonic() - started > 2 * seconds:
                 break
             name, qtype = names[i % len(names)]
-            await asyncio.gather(*(h.ask(name, qtype, wait=1.0) for h in self.hosts))
+            replies = await asyncio.gather(*(h.ask(name, qtype, wait=1.0) for h in self.hosts))
+            for h, reply in zip(self.hosts, replies, strict=True):
+                h.unanswered += reply is None
 
     async def cache(self) -> None:
         names = untouched_names(self.size, self.args.cache_names)
         seconds = min(self.args.seconds, 10.0)
         async with aiohttp.ClientSession() as session:
 
-            async def scrape() -> list[dict[str, float]]:
+            async def scrape() -> list[tuple[dict[str, float], float]]:
                 return [await metrics(session, h.http_port) for h in self.hosts]
 
             await self.query_loop(names, min(seconds, 2.0))  # warm
             before = await scrape()
+            for h in self.hosts:
+                h.unanswered = 0
             await self.query_loop(names, seconds)
             steady = await scrape()
+            lost_steady = [h.unanswered for h in self.hosts]
             loop = asyncio.create_task(self.query_loop(names, seconds))
             written, last_at = await churn(self.client, self.changes, self.args.rate, seconds)
             await loop
             during = await scrape()
+            lost_churn = [h.unanswered - lost for h, lost in zip(self.hosts, lost_steady, strict=True)]
         await self.settle(written[-1], last_at)
         for h, b, s, d in zip(self.hosts, before, steady, during, strict=True):
-            rate_steady, n_steady = hit_rate(b, s)
-            rate_churn, n_churn = hit_rate(s, d)
+            rate_steady, n_steady = hit_rate(b[0], s[0])
+            rate_churn, n_churn = hit_rate(s[0], d[0])
+            self.result.put(f"cache_host{h.index}_churn_serial_moved", d[1] - s[1])
             self.result.put(f"cache_host{h.index}_steady_hit_pct", rate_steady * 100)
             self.result.put(f"cache_host{h.index}_churn_hit_pct", rate_churn * 100)
             self.result.put(f"cache_host{h.index}_churn_over_steady", rate_churn / rate_steady if rate_steady else None)
             self.result.put(f"cache_host{h.index}_replies", n_steady + n_churn)
+            self.result.put(f"cache_host{h.index}_unanswered_steady", lost_steady[h.index])
+            self.result.put(f"cache_host{h.index}_unanswered_churn", lost_churn[h.index])
 
     async def kept_written(self, seconds: float = 60.0) -> None:
         """Until both kept copies of every host have stood unchanged for 2 s."""
@@ -794,10 +808,14 @@ def b64(raw: bytes) -> str:
 # The report
 
 
-def _worst(prefix: str, suffix: str) -> Callable[[dict[str, float | None], int], float | None]:
+def _worst(
+    prefix: str, suffix: str, pick: Callable[[list[float]], float] = max
+) -> Callable[[dict[str, float | None], int], float | None]:
+    """The worst host's figure: the highest, or with ``pick=min`` the lowest."""
+
     def read(f: dict[str, float | None], hosts: int) -> float | None:
         values = [f.get(f"{prefix}{k}{suffix}") for k in range(hosts)]
-        return None if any(v is None for v in values) or not values else max(v for v in values if v is not None)
+        return None if any(v is None for v in values) or not values else pick([v for v in values if v is not None])
 
     return read
 
@@ -835,9 +853,20 @@ TABLE: list[tuple[str, str, Callable[[dict[str, float | None], int], float | Non
     ("  p50", "ms", _scaled("nxdomain_p50_s", 1000)),
     ("  p99", "ms", _scaled("nxdomain_p99_s", 1000)),
     ("  not within --deadline", "", _one("nxdomain_missed")),
-    ("cache hit rate, untouched names, steady (worst host)", "%", _worst("cache_host", "_steady_hit_pct")),
-    ("cache hit rate, untouched names, during churn (host 0)", "%", _one("cache_host0_churn_hit_pct")),
-    ("  churn / steady (host 0)", "", _one("cache_host0_churn_over_steady")),
+    ("cache hit rate, untouched names, steady (worst host)", "%", _worst("cache_host", "_steady_hit_pct", min)),
+    ("cache hit rate, untouched names, during churn (worst host)", "%", _worst("cache_host", "_churn_hit_pct", min)),
+    ("  churn / steady (worst host)", "", _worst("cache_host", "_churn_over_steady", min)),
+    (
+        "  answers serial advance in that window (0: no change applied; least host)",
+        "",
+        _worst("cache_host", "_churn_serial_moved", min),
+    ),
+    (
+        "  cache loop queries without a reply within 1 s, steady (worst host)",
+        "",
+        _worst("cache_host", "_unanswered_steady"),
+    ),
+    ("  the same during churn (worst host)", "", _worst("cache_host", "_unanswered_churn")),
     ("restart with kept copy: DNS serves", "s", _one("restart_serves_s")),
     ("restart with kept copy: the change made while down served", "s", _one("restart_caught_up_s")),
 ]
