@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from shared.model import GONE, HEALTHY, RUNNING, Container, Fleet, Service, port_spec
+from shared.fleet_index import FleetView
+from shared.model import GONE, HEALTHY, RUNNING, Container, Service, port_spec
 from shared.settings import parse_host_port
 
 MAX_ALIAS_DEPTH = 10
@@ -211,7 +212,7 @@ def _reverse_pointer(ip: str) -> str:
 class _FleetAnswers:
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: FleetView,
         domain: str,
         metadata_answer: Iterable[str],
         never_recurse_to: Iterable[str],
@@ -345,7 +346,7 @@ class _FleetAnswers:
 
 
 def answers_from_fleet(
-    fleet: Fleet,
+    fleet: FleetView,
     *,
     domain: str = "rancher.internal",
     metadata_answer: Iterable[str] = (),

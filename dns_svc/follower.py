@@ -25,7 +25,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from shared.fleet_document import FLEET_PATH, decode_fleet_document
+from shared.fleet_changes import ObjectChange
+from shared.fleet_document import FLEET_PATH, decode_fleet_delta, decode_fleet_document
+from shared.fleet_index import FleetIndex, FleetView
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -51,8 +53,9 @@ class VersionFollower:
     def __init__(
         self,
         base_url: str,
-        apply: Callable[[Fleet, int], Awaitable[None]],
+        apply: Callable[[FleetView, int], Awaitable[None]],
         *,
+        apply_changes: Callable[[FleetView, list[ObjectChange], int], Awaitable[None]] | None = None,
         max_wait: int = 30,
         kept: KeptCopy | None = None,
         max_backoff: float = 30.0,
@@ -60,6 +63,11 @@ class VersionFollower:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.apply = apply
+        self.apply_changes = apply_changes
+        # What this host serves, updated per object by the metadata service's deltas
+        # (``?since=``); None until a whole document came, or against another rancher-metadata.
+        self.fleet: FleetIndex | None = None
+        self.deltas = 0  # versions caught up with by their changes alone
         self.max_wait = max_wait
         self.kept = kept
         self.max_backoff = max_backoff
@@ -139,6 +147,22 @@ class VersionFollower:
                 log, logging.DEBUG, "metadata_retry_failed", url=self.base_url, error=error, attempt=self.failures
             )
 
+    async def fetch_changes(self, session: aiohttp.ClientSession) -> tuple[str, list[ObjectChange]] | None:
+        """What changed since the version this host serves (``?since=``), against the fleet it
+        serves; None when the metadata service has not kept those changes (410) or does not
+        know ``since`` (an older one answers the whole document): then the whole document."""
+        if self.fleet_url is None or self.fleet is None or self.version is None:
+            return None
+        fleet = self.fleet
+        async with session.get(self.fleet_url, params={"since": self.version}) as resp:
+            if resp.status in (404, 410):
+                return None
+            resp.raise_for_status()
+            body = await resp.read()
+        if b'"since":' not in body[:256]:
+            return None  # the whole document: a metadata service without deltas
+        return await asyncio.to_thread(decode_fleet_delta, body, fleet)
+
     async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, Fleet]:
         """The fleet as one compact document from metadns's metadata service, or the whole
         tree from any rancher-metadata compatible one."""
@@ -184,9 +208,26 @@ class VersionFollower:
         started = time.perf_counter()
         # Parsing a large fleet takes a while: it happens off the event loop, so queries keep
         # being answered meanwhile.
-        with self.updating():
-            applied, fleet = await self.fetch(session, version)
-            await self.apply(fleet, version_index(applied))
+        delta = await self.fetch_changes(session)
+        changed: int | None = None
+        if delta is not None and self.fleet is not None:
+            applied, changes = delta
+            fleet: FleetView = self.fleet
+            self.fleet.apply(changes)  # on the event loop, in one step: no query sees half of it
+            changed = len(changes)
+            self.deltas += 1
+            if self.apply_changes is not None:
+                await self.apply_changes(fleet, changes, version_index(applied))
+            else:
+                with self.updating():
+                    await self.apply(fleet, version_index(applied))
+        else:
+            with self.updating():
+                applied, whole = await self.fetch(session, version)
+                # A metadns document: kept as an index, so the next versions come as changes.
+                self.fleet = await asyncio.to_thread(FleetIndex.of, whole) if self.fleet_url is not None else None
+                fleet = self.fleet or whole
+                await self.apply(fleet, version_index(applied))
         self.version = applied
         log_event(
             log,
@@ -194,10 +235,11 @@ class VersionFollower:
             "answers_updated",
             version=applied,
             containers=len(fleet.containers),
+            changed="all" if changed is None else changed,
             build_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         if self.kept is not None:
             try:
-                await self.kept.save_in_background(fleet, version_index(applied))
+                await self.kept.save_soon(fleet, version_index(applied))
             except OSError as exc:
                 log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

@@ -29,6 +29,7 @@ from dns_svc.steps.local import LocalAnswers
 from dns_svc.steps.upstream import UpstreamPool
 from dns_svc.tally import query_log
 from dns_svc.transport import Dispatcher, TcpServer, UdpListener
+from shared.fleet_index import FleetView
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet
@@ -150,7 +151,7 @@ class DnsServer:
             log, logging.INFO, "drained", answered=pending - min(pending, self.in_flight()), dropped=self.in_flight()
         )
 
-    def table_for(self, fleet: Fleet, serial: int) -> AnswersTable:
+    def table_for(self, fleet: FleetView, serial: int) -> AnswersTable:
         s = self.settings
         return answers_from_fleet(
             fleet,
@@ -162,7 +163,7 @@ class DnsServer:
             serial=serial,
         )
 
-    async def apply_fleet(self, fleet: Fleet, serial: int) -> None:
+    async def apply_fleet(self, fleet: FleetView, serial: int) -> None:
         """Build the new table off the event loop (a 10k fleet takes a while), swap it in on it."""
         current = self.tables.current
 

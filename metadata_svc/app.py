@@ -20,11 +20,13 @@ from metadata_svc.longpolls import LongPollSlots
 from metadata_svc.request_errors import RequestErrorLog
 from metadata_svc.routes import add_routes
 from metadata_svc.settings import MetadataSettings
-from metadata_svc.sources import FleetSource
+from metadata_svc.sources import FleetSource, FleetUpdate, SourceResult
 from metadata_svc.sources.etcd import EtcdSource, parse_etcd_source
 from metadata_svc.sources.file import FileSource
 from metadata_svc.store import ReloadResult, VersionedStore
 from shared.etcd import EtcdClient, endpoints_from_flags
+from shared.fleet_changes import ObjectChange, diff_fleets
+from shared.fleet_index import FleetView
 from shared.kept_copy import KeptCopy
 from shared.logs import log_event
 from shared.model import Fleet, FleetError
@@ -50,12 +52,19 @@ class SourceFollower:
         self._kept_error: str | None = None
         self.first_result = asyncio.Event()
 
-    async def apply(self, result: Fleet | tuple[Fleet, int] | FleetError) -> None:
+    async def apply(self, result: SourceResult) -> None:
         store = self.store
         index: int | None = None
-        if isinstance(result, tuple):
-            result, index = result
-        if isinstance(result, FleetError):
+        changes: list[ObjectChange] | None = None
+        follows_objects = isinstance(result, FleetUpdate)
+        fleet: FleetView
+        if isinstance(result, FleetUpdate):
+            fleet, index, changes = result.fleet, result.revision, result.changes
+        elif isinstance(result, tuple):
+            fleet, index = result
+        elif isinstance(result, Fleet):
+            fleet = result
+        else:
             self.counters.reloads["rejected"] += 1
             store.last_reload = ReloadResult(time.time(), False, str(result))
             log_event(
@@ -68,13 +77,14 @@ class SourceFollower:
                 serving=store.snapshot.version if store.has_data else "nothing",
             )
             return
-        changed = store.publish(result, index=index)
+        if changes is None and isinstance(fleet, Fleet) and isinstance(store.snapshot.fleet, Fleet) and store.has_data:
+            changes = diff_fleets(store.snapshot.fleet, fleet)  # a whole fleet read: what it changed, for followers
+        changed = store.publish(fleet, index=index, changes=changes)
         self.counters.reloads["published" if changed else "unchanged"] += 1
         store.last_reload = ReloadResult(time.time(), True, "published" if changed else "unchanged")
         if not changed:
             log_event(log, logging.INFO, "fleet_unchanged", source=self.source.name, version=store.snapshot.version)
             return
-        fleet = result
         log_event(
             log,
             logging.INFO,
@@ -94,13 +104,19 @@ class SourceFollower:
                 self_host=wanted,
                 hosts=",".join(h.name or h.uuid for h in fleet.hosts) or "none",
             )
-        await self.keep(fleet, store.index)
+        await self.keep(fleet, store.index, coalesce=follows_objects)
 
-    async def keep(self, fleet: Fleet, index: int) -> None:
+    async def keep(self, fleet: FleetView, index: int, *, coalesce: bool = False) -> None:
+        """Write the kept copy: at once for a whole fleet read (a restart must not repeat an
+        index a client saw); at most every few seconds for a source that follows objects, whose
+        indexes are its own revisions (a copy a few seconds old only means catching up)."""
         if self.kept is None:
             return
         try:
-            await self.kept.save_in_background(fleet, index)
+            if coalesce:
+                await self.kept.save_soon(fleet, index)
+            else:
+                await self.kept.save_in_background(fleet, index)
             self._kept_error = None
         except OSError as exc:
             self.unwritable(exc)
@@ -148,7 +164,7 @@ class SourceFollower:
             containers=len(fleet.containers),
         )
 
-    async def run(self, updates: AsyncIterator[Fleet | tuple[Fleet, int] | FleetError]) -> None:
+    async def run(self, updates: AsyncIterator[SourceResult]) -> None:
         async for result in updates:
             await self.apply(result)
             self.first_result.set()

@@ -13,6 +13,7 @@ class MetadataCounters:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.reloads: Counter[str] = Counter()
+        self.deltas: Counter[str] = Counter()  # /metadns/v1/fleet?since=: served, gone
 
     def request(self, kind: str, status: int) -> None:
         self.requests[(kind, status)] += 1

@@ -49,6 +49,14 @@ class _Collector(Collector):
         for result, value in sorted(counters.reloads.items()):
             reloads.add_metric([result], value)
         yield reloads
+        deltas = CounterMetricFamily(
+            "metadns_metadata_fleet_deltas",
+            "Fleet changes asked for with ?since=, by result (served; gone: the whole document next)",
+            labels=["result"],
+        )
+        for result in ("served", "gone"):
+            deltas.add_metric([result], counters.deltas[result])
+        yield deltas
         yield _gauge("metadns_metadata_longpoll_waiters", "Long-polls waiting for a change", store.waiting)
         yield _gauge("metadns_metadata_index", "Version index served", store.index)
         fleet = store.snapshot.fleet

@@ -17,7 +17,7 @@ from metadata_svc.metrics import metrics_handler, path_kind
 from metadata_svc.render import JSON, TEXT, Format, error_body, negotiate, render
 from metadata_svc.store import Snapshot
 from metadata_svc.tree import API_VERSIONS, LATEST
-from shared.fleet_document import FLEET_PATH
+from shared.fleet_document import FLEET_PATH, encode_fleet_delta
 
 VERSION_NAMES = (*API_VERSIONS, "latest")
 
@@ -189,9 +189,21 @@ async def _send_in_pieces(request: web.Request, body: bytes, headers: dict[str, 
 
 async def fleet(request: web.Request) -> web.Response:
     """The whole normalised fleet in one compact document, for the DNS service: the
-    2016-07-29 tree repeats every container three times (the list, its service, its stack)."""
-    snapshot = request.app[STORE].snapshot
-    return web.Response(body=snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
+    2016-07-29 tree repeats every container three times (the list, its service, its stack).
+    ``?since=V``: only what changed after version V (``metadata_svc/changes.py``), or 410 when
+    V is not in the window of changes kept, and the follower takes the whole document."""
+    store = request.app[STORE]
+    snapshot = store.snapshot
+    since = request.query.get("since")
+    if since is None:
+        return web.Response(body=snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
+    changes = store.changes.since(since)
+    if changes is None:
+        request.app[COUNTERS].deltas["gone"] += 1
+        return _error(410, f"Gone: {since} is not among the last versions' changes", JSON, snapshot)
+    request.app[COUNTERS].deltas["served"] += 1
+    body = encode_fleet_delta(snapshot.version, snapshot.index, since, changes)
+    return web.Response(body=body, headers={**_headers(snapshot, JSON)})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -18,9 +18,12 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from metadata_svc.changes import ChangeLog
 from metadata_svc.render import TEXT, Format, comparable, render, with_self
 from metadata_svc.tree import ClientTree, Tree, TreeBuilder
+from shared.fleet_changes import ObjectChange
 from shared.fleet_document import encode_fleet_document
+from shared.fleet_index import FleetView
 from shared.model import Fleet
 
 
@@ -28,10 +31,13 @@ from shared.model import Fleet
 class Snapshot:
     """One published fleet with its index and version, and its trees built on first use."""
 
-    fleet: Fleet
+    fleet: FleetView
     index: int
     self_host_uuid: str = ""
     published_at: float = field(default_factory=time.time)
+    # The content hash at publish time: an index updated per object (``FleetIndex``) moves on,
+    # while this snapshot's version must not.
+    digest: str = ""
     _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
     _fleet_json: bytes | None = field(default=None, repr=False)
     _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
@@ -41,10 +47,14 @@ class Snapshot:
         default_factory=lambda: LRUCache(maxsize=128 << 20, getsizeof=len), repr=False
     )
 
+    def __post_init__(self) -> None:
+        if not self.digest:
+            self.digest = self.fleet.digest
+
     @property
     def version(self) -> str:
         """Rancher-style ``<counter>-<content hash>``: ordered, and equal for equal content."""
-        return f"{self.index}-{self.fleet.digest[:32]}"
+        return f"{self.index}-{self.digest[:32]}"
 
     def fleet_json(self) -> bytes:
         """``{"version", "index", "fleet"}`` serialised once per snapshot, without secrets."""
@@ -136,9 +146,10 @@ class ReloadResult:
 class VersionedStore:
     """Holds the current snapshot; ``publish`` swaps it, ``wait_for_change`` long-polls it."""
 
-    def __init__(self, fleet: Fleet | None = None, index: int = 0, self_host_uuid: str = "") -> None:
+    def __init__(self, fleet: FleetView | None = None, index: int = 0, self_host_uuid: str = "") -> None:
         self._self_host_uuid = self_host_uuid
         self._snapshot = Snapshot(fleet or Fleet.empty(), index, self._pick_host(fleet, self_host_uuid))
+        self.changes = ChangeLog()
         self._changed = asyncio.Event()
         self._closed = False
         self.waiting = 0
@@ -151,7 +162,7 @@ class VersionedStore:
         self.kept_error = ""
 
     @staticmethod
-    def _pick_host(fleet: Fleet | None, wanted: str) -> str:
+    def _pick_host(fleet: FleetView | None, wanted: str) -> str:
         if fleet is None:
             return ""
         for host in fleet.hosts:
@@ -174,23 +185,27 @@ class VersionedStore:
     def index(self) -> int:
         return self._snapshot.index
 
-    def publish(self, fleet: Fleet, *, index: int | None = None) -> bool:
-        """Swap in ``fleet``; return False (and keep the version) when its content is unchanged."""
+    def publish(self, fleet: FleetView, *, index: int | None = None, changes: list[ObjectChange] | None = None) -> bool:
+        """Swap in ``fleet``; return False (and keep the version) when its content is unchanged.
+        ``changes``: what changed since the current snapshot, when the source knows it (then a
+        follower catches up with them alone, ``ChangeLog``)."""
         current = self._snapshot
-        if self.has_data and fleet.digest == current.fleet.digest:
+        if self.has_data and fleet.digest == current.digest:
             return False
         new_index = max(current.index + 1, index or 0)
         if self.clock_indexes:
             new_index = max(new_index, int(time.time() * 1000))
         self._snapshot = Snapshot(fleet, new_index, self._pick_host(fleet, self._self_host_uuid))
+        self.changes.record(current.version if self.has_data else "", self._snapshot.version, changes)
         self.has_data = True
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
         return True
 
-    def restore(self, fleet: Fleet, index: int) -> None:
+    def restore(self, fleet: FleetView, index: int) -> None:
         """Start from a kept copy: same content, same index, so clients see no change."""
         self._snapshot = Snapshot(fleet, index, self._pick_host(fleet, self._self_host_uuid))
+        self.changes.record("", self._snapshot.version, None)
         self.has_data = True
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()

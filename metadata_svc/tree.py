@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shared.model import Container, Fleet, Host, Service, Stack
+from shared.fleet_index import FleetView
+from shared.model import Container, Host, Service, Stack
 
 API_VERSIONS = ("2015-07-25", "2015-12-19", "2016-07-29")
 LATEST = "2016-07-29"
@@ -28,7 +29,7 @@ def _port(spec: str, host_ip: str) -> str:
 class TreeBuilder:
     """Builds the default tree of one API version and the ``self`` of any client IP."""
 
-    def __init__(self, fleet: Fleet, api: str, version: str, self_host_uuid: str) -> None:
+    def __init__(self, fleet: FleetView, api: str, version: str, self_host_uuid: str) -> None:
         self.fleet = fleet
         self.api = api
         self.version = version

@@ -22,7 +22,7 @@ Held-back keys are reported with why (``held``) and come back when what they lac
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +98,33 @@ def _provides(obj: FleetObject | None) -> set[Ref]:
     return set()
 
 
+class HeldBack(dict[str, str]):
+    """The keys held back, with why; ``moved`` says which entries changed since it was last
+    asked (so a follower reports what is new without comparing every key)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._moved: set[str] = set()
+
+    def __setitem__(self, key: str, value: str) -> None:
+        if self.get(key) != value:
+            self._moved.add(key)
+            super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._moved.add(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            self._moved.add(key)
+        return super().pop(key, default)
+
+    def moved(self) -> set[str]:
+        out, self._moved = self._moved, set()
+        return out
+
+
 class _Layered:
     """``References`` over the index plus the keys being decided (taken as served until shown
     otherwise, so that objects naming each other can be served together)."""
@@ -123,7 +150,7 @@ class EtcdObjects:
 
     def __init__(self, index: FleetIndex | None = None) -> None:
         self.index = index or FleetIndex()
-        self.held: dict[str, str] = {}
+        self.held = HeldBack()
         self._items: dict[str, _Item] = {}
         self._values: dict[str, bytes] = {}
         self._tokens: dict[str, dict[str, Any]] = {}  # "<stack>/<service>" (as in the key) -> {"token"}
@@ -134,6 +161,13 @@ class EtcdObjects:
         self._host_names: dict[str, set[str]] = {}  # host name -> uuids served with it
         self._sidekick_of: dict[str, set[str]] = {}  # "stack/service" -> services listing it
         self._env_key = False
+
+    def value(self, key: str) -> bytes | None:
+        """The value ``key`` has now (whether or not it is served)."""
+        return self._values.get(key)
+
+    def stored_keys(self) -> KeysView[str]:
+        return self._values.keys()
 
     # References, as the layered view answers them -------------------------------------------
 

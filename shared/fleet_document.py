@@ -15,12 +15,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.model import Fleet
+from shared.fleet_changes import KINDS, ObjectChange, identity
+from shared.fleet_index import FleetView
+from shared.model import (
+    TRUSTED,
+    Environment,
+    Fleet,
+    container_raw,
+    host_raw,
+    service_raw,
+    stack_raw,
+    trusted_environment,
+)
 
 FLEET_PATH = "/metadns/v1/fleet"
 
 
-def encode_fleet_document(fleet: Fleet, version: str, index: int) -> bytes:
+def encode_fleet_document(fleet: FleetView, version: str, index: int) -> bytes:
     raw = fleet.raw
     public = {**raw, "services": [{**s, "token": ""} for s in raw.get("services", [])]}
     return json.dumps({"version": version, "index": index, "fleet": public}, separators=(",", ":")).encode()
@@ -40,3 +51,67 @@ def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, Fleet]:
         return applied, Fleet.from_trusted(doc["fleet"], applied)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
+
+
+def encode_fleet_delta(version: str, index: int, since: str, changes: list[ObjectChange]) -> bytes:
+    """``?since=V``: what changed between version ``since`` and ``version``, each object once in
+    its final state: ``put`` (kind -> normalised objects, tokens blanked) and ``deleted``
+    (kind -> identities, ``shared.fleet_changes``), plus the ``environment`` when it changed."""
+    put: dict[str, list[dict[str, Any]]] = {}
+    deleted: dict[str, list[str]] = {}
+    doc: dict[str, Any] = {"version": version, "index": index, "since": since, "put": put, "deleted": deleted}
+    for change in changes:
+        new = change.new
+        if isinstance(new, Environment):
+            doc["environment"] = {"name": new.name, "uuid": new.uuid}
+        elif new is None:
+            deleted.setdefault(change.kind, []).append(change.ident)
+        else:
+            put.setdefault(change.kind, []).append(_public(change.kind, new))
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _public(kind: str, obj: Any) -> dict[str, Any]:
+    if kind == "hosts":
+        return host_raw(obj)
+    if kind == "stacks":
+        return stack_raw(obj)
+    if kind == "services":
+        return {**service_raw(obj), "token": ""}
+    return container_raw(obj)
+
+
+def decode_fleet_delta(body: bytes, fleet: FleetView) -> tuple[str, list[ObjectChange]]:
+    """The version and the ``ObjectChange``s of a delta document, against ``fleet`` (what the
+    reader serves now: the objects before). Raises ValueError when it is not a delta."""
+    try:
+        doc: Any = json.loads(body)
+    except ValueError as exc:
+        raise ValueError(f"metadata fleet delta is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("put"), dict) or not isinstance(doc.get("deleted"), dict):
+        raise ValueError("metadata fleet delta is not an object with put and deleted")
+    changes: list[ObjectChange] = []
+    try:
+        if isinstance(doc.get("environment"), dict):
+            changes.append(ObjectChange("environment", "", fleet.environment, trusted_environment(doc["environment"])))
+        for kind in KINDS[1:]:
+            for raw in doc["put"].get(kind, ()):
+                new = TRUSTED[kind](raw)
+                ident = identity(kind, new)
+                changes.append(ObjectChange(kind, ident, _current(fleet, kind, ident), new))
+            for ident in doc["deleted"].get(kind, ()):
+                changes.append(ObjectChange(kind, str(ident), _current(fleet, kind, str(ident)), None))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"metadata fleet delta is malformed: {exc!r}") from None
+    return str(doc.get("version") or ""), [c for c in changes if c.old != c.new]
+
+
+def _current(fleet: FleetView, kind: str, ident: str) -> Any:
+    if kind == "hosts":
+        return fleet.host(ident)
+    if kind == "stacks":
+        return fleet.stack(ident)
+    if kind == "services":
+        stack, _, name = ident.partition("/")
+        return fleet.service(stack, name)
+    return fleet.container(ident)

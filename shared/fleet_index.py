@@ -20,7 +20,7 @@ version. A reader that needs one version across awaits takes ``snapshot()``, an 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from shared.etcd_fleet import object_key
 from shared.fleet_changes import FleetObject, ObjectChange, identity
@@ -41,6 +41,48 @@ from shared.model import (
 )
 
 T = TypeVar("T")
+
+
+class FleetView(Protocol):
+    """What readers of a fleet use: ``Fleet`` (whole, immutable) and ``FleetIndex`` (updated
+    per object) both read this way, so the tree, the answers table and the documents take either."""
+
+    @property
+    def environment(self) -> Environment: ...
+
+    @property
+    def hosts(self) -> Sequence[Host]: ...
+
+    @property
+    def stacks(self) -> Sequence[Stack]: ...
+
+    @property
+    def services(self) -> Sequence[Service]: ...
+
+    @property
+    def containers(self) -> Sequence[Container]: ...
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def raw(self) -> Mapping[str, Any]: ...
+
+    def container(self, uuid: str) -> Container | None: ...
+
+    def container_by_ip(self, ip: str) -> Container | None: ...
+
+    def host(self, uuid: str) -> Host | None: ...
+
+    def stack(self, name: str) -> Stack | None: ...
+
+    def service(self, stack_name: str, name: str) -> Service | None: ...
+
+    def service_containers(self, service: Service) -> tuple[Container, ...]: ...
+
+    def stack_services(self, stack: Stack) -> tuple[Service, ...]: ...
+
+    def to_mapping(self) -> dict[str, Any]: ...
 
 
 class SortedObjects(Sequence[T], Generic[T]):
@@ -187,13 +229,14 @@ class FleetIndex:
             self._sorted_stack_services[key] = found
         return found
 
-    def raw_lists(self) -> dict[str, Any]:
+    def raw_lists(self, *, sort: bool = True) -> dict[str, Any]:
         """The normalised fleet (``Fleet.raw``'s shape), sharing the per-object dicts: a copy of
-        references, cheap enough to take on the event loop and serialise in a thread."""
+        references, cheap enough to take on the event loop and serialise in a thread (unsorted,
+        it does not even sort)."""
         out: dict[str, Any] = {"environment": _raw_of("environment", self.environment)}
         for kind, objects in self._objects.items():
             raws, order = self._raws[kind], self._order[kind]
-            out[kind] = [raws[i] for i in sorted(objects, key=order.__getitem__)]
+            out[kind] = [raws[i] for i in (sorted(objects, key=order.__getitem__) if sort else objects)]
         return out
 
     @property

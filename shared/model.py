@@ -154,6 +154,9 @@ class Fleet:
     def container_by_ip(self, ip: str) -> Container | None:
         return self._by_ip.get(ip)
 
+    def container(self, uuid: str) -> Container | None:
+        return self._by_uuid.get(uuid)
+
     def host(self, uuid: str) -> Host | None:
         return self._hosts.get(uuid)
 
@@ -188,6 +191,7 @@ class Fleet:
         for s in self.services:
             stack_services.setdefault(s.stack_name.lower(), []).append(s)
         object.__setattr__(self, "_by_ip", by_ip)
+        object.__setattr__(self, "_by_uuid", {c.uuid: c for c in self.containers})
         object.__setattr__(self, "_hosts", {h.uuid: h for h in self.hosts})
         object.__setattr__(self, "_stacks", {s.name.lower(): s for s in self.stacks})
         object.__setattr__(self, "_services", {(s.stack_name.lower(), s.name.lower()): s for s in self.services})
@@ -195,6 +199,7 @@ class Fleet:
         object.__setattr__(self, "_stack_services", {k: tuple(v) for k, v in stack_services.items()})
 
     _by_ip: dict[str, Container] = field(init=False, repr=False, compare=False)
+    _by_uuid: dict[str, Container] = field(init=False, repr=False, compare=False)
     _hosts: dict[str, Host] = field(init=False, repr=False, compare=False)
     _stacks: dict[str, Stack] = field(init=False, repr=False, compare=False)
     _services: dict[tuple[str, str], Service] = field(init=False, repr=False, compare=False)
@@ -215,73 +220,12 @@ class Fleet:
         """Rebuild a fleet that metadns's metadata service already validated and normalised
         (``Fleet.raw``), without validating it again: the DNS service does this on every fleet
         change, and for a 10k-container fleet validation would be most of the cost."""
-
-        def rest(item: Mapping[str, Any], known: set[str]) -> Mapping[str, Any]:
-            return _frozen({k: v for k, v in item.items() if k not in known})
-
-        env = raw.get("environment") or {}
-        hosts = tuple(
-            Host(
-                uuid=h["uuid"],
-                name=h["name"],
-                agent_ip=h.get("agent_ip", ""),
-                hostname=h.get("hostname", ""),
-                labels=_frozen(h.get("labels")),
-                extra=rest(h, _KNOWN["hosts"]),
-            )
-            for h in raw.get("hosts", ())
-        )
-        stacks = tuple(
-            Stack(name=st["name"], uuid=st["uuid"], extra=rest(st, _KNOWN["stacks"])) for st in raw.get("stacks", ())
-        )
-        services = tuple(
-            Service(
-                name=sv["name"],
-                stack_name=sv["stack_name"],
-                uuid=sv["uuid"],
-                kind=sv.get("kind", "service"),
-                hostname=sv.get("hostname", ""),
-                vip=sv.get("vip", ""),
-                external_ips=tuple(sv.get("external_ips", ())),
-                links=_frozen(sv.get("links")),
-                sidekicks=tuple(sv.get("sidekicks", ())),
-                primary_service_name=sv.get("primary_service_name", ""),
-                ports=tuple(sv.get("ports", ())),
-                labels=_frozen(sv.get("labels")),
-                metadata=_frozen(sv.get("metadata")),
-                token=sv.get("token") or "",
-                health_check=_frozen(sv["health_check"]) if sv.get("health_check") is not None else None,
-                extra=rest(sv, _KNOWN["services"]),
-            )
-            for sv in raw.get("services", ())
-        )
-        containers = tuple(
-            Container(
-                name=c["name"],
-                uuid=c["uuid"],
-                primary_ip=c["primary_ip"],
-                stack_name=c.get("stack_name", ""),
-                service_name=c.get("service_name", ""),
-                host_uuid=c.get("host_uuid", ""),
-                state=c.get("state", "running"),
-                health_state=c.get("health_state", "healthy"),
-                create_index=c.get("create_index", 0),
-                service_index=c.get("service_index", ""),
-                labels=_frozen(c.get("labels")),
-                ports=tuple(c.get("ports", ())),
-                dns=tuple(c.get("dns", ())),
-                dns_search=tuple(c.get("dns_search", ())),
-                links=_frozen(c.get("links")),
-                extra=rest(c, _KNOWN["containers"]),
-            )
-            for c in raw.get("containers", ())
-        )
         return cls(
-            Environment(name=env.get("name", "default"), uuid=env.get("uuid", "")),
-            hosts,
-            stacks,
-            services,
-            containers,
+            trusted_environment(raw.get("environment") or {}),
+            tuple(trusted_host(h) for h in raw.get("hosts", ())),
+            tuple(trusted_stack(st) for st in raw.get("stacks", ())),
+            tuple(trusted_service(sv) for sv in raw.get("services", ())),
+            tuple(trusted_container(c) for c in raw.get("containers", ())),
             digest,
             raw,
         )
@@ -289,6 +233,81 @@ class Fleet:
     def to_mapping(self) -> dict[str, Any]:
         """The normalised fleet, suitable for ``from_mapping`` and for the kept copy on disk."""
         return json.loads(json.dumps(self.raw))  # type: ignore[no-any-return]
+
+
+def _rest(item: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    return _frozen({k: v for k, v in item.items() if k not in _KNOWN[kind]})
+
+
+def trusted_environment(env: Mapping[str, Any]) -> Environment:
+    """The objects of a normalised fleet (``Fleet.raw``, the fleet document), not validated
+    again: the metadata service did, and the DNS service rebuilds them on every change."""
+    return Environment(name=env.get("name", "default"), uuid=env.get("uuid", ""))
+
+
+def trusted_host(h: Mapping[str, Any]) -> Host:
+    return Host(
+        uuid=h["uuid"],
+        name=h["name"],
+        agent_ip=h.get("agent_ip", ""),
+        hostname=h.get("hostname", ""),
+        labels=_frozen(h.get("labels")),
+        extra=_rest(h, "hosts"),
+    )
+
+
+def trusted_stack(st: Mapping[str, Any]) -> Stack:
+    return Stack(name=st["name"], uuid=st["uuid"], extra=_rest(st, "stacks"))
+
+
+def trusted_service(sv: Mapping[str, Any]) -> Service:
+    return Service(
+        name=sv["name"],
+        stack_name=sv["stack_name"],
+        uuid=sv["uuid"],
+        kind=sv.get("kind", "service"),
+        hostname=sv.get("hostname", ""),
+        vip=sv.get("vip", ""),
+        external_ips=tuple(sv.get("external_ips", ())),
+        links=_frozen(sv.get("links")),
+        sidekicks=tuple(sv.get("sidekicks", ())),
+        primary_service_name=sv.get("primary_service_name", ""),
+        ports=tuple(sv.get("ports", ())),
+        labels=_frozen(sv.get("labels")),
+        metadata=_frozen(sv.get("metadata")),
+        token=sv.get("token") or "",
+        health_check=_frozen(sv["health_check"]) if sv.get("health_check") is not None else None,
+        extra=_rest(sv, "services"),
+    )
+
+
+def trusted_container(c: Mapping[str, Any]) -> Container:
+    return Container(
+        name=c["name"],
+        uuid=c["uuid"],
+        primary_ip=c["primary_ip"],
+        stack_name=c.get("stack_name", ""),
+        service_name=c.get("service_name", ""),
+        host_uuid=c.get("host_uuid", ""),
+        state=c.get("state", "running"),
+        health_state=c.get("health_state", "healthy"),
+        create_index=c.get("create_index", 0),
+        service_index=c.get("service_index", ""),
+        labels=_frozen(c.get("labels")),
+        ports=tuple(c.get("ports", ())),
+        dns=tuple(c.get("dns", ())),
+        dns_search=tuple(c.get("dns_search", ())),
+        links=_frozen(c.get("links")),
+        extra=_rest(c, "containers"),
+    )
+
+
+TRUSTED: dict[str, Callable[[Mapping[str, Any]], Host | Stack | Service | Container]] = {
+    "hosts": trusted_host,
+    "stacks": trusted_stack,
+    "services": trusted_service,
+    "containers": trusted_container,
+}
 
 
 def canonical_ip(text: str) -> str | None:

@@ -32,11 +32,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from metadata_svc.sources import FleetUpdate, SourceResult
 from shared.etcd import COMPACTED, EtcdClient, EtcdEndpoints, EtcdError, WatchResult, prefix_end
 from shared.etcd_fleet import STATUS_PREFIX, is_status_key
-from shared.etcd_objects import fleet_from_keys
+from shared.etcd_objects import EtcdObjects
 from shared.logs import log_event
-from shared.model import Fleet, FleetError
+from shared.model import FleetError
 
 log = logging.getLogger("metadata.etcd")
 
@@ -85,11 +86,14 @@ class EtcdSource:
         self.backoff_max = backoff_max
         self.status = EtcdStatus()
         self._reload = asyncio.Event()
-        self._values: dict[str, bytes] = {}
-        self._mod: dict[str, int] = {}
+        self._objects = EtcdObjects()
+        # A debounce window's watch responses, applied together (each one whole).
+        self._puts: dict[str, bytes] = {}
+        self._deletes: set[str] = set()
+        self._created: dict[str, int] = {}
+        self._first = True  # the first list: what changed is everything, said as "not known"
         self._changed_at = 0  # the revision at which the content last changed
         self._revision = 0  # the revision we are at (the watch resumes after it)
-        self._digest = ""
         self._listed_at = 0.0
         self._replay = True  # watch from the content's revision (False once that history is compacted)
 
@@ -109,16 +113,16 @@ class EtcdSource:
     def _key(self, raw: bytes) -> str:
         return raw[len(self.prefix) :].decode("utf-8", "replace")
 
-    async def updates(self) -> AsyncIterator[tuple[Fleet, int] | FleetError]:
+    async def updates(self) -> AsyncIterator[SourceResult]:
         client = EtcdClient(self.endpoints)
         backoff = 0.2
         try:
             while True:
                 try:
                     if self._revision == 0:
-                        update = await self._list(client)
-                        if update is not None:
-                            yield update
+                        listed = await self._list(client)
+                        if listed is not None:
+                            yield listed
                     async for update in self._follow(client):
                         yield update
                         backoff = 0.2
@@ -148,7 +152,7 @@ class EtcdSource:
                 "etcd_unreachable",
                 endpoint=client.endpoint,
                 problem=problem,
-                serving=f"revision {self._changed_at}" if self._digest else "nothing yet",
+                serving=f"revision {self._changed_at}" if not self._first else "nothing yet",
             )
         self.status.connected = False
         self.status.problem = problem
@@ -163,13 +167,14 @@ class EtcdSource:
         self.status.revision = self._revision
         self.status.heard_at = time.monotonic()
 
-    async def _list(self, client: EtcdClient) -> tuple[Fleet, int] | FleetError | None:
+    async def _list(self, client: EtcdClient) -> FleetUpdate | FleetError | None:
         kvs, revision = await client.list_prefix(self.prefix)
         status = self.prefix + STATUS_PREFIX.encode()  # the hosts' reports: not content (host_status.py)
         kvs = [kv for kv in kvs if not kv.key.startswith(status)]
-        self._values = {self._key(kv.key): kv.value for kv in kvs}
-        self._mod = {self._key(kv.key): kv.mod_revision for kv in kvs}
-        self._changed_at = max(self._mod.values(), default=0)
+        self._puts = {self._key(kv.key): kv.value for kv in kvs}
+        self._created = {self._key(kv.key): kv.create_revision for kv in kvs}
+        self._deletes = {key for key in self._objects.stored_keys() if key not in self._puts}
+        self._changed_at = max((kv.mod_revision for kv in kvs), default=0)
         # Watch from the newest object's revision: the deletes since then replay, so this host
         # learns the revision the content last changed at, like every host that saw them live
         # (unless that history is compacted away: then from the list's revision).
@@ -179,7 +184,7 @@ class EtcdSource:
         self._back(client)
         return self._build()
 
-    async def _follow(self, client: EtcdClient) -> AsyncIterator[tuple[Fleet, int] | FleetError]:  # noqa: C901 (the watch loop: batching, errors and resync in one place)
+    async def _follow(self, client: EtcdClient) -> AsyncIterator[SourceResult]:  # noqa: C901 (the watch loop: batching, errors and resync in one place)
         queue: asyncio.Queue[WatchResult | BaseException] = asyncio.Queue()
 
         async def read() -> None:
@@ -240,39 +245,59 @@ class EtcdSource:
                 await reader
 
     def _apply(self, result: WatchResult) -> bool:
-        """Apply one watch response as a unit; True when an object changed."""
+        """Take one watch response in as a unit (applied with the rest of its debounce window);
+        True when an object changed."""
         changed = False
         for event in result.events:
             key = self._key(event.kv.key)
             if is_status_key(key):  # a host's report of what it serves: never content (host_status.py)
                 continue
+            if key in self._puts:
+                before: bytes | None = self._puts[key]
+            else:
+                before = None if key in self._deletes else self._objects.value(key)
             if event.deleted:
-                if self._values.pop(key, None) is not None:
-                    changed = True
-                self._mod.pop(key, None)
-            elif self._values.get(key) != event.kv.value:
-                self._values[key] = event.kv.value
-                self._mod[key] = event.kv.mod_revision
+                self._puts.pop(key, None)
+                self._created.pop(key, None)
+                self._deletes.add(key)
+                moved = before is not None
+            else:
+                self._deletes.discard(key)
+                self._puts[key] = event.kv.value
+                self._created[key] = event.kv.create_revision
+                moved = before != event.kv.value
+            if moved:
                 changed = True
-            if changed:
                 self._changed_at = max(self._changed_at, event.kv.mod_revision)
         self._revision = max(self._revision, result.revision)
         return changed
 
-    def _build(self) -> tuple[Fleet, int] | FleetError | None:
-        """The fleet now, with the revision its content last changed at; None when unchanged."""
+    def _build(self) -> FleetUpdate | FleetError | None:
+        """Apply what came in since the last build; the update, or None when nothing served
+        changed."""
+        puts, deletes, created = self._puts, self._deletes, self._created
+        self._puts, self._deletes, self._created = {}, set(), {}
         try:
-            fleet, bad = fleet_from_keys(self._values)
+            changes = self._objects.apply(puts, deletes, created)
         except FleetError as exc:
             return FleetError(f"{self.name} {exc.where}", exc.problem)
-        for key, problem in bad.items():
-            if self.status.held_back.get(key) != problem:
-                log_event(log, logging.ERROR, "etcd_object_held_back", key=self.prefix.decode() + key, problem=problem)
-        self.status.held_back = bad
-        if fleet.digest == self._digest:
+        held = self._objects.held
+        moved = held.moved()
+        newly = [key for key in sorted(moved) if key in held]
+        for key in newly[:HELD_LINES]:
+            log_event(log, logging.ERROR, "etcd_object_held_back", key=self.prefix.decode() + key, problem=held[key])
+        if len(newly) > HELD_LINES:
+            log_event(log, logging.ERROR, "etcd_objects_held_back", count=len(newly), said=HELD_LINES)
+        self.status.held_back = held
+        first, self._first = self._first, False
+        if not changes and not first:
             return None
-        self._digest = fleet.digest
-        return fleet, self._changed_at
+        return FleetUpdate(self._objects.index, self._changed_at, None if first else changes)
+
+
+HELD_LINES = 20
+"""Keys held back said one line each per update; beyond that, one line with their count (a
+stack deleted holds back every container of it)."""
 
 
 async def _first_of(
