@@ -98,6 +98,17 @@ def _provides(obj: FleetObject | None) -> set[Ref]:
     return set()
 
 
+def _looked_up(obj: FleetObject | None) -> set[Ref]:
+    """The part of ``_provides`` that is a lookup of served objects only (``host_uuid`` by
+    name, ``primary_of``), not an existence a hope stands in for."""
+    if isinstance(obj, Host):
+        return {("host", obj.name)} if obj.name != obj.uuid else set()  # by its uuid: as hoped
+    if isinstance(obj, Service):
+        stack = obj.stack_name.lower()
+        return {("primary", f"{stack}/{s.lower()}") for s in obj.sidekicks}
+    return set()
+
+
 class HeldBack(dict[str, str]):
     """The keys held back, with why; ``moved`` says which entries changed since it was last
     asked (so a follower reports what is new without comparing every key)."""
@@ -370,7 +381,7 @@ class EtcdObjects:
         rounds = 0
         while check:
             rounds += 1
-            if rounds > 100_000:
+            if rounds > 20 * (len(self._items) + 1000):  # each check settles for good or moves others: bounded
                 raise FleetError("etcd", "the objects do not settle")
             ident = check.pop()
             moved = self._decide(ident, journal)
@@ -423,6 +434,10 @@ class EtcdObjects:
         self._hopeful.pop(ident, None)
         self.index.apply([ObjectChange(kind, name, old, new)])
         self._track(name, old, new)
+        if old is None and served_key and served_key == hoped:
+            # The hope came true: what was checked on it stands. Only what others could not
+            # look up on a hope (a host by its name, a sidekick's primary) is checked again.
+            return _looked_up(new) | dashed
         return _provides(old) | _provides(new) | dashed
 
     def _track(self, ident: str, old: FleetObject | None, new: FleetObject | None) -> None:
