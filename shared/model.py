@@ -14,8 +14,9 @@ import socket
 import uuid as uuid_mod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 SERVICE_KINDS = frozenset(
     {"service", "externalService", "dnsService", "loadBalancerService", "kubernetesService", "scalingGroup"}
@@ -169,6 +170,38 @@ class Fleet:
     def stack_services(self, stack: Stack) -> tuple[Service, ...]:
         return self._stack_services.get(stack.name.lower(), ())
 
+    # What a path segment such as /containers/<name or uuid> may name: every object whose name or
+    # uuid is ``text`` in any case, in fleet order (names repeat; the metadata API's first match
+    # wins). Built on first use, so a fleet nobody asks by name pays nothing.
+
+    def hosts_called(self, text: str) -> tuple[Host, ...]:
+        return self._hosts_called.get(text.lower(), ())
+
+    def stacks_called(self, text: str) -> tuple[Stack, ...]:
+        return self._stacks_called.get(text.lower(), ())
+
+    def services_called(self, text: str) -> tuple[Service, ...]:
+        return self._services_called.get(text.lower(), ())
+
+    def containers_called(self, text: str) -> tuple[Container, ...]:
+        return self._containers_called.get(text.lower(), ())
+
+    @cached_property
+    def _hosts_called(self) -> dict[str, tuple[Host, ...]]:
+        return _by_name_or_uuid(self.hosts)
+
+    @cached_property
+    def _stacks_called(self) -> dict[str, tuple[Stack, ...]]:
+        return _by_name_or_uuid(self.stacks)
+
+    @cached_property
+    def _services_called(self) -> dict[str, tuple[Service, ...]]:
+        return _by_name_or_uuid(self.services)
+
+    @cached_property
+    def _containers_called(self) -> dict[str, tuple[Container, ...]]:
+        return _by_name_or_uuid(self.containers)
+
     def __post_init__(self) -> None:
         # An address several containers share (Rancher gives host-network containers the host's)
         # names none of them: ``self`` and per-client answers need to know who is asking.
@@ -289,6 +322,17 @@ class Fleet:
     def to_mapping(self) -> dict[str, Any]:
         """The normalised fleet, suitable for ``from_mapping`` and for the kept copy on disk."""
         return json.loads(json.dumps(self.raw))  # type: ignore[no-any-return]
+
+
+_Named = TypeVar("_Named", Host, Stack, Service, Container)
+
+
+def _by_name_or_uuid(items: tuple[_Named, ...]) -> dict[str, tuple[_Named, ...]]:
+    found: dict[str, list[_Named]] = {}
+    for item in items:
+        for key in {item.name.lower(), item.uuid.lower()}:
+            found.setdefault(key, []).append(item)
+    return {key: tuple(value) for key, value in found.items()}
 
 
 def canonical_ip(text: str) -> str | None:
