@@ -39,25 +39,25 @@ FLEET_LISTS = {
         lambda fleet: fleet.containers,
         lambda fleet, text: fleet.containers_called(text),
         lambda builder, c: builder.name(c.name),
-        TreeBuilder.container,
+        lambda builder, c: builder.container(c),
     ),
     "services": Listing(
         lambda fleet: fleet.services,
         lambda fleet, text: fleet.services_called(text),
         lambda builder, s: builder.name(s.name),
-        TreeBuilder.service,
+        lambda builder, s: builder.service(s),
     ),
     "stacks": Listing(
         lambda fleet: fleet.stacks,
         lambda fleet, text: fleet.stacks_called(text),
         lambda builder, st: builder.name(st.name),
-        TreeBuilder.stack,
+        lambda builder, st: builder.stack(st),
     ),
     "hosts": Listing(
         lambda fleet: fleet.hosts,
         lambda fleet, text: fleet.hosts_called(text),
         lambda _builder, h: h.name,
-        TreeBuilder.host,
+        lambda builder, h: builder.host(h),
     ),
 }
 
