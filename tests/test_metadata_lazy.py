@@ -176,6 +176,7 @@ CLIENTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", API_VERSIONS)
 @pytest.mark.parametrize("self_host", ["", "host-b"])
 def test_lazy_paths_answer_what_the_whole_tree_did(api: str, self_host: str) -> None:
