@@ -3,15 +3,47 @@
 An integer segment indexes a list; any other segment picks the list element whose ``name`` or
 ``uuid`` equals it. A path that misses is retried once in lower case, because 2016-07-29 trees
 hold lower-cased names while clients often ask with the original case.
+
+A tree may hold ``Lazy`` parts, which build only what a path steps into (``lazy_tree.py``).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote_plus
 
 MISSING: Any = object()
+BEYOND_ANY_LIST = 1_000_000_000
+
+
+class Lazy(ABC):
+    """A part of a tree that is not built until needed: a path steps into it one segment at a
+    time, and only a path ending on it has it built whole."""
+
+    @abstractmethod
+    def step(self, segment: str) -> Any:
+        """What ``segment`` names inside the built part (by ``walk``'s rules), or ``MISSING``."""
+
+    @abstractmethod
+    def built(self) -> Any:
+        """The whole part, as plain mappings and lists."""
+
+
+def list_position(segment: str) -> int | None:
+    """The list index ``segment`` names, or None when it names an element by name or uuid.
+
+    Only ASCII digits count (not "²", which ``isdigit()`` accepts and ``int()`` refuses); past nine
+    of them, a position no list reaches (and ``int()`` refuses 5,000 digits)."""
+    if not (segment.isascii() and segment.isdigit()):
+        return None
+    return int(segment) if len(segment) <= 9 else BEYOND_ANY_LIST
+
+
+def names(item: Any, segment: str) -> bool:
+    """Whether a list element is the one ``segment`` names: its ``name`` or ``uuid`` equals it."""
+    return isinstance(item, Mapping) and segment in (item.get("name"), item.get("uuid"))
 
 
 class MalformedPath(ValueError):
@@ -46,16 +78,16 @@ def _check_escapes(part: str) -> None:
 
 
 def _step(value: Any, segment: str) -> Any:
+    if isinstance(value, Lazy):
+        return value.step(segment)
     if isinstance(value, Mapping):
         return value.get(segment, MISSING)
     if isinstance(value, Sequence) and not isinstance(value, str):
-        if segment.isascii() and segment.isdigit():  # not "²", which isdigit() accepts and int() refuses
-            if len(segment) > 9:
-                return MISSING  # no list is that long (and int() refuses 5,000 digits)
-            index = int(segment)
+        index = list_position(segment)
+        if index is not None:
             return value[index] if index < len(value) else MISSING
         for item in value:
-            if isinstance(item, Mapping) and segment in (item.get("name"), item.get("uuid")):
+            if names(item, segment):
                 return item
     return MISSING
 
@@ -70,9 +102,9 @@ def _walk_once(tree: Any, segments: Sequence[str]) -> Any:
 
 
 def walk(tree: Any, segments: Sequence[str]) -> Any:
-    """The value at ``segments`` below ``tree``, or ``MISSING``."""
+    """The value at ``segments`` below ``tree`` (built, where it is a ``Lazy`` part), or ``MISSING``."""
     value = _walk_once(tree, segments)
     lowered = [s.lower() for s in segments]
     if value is MISSING and lowered != list(segments):
         value = _walk_once(tree, lowered)
-    return value
+    return value.built() if isinstance(value, Lazy) else value

@@ -19,6 +19,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from metadata_svc.changes import ChangeLog
+from metadata_svc.lazy_tree import LazyMapping, TreeTop
 from metadata_svc.render import TEXT, Format, comparable, render, with_self
 from metadata_svc.tree import ClientTree, Tree, TreeBuilder
 from shared.fleet_changes import ObjectChange
@@ -41,7 +42,7 @@ class Snapshot:
     _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
     _fleet_json: bytes | None = field(default=None, repr=False)
     _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
-    _selves: LRUCache[tuple[str, str], Any] = field(default_factory=lambda: LRUCache(maxsize=4096), repr=False)
+    _selves: LRUCache[tuple[str, str], LazyMapping] = field(default_factory=lambda: LRUCache(maxsize=4096), repr=False)
     # Rendered bodies, bounded in bytes: a few whole trees in each format and API version.
     _rendered: LRUCache[tuple[str, tuple[str, ...], str], bytes] = field(
         default_factory=lambda: LRUCache(maxsize=128 << 20, getsizeof=len), repr=False
@@ -117,18 +118,20 @@ class Snapshot:
             found = self._rendered[key] = make()
         return found
 
-    def tree_for(self, api: str, client_ip: str) -> ClientTree | Tree:
-        """The tree a client sees: the default one, with ``self`` its own when it is a container."""
+    def tree_for(self, api: str, client_ip: str) -> TreeTop:
+        """The tree a client sees (the default one, with ``self`` its own when it is a container),
+        for ``lookup.walk``: built only as far as a path goes, the whole of it once per snapshot."""
+        return TreeTop(self._builder(api), self._own_self(api, client_ip), lambda: self.default_tree(api))
+
+    def _own_self(self, api: str, client_ip: str) -> LazyMapping | None:
         container = self.fleet.container_by_ip(client_ip)
-        base = self.default_tree(api)
         if container is None:
-            return base
+            return None
         key = (api, client_ip)
-        tree = self._selves.get(key)
-        if tree is None:
-            tree = ClientTree(base, self._builder(api).self_for(container))
-            self._selves[key] = tree
-        return tree
+        found = self._selves.get(key)
+        if found is None:
+            found = self._selves[key] = LazyMapping(self._builder(api).self_parts(container))
+        return found
 
 
 def _personal(segments: Sequence[str], value: Any) -> bool:

@@ -7,7 +7,7 @@ so every field keeps Rancher's name and JSON type. The shared lists never carry 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shared.fleet_index import FleetView
@@ -17,6 +17,7 @@ API_VERSIONS = ("2015-07-25", "2015-12-19", "2016-07-29")
 LATEST = "2016-07-29"
 
 Tree = dict[str, Any]
+Parts = dict[str, Callable[[], Any]]  # a tree's keys in order, each with what builds its value
 
 
 def _port(spec: str, host_ip: str) -> str:
@@ -27,7 +28,8 @@ def _port(spec: str, host_ip: str) -> str:
 
 
 class TreeBuilder:
-    """Builds the default tree of one API version and the ``self`` of any client IP."""
+    """Builds the default tree of one API version, its elements one at a time, and the ``self`` of any
+    container."""
 
     def __init__(self, fleet: FleetView, api: str, version: str, self_host_uuid: str) -> None:
         self.fleet = fleet
@@ -40,11 +42,20 @@ class TreeBuilder:
         self.env = {"environment_name": env.name, "environment_uuid": env.uuid}
         self._containers: dict[str, Tree] = {}
         self._services: dict[tuple[str, str], Tree] = {}
+        self._host_positions: dict[str, int] | None = None
 
     def name(self, text: str) -> str:
         return text.lower() if self.lower else text
 
-    def host(self, h: Host, index: int) -> Tree:
+    def host_position(self, h: Host) -> int:
+        """Where ``h`` is in the fleet's hosts: before 2016-07-29 a host's ``host_id`` said so."""
+        if self._host_positions is None:
+            self._host_positions = {}
+            for i, each in enumerate(self.fleet.hosts):
+                self._host_positions.setdefault(each.uuid, i)
+        return self._host_positions[h.uuid]
+
+    def host(self, h: Host) -> Tree:
         out: Tree = {
             "name": h.name,
             "agent_ip": h.agent_ip,
@@ -58,7 +69,7 @@ class TreeBuilder:
             "state": "active",
         }
         if not self.lower:
-            out["host_id"] = index + 1
+            out["host_id"] = self.host_position(h) + 1
         out.update(h.extra)
         return out
 
@@ -161,38 +172,47 @@ class TreeBuilder:
         out.update(st.extra)
         return out
 
-    def default_tree(self) -> Tree:
+    def default_parts(self) -> Parts:
+        """The default tree as parts, so that a path into it builds only the part it enters."""
         fleet = self.fleet
-        host_index = {h.uuid: i for i, h in enumerate(fleet.hosts)}
-        tree: Tree = {
-            "containers": [self.container(c) for c in fleet.containers],
-            "services": [self.service(s) for s in fleet.services],
-            "stacks": [self.stack(st) for st in fleet.stacks],
-            "hosts": [self.host(h, i) for i, h in enumerate(fleet.hosts)],
-            "networks": [],
-            "self": ({"host": self.host(self.self_host, host_index[self.self_host.uuid])} if self.self_host else {}),
-            "version": self.version,
-            "name": fleet.environment.name,
-            "uuid": fleet.environment.uuid,
+        env = fleet.environment
+        parts: Parts = {
+            "containers": lambda: [self.container(c) for c in fleet.containers],
+            "services": lambda: [self.service(s) for s in fleet.services],
+            "stacks": lambda: [self.stack(st) for st in fleet.stacks],
+            "hosts": lambda: [self.host(h) for h in fleet.hosts],
+            "networks": list,
+            "self": self.default_self,
+            "version": lambda: self.version,
+            "name": lambda: env.name,
+            "uuid": lambda: env.uuid,
         }
         if self.lower:
-            tree["environments"] = [{"name": fleet.environment.name, "uuid": fleet.environment.uuid}]
-        return tree
+            parts["environments"] = lambda: [{"name": env.name, "uuid": env.uuid}]
+        return parts
 
-    def self_for(self, container: Container) -> Tree:
-        """``self`` of a known container: itself, its service (with token), its stack and host."""
+    def default_tree(self) -> Tree:
+        return {key: make() for key, make in self.default_parts().items()}
+
+    def default_self(self) -> Tree:
+        """``self`` of a client that is no container: the host this service runs on, if known."""
+        return {"host": self.host(self.self_host)} if self.self_host else {}
+
+    def self_parts(self, container: Container) -> Parts:
+        """``self`` of a known container as parts: itself, its service (with token), its stack and
+        host, each built when a path enters it (a stack holds every container of its services)."""
         fleet = self.fleet
-        out: Tree = {"container": self.container(container)}
+        parts: Parts = {"container": lambda: self.container(container)}
         service = fleet.service(container.stack_name, container.service_name) if container.service_name else None
         if service is not None:
-            out["service"] = self.service(service, with_token=True)
+            parts["service"] = lambda: self.service(service, with_token=True)
         stack = fleet.stack(container.stack_name) if container.stack_name else None
         if stack is not None:
-            out["stack"] = self.stack(stack)
+            parts["stack"] = lambda: self.stack(stack)
         host = fleet.host(container.host_uuid) if container.host_uuid else self.self_host
         if host is not None:
-            out["host"] = self.host(host, [h.uuid for h in fleet.hosts].index(host.uuid))
-        return out
+            parts["host"] = lambda: self.host(host)
+        return parts
 
 
 class ClientTree(Mapping[str, Any]):

@@ -84,6 +84,14 @@ class FleetView(Protocol):
 
     def to_mapping(self) -> dict[str, Any]: ...
 
+    def hosts_called(self, text: str) -> tuple[Host, ...]: ...
+
+    def stacks_called(self, text: str) -> tuple[Stack, ...]: ...
+
+    def services_called(self, text: str) -> tuple[Service, ...]: ...
+
+    def containers_called(self, text: str) -> tuple[Container, ...]: ...
+
 
 class SortedObjects(Sequence[T], Generic[T]):
     """One collection of the index as a read-only sequence in canonical order. Its length is
@@ -148,6 +156,8 @@ class FleetIndex:
         self._members: dict[tuple[str, str], dict[str, Container]] = {}
         self._stack_services: dict[str, dict[str, Service]] = {}
         self._sorted_members: dict[tuple[str, str], tuple[Container, ...]] = {}
+        # name or uuid, lower-cased -> the objects it names (a metadata path names one this way)
+        self._called: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in self._objects}
         self._sorted_stack_services: dict[str, tuple[Service, ...]] = {}
 
     @classmethod
@@ -229,6 +239,27 @@ class FleetIndex:
             self._sorted_stack_services[key] = found
         return found
 
+    def hosts_called(self, text: str) -> tuple[Host, ...]:
+        return self._named("hosts", text)
+
+    def stacks_called(self, text: str) -> tuple[Stack, ...]:
+        return self._named("stacks", text)
+
+    def services_called(self, text: str) -> tuple[Service, ...]:
+        return self._named("services", text)
+
+    def containers_called(self, text: str) -> tuple[Container, ...]:
+        return self._named("containers", text)
+
+    def _named(self, kind: str, text: str) -> tuple[Any, ...]:
+        """Every object whose name or uuid is ``text`` in any case, in canonical order (as
+        ``Fleet``'s, which keeps file order)."""
+        found = self._called[kind].get(text.lower())
+        if not found:
+            return ()
+        order = self._order[kind]
+        return tuple(found[i] for i in sorted(found, key=order.__getitem__))
+
     def raw_lists(self, *, sort: bool = True) -> dict[str, Any]:
         """The normalised fleet (``Fleet.raw``'s shape), sharing the per-object dicts: a copy of
         references, cheap enough to take on the event loop and serialise in a thread (unsorted,
@@ -285,6 +316,9 @@ class FleetIndex:
         self._shares[(kind, ident)] = share
         self._total += share
         self._lists[kind].changed()
+        if not isinstance(obj, Environment):
+            for text in {obj.name.lower(), obj.uuid.lower()}:
+                self._called[kind].setdefault(text, {})[ident] = obj
         if isinstance(obj, Container):
             self._by_ip.setdefault(obj.primary_ip, set()).add(ident)
             if obj.service_name:
@@ -304,6 +338,11 @@ class FleetIndex:
         del self._order[kind][ident]
         self._total -= self._shares.pop((kind, ident))
         self._lists[kind].changed()
+        for text in {obj.name.lower(), obj.uuid.lower()}:
+            called = self._called[kind][text]
+            del called[ident]
+            if not called:
+                del self._called[kind][text]
         if isinstance(obj, Container):
             sharing = self._by_ip[obj.primary_ip]
             sharing.discard(ident)

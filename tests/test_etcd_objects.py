@@ -255,6 +255,10 @@ def test_any_sequence_of_changes_serves_what_a_whole_validation_serves(batches: 
         }
         follower.apply(changes)
         assert follower.raw_lists() == objects.index.raw_lists()
+        whole_now = objects.index.snapshot()
+        for text in ["web-1", "WEB-1", "c1", "web", "shop", "Shop", "h1", "n1", "db-1"]:
+            for kind in ("hosts", "stacks", "services", "containers"):
+                assert getattr(follower, f"{kind}_called")(text) == getattr(whole_now, f"{kind}_called")(text)
     whole, _ = fleet_from_keys(values, revisions)
     assert whole.raw == objects.index.snapshot().raw  # one batch or many: the same lists, in one order
 
