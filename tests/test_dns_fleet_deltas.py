@@ -188,3 +188,48 @@ def test_the_window_collapses_changes_and_forgets_what_it_cannot_prove() -> None
     assert store.changes.since(v1) is None
     store.publish(three, index=13)  # a whole fleet without its changes: the window starts again
     assert store.changes.since(v2) is None
+
+
+@pytest.mark.external_tool
+async def test_a_metadata_restart_with_a_kept_copy_behind_etcd(tmp_path: Path) -> None:
+    """The metadata service restarts from a kept copy older than etcd: it serves the copy, lists
+    etcd, and its window of changes starts there; the DNS service, still at a version of the old
+    process, is told 410 and takes the whole document once, then catches up by changes again."""
+    with run_etcd(tmp_path / "etcd", members=1, version=VERSIONS[-1]) as cluster:
+        await apply(cluster, fleet(), tmp_path)
+        source = f"etcd://{cluster.endpoints}{PREFIX}"
+        kept = tmp_path / "md-kept.json"
+        first_run: contextlib.AbstractAsyncContextManager[RunningMetadata] | None = run_metadata(
+            tmp_path / "fleet.yaml", kept, source=source, etcd_idle_timeout=3.0
+        )
+        assert first_run is not None
+        first = await first_run.__aenter__()
+        try:
+            port = int(first.url.rsplit(":", 1)[1])
+            async with run_dns(
+                metadata_url=f"{first.url}/2016-07-29", state_file=str(tmp_path / "dns.json"), max_wait=2
+            ) as dns:
+                assert dns.follower is not None
+                await wait_for_version(dns, 0, version=first.app[STORE].snapshot.version)
+                before = first.app[STORE].snapshot.version
+                await apply(cluster, fleet("127.0.0.21"), tmp_path)
+                await caught_up(first, dns, before)
+                stopping, first_run = first_run, None
+                await stopping.__aexit__(None, None, None)  # the kept copy is written on the way out
+                await apply(cluster, fleet("127.0.0.22"), tmp_path)  # while metadata is away
+                async with run_metadata(
+                    tmp_path / "fleet.yaml", kept, port, source=source, etcd_idle_timeout=3.0
+                ) as md:
+                    await wait_for_version(dns, 0, version=md.app[STORE].snapshot.version, seconds=20)
+                    assert await names(dns, "web-1.rancher.internal") == ["127.0.0.22"]
+                    assert md.app[COUNTERS].deltas["gone"] >= 1
+                    deltas = dns.follower.deltas
+                    before = md.app[STORE].snapshot.version
+                    await apply(cluster, fleet("127.0.0.23"), tmp_path)
+                    await caught_up(md, dns, before)
+                    assert await names(dns, "web-1.rancher.internal") == ["127.0.0.23"]
+                    assert dns.follower.deltas == deltas + 1
+                    same_fleet(md, dns)
+        finally:
+            if first_run is not None:
+                await first_run.__aexit__(None, None, None)
