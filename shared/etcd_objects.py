@@ -43,7 +43,9 @@ class _Item:
 
     kind: str
     ident: str
-    obj: dict[str, Any] | None  # None: not usable at all (``problem`` says why)
+    # The parsed object, kept for the few kinds others name; a container's is parsed again from
+    # its value when it is checked again (a container's dict would be most of the memory held).
+    obj: dict[str, Any] | None
     problem: str = ""
     create_revision: int = 0
     refs: frozenset[Ref] = field(default_factory=frozenset)
@@ -263,7 +265,7 @@ class EtcdObjects:
 
     def _service_identity(self, token_rest: str, decide: set[tuple[str, str]]) -> None:
         item = self._items.get("services/" + token_rest)
-        if item is not None and item.obj is not None:
+        if item is not None and not item.problem:
             decide.add((item.kind, item.ident))
 
     def _forget(self, key: str, decide: set[tuple[str, str]]) -> bool:
@@ -286,7 +288,7 @@ class EtcdObjects:
                 dependents.discard(key)
                 if not dependents:
                     del self._dependents[ref]
-        if item.obj is not None:
+        if not item.problem:
             claims = self._claims.get((item.kind, item.ident))
             if claims is not None:
                 claims.discard(key)
@@ -327,7 +329,7 @@ class EtcdObjects:
             return False
         ident = _ident_of(kind, key_names(key)[1:])
         refs = _refs_of(kind, obj)
-        self._items[key] = _Item(kind, ident, obj, "", create_revision, refs)
+        self._items[key] = _Item(kind, ident, None if kind == "containers" else obj, "", create_revision, refs)
         for ref in refs:
             self._dependents.setdefault(ref, set()).add(key)
         self._claims.setdefault((kind, ident), set()).add(key)
@@ -336,8 +338,10 @@ class EtcdObjects:
 
     def _object_of(self, key: str, item: _Item) -> FleetObject:
         """Validate ``item`` against the layered references; FleetError when it cannot be served."""
-        assert item.obj is not None
         obj = item.obj
+        if obj is None:
+            obj = json.loads(self._values[key])
+            named_by_key(item.kind, key, obj)
         refs = _Layered(self)
         if item.kind == "hosts":
             return ObjectRules.host(obj, f"key {key}")
@@ -376,7 +380,7 @@ class EtcdObjects:
                 for ref in _hoped_provides(item):
                     for dependent in self._dependents.get(ref, ()):
                         dep = self._items[dependent]
-                        if (dep.kind, dep.ident) not in self._served and dep.obj is not None:
+                        if (dep.kind, dep.ident) not in self._served and not dep.problem:
                             queue.append((dep.kind, dep.ident))
         rounds = 0
         while check:

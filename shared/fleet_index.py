@@ -139,13 +139,20 @@ def _raw_of(kind: str, obj: FleetObject) -> dict[str, Any]:
     return container_raw(obj)
 
 
+def normalised(environment: Environment, records: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
+    """``Fleet.raw``'s shape of an environment and the records of each kind."""
+    out: dict[str, Any] = {"environment": _raw_of("environment", environment)}
+    for kind, objects in records.items():
+        out[kind] = [_raw_of(kind, obj) for obj in objects]
+    return out
+
+
 class FleetIndex:
     """Served objects by identity, kept in step by ``apply``; reads like a ``Fleet``."""
 
     def __init__(self) -> None:
         self.environment = environment_from({})
         self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in ("hosts", "stacks", "services", "containers")}
-        self._raws: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in self._objects}
         self._order: dict[str, dict[str, str]] = {kind: {} for kind in self._objects}
         self._shares: dict[tuple[str, str], int] = {}
         self._total = object_digest("environment", _raw_of("environment", self.environment))
@@ -260,14 +267,18 @@ class FleetIndex:
         order = self._order[kind]
         return tuple(found[i] for i in sorted(found, key=order.__getitem__))
 
-    def raw_lists(self, *, sort: bool = True) -> dict[str, Any]:
-        """The normalised fleet (``Fleet.raw``'s shape), sharing the per-object dicts: a copy of
-        references, cheap enough to take on the event loop and serialise in a thread (unsorted,
-        it does not even sort)."""
-        out: dict[str, Any] = {"environment": _raw_of("environment", self.environment)}
+    def raw_lists(self) -> dict[str, Any]:
+        """The normalised fleet (``Fleet.raw``'s shape), in canonical order; built from the
+        records each time (the index keeps no second copy of every object)."""
+        return normalised(self.environment, self.records(sort=True))
+
+    def records(self, *, sort: bool = False) -> dict[str, list[Any]]:
+        """Every served object by kind: a copy of references to immutable records, cheap to
+        take on the event loop and turn into a document in a thread (``normalised``)."""
+        out: dict[str, list[Any]] = {}
         for kind, objects in self._objects.items():
-            raws, order = self._raws[kind], self._order[kind]
-            out[kind] = [raws[i] for i in (sorted(objects, key=order.__getitem__) if sort else objects)]
+            order = self._order[kind]
+            out[kind] = [objects[i] for i in sorted(objects, key=order.__getitem__)] if sort else list(objects.values())
         return out
 
     @property
@@ -311,7 +322,6 @@ class FleetIndex:
         raw = _raw_of(kind, obj)
         share = object_digest(kind, raw)
         self._objects[kind][ident] = obj
-        self._raws[kind][ident] = raw
         self._order[kind][ident] = object_key(kind, raw)
         self._shares[(kind, ident)] = share
         self._total += share
@@ -334,7 +344,6 @@ class FleetIndex:
         obj = self._objects[kind].pop(ident, None)
         if obj is None:
             return
-        del self._raws[kind][ident]
         del self._order[kind][ident]
         self._total -= self._shares.pop((kind, ident))
         self._lists[kind].changed()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.atomic_file import write_atomically
-from shared.fleet_index import FleetIndex, FleetView
+from shared.fleet_index import FleetIndex, FleetView, normalised
 from shared.model import Fleet, FleetError
 
 KEEP_EVERY = 3.0
@@ -63,7 +63,17 @@ class KeptCopy:
         # What is written is taken now, on the event loop: an index updated in place must not
         # be read by the thread while the loop changes it. Lists in any order: a kept copy is
         # validated again when it is read, and its digest does not depend on the order.
-        raw = fleet.raw_lists(sort=False) if isinstance(fleet, FleetIndex) else fleet.raw
+        if isinstance(fleet, FleetIndex):
+            environment, records = fleet.environment, fleet.records()
+
+            def document() -> Mapping[str, Any]:
+                return normalised(environment, records)
+        else:
+            raw = fleet.raw
+
+            def document() -> Mapping[str, Any]:
+                return raw
+
         digest = fleet.digest
         previous = self._pending
         self._last_write = asyncio.get_running_loop().time()
@@ -73,7 +83,7 @@ class KeptCopy:
                 with contextlib.suppress(Exception):
                     await previous
             try:
-                await asyncio.to_thread(self._write, raw, digest, index)
+                await asyncio.to_thread(lambda: self._write(document(), digest, index))
             except OSError as exc:
                 self._error = exc
                 raise
