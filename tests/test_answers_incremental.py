@@ -159,7 +159,8 @@ class IncrementalAnswers(RuleBasedStateMachine):
         doc = copy.deepcopy(self.doc)
         for _ in range(count):
             existing = [c["uuid"] for c in doc["containers"]]
-            if existing and data.draw(st.booleans()):
+            replace: bool = data.draw(st.booleans())
+            if existing and replace:
                 uuid = data.draw(st.sampled_from(existing))
             else:
                 self.next_uuid += 1
@@ -234,7 +235,8 @@ class IncrementalAnswers(RuleBasedStateMachine):
     @invariant()
     def reports_exactly_what_changed(self) -> None:
         before, after = self.previous, self.fresh
-        differ = {n for n in before.records.keys() | after.records.keys() if before.records.get(n) != after.records.get(n)}
+        names = before.records.keys() | after.records.keys()
+        differ = {n for n in names if before.records.get(n) != after.records.get(n)}
         differ |= before._names_in_zone ^ after._names_in_zone
         assert self.delta_names is not None
         assert self.delta_names == differ
@@ -244,6 +246,10 @@ class IncrementalAnswers(RuleBasedStateMachine):
 
 
 IncrementalAnswers.TestCase.settings = settings(
-    max_examples=100, stateful_step_count=15, deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100,
+    stateful_step_count=15,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 test_incremental_answers_equal_a_full_build = IncrementalAnswers.TestCase
