@@ -72,14 +72,13 @@ def test_an_answers_change_keeps_the_shared_replies_it_does_not_touch() -> None:
     ref = TableRef(table(data), caches)
     wire = bytes(DNSRecord.question("x.rancher.internal").reply().pack())
 
-    def cached(*names: str) -> CachedReply:
-        entry = CachedReply(wire, layout(wire), 0.0, 1e9, False)
-        entry.built_from = frozenset(names)
-        return entry
+    def cached() -> CachedReply:
+        return CachedReply(wire, layout(wire), 0.0, 1e9, False)
 
-    caches.shared.put((b"db", 1, 1, 0), cached("shop-db-1.rancher.internal."))
-    caches.shared.put((b"web", 1, 1, 0), cached("web.shop.rancher.internal."))
-    caches.shared.put((b"srv", 1, 1, 0), cached("_db._tcp.shop.rancher.internal.", "shop-db-1.rancher.internal."))
+    caches.keep_shared((b"db", 1, 1, 0), cached(), frozenset({"shop-db-1.rancher.internal."}))
+    caches.keep_shared((b"web", 1, 1, 0), cached(), frozenset({"web.shop.rancher.internal."}))
+    srv_names = frozenset({"_db._tcp.shop.rancher.internal.", "shop-db-1.rancher.internal."})
+    caches.keep_shared((b"srv", 1, 1, 0), cached(), srv_names)
     caches.for_view("127.0.0.11").put((b"x", 1, 1, 0), NOT_LOCAL)
     moved = copy.deepcopy(data)
     next(c for c in moved["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.29"
