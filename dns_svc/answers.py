@@ -136,27 +136,28 @@ class AnswersTable:
         for name in self.records:
             self._enter(name)
 
-    def _enter(self, name: str, entered: set[str] | None = None) -> None:
-        """``name`` has records now: it exists, and so does every ancestor up to its zone."""
+    def _enter(self, name: str, flipped: dict[str, bool] | None = None) -> None:
+        """``name`` has records now: it exists, and so does every ancestor up to its zone.
+        ``flipped`` keeps whether each name it adds existed before the update began."""
         names = self._names_in_zone
         if name in names or self.zone_of(name) is None:
             return
         children = self._children
         while name not in names:
             names.add(name)
-            if entered is not None:
-                entered.add(name)
+            if flipped is not None:
+                flipped.setdefault(name, False)
             parent = name[name.find(".") + 1 :]
             children[parent] = children.get(parent, 0) + 1
             name = parent
 
-    def _leave(self, name: str, left: set[str]) -> None:
+    def _leave(self, name: str, flipped: dict[str, bool]) -> None:
         """``name`` has no records any more: it and the ancestors it alone kept go."""
         names = self._names_in_zone
         children = self._children
         while name in names and name not in self.records and name not in children and name not in self.zones:
             names.discard(name)
-            left.add(name)
+            flipped.setdefault(name, True)
             parent = name[name.find(".") + 1 :]
             count = children[parent] - 1
             if count:
@@ -540,6 +541,7 @@ class _FleetAnswers:
     def _rewrite(self, table: AnswersTable, touched: set[str]) -> set[str]:
         """Merge the ``touched`` names' records again; the names whose records or existence changed."""
         changed: set[str] = set()
+        flipped: dict[str, bool] = {}  # names that came or went, and whether they existed before
         records = table.records
         for name in touched:
             rec = self.merged(name)
@@ -548,10 +550,12 @@ class _FleetAnswers:
             changed.add(name)
             if rec is None:
                 del records[name]
-                table._leave(name, changed)
+                table._leave(name, flipped)
             else:
                 records[name] = rec
-                table._enter(name, changed)
+                table._enter(name, flipped)
+        exists = table._names_in_zone
+        changed.update(name for name, existed in flipped.items() if (name in exists) != existed)
         return changed
 
     def _client_inputs_changed(self, table: AnswersTable, client_ips: set[str]) -> set[str]:
