@@ -110,8 +110,10 @@ class LocalAnswers(Step):
         memo = self.memo
         if memo is not None and answer.source is Source.GLOBAL_CACHE and query.generation == memo.generation:
             # asked again: worth remembering, until one of the names tried has records
-            names = query.table.candidates(query.view, query.raw.lower_text(), self.ndots)
-            memo.remember_not_local(query.view, cache_key(query.raw), names)
+            key = cache_key(query.raw)
+            if not memo.known_not_local(query.view, key, memo.clock()):
+                names = query.table.candidates(query.view, query.raw.lower_text(), self.ndots)
+                memo.remember_not_local(query.view, key, names)
         return answer
 
     def find(self, query: Query) -> tuple[NameRecords, _Build] | None:
