@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from shared.fleet_changes import ObjectChange
 from shared.fleet_index import FleetView
 from shared.model import GONE, HEALTHY, RUNNING, Container, Service, port_spec
 from shared.settings import parse_host_port
@@ -96,6 +97,14 @@ class ClientView:
         object.__setattr__(self, "overlay_wire", frozenset(name_wire(n) for n in self.records))
 
 
+class AnswersDelta(NamedTuple):
+    """What an update of the table changed: the owner names whose records or existence changed,
+    and the client IPs whose view changed (None: every name, or every view)."""
+
+    names: set[str] | None
+    views: set[str] | None
+
+
 class AnswersTable:
     """Local records, the zones we are authoritative for, and a view per client IP."""
 
@@ -110,6 +119,7 @@ class AnswersTable:
         *,
         serial: int = 1,
         view_factory: Any = None,
+        builder: Any = None,
     ) -> None:
         self.records = dict(records)
         self.zones = tuple(fqdn(z) for z in zones)
@@ -118,24 +128,63 @@ class AnswersTable:
         self._client_inputs = dict(client_inputs or {})
         self._views: dict[str, ClientView] = dict(explicit_views or {})
         self._view_factory = view_factory
+        self._builder: _FleetAnswers | None = builder
         self._zone_suffixes = tuple("." + z for z in self.zones)
-        self._names_in_zone = self._zone_names()
-
-    def _zone_names(self) -> frozenset[str]:
-        """Every owner name inside our zones plus its ancestors (empty non-terminals exist too)."""
-        names: set[str] = set(self.zones)
+        # Owner names and empty non-terminals inside our zones; ``_children`` counts, per name, the
+        # names present directly below it, so that an update adds or removes ancestors exactly.
+        self._names_in_zone: set[str] = set(self.zones)
+        self._children: dict[str, int] = {}
         for name in self.records:
-            if self.zone_of(name) is None:
-                continue
+            self._enter(name)
+
+    def _enter(self, name: str, flipped: dict[str, bool] | None = None) -> None:
+        """``name`` has records now: it exists, and so does every ancestor up to its zone.
+        ``flipped`` keeps whether each name it adds existed before the update began."""
+        names = self._names_in_zone
+        if name in names or self.zone_of(name) is None:
+            return
+        children = self._children
+        while name not in names:
             names.add(name)
-            dot = name.find(".")
-            while dot != -1 and dot + 1 < len(name):
-                parent = name[dot + 1 :]
-                if parent in names:
-                    break  # its own ancestors are in already
-                names.add(parent)
-                dot = name.find(".", dot + 1)
-        return frozenset(names)
+            if flipped is not None:
+                flipped.setdefault(name, False)
+            parent = name[name.find(".") + 1 :]
+            children[parent] = children.get(parent, 0) + 1
+            name = parent
+
+    def _leave(self, name: str, flipped: dict[str, bool]) -> None:
+        """``name`` has no records any more: it and the ancestors it alone kept go."""
+        names = self._names_in_zone
+        children = self._children
+        while name in names and name not in self.records and name not in children and name not in self.zones:
+            names.discard(name)
+            flipped.setdefault(name, True)
+            parent = name[name.find(".") + 1 :]
+            count = children[parent] - 1
+            if count:
+                children[parent] = count
+            else:
+                del children[parent]
+            name = parent
+
+    def update(self, fleet: FleetView, changes: Iterable[ObjectChange], serial: int) -> AnswersDelta:
+        """Bring the table to ``fleet`` (the fleet after ``changes``) in place, touching only the
+        names the changed objects contribute to. Only a table built from a fleet can."""
+        if self._builder is None:
+            raise TypeError("only a table built from a fleet can be updated")
+        delta = self._builder.update(self, fleet, changes)
+        self.serial = serial
+        return delta
+
+    @property
+    def fleet(self) -> FleetView | None:
+        """The fleet the table answers for (None: an answers file's table)."""
+        return self._builder.fleet if self._builder is not None else None
+
+    def drop_view(self, client_ip: str) -> None:
+        """Forget the view built for ``client_ip``; the next query builds it again."""
+        if self._views.pop(client_ip, None) is not None and self._builder is not None:
+            self._builder.forget_view(client_ip)
 
     def same_answers(self, other: AnswersTable) -> bool:
         """True when every client would get the same answers from both tables. A plain
@@ -162,6 +211,7 @@ class AnswersTable:
         new, before = self.records, old.records
         changed = {name for name, rec in new.items() if before.get(name) != rec}
         changed.update(name for name in before if name not in new)
+        changed.update(self._names_in_zone ^ old._names_in_zone)
         return changed
 
     def zone_of(self, name: str) -> str | None:
@@ -209,7 +259,28 @@ def _reverse_pointer(ip: str) -> str:
     return ipaddress.ip_address(ip).reverse_pointer
 
 
+# Who contributes records to an owner name: a service (its stack/name identity), a container (its
+# uuid) or the metadata answer. Where several contribute to one name, their records are merged in
+# the order of these keys, so that a name's records do not depend on the order objects came in.
+SourceKey = tuple[int, str]
+SERVICE_SOURCE, CONTAINER_SOURCE, METADATA_SOURCE = 0, 1, 2
+ServiceKey = tuple[str, str]
+
+
+def _service_key(stack: str, name: str) -> ServiceKey:
+    return (stack.lower(), name.lower())
+
+
+def _link_key(s: Service, target: str) -> ServiceKey:
+    t_stack, _, t_name = target.rpartition("/")
+    return _service_key(t_stack or s.stack_name, t_name)
+
+
 class _FleetAnswers:
+    """The records of a fleet, kept per contributing object: the full build, and the update of
+    the few names a change touches. Its reverse indexes (who aliases a service, which names each
+    object contributes to, what each client view was built from) exist for the update."""
+
     def __init__(
         self,
         fleet: FleetView,
@@ -223,18 +294,31 @@ class _FleetAnswers:
         self.metadata_answer = tuple(metadata_answer)
         self.never = {str(ipaddress.ip_address(ip)) for ip in never_recurse_to}
         self.ttl = ttl
-        self._endpoints: dict[tuple[str, str], NameRecords] = {}
+        self._endpoints: dict[ServiceKey, NameRecords] = {}  # every service's own records
+        self._out: dict[SourceKey, dict[str, NameRecords]] = {}  # per source: the names it gives records
+        self._sources: dict[str, tuple[SourceKey, ...]] = {}  # per name: who gives it records
+        self._aliased_by: dict[ServiceKey, set[ServiceKey]] = {}  # link target -> dnsServices aliasing it
+        # what each built view read: the names of its container links, its own service, its links' services
+        self._view_reads: dict[str, tuple[tuple[str, ...], ServiceKey | None, tuple[ServiceKey, ...]]] = {}
+        self._views_by_name: dict[str, set[str]] = {}
+        self._views_by_own: dict[ServiceKey, set[str]] = {}
+        self._views_by_linked: dict[ServiceKey, set[str]] = {}
 
     def live(self, c: Container) -> bool:
         return c.state not in GONE
 
-    def service_records(
-        self, s: Service, depth: int = 0, seen: frozenset[tuple[str, str]] = frozenset()
-    ) -> NameRecords:
-        key = (s.stack_name.lower(), s.name.lower())
+    def service_records(self, s: Service) -> NameRecords:
+        key = _service_key(s.stack_name, s.name)
         cached = self._endpoints.get(key)
-        if cached is not None:
-            return cached
+        if cached is None:
+            cached = self._endpoints[key] = self._endpoint(s, 0, frozenset())
+        return cached
+
+    def _endpoint(self, s: Service, depth: int, seen: frozenset[ServiceKey]) -> NameRecords:
+        """A service's own records. An alias's are worked out from it alone (its own ``seen``
+        and depth), never kept from a walk that started elsewhere: kept, they would depend on
+        which service of a loop was asked first."""
+        key = _service_key(s.stack_name, s.name)
         if s.kind == "externalService":
             v4, v6 = _addresses(s.external_ips)
             out = NameRecords(a=v4, aaaa=v6, cname="" if s.external_ips else fqdn(s.hostname))
@@ -242,10 +326,13 @@ class _FleetAnswers:
             out = NameRecords()
             if depth < MAX_ALIAS_DEPTH and key not in seen:
                 for target in s.links:
-                    t_stack, _, t_name = target.rpartition("/")
-                    linked = self.fleet.service(t_stack or s.stack_name, t_name)
+                    linked = self.fleet.service(*_link_key(s, target))
                     if linked is not None:
-                        sub = self.service_records(linked, depth + 1, seen | {key})
+                        sub = (
+                            self._endpoint(linked, depth + 1, seen | {key})
+                            if linked.kind == "dnsService"
+                            else self.service_records(linked)
+                        )
                         out = NameRecords(
                             a=out.a + tuple(ip for ip in sub.a if ip not in out.a),
                             aaaa=out.aaaa + tuple(ip for ip in sub.aaaa if ip not in out.aaaa),
@@ -260,7 +347,7 @@ class _FleetAnswers:
             members = [c for c in self.fleet.service_containers(s) if self.live(c)]
             healthy = [c for c in members if c.state in RUNNING and c.health_state in HEALTHY]
             if not healthy and members:  # Rancher: the name never goes empty while containers exist
-                healthy = [max(members, key=lambda c: c.create_index)]
+                healthy = [max(members, key=_create_index)]
             v4, v6 = _addresses(c.primary_ip for c in healthy)
             out = NameRecords(a=v4, aaaa=v6)
         if s.labels:
@@ -272,7 +359,6 @@ class _FleetAnswers:
             )
         if self.ttl is not None:
             out = NameRecords(a=out.a, aaaa=out.aaaa, cname=out.cname, txt=out.txt, ttl=self.ttl)
-        self._endpoints[key] = out
         return out
 
     def srv_records(self, s: Service) -> dict[str, NameRecords]:
@@ -289,31 +375,210 @@ class _FleetAnswers:
             out.setdefault(owner, []).extend(Srv(0, 10, port, f"{c.name}.{self.domain}".lower()) for c in members)
         return {k: NameRecords(srv=tuple(v)) for k, v in out.items() if v}
 
-    def build(self) -> dict[str, NameRecords]:
-        records: dict[str, NameRecords] = {}
-
-        def add(name: str, rec: NameRecords) -> None:
-            name = name.lower()  # every name below is built with the trailing dot already
-            records[name] = records[name].merged(rec) if name in records else rec
-
+    def service_out(self, s: Service) -> dict[str, NameRecords]:
+        """The names a service gives records: its own, its sidekick name, its SRV owners."""
         d = self.domain
+        rec = self.service_records(s)
+        out = {f"{s.name}.{s.stack_name}.{d}".lower(): rec}
+        if s.primary_service_name and s.primary_service_name.lower() != s.name.lower():
+            out[f"{s.name}.{s.primary_service_name}.{s.stack_name}.{d}".lower()] = rec
+        out.update(self.srv_records(s))
+        return out
+
+    def container_out(self, c: Container) -> dict[str, NameRecords]:
+        """The names a container gives records: its name, and the PTR of its address."""
+        if not self.live(c):
+            return {}
+        d = self.domain
+        v4, v6 = _addresses((c.primary_ip,))
+        return {
+            f"{c.name}.{d}".lower(): NameRecords(a=v4, aaaa=v6, ttl=self.ttl),
+            (_reverse_pointer(c.primary_ip) + ".").lower(): NameRecords(ptr=f"{c.name}.{d}".lower(), ttl=self.ttl),
+        }
+
+    def metadata_out(self) -> dict[str, NameRecords]:
+        if not self.metadata_answer:
+            return {}
+        v4, v6 = _addresses(self.metadata_answer)
+        return {f"rancher-metadata.{self.domain}": NameRecords(a=v4, aaaa=v6, ttl=self.ttl)}
+
+    def _alias(self, s: Service, add: bool) -> None:
+        if s.kind != "dnsService":
+            return
+        key = _service_key(s.stack_name, s.name)
+        for target in s.links:
+            target_key = _link_key(s, target)
+            users = self._aliased_by.get(target_key)
+            if add:
+                if users is None:
+                    users = self._aliased_by[target_key] = set()
+                users.add(key)
+            elif users is not None:
+                users.discard(key)
+                if not users:
+                    del self._aliased_by[target_key]
+
+    def merged(self, name: str) -> NameRecords | None:
+        """The records of ``name``: what its sources give it, merged in the order of their keys."""
+        sources = self._sources.get(name)
+        if sources is None:
+            return None
+        out = self._out
+        if len(sources) == 1:
+            return out[sources[0]][name]
+        ordered = sorted(sources)
+        rec = out[ordered[0]][name]
+        for source in ordered[1:]:
+            rec = rec.merged(out[source][name])
+        return rec
+
+    def build(self) -> dict[str, NameRecords]:
+        out = self._out
+        sources = self._sources
+
+        def put(source: SourceKey, given: dict[str, NameRecords]) -> None:
+            if not given:
+                return
+            out[source] = given
+            for name in given:
+                known = sources.get(name)
+                sources[name] = (source,) if known is None else (*known, source)
+
         for s in self.fleet.services:
-            rec = self.service_records(s)
-            add(f"{s.name}.{s.stack_name}.{d}", rec)
-            if s.primary_service_name and s.primary_service_name.lower() != s.name.lower():
-                add(f"{s.name}.{s.primary_service_name}.{s.stack_name}.{d}", rec)
-            for owner, srv in self.srv_records(s).items():
-                add(owner, srv)
+            self._alias(s, True)
+            put((SERVICE_SOURCE, f"{s.stack_name}/{s.name}".lower()), self.service_out(s))
         for c in self.fleet.containers:
-            if not self.live(c):
-                continue
-            v4, v6 = _addresses((c.primary_ip,))
-            add(f"{c.name}.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
-            add(_reverse_pointer(c.primary_ip) + ".", NameRecords(ptr=f"{c.name}.{d}".lower(), ttl=self.ttl))
-        if self.metadata_answer:
-            v4, v6 = _addresses(self.metadata_answer)
-            add(f"rancher-metadata.{d}", NameRecords(a=v4, aaaa=v6, ttl=self.ttl))
+            put((CONTAINER_SOURCE, c.uuid), self.container_out(c))
+        put((METADATA_SOURCE, ""), self.metadata_out())
+        records: dict[str, NameRecords] = {}
+        for name, given in sources.items():
+            rec = self.merged(name) if len(given) > 1 else out[given[0]][name]
+            assert rec is not None
+            records[name] = rec
         return records
+
+    def _replace(self, source: SourceKey, given: dict[str, NameRecords], touched: set[str]) -> None:
+        """``source`` gives ``given`` now: the names it gave or gives with other records are touched."""
+        before = self._out.pop(source, None) or {}
+        sources = self._sources
+        for name in before:
+            if name not in given:
+                left = tuple(k for k in sources[name] if k != source)
+                if left:
+                    sources[name] = left
+                else:
+                    del sources[name]
+                touched.add(name)
+        for name, rec in given.items():
+            was = before.get(name)
+            if was is None:
+                known = sources.get(name)
+                sources[name] = (source,) if known is None else (*known, source)
+                touched.add(name)
+            elif was != rec:
+                touched.add(name)
+        if given:
+            self._out[source] = given
+
+    def update(self, table: AnswersTable, fleet: FleetView, changes: Iterable[ObjectChange]) -> AnswersDelta:
+        """Apply ``changes`` (``fleet`` is the fleet after them) to ``table``, which this built."""
+        self.fleet = fleet
+        touched: set[str] = set()
+        services: set[ServiceKey] = set()  # whose own records may have changed
+        replaced: set[ServiceKey] = set()  # whose object changed (their members' views read their links)
+        client_ips: set[str] = set()
+        for change in changes:
+            if change.kind == "containers":
+                self._container_changed(change, services, client_ips, touched)
+            elif change.kind == "services":
+                for s in (change.old, change.new):
+                    if isinstance(s, Service):
+                        key = _service_key(s.stack_name, s.name)
+                        services.add(key)
+                        replaced.add(key)
+                        self._alias(s, s is change.new)
+            # hosts, stacks and the environment give no records: a stack's names are its services'
+        endpoints_changed = self._services_changed(services, touched)
+        changed = self._rewrite(table, touched)
+        views = self._client_inputs_changed(table, client_ips)
+        for name in changed:
+            views.update(self._views_by_name.get(name, ()))
+        for key in replaced:
+            views.update(self._views_by_own.get(key, ()))
+        for key in endpoints_changed:
+            views.update(self._views_by_linked.get(key, ()))
+        for ip in views:
+            table.drop_view(ip)
+        return AnswersDelta(changed, views)
+
+    def _container_changed(
+        self, change: ObjectChange, services: set[ServiceKey], client_ips: set[str], touched: set[str]
+    ) -> None:
+        for c in (change.old, change.new):
+            if isinstance(c, Container):
+                client_ips.add(c.primary_ip)
+                if c.service_name:
+                    services.add(_service_key(c.stack_name, c.service_name))
+        new = change.new
+        given = self.container_out(new) if isinstance(new, Container) else {}
+        self._replace((CONTAINER_SOURCE, change.ident), given, touched)
+
+    def _services_changed(self, services: set[ServiceKey], touched: set[str]) -> set[ServiceKey]:
+        """Work out again the records of ``services`` and of every alias of them, transitively
+        (an alias's records are its targets'); the services whose own records changed."""
+        queue = list(services)
+        while queue:
+            for user in self._aliased_by.get(queue.pop(), ()):
+                if user not in services:
+                    services.add(user)
+                    queue.append(user)
+        before = {key: self._endpoints.pop(key, None) for key in services}  # all first: aliases read them
+        fleet = self.fleet
+        for key in services:
+            s = fleet.service(*key)
+            self._replace((SERVICE_SOURCE, f"{key[0]}/{key[1]}"), self.service_out(s) if s is not None else {}, touched)
+        return {key for key, was in before.items() if self._endpoints.get(key) != was}
+
+    def _rewrite(self, table: AnswersTable, touched: set[str]) -> set[str]:
+        """Merge the ``touched`` names' records again; the names whose records or existence changed."""
+        changed: set[str] = set()
+        flipped: dict[str, bool] = {}  # names that came or went, and whether they existed before
+        records = table.records
+        for name in touched:
+            rec = self.merged(name)
+            if rec == records.get(name):
+                continue
+            changed.add(name)
+            if rec is None:
+                del records[name]
+                table._leave(name, flipped)
+            else:
+                records[name] = rec
+                table._enter(name, flipped)
+        exists = table._names_in_zone
+        changed.update(name for name, existed in flipped.items() if (name in exists) != existed)
+        return changed
+
+    def _client_inputs_changed(self, table: AnswersTable, client_ips: set[str]) -> set[str]:
+        """The clients among ``client_ips`` whose view inputs changed, brought up to date."""
+        inputs = table._client_inputs
+        out: set[str] = set()
+        for ip in client_ips:
+            now = self.inputs_of(ip)
+            if now != inputs.get(ip):
+                out.add(ip)
+                if now is None:
+                    del inputs[ip]
+                else:
+                    inputs[ip] = now
+        return out
+
+    def inputs_of(self, ip: str) -> Any:
+        """What a client's view is made of, when the client has one (a shared IP gives none)."""
+        c = self.fleet.container_by_ip(ip)
+        if c is None or not self.live(c):
+            return None
+        return (c.name, c.stack_name, c.service_name, c.dns, c.dns_search, tuple(c.links.items()))
 
     def client_inputs(self) -> dict[str, Any]:
         return {
@@ -322,6 +587,18 @@ class _FleetAnswers:
             if self.live(c) and self.fleet.container_by_ip(c.primary_ip) is c
         }  # a shared IP: no view
 
+    def forget_view(self, client_ip: str) -> None:
+        reads = self._view_reads.pop(client_ip, None)
+        if reads is None:
+            return
+        names, own, linked = reads
+        for name in names:
+            _unindex(self._views_by_name, name, client_ip)
+        if own is not None:
+            _unindex(self._views_by_own, own, client_ip)
+        for key in linked:
+            _unindex(self._views_by_linked, key, client_ip)
+
     def make_view(self, table: AnswersTable, client_ip: str, _inputs: Any) -> ClientView:
         c = self.fleet.container_by_ip(client_ip)
         assert c is not None
@@ -329,20 +606,52 @@ class _FleetAnswers:
         search = tuple(fqdn(s) for s in c.dns_search) or ((fqdn(f"{c.stack_name}.{d}"), d) if c.stack_name else (d,))
         recurse = tuple((ip, 53) for ip in c.dns if ip not in self.never)
         own: dict[str, NameRecords] = {}
+        names: list[str] = []
         for target, alias in c.links.items():
-            rec = table.records.get(fqdn(f"{target}.{d}"))
-            if alias and rec is not None:
+            if not alias:
+                continue
+            name = fqdn(f"{target}.{d}")
+            names.append(name)
+            rec = table.records.get(name)
+            if rec is not None:
                 own[fqdn(f"{alias}.{d}")] = rec
-        service = self.fleet.service(c.stack_name, c.service_name) if c.service_name else None
-        if service is not None:
-            for target, alias in service.links.items():
-                t_stack, _, t_name = target.rpartition("/")
-                linked = self.fleet.service(t_stack or service.stack_name, t_name)
-                if alias and linked is not None:
-                    rec = self.service_records(linked)
-                    own[fqdn(f"{alias}.{d}")] = rec
-                    own[fqdn(f"{alias}.{service.stack_name}.{d}")] = rec
+        own_key: ServiceKey | None = None
+        linked_keys: list[ServiceKey] = []
+        if c.service_name:
+            own_key = _service_key(c.stack_name, c.service_name)
+            service = self.fleet.service(*own_key)
+            if service is not None:
+                for target, alias in service.links.items():
+                    if not alias:
+                        continue
+                    target_key = _link_key(service, target)
+                    linked_keys.append(target_key)
+                    linked = self.fleet.service(*target_key)
+                    if linked is not None:
+                        rec = self.service_records(linked)
+                        own[fqdn(f"{alias}.{d}")] = rec
+                        own[fqdn(f"{alias}.{service.stack_name}.{d}")] = rec
+        self.forget_view(client_ip)
+        self._view_reads[client_ip] = (tuple(names), own_key, tuple(linked_keys))
+        for name in names:
+            self._views_by_name.setdefault(name, set()).add(client_ip)
+        if own_key is not None:
+            self._views_by_own.setdefault(own_key, set()).add(client_ip)
+        for key in linked_keys:
+            self._views_by_linked.setdefault(key, set()).add(client_ip)
         return ClientView(client_ip, search, recurse, own)
+
+
+def _create_index(c: Container) -> int:
+    return c.create_index
+
+
+def _unindex(index: dict[Any, set[str]], key: Any, client_ip: str) -> None:
+    users = index.get(key)
+    if users is not None:
+        users.discard(client_ip)
+        if not users:
+            del index[key]
 
 
 def answers_from_fleet(
@@ -355,7 +664,8 @@ def answers_from_fleet(
     ttl: int | None = None,
     serial: int = 1,
 ) -> AnswersTable:
-    """Build the answers table of a fleet (see the module docstring for the names)."""
+    """Build the answers table of a fleet (see the module docstring for the names); the table
+    keeps what built it, so that ``AnswersTable.update`` can follow the fleet object by object."""
     builder = _FleetAnswers(fleet, domain, metadata_answer, never_recurse_to, ttl)
     records = builder.build()
     return AnswersTable(
@@ -366,6 +676,7 @@ def answers_from_fleet(
         builder.client_inputs(),
         serial=serial,
         view_factory=builder.make_view,
+        builder=builder,
     )
 
 

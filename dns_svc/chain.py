@@ -66,7 +66,7 @@ class Answer:
     ``__init__`` is still the interpreted one ``dataclasses`` generates, and every query builds
     both."""
 
-    __slots__ = ("built_from", "cached", "countdown", "layout", "source", "wire")
+    __slots__ = ("built_from", "cached", "countdown", "layout", "shared", "source", "wire")
 
     def __init__(
         self,
@@ -76,14 +76,17 @@ class Answer:
         layout: ReplyLayout | None = None,
         built_from: frozenset[str] | None = None,
         cached: CachedReply | None = None,
+        shared: bool = False,
     ) -> None:
         self.wire = wire
         self.source = source
         self.countdown = countdown  # False: authoritative data, served with its full TTL every time
         self.layout = layout  # the reply walked already (upstream replies are, once)
-        # A local answer the same for every client: the table names it was built from (None: this
-        # client's own answer, through a search suffix, a link alias or its own upstreams).
+        # A local answer: the table names it was built from (None: not known, it goes with any
+        # change), and whether every client gets it (``shared``: no search suffix, no link alias,
+        # no client's own upstreams involved).
         self.built_from = built_from
+        self.shared = shared
         self.cached = cached  # the cache entry a hit was rendered from (for the packet cache)
 
     def __repr__(self) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from dns_svc.answers import AnswersTable
+from dns_svc.answers import AnswersDelta, AnswersTable
 from dns_svc.chain import Answer, Chain, Pending, Query, Settled, Source
 from dns_svc.replies import ClientCaches, PacketCache
 from dns_svc.respond import budget, fit
@@ -28,6 +28,8 @@ from dns_svc.wire import (
     header_only_reply,
     with_question,
 )
+from shared.fleet_changes import ObjectChange
+from shared.fleet_index import FleetView
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_ALLOW = (
@@ -44,8 +46,16 @@ DEFAULT_ALLOW = (
 
 
 class TableRef:
-    """The current answers table. Swapping in a table with different answers clears the client
-    caches (one assignment, so a query sees either the old table or the new one, never a mix)."""
+    """The current answers table, and the client caches kept in step with it.
+
+    A new table is swapped in with one assignment; a fleet change is applied to the current
+    table in place (``update``), on the event loop, in one synchronous piece. Either way a check
+    (plain code, never awaiting) sees the table before the change or after it, never a mix. A
+    query that awaits (a CNAME chased upstream) holds the table object, which may have been
+    updated meanwhile: what a step reads after an await it reads again in one piece, never
+    combining it with what it read before (``LocalAnswers.wait``), and an answer built by a query
+    that started before a change is kept by no cache (``ClientCaches.generation``, which every
+    change moves)."""
 
     def __init__(self, table: AnswersTable, client_caches: ClientCaches) -> None:
         self.current = table
@@ -59,8 +69,17 @@ class TableRef:
             names = table.changed_names(self.current) if changed else set()
         self.current = table
         if changed:
-            self.client_caches.clear(names)
+            self.client_caches.clear(names, None)  # a new table: every view is built again
         return changed
+
+    def update(self, fleet: FleetView, changes: Sequence[ObjectChange], serial: int) -> AnswersDelta:
+        """Apply a fleet change to the current table in place, and forget exactly what it made
+        stale in the client caches: the entries built from a changed name, the partitions of the
+        clients whose view changed."""
+        delta = self.current.update(fleet, changes, serial)
+        if delta.names is None or delta.views is None or delta.names or delta.views:
+            self.client_caches.clear(delta.names, delta.views)
+        return delta
 
 
 class RecursionPolicy:

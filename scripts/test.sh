@@ -22,6 +22,6 @@ if ! .venv/bin/python scripts/compile.py --strict; then
     exit 0
 fi
 #    Every test file that drives the DNS server (tests/test_compiled.py checks this list).
-METADNS_EXPECT_COMPILED=1 exec .venv/bin/pytest -q -p no:cacheprovider tests/test_compiled.py tests/test_answers_table.py \
+METADNS_EXPECT_COMPILED=1 exec .venv/bin/pytest -q -p no:cacheprovider tests/test_compiled.py tests/test_answers_table.py tests/test_answers_incremental.py \
     tests/test_dns_*.py tests/test_stub_resolvers.py tests/test_render.py tests/test_dashboard.py tests/test_etcd_source.py \
     tests/test_fleet_put.py

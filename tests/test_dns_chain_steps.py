@@ -9,6 +9,7 @@ the answering step only, and a fallback answers in time over both drivers."""
 from __future__ import annotations
 
 import asyncio
+import copy
 
 import dns.message
 import dns.rcode
@@ -282,3 +283,64 @@ async def test_a_name_found_not_local_is_not_looked_up_again() -> None:
     answer = local.check(query())
     assert isinstance(answer, Answer)
     assert answer.source is Source.LOCAL
+
+
+async def test_a_chase_whose_name_left_the_table_before_its_wait_is_not_answered_from_before() -> None:
+    """The table is updated in place between queries (``TableRef``): a CNAME chase is decided by
+    ``check`` and run by ``wait`` later, so ``wait`` reads the table again. When the name left it
+    meanwhile, the answer is a SERVFAIL that no cache keeps, never the old CNAME; when the name
+    no longer leaves the table, the new records, without the chase."""
+    from dnslib import RR, A
+
+    from dns_svc.steps.authority import Authority
+    from dns_svc.steps.cache import ClientCacheStep
+    from dns_svc.steps.local import LocalAnswers
+    from shared.fleet_changes import diff_fleets
+    from tests.support.chain import FakeUpstream
+
+    chased: list[str] = []
+
+    async def chase(_query: Query, name: str, _qtype: int) -> list[RR]:
+        chased.append(name)
+        return [RR(name, 1, ttl=60, rdata=A("192.0.2.55"))]
+
+    data = dns_fleet(many=0)
+    s = setup(data)
+    local = LocalAnswers(ttl=1, memo=s.caches, chase=chase)
+    s.chain = Chain([ClientCacheStep(s.caches), local, Authority(ttl=1), FakeUpstream()])
+    fleet = Fleet.from_mapping(data)
+
+    def without_payments(external_ips: list[str] | None) -> Fleet:
+        changed = copy.deepcopy(data)
+        payments = next(x for x in changed["services"] if x["name"] == "payments")
+        if external_ips is None:
+            changed["services"].remove(payments)
+        else:
+            payments.pop("hostname")
+            payments["external_ips"] = external_ips
+        return Fleet.from_mapping(changed)
+
+    def pending() -> Pending:
+        outcome = s.chain.walk(make_query(s, "payments.shop.rancher.internal."))
+        assert isinstance(outcome, Pending)
+        return outcome
+
+    waiting = pending()
+    readdressed = without_payments(["192.0.2.99"])
+    s.table.update(readdressed, diff_fleets(fleet, readdressed), 2)
+    s.caches.clear(None, None)
+    reply = dns.message.from_wire((await waiting.answer()).wire)
+    assert [rd.address for rrset in reply.answer for rd in rrset] == ["192.0.2.99"]
+    assert chased == []
+
+    s.table.update(fleet, diff_fleets(readdressed, fleet), 3)
+    s.caches.clear(None, None)
+    waiting = pending()
+    gone = without_payments(None)
+    s.table.update(gone, diff_fleets(fleet, gone), 4)
+    s.caches.clear(None, None)
+    answer = await waiting.answer()
+    assert dns.message.from_wire(answer.wire).rcode() == dns.rcode.SERVFAIL
+    assert chased == []
+    _, again = await resolve(s, "payments.shop.rancher.internal.")
+    assert again.rcode() == dns.rcode.NXDOMAIN

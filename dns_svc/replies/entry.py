@@ -49,6 +49,7 @@ class CachedReply:
         "countdown",
         "dropped",
         "expires_at",
+        "shared",
         "slim",
         "stored_at",
         "ttl_offsets",
@@ -70,6 +71,7 @@ class CachedReply:
         )
         self.turn = 0
         self.built_from: frozenset[str] | None = None  # local answers: the table names behind it
+        self.shared = False  # kept in the shared partition: the same reply for every client
         self._aged_for = 0
         self._tails: dict[tuple[int, int, bytes], bytes] | None = None  # made on first use: 100k entries add up
         self.variants: tuple[bytes, ...] = (wire,)

@@ -58,10 +58,10 @@ class PacketCache:
             del self._map[k]
             return None
         if hit.generation != generation:
-            if hit.recursive or reply.built_from is None or not shared_serves(view, hit.name):
+            if hit.recursive or (reply.shared and not shared_serves(view, hit.name)):
                 del self._map[k]
                 return None
-            hit.generation = generation  # a shared answer the change left alone: still this one
+            hit.generation = generation  # a local answer the change left alone: still this one
         raw = hit.raw
         return data[:2] + reply.render_tail(raw, now, hit.size), hit.recursive, raw.qtype
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 from dns_svc.answers import ClientView
@@ -59,28 +59,45 @@ class ReplyStore:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: OrderedDict[tuple[tuple[object, ...], CacheKey], CachedReply | _NotLocal] = OrderedDict()
-        self.counts: dict[object, int] = {GLOBAL: 0, SHARED: 0}  # client partitions: (CLIENT, generation)
+        self.counts: dict[object, int] = {GLOBAL: 0, SHARED: 0, CLIENT: 0}  # per kind of partition
         self.shared_keys: set[CacheKey] = set()
         self.evictions = 0
+        # What each local answer was built from (table names, its client's partition, ``ANY_CHANGE``)
+        # and, per such source, the entries built from it: a fleet change drops exactly those.
+        self.sources: dict[tuple[tuple[object, ...], CacheKey], tuple[object, ...]] = {}
+        self.by_source: dict[object, set[tuple[tuple[object, ...], CacheKey]]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def put(self, tag: tuple[object, ...], key: CacheKey, entry: CachedReply | _NotLocal) -> None:
+    def put(
+        self, tag: tuple[object, ...], key: CacheKey, entry: CachedReply | _NotLocal, sources: tuple[object, ...] = ()
+    ) -> None:
+        """Keep ``entry``; with ``sources``, until one of them changes (``drop_sources``)."""
         if self.capacity <= 0:
             return
         entries = self.entries
         k = (tag, key)
         previous = entries.get(k)
         if previous is None:
-            counted = _counted(tag)
+            counted = tag[0]
             self.counts[counted] = self.counts.get(counted, 0) + 1
             if tag[0] is SHARED:
                 self.shared_keys.add(key)
         else:  # a new key goes in last by itself, as the most recently used; a known one is moved there
             _let_go(previous)
             entries.move_to_end(k)
+            self._unindex(k)
         entries[k] = entry
+        if sources:
+            self.sources[k] = sources
+            by_source = self.by_source
+            for source in sources:
+                built = by_source.get(source)
+                if built is None:
+                    by_source[source] = {k}
+                else:
+                    built.add(k)
         while len(entries) > self.capacity:  # drop the least recently used one, never everything
             old, gone = entries.popitem(last=False)
             _let_go(gone)
@@ -94,16 +111,35 @@ class ReplyStore:
             _let_go(gone)
             self._forget(k)
 
+    def drop_sources(self, sources: Iterable[object]) -> int:
+        """Drop every entry built from one of ``sources``; how many went."""
+        dropped = 0
+        by_source = self.by_source
+        for source in sources:
+            built = by_source.pop(source, None)
+            if built is not None:
+                for tag, key in built:
+                    self.delete(tag, key)
+                dropped += len(built)
+        return dropped
+
     def _forget(self, k: tuple[tuple[object, ...], CacheKey]) -> None:
         kind = k[0][0]
-        counted = _counted(k[0])
-        left = self.counts[counted] - 1
-        if left or kind is not CLIENT:
-            self.counts[counted] = left
-        else:
-            del self.counts[counted]
+        self.counts[kind] -= 1
         if kind is SHARED:
             self.shared_keys.discard(k[1])
+        self._unindex(k)
+
+    def _unindex(self, k: tuple[tuple[object, ...], CacheKey]) -> None:
+        sources = self.sources.pop(k, None)
+        if sources is not None:
+            by_source = self.by_source
+            for source in sources:
+                built = by_source.get(source)
+                if built is not None:
+                    built.discard(k)
+                    if not built:
+                        del by_source[source]
 
 
 GLOBAL, SHARED, CLIENT = "global", "shared", "client"
@@ -114,10 +150,8 @@ def _let_go(entry: CachedReply | _NotLocal) -> None:
         entry.dropped = True
 
 
-def _counted(tag: tuple[object, ...]) -> object:
-    """What a partition's entries are counted under: the kind, and for a client's the generation
-    too (an answers change makes the older generation's entries unreachable at once)."""
-    return tag[:2] if tag[0] is CLIENT else tag[0]
+ANY_CHANGE = "any change"
+"""The source of a local answer whose table names are not known: it goes with every change."""
 
 
 class ReplyCache:
@@ -145,7 +179,7 @@ class ReplyCache:
         self.stale_for = stale_for
 
     def __len__(self) -> int:
-        return self.store.counts.get(_counted(self.tag), 0)
+        return self.store.counts.get(self.tag[0], 0)  # every partition's of its kind
 
     @property
     def evictions(self) -> int:
@@ -172,29 +206,24 @@ class ReplyCache:
         return None
 
     def put(self, key: CacheKey, entry: CachedReply | _NotLocal) -> None:
-        self.store.put(self.tag, key, entry)
-
-    def drop_built_from(self, names: set[str]) -> int:
-        """Drop the shared entries built from any of ``names`` (or from unknown names)."""
-        entries = self.store.entries
-        stale = []
-        for key in self.store.shared_keys:
-            entry = entries.get((self.tag, key))
-            if not isinstance(entry, CachedReply) or entry.built_from is None or entry.built_from & names:
-                stale.append(key)
-        for key in stale:
-            self.store.delete(self.tag, key)
-        return len(stale)
+        """Keep ``entry``; in a client's partition, until any change (its origin is not known:
+        ``ClientCaches.keep`` says what it was built from)."""
+        tag = self.tag
+        self.store.put(tag, key, entry, (tag, ANY_CHANGE) if tag[0] is CLIENT else ())
 
 
 class ClientCaches:
-    """Local answers, dropped whenever the answers change: one partition per client view, plus
-    one ``shared`` partition for answers no view can change (an exact name from the shared
-    records, with no search suffix and no link alias involved). Without the shared partition, N
-    clients asking the same 1,000 names cost N x 1,000 rebuilds after every fleet change.
+    """Local answers, kept until the answers they were built from change: one partition per
+    client view, plus one ``shared`` partition for answers no view can change (an exact name from
+    the shared records, with no search suffix and no link alias involved). Without the shared
+    partition, N clients asking the same 1,000 names cost N x 1,000 rebuilds after every fleet
+    change.
 
-    The per-client partitions carry the answers generation in their tag: an answers change
-    makes them unreachable at once, and the store's LRU drops their entries first."""
+    Every entry is kept with what it was built from (``ReplyStore.drop_sources``): the table
+    names it read (misses too: a search suffix tried in vain would answer once it has records),
+    and, for a client's own, its client's partition, which goes whole when the client's view
+    changes. An entry of unknown origin goes with any change (``ANY_CHANGE``). ``generation``
+    moves with every change: an answer built by a query that started before it is not kept."""
 
     def __init__(self, store: ReplyStore | int, clock: Clock = time.monotonic) -> None:
         self.store = store if isinstance(store, ReplyStore) else ReplyStore(store)
@@ -217,28 +246,51 @@ class ClientCaches:
         cache = self.views.get(view.key)
         return cache is not None and cache.get(key, now) is NOT_LOCAL
 
-    def remember_not_local(self, view: ClientView, key: CacheKey) -> None:
-        self.for_view(view.key).put(key, NOT_LOCAL)
+    def remember_not_local(self, view: ClientView, key: CacheKey, names: Iterable[str] | None = None) -> None:
+        """Remember that none of ``names`` (the question and its search candidates) is local for
+        this client; None: until any change."""
+        self.keep(view, key, NOT_LOCAL, names)
+
+    def keep(
+        self, view: ClientView, key: CacheKey, entry: CachedReply | _NotLocal, names: Iterable[str] | None
+    ) -> None:
+        """Keep a client's own ``entry``, built from the table ``names`` (None: unknown)."""
+        cache = self.for_view(view.key)
+        sources: tuple[object, ...] = (cache.tag, *names) if names is not None else (cache.tag, ANY_CHANGE)
+        self.store.put(cache.tag, key, entry, sources)
+
+    def keep_shared(self, key: CacheKey, entry: CachedReply, names: frozenset[str]) -> None:
+        """Keep an answer every client gets, built from the table ``names``."""
+        entry.built_from = names
+        entry.shared = True
+        self.store.put(self.shared.tag, key, entry, tuple(names))
 
     def for_view(self, key: str) -> ReplyCache:
         cache = self.views.get(key)
         if cache is None:
-            cache = self.views[key] = ReplyCache(clock=self.clock, store=self.store, tag=(CLIENT, self.generation, key))
+            cache = self.views[key] = ReplyCache(clock=self.clock, store=self.store, tag=(CLIENT, key))
         return cache
 
-    def clear(self, changed: set[str] | None = None) -> None:
-        """Forget what the answers change made stale. Per-client caches go whole (a client's
-        search list or links may have changed); from the shared cache only the replies built from
-        a ``changed`` name go, so one moved container does not cost 1,000 rebuilds.
-        ``changed=None``: everything goes."""
-        self.views = {}
-        if changed is None:
-            for key in list(self.store.shared_keys):
-                self.store.delete(self.shared.tag, key)
+    def clear(self, changed: set[str] | None = None, views: set[str] | None = None) -> None:
+        """Forget what an answers change made stale: the entries built from a ``changed`` name,
+        the partitions of the clients whose view changed (``views``), and the entries of unknown
+        origin. None: every name, or every client's view."""
+        store = self.store
+        if views is None:
+            store.drop_sources([cache.tag for cache in self.views.values()])
+            self.views = {}
         else:
-            self.shared.drop_built_from(changed)
+            store.drop_sources([(CLIENT, key) for key in views])
+            for key in views:
+                self.views.pop(key, None)
+        if changed is None:
+            for shared_key in list(store.shared_keys):
+                store.delete(self.shared.tag, shared_key)
+        else:
+            store.drop_sources(changed)
+        store.drop_sources((ANY_CHANGE,))
         self.generation += 1
 
     def __len__(self) -> int:
-        """Entries that can still be served: this generation's and the shared ones."""
-        return self.store.counts.get((CLIENT, self.generation), 0) + self.store.counts[SHARED]
+        """Entries that can still be served: the clients' own and the shared ones."""
+        return self.store.counts[CLIENT] + self.store.counts[SHARED]

@@ -14,8 +14,9 @@ from dns_svc.zone import ns_rr, soa_rr, soa_when_empty
 class Authority(Step):
     name = "authority"
 
-    def __init__(self, ttl: int) -> None:
+    def __init__(self, ttl: int, ndots: int = 0) -> None:
         self.ttl = ttl
+        self.ndots = ndots  # the local step's: which search candidates it tried before passing
 
     def check(self, query: Query) -> Verdict:
         name = query.raw.lower_text()
@@ -31,4 +32,8 @@ class Authority(Step):
         if not reply.rr and not query.table.exists(name):
             reply.header.rcode = RCODE_NXDOMAIN
         soa_when_empty(reply, query.table, zone, self.ttl)
-        return Answer(bytes(reply.pack()), Source.AUTHORITY, countdown=False)
+        # Kept until one of the names the local step tried in vain has records, or this name
+        # gains names below it; the apex's SOA carries the serial, which moves with every change.
+        table = query.table
+        built_from = None if name == zone else frozenset(table.candidates(query.view, name, self.ndots))
+        return Answer(bytes(reply.pack()), Source.AUTHORITY, countdown=False, built_from=built_from)

@@ -62,11 +62,12 @@ class ClientCacheStep(Step):
         stored = entry_for(answer, caches.clock(), self.local_ttl_cap, 0)
         if stored is not None:
             key = cache_key(query.raw)
-            if answer.built_from is not None:
-                stored.built_from = answer.built_from
-                caches.shared.put(key, stored)
+            built_from = answer.built_from
+            if answer.shared and built_from is not None:
+                caches.keep_shared(key, stored, built_from)
             else:
-                caches.for_view(query.view.key).put(key, stored)
+                stored.built_from = built_from
+                caches.keep(query.view, key, stored, built_from)
         return answer
 
 

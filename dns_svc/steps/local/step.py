@@ -13,7 +13,7 @@ from __future__ import annotations
 from dnslib import AAAA, CNAME, PTR, QTYPE, RR, SRV, TXT, A, DNSRecord
 
 from dns_svc.answers import NameRecords
-from dns_svc.chain import PASS, WAIT, Answer, Chase, Query, Source, Step, Verdict
+from dns_svc.chain import PASS, WAIT, Answer, Chase, Query, Source, Step, Verdict, failure
 from dns_svc.replies import ClientCaches, cache_key
 from dns_svc.respond import reply_for
 from dns_svc.wire import (
@@ -90,13 +90,16 @@ class LocalAnswers(Step):
     async def wait(self, query: Query) -> Answer:
         """A CNAME chain that leaves the table (``check`` said so): its end resolved upstream,
         then the answer."""
+        # The table is updated in place between queries: read again now, in one piece, it may
+        # have changed since ``check`` (see ``TableRef``).
         found = self.find(query)
-        assert found is not None  # the query's table and generation are the ones check saw
+        if found is None:
+            return failure(query.raw)  # the name left the table since: kept by no cache, asked again
         assert self.chase is not None
         rec, build = found
         followed = self.followed(query, rec, build)
-        assert followed is not None
-        assert followed[2] is not None
+        if followed is None or followed[2] is None:
+            return self.build(query, rec, build, followed, None)  # it no longer leaves the table
         if query.view.recurse:
             build.shared = False  # resolved by this client's own upstreams: not for the others
         qtype = QTYPE_AAAA if self.qtype_of(query, rec) == QTYPE_AAAA else QTYPE_A
@@ -106,7 +109,11 @@ class LocalAnswers(Step):
     def back(self, query: Query, answer: Answer) -> Answer:
         memo = self.memo
         if memo is not None and answer.source is Source.GLOBAL_CACHE and query.generation == memo.generation:
-            memo.remember_not_local(query.view, cache_key(query.raw))  # asked again: worth remembering
+            # asked again: worth remembering, until one of the names tried has records
+            key = cache_key(query.raw)
+            if not memo.known_not_local(query.view, key, memo.clock()):
+                names = query.table.candidates(query.view, query.raw.lower_text(), self.ndots)
+                memo.remember_not_local(query.view, key, names)
         return answer
 
     def find(self, query: Query) -> tuple[NameRecords, _Build] | None:
@@ -115,10 +122,14 @@ class LocalAnswers(Step):
         memo = self.memo
         if memo is not None and memo.known_not_local(view, cache_key(query.raw), memo.clock()):
             return None
-        for position, candidate in enumerate(table.candidates(view, query.raw.lower_text(), self.ndots)):
+        tried = table.candidates(view, query.raw.lower_text(), self.ndots)
+        for position, candidate in enumerate(tried):
             found = table.lookup(view, candidate)
             if found is not None:
-                return found, _Build(candidate, position == 0 and candidate not in view.records)
+                build = _Build(candidate, position == 0 and candidate not in view.records)
+                if position:
+                    build.names.extend(tried[:position])  # the answer changes once one of these has records
+                return found, build
         return None
 
     def qtype_of(self, query: Query, rec: NameRecords) -> int:
@@ -176,8 +187,9 @@ class LocalAnswers(Step):
         zone = query.table.zone_of(query.raw.lower_text()) if not reply.rr else None
         if zone is not None:
             soa_when_empty(reply, query.table, zone, self.ttl)
-        built_from = frozenset(build.names) if build.shared else None
-        return Answer(bytes(reply.pack()), Source.LOCAL, countdown, built_from=built_from)
+        return Answer(
+            bytes(reply.pack()), Source.LOCAL, countdown, built_from=frozenset(build.names), shared=build.shared
+        )
 
     @staticmethod
     def one_type_for_any(rec: NameRecords) -> int:
