@@ -83,7 +83,7 @@ class VersionFollower:
         # What a fleet update runs inside: the process's collector policy, when it has one.
         self.updating: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext
 
-    def load_kept(self) -> tuple[Fleet, int] | None:
+    def load_kept(self) -> tuple[FleetView, int] | None:
         """The kept fleet to start from before metadata has answered, if there is a usable one."""
         if self.kept is None:
             return None
@@ -210,11 +210,13 @@ class VersionFollower:
         # being answered meanwhile.
         delta = await self.fetch_changes(session)
         changed: int | None = None
+        kept_changes: list[ObjectChange] | None = None
         if delta is not None and self.fleet is not None:
             applied, changes = delta
             fleet: FleetView = self.fleet
             self.fleet.apply(changes)  # on the event loop, in one step: no query sees half of it
             changed = len(changes)
+            kept_changes = changes
             self.deltas += 1
             if self.apply_changes is not None:
                 await self.apply_changes(fleet, changes, version_index(applied))
@@ -240,6 +242,6 @@ class VersionFollower:
         )
         if self.kept is not None:
             try:
-                await self.kept.save_soon(fleet, version_index(applied))
+                await self.kept.save_soon(fleet, version_index(applied), kept_changes)
             except OSError as exc:
                 log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

@@ -104,9 +104,11 @@ class SourceFollower:
                 self_host=wanted,
                 hosts=",".join(h.name or h.uuid for h in fleet.hosts) or "none",
             )
-        await self.keep(fleet, store.index, coalesce=follows_objects)
+        await self.keep(fleet, store.index, coalesce=follows_objects, changes=changes if follows_objects else None)
 
-    async def keep(self, fleet: FleetView, index: int, *, coalesce: bool = False) -> None:
+    async def keep(
+        self, fleet: FleetView, index: int, *, coalesce: bool = False, changes: list[ObjectChange] | None = None
+    ) -> None:
         """Write the kept copy: at once for a whole fleet read (a restart must not repeat an
         index a client saw); at most every few seconds for a source that follows objects, whose
         indexes are its own revisions (a copy a few seconds old only means catching up)."""
@@ -114,7 +116,7 @@ class SourceFollower:
             return
         try:
             if coalesce:
-                await self.kept.save_soon(fleet, index)
+                await self.kept.save_soon(fleet, index, changes)
             else:
                 await self.kept.save_in_background(fleet, index)
             self._kept_error = None

@@ -53,7 +53,9 @@ def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, Fleet]:
         raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
 
 
-def encode_fleet_delta(version: str, index: int, since: str, changes: list[ObjectChange]) -> bytes:
+def encode_fleet_delta(
+    version: str, index: int, since: str, changes: list[ObjectChange], *, public: bool = True
+) -> bytes:
     """``?since=V``: what changed between version ``since`` and ``version``, each object once in
     its final state: ``put`` (kind -> normalised objects, tokens blanked) and ``deleted``
     (kind -> identities, ``shared.fleet_changes``), plus the ``environment`` when it changed."""
@@ -67,8 +69,12 @@ def encode_fleet_delta(version: str, index: int, since: str, changes: list[Objec
         elif new is None:
             deleted.setdefault(change.kind, []).append(change.ident)
         else:
-            put.setdefault(change.kind, []).append(_public(change.kind, new))
+            put.setdefault(change.kind, []).append(_public(change.kind, new) if public else _raw(change.kind, new))
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _raw(kind: str, obj: Any) -> dict[str, Any]:
+    return {**service_raw(obj)} if kind == "services" else _public(kind, obj)
 
 
 def _public(kind: str, obj: Any) -> dict[str, Any]:
