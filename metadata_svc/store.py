@@ -168,12 +168,10 @@ class VersionedStore:
     def _pick_host(fleet: FleetView | None, wanted: str) -> str:
         if fleet is None:
             return ""
-        for host in fleet.hosts:
-            if wanted and wanted in (host.uuid, host.name):
-                return host.uuid
-        if not wanted and len(fleet.hosts) == 1:
-            return fleet.hosts[0].uuid
-        return ""
+        if not wanted:
+            return fleet.hosts[0].uuid if len(fleet.hosts) == 1 else ""
+        # the first host, in fleet order, named so exactly (a lookup: every version asks)
+        return next((h.uuid for h in fleet.hosts_called(wanted) if wanted in (h.uuid, h.name)), "")
 
     @property
     def self_host_wanted(self) -> str:
