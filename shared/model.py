@@ -73,8 +73,13 @@ class _Where:
         return f"{text} ({position})" if position else text
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
+    # Most labels, links and extras are empty: one shared empty mapping instead of a dict and a
+    # proxy each (three per container, in each service's copy of the fleet).
+    return MappingProxyType(dict(value)) if value else _EMPTY
 
 
 @dataclass(frozen=True, slots=True)
