@@ -68,6 +68,7 @@ class VersionFollower:
         # (``?since=``); None until a whole document came, or against another rancher-metadata.
         self.fleet: FleetIndex | None = None
         self.deltas = 0  # versions caught up with by their changes alone
+        self.waits_on_changes = True  # False against a metadata service without ?since=
         self.max_wait = max_wait
         self.kept = kept
         self.max_backoff = max_backoff
@@ -147,20 +148,28 @@ class VersionFollower:
                 log, logging.DEBUG, "metadata_retry_failed", url=self.base_url, error=error, attempt=self.failures
             )
 
-    async def fetch_changes(self, session: aiohttp.ClientSession) -> tuple[str, list[ObjectChange]] | None:
+    async def fetch_changes(
+        self, session: aiohttp.ClientSession, *, wait: bool = False
+    ) -> tuple[str, list[ObjectChange]] | None:
         """What changed since the version this host serves (``?since=``), against the fleet it
-        serves; None when the metadata service has not kept those changes (410) or does not
-        know ``since`` (an older one answers the whole document): then the whole document."""
+        serves; with ``wait``, once there is a change (or ``max_wait`` ran out: then the version
+        is this host's and nothing changed). None when the metadata service has not kept those
+        changes (410) or does not know ``since`` (an older one answers the whole document):
+        then the whole document."""
         if self.fleet_url is None or self.fleet is None or self.version is None:
             return None
         fleet = self.fleet
-        async with session.get(self.fleet_url, params={"since": self.version}) as resp:
+        params = {"since": self.version}
+        if wait:
+            params.update({"wait": "true", "maxWait": str(self.max_wait)})
+        async with session.get(self.fleet_url, params=params) as resp:
             if resp.status in (404, 410):
                 return None
             resp.raise_for_status()
             body = await resp.read()
         if b'"since":' not in body[:256]:
-            return None  # the whole document: a metadata service without deltas
+            self.waits_on_changes = False  # a metadata service without deltas: /version, then the document
+            return None
         return await asyncio.to_thread(decode_fleet_delta, body, fleet)
 
     async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, Fleet]:
@@ -182,6 +191,21 @@ class VersionFollower:
         return str(tree.get("version") or version), await asyncio.to_thread(Fleet.from_mapping, tree)
 
     async def step(self, session: aiohttp.ClientSession) -> None:
+        """One wait for the next version and its application: with a fleet of its own, by the
+        changes alone (one long-poll on ``?since=``, one request per version); otherwise by a
+        ``/version`` long-poll and the whole document."""
+        if self.waits_on_changes and self.fleet is not None and self.version is not None:
+            started = time.perf_counter()
+            delta = await self.fetch_changes(session, wait=True)
+            if delta is not None:
+                self._reached(delta[0])
+                if delta[0] != self.version:  # else the wait ran out, and nothing changed
+                    await self._apply_delta(*delta, started)
+                return
+            if self.waits_on_changes:  # 410: the changes since our version are gone
+                self._reached(self.version)
+                await self._apply_whole(session, self.version, started)
+                return
         url = f"{self.base_url}/version"
         params = {"wait": "true", "value": self.version, "maxWait": str(self.max_wait)} if self.version else None
         async with session.get(url, params=params) as resp:
@@ -189,6 +213,17 @@ class VersionFollower:
             version = await resp.json(content_type=None)
         if not isinstance(version, str):
             raise ValueError("metadata /version is not a string")
+        self._reached(version)
+        if version == self.version:
+            return
+        started = time.perf_counter()
+        delta = await self.fetch_changes(session)
+        if delta is not None and self.fleet is not None:
+            await self._apply_delta(*delta, started)
+        else:
+            await self._apply_whole(session, version, started)
+
+    def _reached(self, version: str) -> None:
         if self.reachable is not True:
             if self.reachable is False:
                 log_event(log, logging.WARNING, "metadata_reachable", url=self.base_url, version=version)
@@ -203,33 +238,33 @@ class VersionFollower:
                 )
             self.reachable = True
         self.failures = 0
-        if version == self.version:
-            return
-        started = time.perf_counter()
-        # Parsing a large fleet takes a while: it happens off the event loop, so queries keep
-        # being answered meanwhile.
-        delta = await self.fetch_changes(session)
-        changed: int | None = None
-        kept_changes: list[ObjectChange] | None = None
-        if delta is not None and self.fleet is not None:
-            applied, changes = delta
-            fleet: FleetView = self.fleet
-            self.fleet.apply(changes)  # on the event loop, in one step: no query sees half of it
-            changed = len(changes)
-            kept_changes = changes
-            self.deltas += 1
-            if self.apply_changes is not None:
-                await self.apply_changes(fleet, changes, version_index(applied))
-            else:
-                with self.updating():
-                    await self.apply(fleet, version_index(applied))
+
+    async def _apply_delta(self, applied: str, changes: list[ObjectChange], started: float) -> None:
+        assert self.fleet is not None
+        fleet: FleetView = self.fleet
+        self.fleet.apply(changes)  # on the event loop, in one step: no query sees half of it
+        self.deltas += 1
+        if self.apply_changes is not None:
+            await self.apply_changes(fleet, changes, version_index(applied))
         else:
             with self.updating():
-                applied, whole = await self.fetch(session, version)
-                # A metadns document: kept as an index, so the next versions come as changes.
-                self.fleet = await asyncio.to_thread(FleetIndex.of, whole) if self.fleet_url is not None else None
-                fleet = self.fleet or whole
                 await self.apply(fleet, version_index(applied))
+        await self._applied(applied, fleet, changes, started)
+
+    async def _apply_whole(self, session: aiohttp.ClientSession, version: str, started: float) -> None:
+        # Parsing a large fleet takes a while: it happens off the event loop, so queries keep
+        # being answered meanwhile.
+        with self.updating():
+            applied, whole = await self.fetch(session, version)
+            # A metadns document: kept as an index, so the next versions come as changes.
+            self.fleet = await asyncio.to_thread(FleetIndex.of, whole) if self.fleet_url is not None else None
+            fleet = self.fleet or whole
+            await self.apply(fleet, version_index(applied))
+        await self._applied(applied, fleet, None, started)
+
+    async def _applied(
+        self, applied: str, fleet: FleetView, changes: list[ObjectChange] | None, started: float
+    ) -> None:
         self.version = applied
         log_event(
             log,
@@ -237,11 +272,11 @@ class VersionFollower:
             "answers_updated",
             version=applied,
             containers=len(fleet.containers),
-            changed="all" if changed is None else changed,
+            changed="all" if changes is None else len(changes),
             build_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         if self.kept is not None:
             try:
-                await self.kept.save_soon(fleet, version_index(applied), kept_changes)
+                await self.kept.save_soon(fleet, version_index(applied), changes)
             except OSError as exc:
                 log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

@@ -113,11 +113,7 @@ async def answer(request: web.Request) -> web.StreamResponse:
     if segments and segments[0] in VERSION_NAMES:
         api = LATEST if segments[0] == "latest" else segments[0]
         segments = segments[1:]
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    # Every X-Forwarded-For line, in order: a proxy appends its own line after the client's
-    # (possibly forged) one, and only the combined list read from the right is the truth.
-    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
-    client = request.app[IDENTITY].client_ip(peer[0] if peer else None, forwarded)
+    client = _client_of(request)
     query = request.query
     loop_time = asyncio.get_running_loop().time
     try:
@@ -191,12 +187,29 @@ async def fleet(request: web.Request) -> web.Response:
     """The whole normalised fleet in one compact document, for the DNS service: the
     2016-07-29 tree repeats every container three times (the list, its service, its stack).
     ``?since=V``: only what changed after version V (``metadata_svc/changes.py``), or 410 when
-    V is not in the window of changes kept, and the follower takes the whole document."""
+    V is not in the window of changes kept, and the follower takes the whole document. With
+    ``wait=true`` it is a long-poll: while V is the current version it waits (``maxWait``) for
+    the next, so a follower pays one request per version, not a ``/version`` wait and a fetch."""
     store = request.app[STORE]
     snapshot = store.snapshot
     since = request.query.get("since")
     if since is None:
         return web.Response(body=snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
+    if request.query.get("wait", "").lower() == "true" and since == snapshot.version and not store.closed:
+        settings = request.app[SETTINGS]
+        try:
+            wait = _wait_seconds(request.query.get("maxWait"), settings.default_wait, settings.max_wait)
+        except BadQuery as exc:
+            return _error(400, f"Bad request: {exc}", JSON, snapshot)
+        longpolls = request.app[LONGPOLLS]
+        client = _client_of(request)
+        refused = longpolls.take(client)
+        if refused is not None:
+            return _too_many(refused, JSON, snapshot)
+        try:
+            snapshot = await store.wait_for_change(snapshot.index, wait)
+        finally:
+            longpolls.give_back(client)
     changes = store.changes.since(since)
     if changes is None:
         request.app[COUNTERS].deltas["gone"] += 1
@@ -204,6 +217,15 @@ async def fleet(request: web.Request) -> web.Response:
     request.app[COUNTERS].deltas["served"] += 1
     body = encode_fleet_delta(snapshot.version, snapshot.index, since, changes)
     return web.Response(body=body, headers={**_headers(snapshot, JSON)})
+
+
+def _client_of(request: web.Request) -> str:
+    """Who is asking, as the long-poll slots count clients (``X-Forwarded-For`` from a trusted proxy)."""
+    # Every X-Forwarded-For line, in order: a proxy appends its own line after the client's
+    # (possibly forged) one, and only the combined list read from the right is the truth.
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ())) or None
+    return request.app[IDENTITY].client_ip(peer[0] if peer else None, forwarded)
 
 
 async def healthz(request: web.Request) -> web.Response:

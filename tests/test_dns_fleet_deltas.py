@@ -233,3 +233,33 @@ async def test_a_metadata_restart_with_a_kept_copy_behind_etcd(tmp_path: Path) -
         finally:
             if first_run is not None:
                 await first_run.__aexit__(None, None, None)
+
+
+async def test_a_version_costs_one_request_a_wait_on_the_changes(tmp_path: Path) -> None:
+    """With a fleet of its own, the DNS service waits on ``?since=V&wait=true`` (one request per
+    version) instead of a ``/version`` long-poll followed by a fetch."""
+    data = tmp_path / "fleet.yaml"
+    data.write_text(yaml.safe_dump(fleet()))
+    async with host(f"file:{data}", tmp_path) as (md, dns):
+        assert dns.follower is not None
+        counters = md.app[COUNTERS]
+
+        def version_polls() -> int:
+            return sum(n for (kind, _status), n in counters.requests.items() if kind == "version")
+
+        polls, served = version_polls(), counters.deltas["served"]
+        for ip in ("127.0.0.21", "127.0.0.22", "127.0.0.23"):
+            before = md.app[STORE].snapshot.version
+            data.write_text(yaml.safe_dump(fleet(ip)))
+            await caught_up(md, dns, before)
+            assert await names(dns, "web-1.rancher.internal") == [ip]
+        assert version_polls() == polls
+        assert counters.deltas["served"] >= served + 3
+        # a wait that runs out answers the version asked about, with nothing in it
+        current = md.app[STORE].snapshot.version
+        async with (
+            md.client() as s,
+            s.get("/metadns/v1/fleet", params={"since": current, "wait": "true", "maxWait": "0.05"}) as r,
+        ):
+            body = await r.json()
+        assert (body["version"], body["put"], body["deleted"]) == (current, {}, {})
