@@ -176,7 +176,12 @@ def source_for(settings: MetadataSettings) -> FleetSource:
     """``--source``: ``etcd://HOST:PORT[,...]/PREFIX`` or ``file:PATH``; else the ``--data`` file."""
     if settings.source.startswith("etcd://"):
         hosts, prefix = parse_etcd_source(settings.source)
-        return EtcdSource(endpoints_from_flags(hosts, settings), prefix, idle_timeout=settings.etcd_idle_timeout)
+        return EtcdSource(
+            endpoints_from_flags(hosts, settings),
+            prefix,
+            idle_timeout=settings.etcd_idle_timeout,
+            debounce=settings.etcd_debounce,
+        )
     path = settings.source[len("file:") :] if settings.source.startswith("file:") else settings.data
     return FileSource(path, settings.poll_interval, use_inotify=settings.watch == "auto")
 

@@ -40,6 +40,7 @@ class MetadataSettings:
     etcd_cert: str = ""
     etcd_key: str = ""
     etcd_idle_timeout: float = 30.0
+    etcd_debounce: float = 0.1
     status_interval: float = 10.0
     status_ttl: int = 30
     max_connections: int = 16384
@@ -92,6 +93,14 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         help="seconds without any watch message (not even a progress notification) before the watch is "
         "started again on the next endpoint; set etcd's --experimental-watch-progress-notify-interval "
         "well below it",
+    )
+    p.flag(
+        "--etcd-debounce",
+        default=0.1,
+        type=float,
+        help="seconds the watch responses that follow a first one are gathered for, and applied and "
+        "published as one version: at 100 changes/s a version carries about ten (each costs every "
+        "follower a request), and a lone change waits this long at most",
     )
     p.flag(
         "--status-interval",
@@ -205,6 +214,7 @@ def parse_settings(argv: list[str] | None = None) -> MetadataSettings:
         etcd_cert=ns.etcd_cert,
         etcd_key=ns.etcd_key,
         etcd_idle_timeout=ns.etcd_idle_timeout,
+        etcd_debounce=ns.etcd_debounce,
         status_interval=ns.status_interval,
         status_ttl=ns.status_ttl,
         max_connections=ns.max_connections,

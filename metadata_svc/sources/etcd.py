@@ -72,7 +72,7 @@ class EtcdSource:
         endpoints: EtcdEndpoints,
         prefix: str,
         *,
-        debounce: float = 0.05,
+        debounce: float = 0.1,
         resync: float = 300.0,
         idle_timeout: float = 30.0,
         backoff_max: float = 5.0,
