@@ -33,11 +33,6 @@ class ChangeLog:
         self._current = ""
         self._held = 0
 
-    @property
-    def oldest(self) -> str:
-        """The oldest version a follower can catch up from (the current one when none)."""
-        return next(iter(self._steps), self._current)
-
     def record(self, before: str, after: str, changes: list[ObjectChange] | None) -> None:
         """Version ``after`` follows ``before`` with ``changes``; None: not known (the window
         starts again at ``after``)."""

@@ -190,7 +190,7 @@ class EtcdObjects:
     def host_uuid(self, ref: str) -> str | None:
         named = self._host_names.get(ref)
         if named:
-            return max(named, key=lambda u: self.index._order["hosts"].get(u, ""))
+            return max(named, key=lambda u: self.index.order_key("hosts", u))
         if ("hosts", ref) in self._served or ("hosts", ref) in self._hopeful:
             return ref
         return None
@@ -199,8 +199,9 @@ class EtcdObjects:
         listing = [i for i in self._sidekick_of.get(ident, ()) if ("services", i) in self._served]
         if not listing:
             return None
-        service = self.index._objects["services"][max(listing, key=self.index._order["services"].__getitem__)]
-        return str(service.name)
+        service = self.index.get("services", max(listing, key=lambda i: self.index.order_key("services", i)))
+        assert isinstance(service, Service)
+        return service.name
 
     # Changes -----------------------------------------------------------------------------
 
@@ -229,9 +230,9 @@ class EtcdObjects:
         self._settle(decide, journal)
         self._check_tokens(tokens)
         changes = [
-            ObjectChange(kind, ident, old, self.index._objects[kind].get(ident))
+            ObjectChange(kind, ident, old, self.index.get(kind, ident))
             for (kind, ident), old in journal.items()
-            if old != self.index._objects[kind].get(ident)
+            if old != self.index.get(kind, ident)
         ]
         if env_changed:
             env = self._environment()
@@ -400,7 +401,7 @@ class EtcdObjects:
         returns what that changed for others."""
         kind, name = ident
         hoped = self._hopeful.get(ident)
-        old = self.index._objects[kind].get(name)
+        old = self.index.get(kind, name)
         new: FleetObject | None = None
         served_key = ""
         claimants = sorted(self._claims.get(ident, ()))

@@ -21,10 +21,7 @@ from shared.model import (
     TRUSTED,
     Environment,
     Fleet,
-    container_raw,
-    host_raw,
-    service_raw,
-    stack_raw,
+    object_raw,
     trusted_environment,
 )
 
@@ -69,22 +66,11 @@ def encode_fleet_delta(
         elif new is None:
             deleted.setdefault(change.kind, []).append(change.ident)
         else:
-            put.setdefault(change.kind, []).append(_public(change.kind, new) if public else _raw(change.kind, new))
+            raw = object_raw(change.kind, new)
+            if public and change.kind == "services":
+                raw["token"] = ""
+            put.setdefault(change.kind, []).append(raw)
     return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def _raw(kind: str, obj: Any) -> dict[str, Any]:
-    return {**service_raw(obj)} if kind == "services" else _public(kind, obj)
-
-
-def _public(kind: str, obj: Any) -> dict[str, Any]:
-    if kind == "hosts":
-        return host_raw(obj)
-    if kind == "stacks":
-        return stack_raw(obj)
-    if kind == "services":
-        return {**service_raw(obj), "token": ""}
-    return container_raw(obj)
 
 
 def decode_fleet_delta(body: bytes, fleet: FleetView) -> tuple[str, list[ObjectChange]]:

@@ -31,13 +31,10 @@ from shared.model import (
     Host,
     Service,
     Stack,
-    container_raw,
     digest_text,
     environment_from,
-    host_raw,
     object_digest,
-    service_raw,
-    stack_raw,
+    object_raw,
 )
 
 T = TypeVar("T")
@@ -127,23 +124,11 @@ class SortedObjects(Sequence[T], Generic[T]):
         return self._all()[index]
 
 
-def _raw_of(kind: str, obj: FleetObject) -> dict[str, Any]:
-    if isinstance(obj, Environment):
-        return {"name": obj.name, "uuid": obj.uuid}
-    if isinstance(obj, Host):
-        return host_raw(obj)
-    if isinstance(obj, Stack):
-        return stack_raw(obj)
-    if isinstance(obj, Service):
-        return service_raw(obj)
-    return container_raw(obj)
-
-
 def normalised(environment: Environment, records: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
     """``Fleet.raw``'s shape of an environment and the records of each kind."""
-    out: dict[str, Any] = {"environment": _raw_of("environment", environment)}
+    out: dict[str, Any] = {"environment": object_raw("environment", environment)}
     for kind, objects in records.items():
-        out[kind] = [_raw_of(kind, obj) for obj in objects]
+        out[kind] = [object_raw(kind, obj) for obj in objects]
     return out
 
 
@@ -155,7 +140,7 @@ class FleetIndex:
         self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in ("hosts", "stacks", "services", "containers")}
         self._order: dict[str, dict[str, str]] = {kind: {} for kind in self._objects}
         self._shares: dict[tuple[str, str], int] = {}
-        self._total = object_digest("environment", _raw_of("environment", self.environment))
+        self._total = object_digest("environment", object_raw("environment", self.environment))
         self._lists: dict[str, SortedObjects[Any]] = {
             kind: SortedObjects(self._objects[kind], self._order[kind]) for kind in self._objects
         }
@@ -202,6 +187,15 @@ class FleetIndex:
     @property
     def digest(self) -> str:
         return digest_text(self._total)
+
+    def get(self, kind: str, ident: str) -> FleetObject | None:
+        """The object served under ``ident`` in ``kind`` (``shared.fleet_changes`` identities)."""
+        found: FleetObject | None = self._objects[kind].get(ident)
+        return found
+
+    def order_key(self, kind: str, ident: str) -> str:
+        """Where ``ident`` sorts in ``kind``'s canonical order ("" when it is not served)."""
+        return self._order[kind].get(ident, "")
 
     def container(self, uuid: str) -> Container | None:
         found: Container | None = self._objects["containers"].get(uuid)
@@ -314,12 +308,12 @@ class FleetIndex:
                 self._add(change.kind, change.ident, change.new)
 
     def _set_environment(self, env: Environment) -> None:
-        self._total -= object_digest("environment", _raw_of("environment", self.environment))
+        self._total -= object_digest("environment", object_raw("environment", self.environment))
         self.environment = env
-        self._total += object_digest("environment", _raw_of("environment", env))
+        self._total += object_digest("environment", object_raw("environment", env))
 
     def _add(self, kind: str, ident: str, obj: FleetObject) -> None:
-        raw = _raw_of(kind, obj)
+        raw = object_raw(kind, obj)
         share = object_digest(kind, raw)
         self._objects[kind][ident] = obj
         self._order[kind][ident] = object_key(kind, raw)

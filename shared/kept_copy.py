@@ -225,9 +225,6 @@ class KeptCopy:
         probe.write_bytes(b"")
         probe.unlink()
 
-    def save(self, fleet: Fleet, index: int) -> None:
-        self._write(fleet.raw, fleet.digest, index)
-
     def _write(self, raw: Mapping[str, Any], digest: str, index: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"index": index, "digest": digest, "fleet": raw}

@@ -163,6 +163,10 @@ class Fleet:
     def container(self, uuid: str) -> Container | None:
         return self._by_uuid.get(uuid)
 
+    @cached_property
+    def _by_uuid(self) -> dict[str, Container]:
+        return {c.uuid: c for c in self.containers}
+
     def host(self, uuid: str) -> Host | None:
         return self._hosts.get(uuid)
 
@@ -229,7 +233,6 @@ class Fleet:
         for s in self.services:
             stack_services.setdefault(s.stack_name.lower(), []).append(s)
         object.__setattr__(self, "_by_ip", by_ip)
-        object.__setattr__(self, "_by_uuid", {c.uuid: c for c in self.containers})
         object.__setattr__(self, "_hosts", {h.uuid: h for h in self.hosts})
         object.__setattr__(self, "_stacks", {s.name.lower(): s for s in self.stacks})
         object.__setattr__(self, "_services", {(s.stack_name.lower(), s.name.lower()): s for s in self.services})
@@ -237,7 +240,6 @@ class Fleet:
         object.__setattr__(self, "_stack_services", {k: tuple(v) for k, v in stack_services.items()})
 
     _by_ip: dict[str, Container] = field(init=False, repr=False, compare=False)
-    _by_uuid: dict[str, Container] = field(init=False, repr=False, compare=False)
     _hosts: dict[str, Host] = field(init=False, repr=False, compare=False)
     _stacks: dict[str, Stack] = field(init=False, repr=False, compare=False)
     _services: dict[tuple[str, str], Service] = field(init=False, repr=False, compare=False)
@@ -821,6 +823,19 @@ def host_raw(h: Host) -> dict[str, Any]:
         "labels": dict(h.labels),
         **h.extra,
     }
+
+
+def object_raw(kind: str, obj: Environment | Host | Stack | Service | Container) -> dict[str, Any]:
+    """The normalised form (``Fleet.raw``'s) of one object of ``kind``."""
+    if isinstance(obj, Environment):
+        return {"name": obj.name, "uuid": obj.uuid}
+    if isinstance(obj, Host):
+        return host_raw(obj)
+    if isinstance(obj, Stack):
+        return stack_raw(obj)
+    if isinstance(obj, Service):
+        return service_raw(obj)
+    return container_raw(obj)
 
 
 def stack_raw(s: Stack) -> dict[str, Any]:
