@@ -109,4 +109,6 @@ def named_by_key(kind: str, key: str, obj: dict[str, Any]) -> str | None:
 
 def key_names(key: str) -> list[str]:
     """The decoded parts of a key below the prefix."""
+    if "%" not in key:  # nothing quoted (almost every key): a cold list splits 100,000s of them
+        return key.split("/")
     return [unquote(p) for p in key.split("/")]

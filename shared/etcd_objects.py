@@ -21,11 +21,11 @@ Held-back keys are reported with why (``held``) and come back when what they lac
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import json_codec
 from shared.etcd_fleet import KINDS, is_status_key, key_names, named_by_key
 from shared.fleet_changes import FleetObject, ObjectChange
 from shared.fleet_index import FleetIndex
@@ -174,6 +174,9 @@ class EtcdObjects:
         self._host_names: dict[str, set[str]] = {}  # host name -> uuids served with it
         self._sidekick_of: dict[str, set[str]] = {}  # "stack/service" -> services listing it
         self._env_key = False
+        # Containers parsed by the apply under way: checked from here rather than parsed again
+        # (their parsed form is not kept between applies, ``_Item.obj``).
+        self._parsed: dict[str, dict[str, Any]] = {}
 
     def value(self, key: str) -> bytes | None:
         """The value ``key`` has now (whether or not it is served)."""
@@ -213,21 +216,12 @@ class EtcdObjects:
         revisions = create_revisions or {}
         journal: dict[tuple[str, str], FleetObject | None] = {}
         decide: set[tuple[str, str]] = set()
-        env_changed = False
         tokens: set[str] = set()
-        for key in deletes:
-            if self._values.pop(key, None) is None:
-                continue
-            env_changed |= self._forget(key, decide)
-            tokens.add(key)
-        for key, value in puts.items():
-            if self._values.get(key) == value:
-                continue
-            self._values[key] = value
-            env_changed |= self._forget(key, decide)
-            env_changed |= self._parse(key, value, revisions.get(key, 0), decide)
-            tokens.add(key)
-        self._settle(decide, journal)
+        try:
+            env_changed = self._take(puts, deletes, revisions, decide, tokens)
+            self._settle(decide, journal)
+        finally:
+            self._parsed.clear()
         self._check_tokens(tokens)
         changes = [
             ObjectChange(kind, ident, old, self.index.get(kind, ident))
@@ -241,11 +235,36 @@ class EtcdObjects:
                 self.index.apply(changes[:1])
         return changes
 
+    def _take(
+        self,
+        puts: Mapping[str, bytes],
+        deletes: Iterable[str],
+        revisions: Mapping[str, int],
+        decide: set[tuple[str, str]],
+        tokens: set[str],
+    ) -> bool:
+        """Store and parse what changed; collect the identities to decide again and the keys
+        whose tokens to check. True when the environment key moved."""
+        env_changed = False
+        for key in deletes:
+            if self._values.pop(key, None) is None:
+                continue
+            env_changed |= self._forget(key, decide)
+            tokens.add(key)
+        for key, value in puts.items():
+            if self._values.get(key) == value:
+                continue
+            self._values[key] = value
+            env_changed |= self._forget(key, decide)
+            env_changed |= self._parse(key, value, revisions.get(key, 0), decide)
+            tokens.add(key)
+        return env_changed
+
     def _environment(self) -> Environment:
         """The ``environment`` key's, or the default one when it is missing or unusable (held
         back), as a whole validation gives."""
         try:
-            obj = json.loads(self._values.get("environment", b"{}"))
+            obj = json_codec.loads(self._values.get("environment", b"{}"))
             return environment_from({"environment": obj if isinstance(obj, dict) else {}})
         except (ValueError, UnicodeDecodeError):
             return environment_from({})
@@ -304,7 +323,7 @@ class EtcdObjects:
         problem = ""
         obj: Any = None
         try:
-            obj = json.loads(value)
+            obj = json_codec.loads(value)
         except (ValueError, UnicodeDecodeError) as exc:
             problem = f"not JSON: {exc}"
         else:
@@ -330,7 +349,10 @@ class EtcdObjects:
             return False
         ident = _ident_of(kind, key_names(key)[1:])
         refs = _refs_of(kind, obj)
-        self._items[key] = _Item(kind, ident, None if kind == "containers" else obj, "", create_revision, refs)
+        if kind == "containers":
+            self._parsed[key] = obj
+            obj = None
+        self._items[key] = _Item(kind, ident, obj, "", create_revision, refs)
         for ref in refs:
             self._dependents.setdefault(ref, set()).add(key)
         self._claims.setdefault((kind, ident), set()).add(key)
@@ -339,9 +361,9 @@ class EtcdObjects:
 
     def _object_of(self, key: str, item: _Item) -> FleetObject:
         """Validate ``item`` against the layered references; FleetError when it cannot be served."""
-        obj = item.obj
+        obj = item.obj or self._parsed.get(key)
         if obj is None:
-            obj = json.loads(self._values[key])
+            obj = json_codec.loads(self._values[key])
             named_by_key(item.kind, key, obj)
         refs = _Layered(self)
         if item.kind == "hosts":

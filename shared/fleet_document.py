@@ -12,9 +12,9 @@ the DNS service keeps what it had.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from shared import json_codec
 from shared.fleet_changes import KINDS, ObjectChange, identity
 from shared.fleet_index import FleetView
 from shared.model import (
@@ -31,14 +31,14 @@ FLEET_PATH = "/metadns/v1/fleet"
 def encode_fleet_document(fleet: FleetView, version: str, index: int) -> bytes:
     raw = fleet.raw
     public = {**raw, "services": [{**s, "token": ""} for s in raw.get("services", [])]}
-    return json.dumps({"version": version, "index": index, "fleet": public}, separators=(",", ":")).encode()
+    return json_codec.dumps({"version": version, "index": index, "fleet": public})
 
 
 def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, Fleet]:
     """The version and fleet of a document; ``version`` stands in when it names none.
     Raises ValueError when it is not a fleet document."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = json_codec.loads(body)
     except ValueError as exc:
         raise ValueError(f"metadata fleet document is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("fleet"), dict):
@@ -70,14 +70,14 @@ def encode_fleet_delta(
             if public and change.kind == "services":
                 raw["token"] = ""
             put.setdefault(change.kind, []).append(raw)
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return json_codec.dumps(doc)
 
 
 def decode_fleet_delta(body: bytes, fleet: FleetView) -> tuple[str, list[ObjectChange]]:
     """The version and the ``ObjectChange``s of a delta document, against ``fleet`` (what the
     reader serves now: the objects before). Raises ValueError when it is not a delta."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = json_codec.loads(body)
     except ValueError as exc:
         raise ValueError(f"metadata fleet delta is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("put"), dict) or not isinstance(doc.get("deleted"), dict):

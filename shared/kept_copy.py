@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared import json_codec
 from shared.atomic_file import write_atomically
 from shared.fleet_changes import ObjectChange
 from shared.fleet_document import decode_fleet_delta, encode_fleet_delta
@@ -181,7 +181,7 @@ class KeptCopy:
         """The kept fleet and its index (the snapshot, with the log replayed over it);
         FleetError when missing or unusable."""
         try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            doc = json_codec.loads(self.path.read_bytes())
             index = int(doc["index"])
             fleet = Fleet.from_mapping(doc["fleet"])
             replayed = self._replay(fleet, index)
@@ -204,7 +204,7 @@ class KeptCopy:
         at = index
         for line in lines:
             try:
-                head = json.loads(line)
+                head = json_codec.loads(line)
                 line_index = int(head["index"])
             except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash: what came before it stands
@@ -228,7 +228,7 @@ class KeptCopy:
     def _write(self, raw: Mapping[str, Any], digest: str, index: int) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"index": index, "digest": digest, "fleet": raw}
-        text = json.dumps(doc, separators=(",", ":"))
+        text = json_codec.dumps(doc)
         write_atomically(self.path, text)
         self._snapshot_size = len(text)
         # The snapshot holds everything the log said: a crash before this leaves lines that

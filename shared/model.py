@@ -18,6 +18,8 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
+from shared import json_codec
+
 SERVICE_KINDS = frozenset(
     {"service", "externalService", "dnsService", "loadBalancerService", "kubernetesService", "scalingGroup"}
 )
@@ -792,8 +794,8 @@ def environment_from(data: Mapping[str, Any]) -> Environment:
 
 def object_digest(kind: str, raw: Mapping[str, Any]) -> int:
     """One object's share of ``fleet_digest``."""
-    blob = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return int.from_bytes(hashlib.sha256(f"{kind}\0{blob}".encode()).digest(), "big")
+    blob = json_codec.canonical(raw)
+    return int.from_bytes(hashlib.sha256(kind.encode() + b"\0" + blob).digest(), "big")
 
 
 def digest_text(total: int) -> str:
