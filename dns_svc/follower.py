@@ -94,7 +94,12 @@ class VersionFollower:
             log_event(log, logging.INFO, "kept_copy_not_used", path=str(self.kept.path), reason=exc.problem)
             return None
         self.restored = index
-        log_event(log, logging.INFO, "kept_copy_restored", path=str(self.kept.path), serial=index)
+        if self.kept.version and isinstance(fleet, FleetIndex) and self.fleet_url is not None:
+            # What changed since then, when metadata still has it, is all there is to fetch.
+            self.fleet, self.version = fleet, self.kept.version
+        log_event(
+            log, logging.INFO, "kept_copy_restored", path=str(self.kept.path), serial=index, version=self.kept.version
+        )
         return fleet, index
 
     def in_grace(self) -> bool:
@@ -172,7 +177,7 @@ class VersionFollower:
             return None
         return await asyncio.to_thread(decode_fleet_delta, body, fleet)
 
-    async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, Fleet]:
+    async def fetch(self, session: aiohttp.ClientSession, version: str) -> tuple[str, FleetView]:
         """The fleet as one compact document from metadns's metadata service, or the whole
         tree from any rancher-metadata compatible one."""
         if self.fleet_url is not None:
@@ -256,9 +261,9 @@ class VersionFollower:
         # being answered meanwhile.
         with self.updating():
             applied, whole = await self.fetch(session, version)
-            # A metadns document: kept as an index, so the next versions come as changes.
-            self.fleet = await asyncio.to_thread(FleetIndex.of, whole) if self.fleet_url is not None else None
-            fleet = self.fleet or whole
+            # A metadns document comes as an index, kept so the next versions come as changes.
+            self.fleet = whole if isinstance(whole, FleetIndex) else None
+            fleet = whole
             await self.apply(fleet, version_index(applied))
         await self._applied(applied, fleet, None, started)
 
@@ -277,6 +282,6 @@ class VersionFollower:
         )
         if self.kept is not None:
             try:
-                await self.kept.save_soon(fleet, version_index(applied), changes)
+                await self.kept.save_soon(fleet, version_index(applied), changes, version=applied)
             except OSError as exc:
                 log_event(log, logging.WARNING, "kept_copy_unwritable", path=str(self.kept.path), error=str(exc))

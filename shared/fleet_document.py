@@ -16,11 +16,10 @@ from typing import Any
 
 from shared import json_codec
 from shared.fleet_changes import KINDS, ObjectChange, identity
-from shared.fleet_index import FleetView
+from shared.fleet_index import FleetIndex, FleetView
 from shared.model import (
     TRUSTED,
     Environment,
-    Fleet,
     object_raw,
     trusted_environment,
 )
@@ -34,9 +33,10 @@ def encode_fleet_document(fleet: FleetView, version: str, index: int) -> bytes:
     return json_codec.dumps({"version": version, "index": index, "fleet": public})
 
 
-def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, Fleet]:
-    """The version and fleet of a document; ``version`` stands in when it names none.
-    Raises ValueError when it is not a fleet document."""
+def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, FleetIndex]:
+    """The version and fleet of a document, as the index the reader keeps up to date with the
+    deltas after it; ``version`` stands in when it names none. Raises ValueError when it is not
+    a fleet document."""
     try:
         doc: Any = json_codec.loads(body)
     except ValueError as exc:
@@ -45,20 +45,23 @@ def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, Fleet]:
         raise ValueError("metadata fleet document is not an object with a fleet")
     applied = str(doc.get("version") or version)
     try:
-        return applied, Fleet.from_trusted(doc["fleet"], applied)
+        return applied, FleetIndex.of_document(doc["fleet"])
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
 
 
 def encode_fleet_delta(
-    version: str, index: int, since: str, changes: list[ObjectChange], *, public: bool = True
+    version: str, index: int, since: str, changes: list[ObjectChange], *, public: bool = True, applied: str = ""
 ) -> bytes:
     """``?since=V``: what changed between version ``since`` and ``version``, each object once in
     its final state: ``put`` (kind -> normalised objects, tokens blanked) and ``deleted``
-    (kind -> identities, ``shared.fleet_changes``), plus the ``environment`` when it changed."""
+    (kind -> identities, ``shared.fleet_changes``), plus the ``environment`` when it changed.
+    ``applied``: for a kept copy's line, the version of the source it was applied at."""
     put: dict[str, list[dict[str, Any]]] = {}
     deleted: dict[str, list[str]] = {}
     doc: dict[str, Any] = {"version": version, "index": index, "since": since, "put": put, "deleted": deleted}
+    if applied:
+        doc["applied"] = applied
     for change in changes:
         new = change.new
         if isinstance(new, Environment):

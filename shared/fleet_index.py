@@ -25,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from shared.etcd_fleet import object_key
 from shared.fleet_changes import FleetObject, ObjectChange, identity
 from shared.model import (
+    TRUSTED,
     Container,
     Environment,
     Fleet,
@@ -35,6 +36,7 @@ from shared.model import (
     environment_from,
     object_digest,
     object_raw,
+    trusted_environment,
 )
 
 T = TypeVar("T")
@@ -164,6 +166,23 @@ class FleetIndex:
                 for obj in getattr(fleet, kind)
             ]
         )
+        return index
+
+    @classmethod
+    def of_document(cls, raw: Mapping[str, Any]) -> FleetIndex:
+        """An index of a fleet in the normalised form (``Fleet.raw``: a kept copy, the fleet
+        document) that metadns validated already: its objects rebuilt without validating them
+        again, and without the ``Fleet`` in between. KeyError, TypeError or AttributeError when
+        ``raw`` is not of that shape; the caller checks the digest."""
+        index = cls()
+        index.apply([ObjectChange("environment", "", None, trusted_environment(raw.get("environment") or {}))])
+        for kind in ("hosts", "stacks", "services", "containers"):
+            make = TRUSTED[kind]
+            for obj in raw.get(kind) or ():
+                new = make(obj)
+                ident = identity(kind, new)
+                index._remove(kind, ident)  # a document naming one object twice: the last stands
+                index._add(kind, ident, new, obj)
         return index
 
     # Fleet's read API ---------------------------------------------------------------------
@@ -312,8 +331,10 @@ class FleetIndex:
         self.environment = env
         self._total += object_digest("environment", object_raw("environment", env))
 
-    def _add(self, kind: str, ident: str, obj: FleetObject) -> None:
-        raw = object_raw(kind, obj)
+    def _add(self, kind: str, ident: str, obj: FleetObject, raw: Mapping[str, Any] | None = None) -> None:
+        """``raw``: the object's normalised form when the caller has it (``object_raw``'s)."""
+        if raw is None:
+            raw = object_raw(kind, obj)
         share = object_digest(kind, raw)
         self._objects[kind][ident] = obj
         self._order[kind][ident] = object_key(kind, raw)

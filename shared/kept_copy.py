@@ -62,6 +62,9 @@ class KeptCopy:
         self._logged = 0  # bytes in the log since the snapshot
         self._snapshot_size = 0
         self._based = False  # a snapshot of this line of changes exists
+        # The source's version of the copy last loaded or saved (``load``, ``save_soon``), when
+        # it was given one: a follower asks its source for what changed since then.
+        self.version = ""
 
     async def save_in_background(self, fleet: FleetView, index: int) -> None:
         """Save in a worker thread, in order, and finish even if the caller is cancelled
@@ -70,16 +73,22 @@ class KeptCopy:
         assert self._pending is not None
         await asyncio.shield(self._pending)
 
-    async def save_soon(self, fleet: FleetView, index: int, changes: Sequence[ObjectChange] | None = None) -> None:
+    async def save_soon(
+        self, fleet: FleetView, index: int, changes: Sequence[ObjectChange] | None = None, *, version: str = ""
+    ) -> None:
         """Keep ``fleet`` at version ``index``: with the ``changes`` since the version kept last,
         as a line of the log (written within ``flush_every`` s); without, as a whole snapshot
-        at most every ``keep_every`` seconds (at once when the last write is older). Raises the
-        OSError of an earlier background write, if one failed."""
+        at most every ``keep_every`` seconds (at once when the last write is older). ``version``:
+        the source's version string of ``fleet``, kept with it. Raises the OSError of an earlier
+        background write, if one failed."""
         error, self._error = self._error, None
         loop = asyncio.get_running_loop()
         self._latest = (fleet, index)
+        self.version = version
         if changes is not None and self._based:
-            line = encode_fleet_delta(f"{index}-{fleet.digest}", index, "", list(changes), public=False)
+            line = encode_fleet_delta(
+                f"{index}-{fleet.digest}", index, "", list(changes), public=False, applied=version
+            )
             self._lines.append(line + b"\n")
             self._logged += len(line) + 1
             due = self._logged > max(1 << 20, self._snapshot_size // 4) or (
@@ -148,6 +157,7 @@ class KeptCopy:
                 return raw
 
         digest = fleet.digest
+        version = self.version
         previous = self._pending
         self._last_write = asyncio.get_running_loop().time()
         self._based, self._logged = True, 0
@@ -157,7 +167,7 @@ class KeptCopy:
                 with contextlib.suppress(Exception):
                     await previous
             try:
-                await asyncio.to_thread(lambda: self._write(document(), digest, index))
+                await asyncio.to_thread(lambda: self._write(document(), digest, index, version))
             except OSError as exc:
                 self._error = exc
                 raise
@@ -183,17 +193,18 @@ class KeptCopy:
         try:
             doc = json_codec.loads(self.path.read_bytes())
             index = int(doc["index"])
-            fleet = Fleet.from_mapping(doc["fleet"])
+            fleet = _snapshot_fleet(doc)
+            self.version = str(doc.get("applied") or "")
             replayed = self._replay(fleet, index)
             return replayed if replayed is not None else (fleet, index)
         except FleetError as exc:
             raise FleetError(str(self.path), f"kept copy invalid: {exc}") from None
         except FileNotFoundError:
             raise FleetError(str(self.path), "no kept copy yet") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FleetError(str(self.path), f"kept copy unusable: {exc}") from None
 
-    def _replay(self, fleet: Fleet, index: int) -> tuple[FleetView, int] | None:
+    def _replay(self, fleet: FleetIndex | Fleet, index: int) -> tuple[FleetView, int] | None:
         """The snapshot with the log's later versions applied, up to the last line that reads
         whole and arrives at its digest; None without such a line."""
         try:
@@ -210,12 +221,18 @@ class KeptCopy:
                 break  # a line cut by a crash: what came before it stands
             if line_index <= at:
                 continue  # written before the snapshot that holds it
-            candidate = replayed or FleetIndex.of(fleet)
-            _, changes = decode_fleet_delta(line, candidate)
+            candidate = replayed or (fleet if isinstance(fleet, FleetIndex) else FleetIndex.of(fleet))
+            try:
+                _, changes = decode_fleet_delta(line, candidate)
+            except ValueError:
+                break
             candidate.apply(changes)
             if not str(head.get("version", "")).endswith(candidate.digest):
+                # Not the version it says: taken back, and what came before it stands.
+                candidate.apply([ObjectChange(c.kind, c.ident, c.new, c.old) for c in reversed(changes)])
                 break
             replayed, at = candidate, line_index
+            self.version = str(head.get("applied") or "")
         return (replayed, at) if replayed is not None else None
 
     def check_writable(self) -> None:
@@ -225,9 +242,9 @@ class KeptCopy:
         probe.write_bytes(b"")
         probe.unlink()
 
-    def _write(self, raw: Mapping[str, Any], digest: str, index: int) -> None:
+    def _write(self, raw: Mapping[str, Any], digest: str, index: int, version: str = "") -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"index": index, "digest": digest, "fleet": raw}
+        doc = {"index": index, "digest": digest, "applied": version, "fleet": raw}
         text = json_codec.dumps(doc)
         write_atomically(self.path, text)
         self._snapshot_size = len(text)
@@ -235,3 +252,21 @@ class KeptCopy:
         # replay skips (their index is not above the snapshot's).
         with contextlib.suppress(FileNotFoundError):
             self.log_path.unlink()
+
+
+def _snapshot_fleet(doc: Mapping[str, Any]) -> FleetIndex | Fleet:
+    """The snapshot's fleet: rebuilt as it was written when it arrives at the digest written
+    with it (metadns validated it before it kept it; a copy cut or edited since does not), and
+    validated again otherwise (a copy without a digest, or from a version that took it
+    differently)."""
+    raw = doc["fleet"]
+    digest = doc.get("digest")
+    if isinstance(raw, Mapping) and isinstance(digest, str) and digest:
+        try:
+            index = FleetIndex.of_document(raw)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass
+        else:
+            if index.digest == digest:
+                return index
+    return Fleet.from_mapping(raw)
