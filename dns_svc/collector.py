@@ -36,6 +36,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+from shared.collector import paused_then_frozen
 from shared.logs import log_event
 
 log = logging.getLogger("dns.collector")
@@ -82,15 +83,11 @@ class CollectorSchedule:
     def long_lived(self) -> Iterator[None]:
         """Around making what lives until the next fleet change: no collection meanwhile,
         and what was made is frozen at the end."""
-        was_enabled = gc.isenabled()
-        gc.disable()
         try:
-            yield
+            with paused_then_frozen():
+                yield
         finally:
-            gc.freeze()
             self.freezes += 1
-            if was_enabled:
-                gc.enable()
 
     async def run(self) -> None:
         self.take_over()

@@ -33,9 +33,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from metadata_svc.sources import FleetUpdate, SourceResult
+from shared.collector import paused_then_frozen
 from shared.etcd import COMPACTED, EtcdClient, EtcdEndpoints, EtcdError, WatchResult, prefix_end
 from shared.etcd_fleet import STATUS_PREFIX, is_status_key
 from shared.etcd_objects import EtcdObjects
+from shared.fleet_changes import ObjectChange
 from shared.logs import log_event
 from shared.model import FleetError
 
@@ -174,7 +176,22 @@ class EtcdSource:
         self._puts = {self._key(kv.key): kv.value for kv in kvs}
         self._created = {self._key(kv.key): kv.create_revision for kv in kvs}
         self._deletes = {key for key in self._objects.stored_keys() if key not in self._puts}
-        self._changed_at = max((kv.mod_revision for kv in kvs), default=0)
+        changed_at = max((kv.mod_revision for kv in kvs), default=0)
+        if self._first:
+            # Every key at once: seconds at 100k, off the event loop (so the kept copy stays
+            # served meanwhile) and without the collector walking what it builds. Nothing
+            # reads the objects before the first update is handed out, and the revisions
+            # (``served``) move only once it is.
+            puts, deletes, created = self._take_pending()
+            try:
+                first: list[ObjectChange] | None = await asyncio.to_thread(
+                    _apply_paused, self._objects, puts, deletes, created
+                )
+            except FleetError as exc:
+                return FleetError(f"{self.name} {exc.where}", exc.problem)
+        else:
+            first = None
+        self._changed_at = changed_at
         # Watch from the newest object's revision: the deletes since then replay, so this host
         # learns the revision the content last changed at, like every host that saw them live
         # (unless that history is compacted away: then from the list's revision).
@@ -182,7 +199,7 @@ class EtcdSource:
         self._replay = True
         self._listed_at = time.monotonic()
         self._back(client)
-        return self._build()
+        return self._build() if first is None else self._update(first)
 
     async def _follow(self, client: EtcdClient) -> AsyncIterator[SourceResult]:  # noqa: C901 (the watch loop: batching, errors and resync in one place)
         queue: asyncio.Queue[WatchResult | BaseException] = asyncio.Queue()
@@ -272,15 +289,21 @@ class EtcdSource:
         self._revision = max(self._revision, result.revision)
         return changed
 
+    def _take_pending(self) -> tuple[dict[str, bytes], set[str], dict[str, int]]:
+        pending = self._puts, self._deletes, self._created
+        self._puts, self._deletes, self._created = {}, set(), {}
+        return pending
+
     def _build(self) -> FleetUpdate | FleetError | None:
         """Apply what came in since the last build; the update, or None when nothing served
         changed."""
-        puts, deletes, created = self._puts, self._deletes, self._created
-        self._puts, self._deletes, self._created = {}, set(), {}
         try:
-            changes = self._objects.apply(puts, deletes, created)
+            changes = self._objects.apply(*self._take_pending())
         except FleetError as exc:
             return FleetError(f"{self.name} {exc.where}", exc.problem)
+        return self._update(changes)
+
+    def _update(self, changes: list[ObjectChange]) -> FleetUpdate | None:
         held = self._objects.held
         moved = held.moved()
         newly = [key for key in sorted(moved) if key in held]
@@ -293,6 +316,13 @@ class EtcdSource:
         if not changes and not first:
             return None
         return FleetUpdate(self._objects.index, self._changed_at, None if first else changes)
+
+
+def _apply_paused(
+    objects: EtcdObjects, puts: dict[str, bytes], deletes: set[str], created: dict[str, int]
+) -> list[ObjectChange]:
+    with paused_then_frozen():
+        return objects.apply(puts, deletes, created)
 
 
 HELD_LINES = 20
