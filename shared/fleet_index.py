@@ -38,6 +38,7 @@ from shared.model import (
     object_raw,
     trusted_environment,
 )
+from shared.set_map import SetMap
 
 T = TypeVar("T")
 
@@ -126,6 +127,13 @@ class SortedObjects(Sequence[T], Generic[T]):
         return self._all()[index]
 
 
+def _lower(text: str) -> str:
+    """``text`` lower-cased, the same string when it is lower-case already (``str.lower``
+    always makes a new one: two per container as index keys)."""
+    low = text.lower()
+    return text if low == text else low
+
+
 def normalised(environment: Environment, records: Mapping[str, Iterable[Any]]) -> dict[str, Any]:
     """``Fleet.raw``'s shape of an environment and the records of each kind."""
     out: dict[str, Any] = {"environment": object_raw("environment", environment)}
@@ -141,17 +149,17 @@ class FleetIndex:
         self.environment = environment_from({})
         self._objects: dict[str, dict[str, Any]] = {kind: {} for kind in ("hosts", "stacks", "services", "containers")}
         self._order: dict[str, dict[str, str]] = {kind: {} for kind in self._objects}
-        self._shares: dict[tuple[str, str], int] = {}
+        self._shares: dict[str, dict[str, int]] = {kind: {} for kind in self._objects}
         self._total = object_digest("environment", object_raw("environment", self.environment))
         self._lists: dict[str, SortedObjects[Any]] = {
             kind: SortedObjects(self._objects[kind], self._order[kind]) for kind in self._objects
         }
-        self._by_ip: dict[str, set[str]] = {}
+        self._by_ip: SetMap[str] = SetMap()
         self._members: dict[tuple[str, str], dict[str, Container]] = {}
         self._stack_services: dict[str, dict[str, Service]] = {}
         self._sorted_members: dict[tuple[str, str], tuple[Container, ...]] = {}
         # name or uuid, lower-cased -> the objects it names (a metadata path names one this way)
-        self._called: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in self._objects}
+        self._called: dict[str, SetMap[str]] = {kind: SetMap() for kind in self._objects}
         self._sorted_stack_services: dict[str, tuple[Service, ...]] = {}
 
     @classmethod
@@ -223,7 +231,7 @@ class FleetIndex:
     def container_by_ip(self, ip: str) -> Container | None:
         # An address several containers share names none of them (as ``Fleet``).
         uuids = self._by_ip.get(ip)
-        if uuids is None or len(uuids) != 1:
+        if len(uuids) != 1:
             return None
         return self.container(next(iter(uuids)))
 
@@ -277,8 +285,8 @@ class FleetIndex:
         found = self._called[kind].get(text.lower())
         if not found:
             return ()
-        order = self._order[kind]
-        return tuple(found[i] for i in sorted(found, key=order.__getitem__))
+        objects, order = self._objects[kind], self._order[kind]
+        return tuple(objects[i] for i in sorted(found, key=order.__getitem__))
 
     def raw_lists(self) -> dict[str, Any]:
         """The normalised fleet (``Fleet.raw``'s shape), in canonical order; built from the
@@ -338,14 +346,15 @@ class FleetIndex:
         share = object_digest(kind, raw)
         self._objects[kind][ident] = obj
         self._order[kind][ident] = object_key(kind, raw)
-        self._shares[(kind, ident)] = share
+        self._shares[kind][ident] = share
         self._total += share
         self._lists[kind].changed()
         if not isinstance(obj, Environment):
-            for text in {obj.name.lower(), obj.uuid.lower()}:
-                self._called[kind].setdefault(text, {})[ident] = obj
+            called = self._called[kind]
+            called.add(_lower(obj.name), ident)
+            called.add(_lower(obj.uuid), ident)
         if isinstance(obj, Container):
-            self._by_ip.setdefault(obj.primary_ip, set()).add(ident)
+            self._by_ip.add(obj.primary_ip, ident)
             if obj.service_name:
                 key = (obj.stack_name.lower(), obj.service_name.lower())
                 self._members.setdefault(key, {})[ident] = obj
@@ -360,18 +369,13 @@ class FleetIndex:
         if obj is None:
             return
         del self._order[kind][ident]
-        self._total -= self._shares.pop((kind, ident))
+        self._total -= self._shares[kind].pop(ident)
         self._lists[kind].changed()
-        for text in {obj.name.lower(), obj.uuid.lower()}:
-            called = self._called[kind][text]
-            del called[ident]
-            if not called:
-                del self._called[kind][text]
+        called = self._called[kind]
+        called.discard(obj.name.lower(), ident)
+        called.discard(obj.uuid.lower(), ident)
         if isinstance(obj, Container):
-            sharing = self._by_ip[obj.primary_ip]
-            sharing.discard(ident)
-            if not sharing:
-                del self._by_ip[obj.primary_ip]
+            self._by_ip.discard(obj.primary_ip, ident)
             if obj.service_name:
                 key = (obj.stack_name.lower(), obj.service_name.lower())
                 members = self._members[key]

@@ -15,6 +15,7 @@ import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from sys import intern
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -331,15 +332,15 @@ def trusted_container(c: Mapping[str, Any]) -> Container:
         name=c["name"],
         uuid=c["uuid"],
         primary_ip=c["primary_ip"],
-        stack_name=c.get("stack_name", ""),
-        service_name=c.get("service_name", ""),
-        host_uuid=c.get("host_uuid", ""),
-        state=c.get("state", "running"),
-        health_state=c.get("health_state", "healthy"),
+        stack_name=intern(c.get("stack_name", "")),
+        service_name=intern(c.get("service_name", "")),
+        host_uuid=intern(c.get("host_uuid", "")),
+        state=intern(c.get("state", "running")),
+        health_state=intern(c.get("health_state", "healthy")),
         create_index=c.get("create_index", 0),
-        service_index=c.get("service_index", ""),
+        service_index=intern(c.get("service_index", "")),
         labels=_frozen(c.get("labels")),
-        ports=tuple(c.get("ports", ())),
+        ports=tuple(intern(p) for p in c.get("ports", ())),
         dns=tuple(c.get("dns", ())),
         dns_search=tuple(c.get("dns_search", ())),
         links=_frozen(c.get("links")),
@@ -615,15 +616,15 @@ class ObjectRules:
             name=name,
             uuid=cls.text(item, "uuid", where) or uuid_of(name, host, ip),
             primary_ip=ip,
-            stack_name=stack,
-            service_name=service,
-            host_uuid=host_uuid,
-            state=cls.text(item, "state", where) or "running",
-            health_state=cls.text(item, "health_state", where) or "healthy",
+            stack_name=intern(stack),
+            service_name=intern(service),
+            host_uuid=intern(host_uuid),
+            state=intern(cls.text(item, "state", where) or "running"),
+            health_state=intern(cls.text(item, "health_state", where) or "healthy"),
             create_index=index,
-            service_index=cls.text(item, "service_index", where),
+            service_index=intern(cls.text(item, "service_index", where)),
             labels=cls.mapping(item, "labels", where),
-            ports=cls.strings(item, "ports", where),
+            ports=tuple(intern(p) for p in cls.strings(item, "ports", where)),
             dns=dns,
             dns_search=cls.strings(item, "dns_search", where),
             links=cls.mapping(item, "links", where),
