@@ -389,11 +389,11 @@ class _FleetAnswers:
         """The names a container gives records: its name, and the PTR of its address."""
         if not self.live(c):
             return {}
-        d = self.domain
         v4, v6 = _addresses((c.primary_ip,))
+        name = f"{c.name}.{self.domain}".lower()  # one string, the A owner and the PTR target
         return {
-            f"{c.name}.{d}".lower(): NameRecords(a=v4, aaaa=v6, ttl=self.ttl),
-            (_reverse_pointer(c.primary_ip) + ".").lower(): NameRecords(ptr=f"{c.name}.{d}".lower(), ttl=self.ttl),
+            name: NameRecords(a=v4, aaaa=v6, ttl=self.ttl),
+            (_reverse_pointer(c.primary_ip) + ".").lower(): NameRecords(ptr=name, ttl=self.ttl),
         }
 
     def metadata_out(self) -> dict[str, NameRecords]:

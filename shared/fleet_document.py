@@ -12,11 +12,13 @@ the DNS service keeps what it had.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shared import json_codec
 from shared.fleet_changes import KINDS, ObjectChange, identity
 from shared.fleet_index import FleetIndex, FleetView
+from shared.fleet_lines import read_lines, write_lines
 from shared.model import (
     TRUSTED,
     Environment,
@@ -28,9 +30,20 @@ FLEET_PATH = "/metadns/v1/fleet"
 
 
 def encode_fleet_document(fleet: FleetView, version: str, index: int) -> bytes:
+    """The document, one object per line (``shared.fleet_lines``), tokens blanked."""
+    head = {"version": version, "index": index}
+    if isinstance(fleet, FleetIndex):
+        return write_lines(head, object_raw("environment", fleet.environment), fleet.records(sort=True), _public_raw)
     raw = fleet.raw
-    public = {**raw, "services": [{**s, "token": ""} for s in raw.get("services", [])]}
-    return json_codec.dumps({"version": version, "index": index, "fleet": public})
+    return write_lines(head, raw.get("environment") or {}, raw, _public)
+
+
+def _public(kind: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {**raw, "token": ""} if kind == "services" else raw
+
+
+def _public_raw(kind: str, obj: Any) -> Mapping[str, Any]:
+    return _public(kind, object_raw(kind, obj))
 
 
 def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, FleetIndex]:
@@ -38,9 +51,14 @@ def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, FleetInd
     deltas after it; ``version`` stands in when it names none. Raises ValueError when it is not
     a fleet document."""
     try:
-        doc: Any = json_codec.loads(body)
+        lines = read_lines(body)
+        if lines is not None:
+            return str(lines[0].get("version") or version), lines[1]
+        doc: Any = json_codec.loads(body)  # not laid out by line: another writer's
     except ValueError as exc:
         raise ValueError(f"metadata fleet document is not JSON: {exc}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"metadata fleet document is malformed: {exc!r}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("fleet"), dict):
         raise ValueError("metadata fleet document is not an object with a fleet")
     applied = str(doc.get("version") or version)

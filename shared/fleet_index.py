@@ -183,15 +183,23 @@ class FleetIndex:
         again, and without the ``Fleet`` in between. KeyError, TypeError or AttributeError when
         ``raw`` is not of that shape; the caller checks the digest."""
         index = cls()
-        index.apply([ObjectChange("environment", "", None, trusted_environment(raw.get("environment") or {}))])
+        index.put_trusted("environment", raw.get("environment") or {})
         for kind in ("hosts", "stacks", "services", "containers"):
-            make = TRUSTED[kind]
             for obj in raw.get(kind) or ():
-                new = make(obj)
-                ident = identity(kind, new)
-                index._remove(kind, ident)  # a document naming one object twice: the last stands
-                index._add(kind, ident, new, obj)
+                index.put_trusted(kind, obj)
         return index
+
+    def put_trusted(self, kind: str, raw: Mapping[str, Any]) -> None:
+        """Serve one object of a validated, normalised document (``of_document``; a document
+        read object by object, ``shared.fleet_lines``). A document naming one twice: the last
+        stands."""
+        if kind == "environment":
+            self._set_environment(trusted_environment(raw))
+            return
+        new = TRUSTED[kind](raw)
+        ident = identity(kind, new)
+        self._remove(kind, ident)
+        self._add(kind, ident, new, raw)
 
     # Fleet's read API ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from shared import json_codec
 from shared.atomic_file import write_atomically
 from shared.fleet_changes import ObjectChange
 from shared.fleet_document import decode_fleet_delta, encode_fleet_delta
-from shared.fleet_index import FleetIndex, FleetView, normalised
-from shared.model import Fleet, FleetError
+from shared.fleet_index import FleetIndex, FleetView
+from shared.fleet_lines import read_lines, write_lines
+from shared.model import Fleet, FleetError, object_raw
 
 KEEP_EVERY = 3.0
 """Seconds between two writes of ``save_soon`` without changes (a whole fleet each time)."""
@@ -143,18 +144,18 @@ class KeptCopy:
 
     def _start_write(self, fleet: FleetView, index: int) -> None:
         # What is written is taken now, on the event loop: an index updated in place must not
-        # be read by the thread while the loop changes it. Lists in any order: a kept copy is
-        # validated again when it is read, and its digest does not depend on the order.
+        # be read by the thread while the loop changes it. Lists in any order: the digest does
+        # not depend on it. Written an object at a time (``shared.fleet_lines``).
         if isinstance(fleet, FleetIndex):
-            environment, records = fleet.environment, fleet.records()
+            environment, records = object_raw("environment", fleet.environment), fleet.records()
 
-            def document() -> Mapping[str, Any]:
-                return normalised(environment, records)
+            def document(head: Mapping[str, Any]) -> bytes:
+                return write_lines(head, environment, records, object_raw)
         else:
             raw = fleet.raw
 
-            def document() -> Mapping[str, Any]:
-                return raw
+            def document(head: Mapping[str, Any]) -> bytes:
+                return write_lines(head, raw.get("environment") or {}, raw, lambda _kind, obj: obj)
 
         digest = fleet.digest
         version = self.version
@@ -167,7 +168,7 @@ class KeptCopy:
                 with contextlib.suppress(Exception):
                     await previous
             try:
-                await asyncio.to_thread(lambda: self._write(document(), digest, index, version))
+                await asyncio.to_thread(self._write, document, digest, index, version)
             except OSError as exc:
                 self._error = exc
                 raise
@@ -191,9 +192,16 @@ class KeptCopy:
         """The kept fleet and its index (the snapshot, with the log replayed over it);
         FleetError when missing or unusable."""
         try:
-            doc = json_codec.loads(self.path.read_bytes())
+            body = self.path.read_bytes()
+            lines = read_lines(body)
+            if lines is not None and _arrives_at_digest(*lines):
+                doc: Mapping[str, Any] = lines[0]
+                fleet: FleetIndex | Fleet = lines[1]
+            else:  # not as written (an older layout, a copy edited since): read whole
+                del lines
+                doc = json_codec.loads(body)
+                fleet = _snapshot_fleet(doc)
             index = int(doc["index"])
-            fleet = _snapshot_fleet(doc)
             self.version = str(doc.get("applied") or "")
             replayed = self._replay(fleet, index)
             return replayed if replayed is not None else (fleet, index)
@@ -242,16 +250,22 @@ class KeptCopy:
         probe.write_bytes(b"")
         probe.unlink()
 
-    def _write(self, raw: Mapping[str, Any], digest: str, index: int, version: str = "") -> None:
+    def _write(
+        self, document: Callable[[Mapping[str, Any]], bytes], digest: str, index: int, version: str = ""
+    ) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"index": index, "digest": digest, "applied": version, "fleet": raw}
-        text = json_codec.dumps(doc)
+        text = document({"index": index, "digest": digest, "applied": version})
         write_atomically(self.path, text)
         self._snapshot_size = len(text)
         # The snapshot holds everything the log said: a crash before this leaves lines that
         # replay skips (their index is not above the snapshot's).
         with contextlib.suppress(FileNotFoundError):
             self.log_path.unlink()
+
+
+def _arrives_at_digest(head: Mapping[str, Any], fleet: FleetIndex) -> bool:
+    digest = head.get("digest")
+    return isinstance(digest, str) and bool(digest) and fleet.digest == digest
 
 
 def _snapshot_fleet(doc: Mapping[str, Any]) -> FleetIndex | Fleet:
