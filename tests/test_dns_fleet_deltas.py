@@ -198,8 +198,9 @@ def test_the_window_collapses_changes_and_forgets_what_it_cannot_prove() -> None
 @pytest.mark.external_tool
 async def test_a_metadata_restart_with_a_kept_copy_behind_etcd(tmp_path: Path) -> None:
     """The metadata service restarts from a kept copy older than etcd: it serves the copy, lists
-    etcd, and its window of changes starts there; the DNS service, still at a version of the old
-    process, is told 410 and takes the whole document once, then catches up by changes again."""
+    etcd, and what the list changed against the copy (diffed) starts its window of changes; the
+    DNS service, still at the copy's version, catches up with those changes alone, then goes on
+    by changes. A version from before the copy is gone (410): the whole document."""
     with run_etcd(tmp_path / "etcd", members=1, version=VERSIONS[-1]) as cluster:
         await apply(cluster, fleet(), tmp_path)
         source = f"etcd://{cluster.endpoints}{PREFIX}"
@@ -222,12 +223,17 @@ async def test_a_metadata_restart_with_a_kept_copy_behind_etcd(tmp_path: Path) -
                 stopping, first_run = first_run, None
                 await stopping.__aexit__(None, None, None)  # the kept copy is written on the way out
                 await apply(cluster, fleet("127.0.0.22"), tmp_path)  # while metadata is away
+                deltas = dns.follower.deltas
                 async with run_metadata(
                     tmp_path / "fleet.yaml", kept, port, source=source, etcd_idle_timeout=3.0
                 ) as md:
                     await wait_for_version(dns, 0, version=md.app[STORE].snapshot.version, seconds=20)
                     assert await names(dns, "web-1.rancher.internal") == ["127.0.0.22"]
-                    assert md.app[COUNTERS].deltas["gone"] >= 1
+                    assert md.app[COUNTERS].deltas["gone"] == 0
+                    assert dns.follower.deltas == deltas + 1  # the list's difference to the copy
+                    same_fleet(md, dns)
+                    async with md.client() as s, s.get("/metadns/v1/fleet", params={"since": before}) as r:
+                        assert r.status == 410  # the first process's version before the copy's
                     deltas = dns.follower.deltas
                     before = md.app[STORE].snapshot.version
                     await apply(cluster, fleet("127.0.0.23"), tmp_path)
