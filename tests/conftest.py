@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.metadata import RunningMetadata, run_metadata
+
+if TYPE_CHECKING:
+    from tests.support.upstream import Unbound
 
 DATA = Path(__file__).parent / "data"
 
@@ -36,8 +40,27 @@ async def metadata(fleet_file: Path, tmp_path: Path) -> AsyncIterator[RunningMet
         yield running
 
 
+@pytest.fixture(scope="session")
+def shared_unbound(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unbound]:
+    """One unbound per test process: it answers only from its static zone, so no test can change
+    what another one is answered (its queries are not logged: ``log_queries`` needs one's own)."""
+    from tests.support.upstream import run_unbound
+
+    with run_unbound(tmp_path_factory.mktemp("unbound")) as server:
+        yield server
+
+
 @pytest.fixture
-def unbound(tmp_path: Path):
+def unbound(shared_unbound: Unbound) -> Iterator[Unbound]:
+    """The shared unbound, for a test that does not stop it (``stoppable_unbound`` is one's own)."""
+    assert shared_unbound.process.poll() is None, "the shared unbound was stopped by an earlier test"
+    yield shared_unbound
+    assert shared_unbound.process.poll() is None, "a test stopped the shared unbound: use stoppable_unbound"
+
+
+@pytest.fixture
+def stoppable_unbound(tmp_path: Path) -> Iterator[Unbound]:
+    """An unbound of this test's own, which it may stop."""
     from tests.support.upstream import run_unbound
 
     with run_unbound(tmp_path / "unbound") as server:
