@@ -19,8 +19,9 @@ DATA = Path(__file__).parent / "data"
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """The DNS service's tests run twice: on uvloop, the loop production runs (``dns-svc`` picks
     it), and on plain asyncio. The two differ where it hurts (a socket error stops a uvloop
-    reader watcher for good; asyncio keeps calling it)."""
-    if not item.path.name.startswith(("test_dns_", "test_stub_")):
+    reader watcher for good; asyncio keeps calling it). A test marked ``one_loop`` drives only
+    real ``dns-svc`` processes, which pick their loop themselves: it runs once."""
+    if not item.path.name.startswith(("test_dns_", "test_stub_")) or item.get_closest_marker("one_loop"):
         return {"asyncio": asyncio.new_event_loop}
     import uvloop
 
