@@ -12,9 +12,9 @@ if [ "$#" -gt 0 ]; then
 fi
 # Tests run side by side in worker processes (pytest-xdist): most of a test's time is spent
 # waiting on the real servers and processes it starts, so more workers than cores pay. Each test
-# picks its own ports, temporary directory and namespace names; a worker takes the next test as
-# it finishes one (worksteal), so that the few long tests do not leave the others idle.
-WORKERS=(-n "${METADNS_TEST_WORKERS:-4}" --dist worksteal)
+# picks its own ports, temporary directory and namespace names. The workers take the tests one
+# by one from one queue, the slow ones first (tests/conftest.py orders it).
+WORKERS=(-n "${METADNS_TEST_WORKERS:-4}" --dist load --maxschedchunk 1)
 # 1. The whole suite on the pure-Python modules. The floor counts the code run in the test
 #    processes (servers started in-process); the real processes the tests also start are not measured.
 METADNS_PURE_PYTHON=1 .venv/bin/pytest "${WORKERS[@]}" -m "not compiled_build" --cov --cov-report=term:skip-covered \

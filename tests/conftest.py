@@ -28,6 +28,14 @@ def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> d
     return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``slow`` tests first, each file's in its order: scripts/test.sh's workers take the tests
+    from one queue in this order (``--dist load --maxschedchunk 1``), so that the long ones start
+    at once side by side and the short ones fill in around them, instead of one long test
+    starting last and running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> Path:
     path = tmp_path / "fleet.yaml"
