@@ -13,7 +13,8 @@ fi
 # Tests run side by side in worker processes (pytest-xdist): most of a test's time is spent
 # waiting on the real servers and processes it starts, so more workers than cores pay. Each test
 # picks its own ports, temporary directory and namespace names. The workers take the tests one
-# by one from one queue, the slow ones first (tests/conftest.py orders it).
+# by one from one queue, the slow ones first (tests/conftest.py orders it). METADNS_TEST_WORKERS
+# sets how many (4 by default; 0 runs the tests in this process, one at a time).
 WORKERS=(-n "${METADNS_TEST_WORKERS:-4}" --dist load --maxschedchunk 1)
 # 1. The whole suite on the pure-Python modules. The floor counts the code run in the test
 #    processes (servers started in-process); the real processes the tests also start are not measured.
