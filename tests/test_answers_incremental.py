@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -252,4 +253,4 @@ IncrementalAnswers.TestCase.settings = settings(
     report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_incremental_answers_equal_a_full_build = IncrementalAnswers.TestCase
+test_incremental_answers_equal_a_full_build = pytest.mark.slow(IncrementalAnswers.TestCase)

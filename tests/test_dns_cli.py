@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import dns.exception
+import pytest
 
 from tests.support.dns import addresses, ask, dns_process_on_free_ports, listening_address, rcode
 from tests.support.logs import ProcessLog
@@ -58,6 +59,7 @@ def test_bad_flag_values_are_reported() -> None:
     assert "not-an-ip" in result.stderr
 
 
+@pytest.mark.one_loop
 async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> None:
     answers = tmp_path / "answers.yaml"
     answers.write_text(
@@ -118,6 +120,7 @@ async def test_answers_file_mode_reloads_and_stops_cleanly(tmp_path: Path) -> No
     assert "event=gc_full_pass" in log  # the collector schedule runs in the real process
 
 
+@pytest.mark.one_loop
 async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: Path, tmp_path: Path) -> None:
     """--workers 2: two processes on one port (SO_REUSEPORT); after a fleet change every query,
     whichever worker the kernel hands it to, sees the new address."""
@@ -167,6 +170,7 @@ async def test_workers_share_the_port_and_each_follows_metadata(dns_fleet_file: 
     assert len(pids) >= 3
 
 
+@pytest.mark.one_loop
 async def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """The port held for both protocols, TCP listening, while the service tries to take it."""
     with hold_port() as held:
@@ -201,6 +205,7 @@ def test_metadns_help_goes_to_stdout_and_an_unknown_command_is_named() -> None:
     assert "unknown command 'rendr'" in bad.stderr
 
 
+@pytest.mark.one_loop
 async def test_a_second_dns_service_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
     state = tmp_path / "dns-kept.json"
     env = {**os.environ, "METADNS_DNS_RESOLV_CONF": "/nonexistent"}

@@ -113,6 +113,7 @@ async def terminate(proc: asyncio.subprocess.Process, log: ProcessLog) -> str:
         return await log.finish()
 
 
+@pytest.mark.one_loop
 async def test_dns_started_before_metadata_logs_no_error(dns_fleet_file: Path) -> None:
     """Both services started at once, DNS first (as ``scripts/run.sh`` once did): the real
     ``dns-svc`` fails to reach metadata a few times, quietly, and answers the fleet's names once
@@ -160,6 +161,7 @@ async def test_dns_started_before_metadata_logs_no_error(dns_fleet_file: Path) -
     assert "after_attempts=" in reached
 
 
+@pytest.mark.one_loop
 async def test_metadata_unreachable_past_the_grace_period_is_one_error_line() -> None:
     """A source that never comes up: quiet retries for the grace period, then one error line,
     and the retries after it are debug lines, not more errors."""

@@ -157,6 +157,7 @@ async def two_workers(unbound) -> AsyncIterator[Workers]:
         await log.finish()
 
 
+@pytest.mark.one_loop
 async def test_one_scrape_shows_every_worker(unbound) -> None:
     """--workers 2: the workers share the DNS port, the parent serves /metrics with each worker's
     series labelled; with the HTTP port shared too, scrapes alternated between workers."""
@@ -174,6 +175,7 @@ async def test_one_scrape_shows_every_worker(unbound) -> None:
             assert (await r.json())["workers"] == {"0": "ok", "1": "ok"}
 
 
+@pytest.mark.one_loop
 async def test_a_killed_worker_is_replaced_and_scraped_again(unbound) -> None:
     """A worker killed: the parent starts another in its place (one new process, the other worker
     untouched), whose endpoint the parent's /metrics reads again, and the port still answers."""

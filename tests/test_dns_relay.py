@@ -76,7 +76,8 @@ async def test_relayed_and_chained_answers_are_the_same(answers_file: Path, unbo
         assert over_tcp.resolver.relayed == 0
 
 
-async def test_relayed_answers_fill_the_caches(answers_file: Path, unbound) -> None:
+async def test_relayed_answers_fill_the_caches(answers_file: Path, stoppable_unbound) -> None:
+    unbound = stoppable_unbound
     clock = FakeClock()
     async with run_dns(clock, recurse=(unbound.address,), answers=str(answers_file)) as server:
         first = await ask(server, "www.example.test")

@@ -350,6 +350,7 @@ async def test_one_cache_bound_for_every_client(fleet_stack) -> None:
         assert server.resolver.fast_hits == hits + 1
 
 
+@pytest.mark.one_loop
 async def test_sigterm_answers_the_queries_in_flight(tmp_path: Path) -> None:
     """The real process on uvloop: 20 queries wait on a slow upstream, SIGTERM arrives; /healthz
     fails at once, every query is answered, then the process exits 0."""

@@ -48,7 +48,8 @@ async def test_relay_keeps_rcode_flags_and_ttls(unbound, clock) -> None:
         assert srv.answer[0][0].port == 389
 
 
-async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock) -> None:
+async def test_ttl_counts_down_and_cache_serves_without_upstream(stoppable_unbound, clock) -> None:
+    unbound = stoppable_unbound
     async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert ttls(await ask(server, "www.example.test")) == [300]
         unbound.stop()
@@ -61,7 +62,8 @@ async def test_ttl_counts_down_and_cache_serves_without_upstream(unbound, clock)
         assert rcode(await ask(server, "www.example.test")) == "SERVFAIL"
 
 
-async def test_negative_answer_lives_for_the_soa_minimum(unbound, clock) -> None:
+async def test_negative_answer_lives_for_the_soa_minimum(stoppable_unbound, clock) -> None:
+    unbound = stoppable_unbound
     async with run_dns(clock, recurse=(unbound.address,), serve_stale=0) as server:
         assert rcode(await ask(server, "gone.example.test")) == "NXDOMAIN"
         unbound.stop()
@@ -195,9 +197,12 @@ async def test_client_upstreams_first_and_their_answers_stay_theirs(tmp_path: Pa
             assert addresses(await ask(server, "payments.example.test", source="127.0.0.31")) == ["192.0.2.20"]
 
 
-async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(tmp_path: Path, unbound, clock) -> None:
+async def test_a_local_cname_chased_upstream_is_not_kept_past_the_ttls(
+    tmp_path: Path, stoppable_unbound, clock
+) -> None:
     """Upstream data inside a local answer lives by its TTLs (and the CNAME's), not until the
     answers change."""
+    unbound = stoppable_unbound
     answers = tmp_path / "answers.json"
     answers.write_text(
         json.dumps(

@@ -324,6 +324,7 @@ async def test_tls_mistakes_are_said_in_one_line(tmp_path: Path, certs: Certs, e
         assert "cannot read --etcd-cert" in line
 
 
+@pytest.mark.slow
 async def test_passwords_and_tokens_that_expire_while_the_fleet_is_followed(
     tmp_path: Path, etcd_version: str, caplog: pytest.LogCaptureFixture
 ) -> None:

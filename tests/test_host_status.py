@@ -151,6 +151,7 @@ def line_of(table: str, host: str) -> list[str]:
     return line.split()
 
 
+@pytest.mark.slow
 @pytest.mark.external_tool
 async def test_hosts_report_what_they_serve_and_fleet_status_names_the_one_behind(
     tmp_path: Path, etcd_version: str

@@ -17,6 +17,8 @@ from metadata_svc.identity import parse_networks
 from metadata_svc.keys import STORE
 from tests.support.metadata import RunningMetadata, run_metadata
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 async def get(
     md: RunningMetadata, path: str, source_ip: str = "127.0.0.1", headers: dict[str, str] | None = None
@@ -153,7 +155,9 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
     """Every path of every API version, asked as every container from its own address, with and
     without --xff (and a header claiming another container): no other service's token, no other
     container's self. Text for every path; JSON and YAML for every collection near the top, whose
-    rendering holds everything below it."""
+    rendering holds everything below it. Who is asking is decided once per request, before the
+    path is read: with --xff, the paths near the top (``self`` among them) as text and JSON show
+    whose identity was taken, and only without it is every path also asked one by one."""
     data = yaml.safe_load(fleet_file.read_text())
     containers = data["containers"]
     tokens = {(s["stack_name"].lower(), s["name"].lower()): s["token"] for s in data["services"] if s.get("token")}
@@ -164,7 +168,8 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
             store = md.app[STORE]
             for api in ("2015-07-25", "2015-12-19", "2016-07-29", "latest"):
                 tree = store.snapshot.default_tree("2016-07-29" if api == "latest" else api)
-                deep = all_paths(tree) if api != "latest" else []  # latest is 2016-07-29: its top only
+                # latest is 2016-07-29: its top only
+                deep = all_paths(tree) if api != "latest" and not xff else []
                 top = [
                     "",
                     "self",
@@ -174,7 +179,8 @@ async def test_the_isolation_audit(fleet_file: Path) -> None:
                     "self/host",
                     *[p for p in all_paths(tree) if p.count("/") <= 1],
                 ]
-                asks = [(p, f) for p in top for f in formats] + [(p, formats[0]) for p in deep]
+                shown = formats[:2] if xff else formats  # the YAML holds what the JSON does
+                asks = [(p, f) for p in top for f in shown] + [(p, formats[0]) for p in deep if p not in top]
                 for c in containers:
                     own = (c["stack_name"].lower(), c["service_name"].lower())
                     foreign = [t for key, t in tokens.items() if key != own]
@@ -313,9 +319,9 @@ async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self
             "stack_name": "s",
             "service_name": "svc",
             "primary_ip": f"127.0.10.{i + 1}",
-            "labels": {"filler": "x" * 200},
+            "labels": {"filler": "x" * 1600},  # big in bytes, with few nodes for YAML to walk
         }
-        for i in range(200)
+        for i in range(50)
     ]
     fleet = {
         "stacks": [{"name": "s"}],
@@ -330,9 +336,10 @@ async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self
             for accept in ("application/json", "application/yaml"):
                 async with md.client(ip) as s, s.get("/latest", headers={"Accept": accept}) as r:
                     raw = await r.read()
-                doc = json.loads(raw) if "json" in accept else yaml.safe_load(raw)
+                # libyaml's parser where there is one: PyYAML's own takes half a minute on this
+                doc = json.loads(raw) if "json" in accept else yaml.load(raw, Loader=SAFE_LOADER)
                 assert len(raw) > 64 << 10
-                assert len(doc["containers"]) == 200
+                assert len(doc["containers"]) == 50
                 own = doc["self"].get("container", {}).get("name")
                 assert own == (None if ip == "127.0.0.1" else f"app-{int(ip.rsplit('.', 1)[1]) - 1}")
                 bodies[(ip, accept)] = doc
