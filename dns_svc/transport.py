@@ -139,6 +139,7 @@ class UdpListener:
     def _readable(self) -> None:
         recv = self.sock.recvfrom
         answer = self.answer
+        resolver_clock = self.dispatcher.resolver.clock
         for _ in range(self.BATCH):
             try:
                 data, addr = recv(MAX_UDP_QUERY + 1)
@@ -146,7 +147,7 @@ class UdpListener:
                 return
             except OSError:
                 continue  # an ICMP error queued for an earlier reply: nothing to answer
-            reply = answer(data, addr, clock())
+            reply = answer(data, addr, clock(), resolver_clock())
             if reply is not None:
                 self.send(reply, addr)
 
@@ -156,13 +157,16 @@ class UdpListener:
         count = self.MMSG_BATCH
         datas, addrs, replies, to = self._datas, self._addrs, self._replies, self._to
         answer = self.answer
+        resolver_clock = self.dispatcher.resolver.clock
         for _ in range(self.MMSG_ROUNDS):
             got = recv_into(fd, datas, addrs, count, MAX_UDP_QUERY + 1)
             if got < 0:
                 continue  # an ICMP error queued for an earlier reply: nothing to answer
+            started = clock()  # every datagram of the batch had arrived by now: one reading for all
+            now = resolver_clock()
             for i in range(len(datas)):
                 try:
-                    reply = answer(datas[i], addrs[i], clock())
+                    reply = answer(datas[i], addrs[i], started, now)
                 except Exception as exc:  # a bug: this query only, never the rest of the batch
                     self.dispatcher.failed.note(client=str(addrs[i][0]), error=f"{type(exc).__name__}: {exc}")
                     continue
@@ -244,14 +248,15 @@ class UdpListener:
                 return
             self.send(replies[i], to[i])
 
-    def answer(self, data: bytes, addr: Any, started: float) -> bytes | None:
-        """The reply to send now, or None: not worth an answer, or relayed/awaited (sent later)."""
+    def answer(self, data: bytes, addr: Any, started: float, now: float) -> bytes | None:
+        """The reply to send now, or None: not worth an answer, or relayed/awaited (sent later).
+        ``started``: when it was received (``tally.clock``); ``now``: the resolver's clock."""
         d = self.dispatcher
         client = addr[0]
         if len(data) > MAX_UDP_QUERY:
             d.bad.note(client=client, problem=f"oversized query of more than {MAX_UDP_QUERY} bytes")
             return None
-        seen = d.resolver.fast_packet(data, client, started)
+        seen = d.resolver.fast_packet(data, client, started, now)
         if seen is not None:
             return seen
         outcome = d.immediate(data, client, "udp", started)
@@ -265,7 +270,7 @@ class UdpListener:
 
     def handle(self, data: bytes, addr: Any) -> None:
         """One datagram, answered now when it can be."""
-        reply = self.answer(data, addr, clock())
+        reply = self.answer(data, addr, clock(), self.dispatcher.resolver.clock())
         if reply is not None:
             self.send(reply, addr)
 

@@ -105,6 +105,11 @@ class CachedReply:
             return None
         return CachedReply(wire, layout(wire), self.stored_at, self.expires_at, self.countdown)
 
+    def current(self, now: float) -> tuple[bytes, ...]:
+        """The rotations of the reply as they stand at ``now`` (TTLs counted down, when they count):
+        the same tuple object for as long as nothing in them changes, so a caller may memoise on it."""
+        return self._age(int(now - self.stored_at)) if self.countdown else self.variants
+
     def _age(self, elapsed: int) -> tuple[bytes, ...]:
         if elapsed != self._aged_for:
             aged = []
@@ -140,7 +145,7 @@ class CachedReply:
             if self.slim is not None and len(self.slim.wire) <= budget:
                 return self.slim.render_tail(query, now, budget)
             return truncated(query, self.wire)[2:]
-        variants = self._age(int(now - self.stored_at)) if self.countdown else self.variants
+        variants = self.current(now)
         turn = 0
         if len(variants) > 1:
             self.turn = turn = (self.turn + 1) % len(variants)
