@@ -105,11 +105,6 @@ class CachedReply:
             return None
         return CachedReply(wire, layout(wire), self.stored_at, self.expires_at, self.countdown)
 
-    def current(self, now: float) -> tuple[bytes, ...]:
-        """The rotations of the reply as they stand at ``now`` (TTLs counted down, when they count):
-        the same tuple object for as long as nothing in them changes, so a caller may memoise on it."""
-        return self._age(int(now - self.stored_at)) if self.countdown else self.variants
-
     def _age(self, elapsed: int) -> tuple[bytes, ...]:
         if elapsed != self._aged_for:
             aged = []
@@ -145,7 +140,7 @@ class CachedReply:
             if self.slim is not None and len(self.slim.wire) <= budget:
                 return self.slim.render_tail(query, now, budget)
             return truncated(query, self.wire)[2:]
-        variants = self.current(now)
+        variants = self._age(int(now - self.stored_at)) if self.countdown else self.variants
         turn = 0
         if len(variants) > 1:
             self.turn = turn = (self.turn + 1) % len(variants)

@@ -20,11 +20,9 @@ class PacketEntry:
     """What a packet-cache hit needs: the reply, the query it was parsed from once (to render
     with), the budget it was rendered for, the answers generation it was last valid in, whether
     it is a recursive answer (which only some clients may have), and the question name (wire
-    form, lower case) for the link-alias check. The last tail rendered is kept with the rotations
-    it came from: a reply that does not rotate renders the same tail until its TTLs tick, so a
-    hit is then one comparison instead of a render."""
+    form, lower case) for the link-alias check."""
 
-    __slots__ = ("_tail", "_tail_of", "generation", "name", "raw", "recursive", "reply", "size")
+    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size")
 
     def __init__(
         self, reply: CachedReply, raw: RawQuery, size: int, generation: int, recursive: bool, name: object
@@ -35,21 +33,10 @@ class PacketEntry:
         self.generation = generation
         self.recursive = recursive
         self.name = name
-        self._tail = b""
-        self._tail_of: object = None
 
     def tail(self, now: float) -> bytes:
         """The reply to this exact query after its ID, at ``now``."""
-        reply = self.reply
-        if len(reply.wire) <= self.size:
-            variants = reply.current(now)
-            if len(variants) == 1:
-                if self._tail_of is variants:
-                    return self._tail
-                self._tail = tail = reply.render_tail(self.raw, now, self.size)
-                self._tail_of = variants
-                return tail
-        return reply.render_tail(self.raw, now, self.size)
+        return self.reply.render_tail(self.raw, now, self.size)
 
 
 class PacketCache:
