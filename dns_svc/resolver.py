@@ -142,7 +142,14 @@ class Resolver:
         if hit.recursive and not self.policy.allows(client_ip):
             return None  # a cached upstream answer: the chain answers REFUSED to this client
         reply = data[:2] + hit.tail(now)
-        self.tally.note("udp", "packet_cache", hit.raw.qtype, reply, started, client_ip)
+        tally = self.tally
+        if tally.log_queries:
+            tally.note("udp", "packet_cache", hit.raw.qtype, reply, started, client_ip)
+            return reply
+        slot = hit.slot
+        if slot is None:
+            slot = hit.slot = tally.slot("udp", "packet_cache", hit.raw.qtype, reply[3] & 0xF)
+        tally.observe(slot, started)
         return reply
 
     @staticmethod

@@ -89,17 +89,28 @@ class ResponseTally:
         self.slots: dict[tuple[str, str, int, int], list[float]] = {}
         self.log_queries = log_queries
 
-    def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float, client: str) -> None:
-        rcode = reply[3] & 0xF if len(reply) > 3 else 0
+    def slot(self, transport: str, source: str, qtype: int, rcode: int) -> list[float]:
+        """The slot replies of this kind are counted in; a caller that answers the same kind again
+        and again (a packet-cache entry) may keep it and count with ``observe``."""
         key = (transport, source, qtype if qtype in QTYPE_NAMES else 0, rcode)
         slot = self.slots.get(key)
         if slot is None:
             slot = self.slots[key] = [0.0] * (len(BUCKETS) + 2)
+        return slot
+
+    def note(self, transport: str, source: str, qtype: int, reply: bytes, started: float, client: str) -> None:
+        rcode = reply[3] & 0xF if len(reply) > 3 else 0
+        elapsed = self.observe(self.slot(transport, source, qtype, rcode), started)
+        if self.log_queries:
+            _log_query(transport, source, qtype, rcode, reply, elapsed, client)
+
+    @staticmethod
+    def observe(slot: list[float], started: float) -> float:
+        """One reply ready now, for a query read at ``started``, counted in ``slot``; its duration."""
         elapsed = clock() - started
         slot[0] += elapsed
         slot[1 + bisect_left(BUCKETS, elapsed)] += 1
-        if self.log_queries:
-            _log_query(transport, source, qtype, rcode, reply, elapsed, client)
+        return elapsed
 
     @property
     def responses(self) -> dict[tuple[str, str, int, int], int]:

@@ -20,9 +20,10 @@ class PacketEntry:
     """What a packet-cache hit needs: the reply, the query it was parsed from once (to render
     with), the budget it was rendered for, the answers generation it was last valid in, whether
     it is a recursive answer (which only some clients may have), and the question name (wire
-    form, lower case) for the link-alias check."""
+    form, lower case) for the link-alias check. ``slot``: where its hits are counted
+    (``ResponseTally.slot``: one reply, so one rcode and type), found on its first hit."""
 
-    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size")
+    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size", "slot")
 
     def __init__(
         self, reply: CachedReply, raw: RawQuery, size: int, generation: int, recursive: bool, name: object
@@ -33,6 +34,7 @@ class PacketEntry:
         self.generation = generation
         self.recursive = recursive
         self.name = name
+        self.slot: list[float] | None = None
 
     def tail(self, now: float) -> bytes:
         """The reply to this exact query after its ID, at ``now``."""
