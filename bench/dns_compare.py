@@ -396,7 +396,7 @@ def measure(
     port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True, once: bool = False
 ) -> Result:
     if warm:  # one full pass first, however long it takes: fill every cache
-        dnsperf(port, queries, 120, sources, once=True)
+        dnsperf(port, queries, 120, max(sources, 1), once=True)
     if sources == 0:  # "lone": one query in flight, latencies of every query
         cpu_before, started = cpu_seconds(pid), time.monotonic()
         qps, avg, lost, lat = dnsperf(port, queries, seconds, 1, paced=1_000_000, outstanding=1)
