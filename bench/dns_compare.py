@@ -392,17 +392,57 @@ def dnsperf(
     return qps, avg, (lost / sent if sent else 0.0), latencies
 
 
+# One query at a time from one socket, pinned beside dnsperf: dnsperf at one outstanding query
+# waits between sends, so it measures its own pauses, not the server. Bounded in count and time.
+PING_PONG = """import socket, sys, time
+port, path, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+names = [line.split()[0] for line in open(path)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+s.connect(("127.0.0.1", port))
+lat, lost, deadline = [], 0, time.monotonic() + seconds
+while time.monotonic() < deadline and len(lat) + lost < 200000:
+    i = len(lat) + lost
+    qid = i % 65536
+    wire = b"".join(bytes([len(p)]) + p.encode() for p in names[i % len(names)].split(".")) + b"\\0"
+    query = qid.to_bytes(2, "big") + b"\\1\\0\\0\\1\\0\\0\\0\\0\\0\\0" + wire + b"\\0\\1\\0\\1"
+    t = time.perf_counter()
+    s.send(query)
+    try:
+        while s.recv(4096)[:2] != query[:2]:
+            pass
+    except TimeoutError:
+        lost += 1
+        continue
+    lat.append(time.perf_counter() - t)
+lat.sort()
+print(len(lat), lost, sum(lat) / max(len(lat), 1), lat[int(len(lat) * 0.99)] if lat else 0.0)
+"""
+
+
+def ping_pong(port: int, queries: Path, seconds: float, pid: int) -> Result:
+    """One query in flight: (answered per second, average and p99 latency, lost, CPU per query)."""
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    out = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", PING_PONG, str(port), str(queries), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout.split()
+    elapsed = time.monotonic() - started
+    answered, lost, avg, p99 = int(out[0]), int(out[1]), float(out[2]), float(out[3])
+    cpu_us = (cpu_seconds(pid) - cpu_before) / max(answered, 1) * 1e6
+    return Result(answered / elapsed, avg * 1000, p99 * 1000, lost / max(answered + lost, 1), cpu_us)
+
+
 def measure(
     port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True, once: bool = False
 ) -> Result:
     if warm:  # one full pass first, however long it takes: fill every cache
         dnsperf(port, queries, 120, max(sources, 1), once=True)
-    if sources == 0:  # "lone": one query in flight, latencies of every query
-        cpu_before, started = cpu_seconds(pid), time.monotonic()
-        qps, avg, lost, lat = dnsperf(port, queries, seconds, 1, paced=1_000_000, outstanding=1)
-        cpu_us = (cpu_seconds(pid) - cpu_before) / max(qps * (time.monotonic() - started), 1) * 1e6
-        lat.sort()
-        return Result(qps, avg * 1000, lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan"), lost, cpu_us)
+    if sources == 0:  # "lone": one query in flight
+        return ping_pong(port, queries, seconds, pid)
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     qps, avg, lost, _ = dnsperf(port, queries, seconds, sources, once=once)
     elapsed = time.monotonic() - started
