@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
+from typing import Final
 
 from dns_svc.wire import name_to_text
 from shared.logs import log_event
 
-# Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up.
-BUCKETS = (
+# Upper bounds in seconds, CoreDNS's request-duration buckets from 250 us up. Final, like ``clock``:
+# compiled, a Final name is a C static, not a lookup in the module's dict on every reply.
+BUCKETS: Final = (
     0.00025,
     0.0005,
     0.001,
@@ -54,7 +56,7 @@ QTYPE_NAMES = {
     257: "CAA",
 }
 RCODE_NAMES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
-clock = time.perf_counter
+clock: Final = time.perf_counter
 query_log = logging.getLogger("dns.query")
 
 
@@ -109,7 +111,12 @@ class ResponseTally:
         """One reply ready now, for a query read at ``started``, counted in ``slot``; its duration."""
         elapsed = clock() - started
         slot[0] += elapsed
-        slot[1 + bisect_left(BUCKETS, elapsed)] += 1
+        i = 1  # bisect_left by hand: a reply is nearly always in the first bucket or two
+        for bound in BUCKETS:
+            if elapsed <= bound:
+                break
+            i += 1
+        slot[i] += 1
         return elapsed
 
     @property
