@@ -13,6 +13,8 @@ datagram) runs beside them where it can answer (local names, cached recursion). 
   mixed      local A, AAAA (NODATA) and SRV
   cached     1,000 upstream names, already in the cache
   miss       unique names, each answered by the upstream
+  lone       local names from one address, one query in flight: the latency of a query that
+             has the server to itself (a batch must never hold it back)
   churn      metadns only: local, with a fleet version change every second
 
 Throughput runs are unthrottled; p99 comes from a second run paced (-Q) at half of the
@@ -55,7 +57,7 @@ def python_of(root: Path) -> str:
 NAMES = 1000
 SERVICES = 50
 SOURCES = 50
-WORKLOADS = ("local", "local-1src", "mixed", "cached", "miss", "churn")
+WORKLOADS = ("local", "local-1src", "mixed", "cached", "miss", "lone", "churn")
 DOMAIN = "rancher.internal"
 
 
@@ -113,7 +115,7 @@ def write_queries(data: Data) -> dict[str, Path]:
     for name, lines in files.items():
         out[name] = w / f"{name}.txt"
         out[name].write_text("\n".join(lines) + "\n")
-    out["churn"] = out["local-1src"] = out["local"]
+    out["churn"] = out["local-1src"] = out["lone"] = out["local"]
     return out
 
 
@@ -329,11 +331,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def dnsperf(
-    port: int, queries: Path, seconds: float, sources: int = 1, paced: int = 0, once: bool = False
+    port: int,
+    queries: Path,
+    seconds: float,
+    sources: int = 1,
+    paced: int = 0,
+    once: bool = False,
+    outstanding: int = 200,
 ) -> tuple[float, float, float, list[float]]:
     """Run dnsperf from ``sources`` addresses at once; (qps, avg latency s, lost fraction, latencies)."""
     procs = []
-    per_source_outstanding = max(200 // sources, 4)
+    per_source_outstanding = max(outstanding // sources, 4) if outstanding >= 4 else outstanding
     for k in range(sources):
         cmd = [
             "taskset",
@@ -384,11 +392,57 @@ def dnsperf(
     return qps, avg, (lost / sent if sent else 0.0), latencies
 
 
+# One query at a time from one socket, pinned beside dnsperf: dnsperf at one outstanding query
+# waits between sends, so it measures its own pauses, not the server. Bounded in count and time.
+PING_PONG = """import socket, sys, time
+port, path, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+names = [line.split()[0] for line in open(path)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2.0)
+s.connect(("127.0.0.1", port))
+lat, lost, deadline = [], 0, time.monotonic() + seconds
+while time.monotonic() < deadline and len(lat) + lost < 200000:
+    i = len(lat) + lost
+    qid = i % 65536
+    wire = b"".join(bytes([len(p)]) + p.encode() for p in names[i % len(names)].split(".")) + b"\\0"
+    query = qid.to_bytes(2, "big") + b"\\1\\0\\0\\1\\0\\0\\0\\0\\0\\0" + wire + b"\\0\\1\\0\\1"
+    t = time.perf_counter()
+    s.send(query)
+    try:
+        while s.recv(4096)[:2] != query[:2]:
+            pass
+    except TimeoutError:
+        lost += 1
+        continue
+    lat.append(time.perf_counter() - t)
+lat.sort()
+print(len(lat), lost, sum(lat) / max(len(lat), 1), lat[int(len(lat) * 0.99)] if lat else 0.0)
+"""
+
+
+def ping_pong(port: int, queries: Path, seconds: float, pid: int) -> Result:
+    """One query in flight: (answered per second, average and p99 latency, lost, CPU per query)."""
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    out = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, "-c", PING_PONG, str(port), str(queries), str(seconds)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+    ).stdout.split()
+    elapsed = time.monotonic() - started
+    answered, lost, avg, p99 = int(out[0]), int(out[1]), float(out[2]), float(out[3])
+    cpu_us = (cpu_seconds(pid) - cpu_before) / max(answered, 1) * 1e6
+    return Result(answered / elapsed, avg * 1000, p99 * 1000, lost / max(answered + lost, 1), cpu_us)
+
+
 def measure(
     port: int, queries: Path, seconds: float, sources: int, pid: int, warm: bool = True, once: bool = False
 ) -> Result:
     if warm:  # one full pass first, however long it takes: fill every cache
-        dnsperf(port, queries, 120, sources, once=True)
+        dnsperf(port, queries, 120, max(sources, 1), once=True)
+    if sources == 0:  # "lone": one query in flight
+        return ping_pong(port, queries, seconds, pid)
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     qps, avg, lost, _ = dnsperf(port, queries, seconds, sources, once=once)
     elapsed = time.monotonic() - started
@@ -431,10 +485,10 @@ def main() -> None:
             upstream = start_upstream(procs, data)
             metadns_port, metadata_proc, metadns_pid = start_metadns(procs, data, upstream)
             ceiling = start_ceiling(procs, data, metadns_port, [queries["local"], queries["cached"]])
-            for workload in ("local", "local-1src", "mixed", "cached", "miss"):
+            for workload in ("local", "local-1src", "mixed", "cached", "miss", "lone"):
                 if workload not in wanted:
                     continue
-                sources = SOURCES if workload == "local" else 1
+                sources = SOURCES if workload == "local" else 0 if workload == "lone" else 1
                 # each peer gets only the data this workload needs, started afresh for it
                 with_srv = workload == "mixed"
                 servers = {
@@ -442,7 +496,7 @@ def main() -> None:
                     "dnsmasq": start_dnsmasq(procs, data, upstream, with_srv),
                     "unbound": start_unbound_peer(procs, data, upstream, with_srv),
                 }
-                if workload in ("local", "local-1src", "cached"):
+                if workload in ("local", "local-1src", "cached", "lone"):
                     servers["ceiling"] = ceiling
                 for name, (port, pid) in servers.items():
                     result = measure(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from dns_svc import compiled
+from dns_svc import compiled, mmsg
 from dns_svc.answers import AnswersTable, answers_from_fleet
 from dns_svc.answers_file import AnswersFileWatcher
 from dns_svc.chain import Chain, Step
@@ -260,6 +260,7 @@ class DnsServer:
             upstreams=",".join(f"{h}:{p}" for h, p in s.recurse) or "none",
             source=s.answers or s.metadata_url or "none",
             compiled=compiled.in_use(),  # the mypyc build of the hot path, or the pure-Python modules
+            udp_io=mmsg.state(),  # mmsg: recvmmsg/sendmmsg batches; else why recvfrom/sendto (off, none, stale)
         )
 
     def reload(self) -> None:

@@ -4,10 +4,12 @@ per interval, one log line; they never reach the resolver and never stop good qu
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from typing import Any, cast
 
+from dns_svc import mmsg
 from dns_svc.chain import Answer, Pending
 from dns_svc.resolver import Resolver
 from dns_svc.tally import clock
@@ -76,28 +78,68 @@ class Dispatcher:
         return reply
 
 
+def _no_recv(fd: int, datas: list[bytes], addrs: list[Any], count: int, size: int) -> int:
+    return 0  # stands in for recvmmsg when the extension is not used; never called then
+
+
+def _no_send(fd: int, replies: list[bytes], addrs: list[Any], start: int) -> int:
+    return -errno.EINVAL
+
+
 class UdpListener:
-    """DNS over UDP without asyncio's per-datagram protocol dispatch: on each readiness event it
-    drains up to ``BATCH`` datagrams with ``recvfrom`` and answers cache hits with ``sendto`` at
-    once. Under load one wake-up serves many queries; that, not the Python code, is most of what
-    separates a Python resolver from dnsmasq (the profile is in bench/RESULTS.md)."""
+    """DNS over UDP without asyncio's per-datagram protocol dispatch. On each readiness event it
+    drains the socket and answers cache hits at once: with the recvmmsg/sendmmsg extension
+    (``dns_svc.mmsg``) up to ``MMSG_BATCH`` datagrams per system call, and the replies of each
+    batch in one ``sendmmsg``, in the order the queries came; without it, up to ``BATCH``
+    datagrams with one ``recvfrom`` and one ``sendto`` each. Under load one wake-up serves many
+    queries, and the system calls per query, not the Python code, are most of what separates a
+    Python resolver from a C one (the profile is in bench/RESULTS.md). A lone query is never
+    held for a batch: a call returns what is queued, however little.
+
+    Replies the socket has no room for (``EAGAIN``, ``ENOBUFS``) wait, in order, until it is
+    writable again, up to ``BACKLOG`` of them; only beyond that is one dropped (``send_drops``).
+    A reply that cannot be sent for a reason of its own (its address) costs that reply only
+    (``send_errors``)."""
 
     BATCH = 64
+    MMSG_BATCH = 64
+    MMSG_ROUNDS = 4  # recvmmsg calls per readiness event at most, so that other callbacks get their turn
+    BACKLOG = 4096
 
-    def __init__(self, dispatcher: Dispatcher, sock: socket.socket) -> None:
+    def __init__(self, dispatcher: Dispatcher, sock: socket.socket, batched: bool = True) -> None:
         self.dispatcher = dispatcher
         self.sock = sock
         sock.setblocking(False)
+        self.fd = sock.fileno()
         self.loop = asyncio.get_running_loop()
-        self.loop.add_reader(sock.fileno(), self._readable)
+        native = mmsg.load() if batched else None
+        self.batched = native is not None
+        self._recv_into: mmsg.RecvInto = _no_recv
+        self._send_from: mmsg.SendFrom = _no_send
+        if native is not None:
+            self._recv_into = native.recv_into
+            self._send_from = native.send_from
+            self.MMSG_BATCH = min(self.MMSG_BATCH, native.max_batch)
+            self.loop.add_reader(self.fd, self._readable_batched)
+        else:
+            self.loop.add_reader(self.fd, self._readable)
+        self._datas: list[bytes] = []
+        self._addrs: list[Any] = []
+        self._replies: list[bytes] = []
+        self._to: list[Any] = []
+        self._waiting: list[bytes] = []  # replies waiting for room in the socket, in order
+        self._waiting_to: list[Any] = []
+        self._writer = False
         self.send_drops = 0
+        self.send_errors = 0
         self.closed = False
         self.reading_stopped = False
         self._relayed_to = self._relayed  # one bound method, not one per relayed query
 
     def _readable(self) -> None:
         recv = self.sock.recvfrom
-        handle = self.handle
+        answer = self.answer
+        resolver_clock = self.dispatcher.resolver.clock
         for _ in range(self.BATCH):
             try:
                 data, addr = recv(MAX_UDP_QUERY + 1)
@@ -105,37 +147,132 @@ class UdpListener:
                 return
             except OSError:
                 continue  # an ICMP error queued for an earlier reply: nothing to answer
-            handle(data, addr)
+            reply = answer(data, addr, clock(), resolver_clock())
+            if reply is not None:
+                self.send(reply, addr)
+
+    def _readable_batched(self) -> None:
+        recv_into = self._recv_into
+        fd = self.fd
+        count = self.MMSG_BATCH
+        datas, addrs, replies, to = self._datas, self._addrs, self._replies, self._to
+        answer = self.answer
+        resolver_clock = self.dispatcher.resolver.clock
+        for _ in range(self.MMSG_ROUNDS):
+            got = recv_into(fd, datas, addrs, count, MAX_UDP_QUERY + 1)
+            if got < 0:
+                continue  # an ICMP error queued for an earlier reply: nothing to answer
+            started = clock()  # every datagram of the batch had arrived by now: one reading for all
+            now = resolver_clock()
+            for i in range(len(datas)):
+                try:
+                    reply = answer(datas[i], addrs[i], started, now)
+                except Exception as exc:  # a bug: this query only, never the rest of the batch
+                    self.dispatcher.failed.note(client=str(addrs[i][0]), error=f"{type(exc).__name__}: {exc}")
+                    continue
+                if reply is not None:
+                    replies.append(reply)
+                    to.append(addrs[i])
+            datas.clear()
+            addrs.clear()
+            if replies:
+                self._send_batch(replies, to, 0)
+                replies.clear()
+                to.clear()
+            if got < count:
+                return  # the socket is drained
+
+    def _send_batch(self, replies: list[bytes], to: list[Any], start: int) -> None:
+        """``replies[start:]`` in as few ``sendmmsg`` calls as the kernel takes them, in order."""
+        if self._waiting:
+            self._wait(replies, to, start)  # behind the replies already waiting
+            return
+        send_from = self._send_from
+        fd = self.fd
+        i = start
+        n = len(replies)
+        while i < n:
+            sent = send_from(fd, replies, to, i)
+            if sent > 0:
+                i += sent  # fewer than asked: the kernel stopped early, the rest goes next
+            elif sent == -errno.EAGAIN or sent == -errno.ENOBUFS:
+                self._wait(replies, to, i)
+                return
+            else:
+                self.send_errors += 1  # this reply's own error (its address): the next one goes on
+                i += 1
 
     def send(self, reply: bytes, addr: Any) -> None:
+        """One reply outside a batch (relayed, finished by a task, or without the extension)."""
+        if self._waiting:
+            self._wait([reply], [addr], 0)
+            return
         try:
             self.sock.sendto(reply, addr)
         except (BlockingIOError, InterruptedError):
-            self.send_drops += 1  # the socket buffer is full: UDP may drop, the client retries
-        except OSError:
-            pass
+            self._wait([reply], [addr], 0)
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                self._wait([reply], [addr], 0)
+            else:
+                self.send_errors += 1
 
-    def handle(self, data: bytes, addr: Any) -> None:
+    def _wait(self, replies: list[bytes], to: list[Any], start: int) -> None:
+        """Keep ``replies[start:]`` until the socket is writable again (``BACKLOG`` at most)."""
+        if self.closed:
+            return
+        room = self.BACKLOG - len(self._waiting)
+        end = len(replies)
+        if end - start > room:
+            self.send_drops += end - start - room  # the newest go: the clients ask again
+            end = start + max(room, 0)
+        self._waiting.extend(replies[start:end])
+        self._waiting_to.extend(to[start:end])
+        if not self._writer and self._waiting:
+            self._writer = True
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        replies, to = self._waiting, self._waiting_to
+        self._waiting, self._waiting_to = [], []
+        self._writer = False
+        cast(Any, self.loop).remove_writer(self.fd)
+        if self.closed:
+            return
+        if self.batched:
+            self._send_batch(replies, to, 0)
+            return
+        for i in range(len(replies)):
+            if self._waiting:  # full again: the rest waits behind
+                self._wait(replies, to, i)
+                return
+            self.send(replies[i], to[i])
+
+    def answer(self, data: bytes, addr: Any, started: float, now: float) -> bytes | None:
+        """The reply to send now, or None: not worth an answer, or relayed/awaited (sent later).
+        ``started``: when it was received (``tally.clock``); ``now``: the resolver's clock."""
         d = self.dispatcher
         client = addr[0]
         if len(data) > MAX_UDP_QUERY:
             d.bad.note(client=client, problem=f"oversized query of more than {MAX_UDP_QUERY} bytes")
-            return
-        started = clock()
-        seen = d.resolver.fast_packet(data, client, started)
+            return None
+        seen = d.resolver.fast_packet(data, client, started, now)
         if seen is not None:
-            self.send(seen, addr)
-            return
+            return seen
         outcome = d.immediate(data, client, "udp", started)
-        if outcome is None:
-            return  # not worth an answer
-        if type(outcome) is bytes:
-            self.send(outcome, addr)
-            return
+        if outcome is None or type(outcome) is bytes:
+            return outcome
         assert isinstance(outcome, Pending)
         outcome.context = addr
         if not d.resolver.relay(outcome, self._relayed_to):
             self._chain(outcome)
+        return None
+
+    def handle(self, data: bytes, addr: Any) -> None:
+        """One datagram, answered now when it can be."""
+        reply = self.answer(data, addr, clock(), self.dispatcher.resolver.clock())
+        if reply is not None:
+            self.send(reply, addr)
 
     def _relayed(self, pending: Pending, answer: Answer | None) -> None:
         if answer is None:
@@ -164,12 +301,16 @@ class UdpListener:
         """Draining: take no new queries; answers to those in flight still go out."""
         if not self.reading_stopped and not self.closed:
             self.reading_stopped = True
-            cast(Any, self.loop).remove_reader(self.sock.fileno())  # None on uvloop, a bool on asyncio: unchecked
+            cast(Any, self.loop).remove_reader(self.fd)  # None on uvloop, a bool on asyncio: unchecked
 
     def close(self) -> None:
         if not self.closed:
             self.stop_reading()
             self.closed = True
+            if self._writer:
+                self._writer = False
+                cast(Any, self.loop).remove_writer(self.fd)
+            self._waiting, self._waiting_to = [], []
             self.sock.close()
 
 

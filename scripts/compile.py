@@ -1,12 +1,15 @@
-"""Compile the DNS hot path with mypyc into the venv (``dns_svc/compiled.py`` says how it is used).
+"""Compile the DNS hot path with mypyc into the venv (``dns_svc/compiled.py`` says how it is used),
+and the listener's recvmmsg/sendmmsg extension (``dns_svc/_mmsg.c``; ``dns_svc/mmsg.py``).
 
     .venv/bin/python scripts/compile.py            # build when the sources changed since the last build
     .venv/bin/python scripts/compile.py --strict   # a build that cannot be made is an error (CI)
 
 The build runs on a copy of the sources in a temporary directory, so nothing compiled ever lands
 beside the sources; the result and its manifest are written to ``<sys.prefix>/metadns-compiled``
-in one rename. Without a C compiler or Python's headers, or when mypyc fails, the pure-Python
-modules stay in use and one line says why (an error with ``--strict``).
+in one rename; the extension likewise to ``<sys.prefix>/metadns-native``, each rebuilt only when
+its own sources changed. Without a C compiler or Python's headers, or when mypyc fails, the
+pure-Python modules (and ``recvfrom``/``sendto``) stay in use and one line says why (an error with
+``--strict``).
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import sysconfig
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dns_svc import mmsg  # noqa: E402
 from dns_svc.compiled import HOT_MODULES, PACKAGES, build_dir, manifest, source_digest  # noqa: E402
 
 # mypyc reads this instead of pyproject.toml: the build needs the types, not the house rules.
@@ -82,17 +87,79 @@ def build(digest: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# Run in a child interpreter so that the compiler's output can be kept out of sight unless it fails.
+BUILD_EXT = """import sys
+from setuptools import Distribution, Extension
+source, out = sys.argv[1], sys.argv[2]
+ext = Extension("dns_svc._mmsg", [source], extra_compile_args=["-O2", "-Wall"])
+dist = Distribution({"name": "metadns-mmsg", "ext_modules": [ext]})
+dist.script_args = ["build_ext", "--build-lib", out + "/lib", "--build-temp", out + "/tmp"]
+dist.parse_command_line()
+dist.run_commands()
+"""
+
+
+def native_manifest() -> dict[str, Any]:
+    try:
+        found = json.loads((mmsg.build_dir() / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def build_native(digest: str) -> None:
+    """``dns_svc/_mmsg.c`` into ``<sys.prefix>/metadns-native`` with its manifest, in one rename."""
+    target = mmsg.build_dir()
+    with tempfile.TemporaryDirectory(prefix="metadns-native-") as tmp:
+        work = Path(tmp)
+        done = subprocess.run(
+            [sys.executable, "-c", BUILD_EXT, str(mmsg.SOURCE), str(work)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            lines = (done.stdout + done.stderr).strip().splitlines()
+            errors = [line for line in lines if "error" in line.lower()]  # the compiler's, before the traceback
+            raise RuntimeError("the C build failed: " + " | ".join((errors or lines)[:5]))
+        name = "_mmsg" + sysconfig.get_config_var("EXT_SUFFIX")
+        staged = work / "out"
+        staged.mkdir()
+        shutil.copy2(work / "lib" / "dns_svc" / name, staged / name)
+        (staged / "manifest.json").write_text(json.dumps({"digest": digest, "file": name}, indent=1))
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            target.rename(old)
+        shutil.move(str(staged), str(target))
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strict", action="store_true", help="fail when the build cannot be made")
     args = parser.parse_args()
     digest = source_digest(ROOT)
-    if manifest().get("digest") == digest:
+    native_digest = mmsg.source_digest()
+    native_current = native_manifest().get("digest") == native_digest
+    if manifest().get("digest") == digest and native_current:
         return 0
     missing = missing_tools()
     if missing:
-        print(f"compile: not built, missing {', '.join(missing)}; the pure-Python modules are used", file=sys.stderr)
+        print(
+            f"compile: not built, missing {', '.join(missing)}; the pure-Python modules and recvfrom/sendto are used",
+            file=sys.stderr,
+        )
         return 1 if args.strict else 0
+    failed = False
+    if not native_current:
+        try:
+            build_native(native_digest)
+        except (RuntimeError, OSError) as exc:
+            print(f"compile: recvmmsg/sendmmsg not built ({exc}); the listener uses recvfrom/sendto", file=sys.stderr)
+            failed = True
+    if manifest().get("digest") == digest:
+        return 1 if failed and args.strict else 0
     started = time.monotonic()
     print(f"compile: building {len(HOT_MODULES)} modules with mypyc into {build_dir()}", file=sys.stderr)
     try:
@@ -101,7 +168,7 @@ def main() -> int:
         print(f"compile: not built ({exc}); the pure-Python modules are used", file=sys.stderr)
         return 1 if args.strict else 0
     print(f"compile: built in {time.monotonic() - started:.0f} s", file=sys.stderr)
-    return 0
+    return 1 if failed and args.strict else 0
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ class PacketEntry:
     """What a packet-cache hit needs: the reply, the query it was parsed from once (to render
     with), the budget it was rendered for, the answers generation it was last valid in, whether
     it is a recursive answer (which only some clients may have), and the question name (wire
-    form, lower case) for the link-alias check."""
+    form, lower case) for the link-alias check. ``slot``: where its hits are counted
+    (``ResponseTally.slot``: one reply, so one rcode and type), found on its first hit."""
 
-    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size")
+    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size", "slot")
 
     def __init__(
         self, reply: CachedReply, raw: RawQuery, size: int, generation: int, recursive: bool, name: object
@@ -33,6 +34,11 @@ class PacketEntry:
         self.generation = generation
         self.recursive = recursive
         self.name = name
+        self.slot: list[float] | None = None
+
+    def tail(self, now: float) -> bytes:
+        """The reply to this exact query after its ID, at ``now``."""
+        return self.reply.render_tail(self.raw, now, self.size)
 
 
 class PacketCache:
@@ -46,9 +52,9 @@ class PacketCache:
     def __len__(self) -> int:
         return len(self._map)
 
-    def get(self, view: ClientView, data: bytes, generation: int, now: float) -> tuple[bytes, bool, int] | None:
-        """The reply, whether it is a recursive answer (which only some clients may have), and the
-        question type."""
+    def get(self, view: ClientView, data: bytes, generation: int, now: float) -> PacketEntry | None:
+        """The entry that answers ``data`` for this view, while it may (``PacketEntry.tail``
+        renders the reply; ``recursive`` says whether only some clients may have it)."""
         k = (view.key, data[2:])
         hit = self._map.get(k)
         if hit is None:
@@ -62,8 +68,7 @@ class PacketCache:
                 del self._map[k]
                 return None
             hit.generation = generation  # a local answer the change left alone: still this one
-        raw = hit.raw
-        return data[:2] + reply.render_tail(raw, now, hit.size), hit.recursive, raw.qtype
+        return hit
 
     def put(
         self, view_key: str, raw: RawQuery, reply: CachedReply, size: int, generation: int, recursive: bool
