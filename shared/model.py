@@ -8,11 +8,14 @@ know are kept in ``extra`` and served unchanged, so a fleet exported from Ranche
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import socket
+import threading
 import uuid as uuid_mod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -40,6 +43,36 @@ def port_spec(spec: str) -> tuple[int, str] | None:
     if not private.isdigit() or not 0 < int(private) < 65536:
         return None
     return int(private), (proto or "tcp").lower()
+
+
+_pause_lock = threading.Lock()
+_pauses = 0
+_resume = False
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a whole fleet is parsed and validated.
+
+    A 100,000-container document is millions of young objects (YAML nodes, dicts, records) that
+    all stay alive until the end, so every collection the allocations trigger walks more of them
+    and frees nothing: at 100k, three quarters of the YAML parse and most of the key encoding
+    was the collector (bench/RESULTS.md). Nothing made here is a reference cycle that must be
+    freed meanwhile. Nested or concurrent pauses (threads) are counted: the collector comes
+    back when the last one ends, and only if it was on when the first began."""
+    global _pauses, _resume
+    with _pause_lock:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()
 
 
 class FleetError(ValueError):
@@ -253,7 +286,8 @@ class Fleet:
     @classmethod
     def from_mapping(cls, data: Any, locate: Locate | None = None) -> Fleet:
         """Validate ``data`` (the parsed fleet file) and build a Fleet, or raise FleetError."""
-        return _FleetBuilder(data, locate or (lambda _c, _i: None)).build()
+        with collector_paused():
+            return _FleetBuilder(data, locate or (lambda _c, _i: None)).build()
 
     @classmethod
     def from_trusted(cls, raw: Mapping[str, Any], digest: str) -> Fleet:

@@ -32,7 +32,7 @@ from metadata_svc.sources.inotify import (
     IN_MOVED_TO,
     InotifyDirectory,
 )
-from shared.model import Fleet, FleetError
+from shared.model import Fleet, FleetError, collector_paused
 
 try:
     _Loader: Any = yaml.CSafeLoader
@@ -41,7 +41,13 @@ except AttributeError:  # PyYAML built without libyaml
 
 
 def parse_fleet_text(text: str, path: str) -> Fleet:
-    """Parse and validate fleet text; FleetError.where names the file and the line or object."""
+    """Parse and validate fleet text; FleetError.where names the file and the line or object.
+    The collector is paused throughout (``collector_paused`` says why)."""
+    with collector_paused():
+        return _parse_fleet_text(text, path)
+
+
+def _parse_fleet_text(text: str, path: str) -> Fleet:
     if path.endswith(".json"):
         try:
             data = json.loads(text)
