@@ -76,8 +76,11 @@ def fleet_keys(fleet: Fleet) -> dict[str, bytes]:
     return out
 
 
+_VALUE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one for all: dumps makes one per call
+
+
 def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return _VALUE_JSON.encode(obj).encode()
 
 
 _KEY_FIELDS = {

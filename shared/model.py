@@ -471,6 +471,7 @@ _KNOWN = {
 }
 # Keys the metadata service derives itself; a fleet exported from a metadata tree carries them.
 _DERIVED = {"stacks": {"services"}, "services": {"containers"}, "containers": set(), "hosts": set()}
+_KNOWN_OR_DERIVED = {kind: frozenset(_KNOWN[kind] | _DERIVED[kind]) for kind in _KNOWN}
 
 
 class References(Protocol):
@@ -495,9 +496,15 @@ class ObjectRules:
     """The rules for one object of each kind: the same for a whole document and for one etcd
     key, so that an object refused in one is refused in the other with the same words."""
 
+    # The checks below start with the common case (a plain str, an empty or absent field, a list
+    # of str): a 100,000-container document runs each a million times, and the general checks
+    # (isinstance of unions, a conversion of every item) were most of its validation.
+
     @staticmethod
     def text(item: Mapping[str, Any], key: str, where: object, *, required: bool = False) -> str:
         value = item.get(key)
+        if type(value) is str and value:
+            return value
         if value is None or value == "":
             if required:
                 raise FleetError(where, f"'{key}' is required")
@@ -508,7 +515,11 @@ class ObjectRules:
 
     @staticmethod
     def strings(item: Mapping[str, Any], key: str, where: object) -> tuple[str, ...]:
-        value = item.get(key) or []
+        value = item.get(key)
+        if not value:
+            return ()
+        if type(value) is list and all(type(v) is str for v in value):
+            return tuple(value)
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
@@ -517,7 +528,9 @@ class ObjectRules:
 
     @staticmethod
     def mapping(item: Mapping[str, Any], key: str, where: object, *, str_values: bool = True) -> Mapping[str, Any]:
-        value = item.get(key) or {}
+        value = item.get(key)
+        if not value:
+            return _EMPTY
         if not isinstance(value, Mapping):
             raise FleetError(where, f"'{key}' must be a mapping")
         if str_values:
@@ -536,6 +549,8 @@ class ObjectRules:
 
     @staticmethod
     def extra(item: Mapping[str, Any], collection: str) -> Mapping[str, Any]:
+        if item.keys() <= _KNOWN_OR_DERIVED[collection]:  # nearly always: no fields of its own
+            return _EMPTY
         return _frozen({k: v for k, v in item.items() if k not in _KNOWN[collection] and k not in _DERIVED[collection]})
 
     @classmethod
@@ -824,9 +839,14 @@ def environment_from(data: Mapping[str, Any]) -> Environment:
     )
 
 
+# One encoder for every object: ``json.dumps`` with options makes a new one per call, which was
+# a third of the time of a 100,000-container fleet's digest.
+_DIGEST_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def object_digest(kind: str, raw: Mapping[str, Any]) -> int:
     """One object's share of ``fleet_digest``."""
-    blob = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    blob = _DIGEST_JSON.encode(raw)
     return int.from_bytes(hashlib.sha256(f"{kind}\0{blob}".encode()).digest(), "big")
 
 
