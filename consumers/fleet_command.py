@@ -126,7 +126,7 @@ async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes], dry
 
         async def send(batch: list[RequestOp]) -> None:
             async with in_flight:
-                await client.txn([], batch)
+                await client.write(batch)
 
         try:
             async with asyncio.TaskGroup() as group:  # the first failure stops the rest
@@ -137,7 +137,9 @@ async def apply(client: EtcdClient, prefix: bytes, wanted: dict[str, bytes], dry
     return changes
 
 
-TXNS_IN_FLIGHT = 8
+# 16 rather than 8: 122,000 puts (the 100k bench fleet) took 3.4 s with 8 in flight, 2.9 s with 16,
+# and no less with 32 (one etcd member on loopback, sharing two cores with the client).
+TXNS_IN_FLIGHT = 16
 
 
 async def current_fleet(client: EtcdClient, prefix: bytes) -> tuple[Mapping[str, Any], dict[str, str]]:
@@ -242,7 +244,7 @@ def fleet_main(argv: list[str]) -> int:
             async def delete(c: EtcdClient) -> None:
                 ops = [delete_op(prefix + k.strip("/").encode()) for k in ns.keys]
                 for start in range(0, len(ops), MAX_TXN_OPS):
-                    await c.txn([], ops[start : start + MAX_TXN_OPS])
+                    await c.write(ops[start : start + MAX_TXN_OPS])
 
             asyncio.run(_run(ns, delete))
     except (FleetError, EtcdError) as exc:

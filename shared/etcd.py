@@ -97,13 +97,13 @@ def b64(data: bytes) -> str:
 
 
 def put_op(key: bytes, value: bytes) -> rpc_pb2.RequestOp:
-    """A put for ``txn``, made as the message: parsing etcd's JSON form of 120,000 operations
+    """A put for ``EtcdClient.write``, made as the message: parsing etcd's JSON form of 120,000 operations
     (base64 and all) cost ``fleet apply`` seconds that this does not."""
     return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))
 
 
 def delete_op(key: bytes) -> rpc_pb2.RequestOp:
-    """A delete of one key for ``txn``, made as the message (``put_op`` says why)."""
+    """A delete of one key for ``EtcdClient.write``, made as the message (``put_op`` says why)."""
     return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
 
 
@@ -411,29 +411,27 @@ class EtcdClient:
     async def txn(
         self,
         compare: Sequence[dict[str, Any]],
-        success: Sequence[dict[str, Any] | rpc_pb2.RequestOp],
+        success: Sequence[dict[str, Any]],
         failure: Sequence[dict[str, Any]] = (),
     ) -> tuple[bool, int, list[dict[str, Any]]]:
         """(succeeded, header revision, responses). The comparisons and operations are written
         in etcd's JSON form of its messages (``{"request_put": {"key": b64(...), ...}}``, as
-        ``etcdctl txn`` and the gateway take them), turned into the messages here; operations
-        already made as messages (``put_op``, ``delete_op``) are taken as they are."""
-        if success and all(isinstance(op, rpc_pb2.RequestOp) for op in success) and not compare and not failure:
-            request = rpc_pb2.TxnRequest(success=success)
-        else:
-            request = json_format.ParseDict(
-                {
-                    "compare": list(compare),
-                    "success": [
-                        json_format.MessageToDict(op) if isinstance(op, rpc_pb2.RequestOp) else op for op in success
-                    ],
-                    "failure": list(failure),
-                },
-                rpc_pb2.TxnRequest(),
-            )
+        ``etcdctl txn`` and the gateway take them), turned into the messages here."""
+        request = json_format.ParseDict(
+            {"compare": list(compare), "success": list(success), "failure": list(failure)}, rpc_pb2.TxnRequest()
+        )
         reply = await self._unary("/etcdserverpb.KV/Txn", request, rpc_pb2.TxnResponse, _txn_what(request))
         responses = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in reply.responses]
         return reply.succeeded, reply.header.revision, responses
+
+    async def write(self, ops: Sequence[rpc_pb2.RequestOp]) -> int:
+        """Apply ``ops`` (``put_op``, ``delete_op``) in one transaction without conditions; the
+        header revision. The many-key writer's form of ``txn``: the operations are messages
+        already, and the responses (one per operation) are not turned into dicts, which was
+        most of the client's time in a 100,000-container ``fleet apply``."""
+        request = rpc_pb2.TxnRequest(success=ops)
+        reply = await self._unary("/etcdserverpb.KV/Txn", request, rpc_pb2.TxnResponse, _txn_what(request))
+        return reply.header.revision
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         request = rpc_pb2.PutRequest(key=key, value=value, lease=lease)
