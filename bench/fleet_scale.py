@@ -595,7 +595,7 @@ class Bench:
         path.write_text(yaml.dump(data, Dumper=yaml.CSafeDumper, sort_keys=False))
         started = time.monotonic()
         with (self.work / "apply.out").open("wb") as out:
-            subprocess.run(
+            applied = subprocess.run(
                 [
                     str(self.bin_dir / "metadns"),
                     "fleet",
@@ -608,9 +608,10 @@ class Bench:
                 ],
                 stdout=out,
                 stderr=subprocess.PIPE,
-                check=True,
                 timeout=1800,
             )
+        if applied.returncode:
+            raise RuntimeError(f"fleet apply failed ({applied.returncode}): {applied.stderr.decode().strip()}")
         self.result.put("apply_s", time.monotonic() - started)
         self.result.put("apply_file_mb", path.stat().st_size / 1e6)
 
