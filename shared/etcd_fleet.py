@@ -23,6 +23,7 @@ held back and reported with its key, and never keeps the rest of the fleet from 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -34,8 +35,13 @@ STATUS_PREFIX = "status/"  # below the fleet prefix: the hosts' reports, not con
 HOST_STATUS_PREFIX = "status/hosts/"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote(..., safe="") leaves as it is
+
+
 def _part(text: str) -> str:
-    return quote(text, safe="")
+    # Nearly every name and uuid is plain: one match instead of quote's work, 240,000 times
+    # over in a 100,000-container fleet's keys.
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 def object_key(kind: str, obj: Mapping[str, Any]) -> str:
