@@ -595,7 +595,7 @@ class Bench:
         path.write_text(yaml.dump(data, Dumper=yaml.CSafeDumper, sort_keys=False))
         started = time.monotonic()
         with (self.work / "apply.out").open("wb") as out:
-            subprocess.run(
+            applied = subprocess.run(
                 [
                     str(self.bin_dir / "metadns"),
                     "fleet",
@@ -608,9 +608,10 @@ class Bench:
                 ],
                 stdout=out,
                 stderr=subprocess.PIPE,
-                check=True,
                 timeout=1800,
             )
+        if applied.returncode:
+            raise RuntimeError(f"fleet apply failed ({applied.returncode}): {applied.stderr.decode().strip()}")
         self.result.put("apply_s", time.monotonic() - started)
         self.result.put("apply_file_mb", path.stat().st_size / 1e6)
 
@@ -786,9 +787,12 @@ class Bench:
             ("cache", self.cache),
             ("restart", self.restart),
         ]
+        # Every phase after the cold start needs the hosts it starts: ``--only apply`` alone
+        # measures the write of the fleet and starts no host.
+        wanted = bool(self.args.only - {"apply"})
         try:
             for name, phase in phases:
-                if name in ("apply", "cold") or not self.args.only or name in self.args.only:
+                if name == "apply" or not self.args.only or name in self.args.only or (name == "cold" and wanted):
                     print(f"[{self.size:,}] {name}", flush=True)
                     await phase()
         finally:
@@ -934,7 +938,10 @@ def parse(argv: list[str] | None = None) -> Args:
     parser.add_argument("--cache-qps", type=float, default=200.0, help="queries per second per host in the cache loop")
     parser.add_argument("--etcd-version", choices=("3.4", "3.5"), default="3.5")
     parser.add_argument(
-        "--only", default="", help="comma list of phases after apply and cold (memory,idle,cost,latency,cache,restart)"
+        "--only",
+        default="",
+        help="comma list of phases after apply and cold (memory,idle,cost,latency,cache,restart); "
+        "'apply' alone: only the fleet apply, no hosts started",
     )
     ns = parser.parse_args(argv)
     return Args(

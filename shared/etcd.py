@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover (an install without the generated
         f"etcd's API modules are not generated ({exc}): run scripts/bootstrap.sh, or scripts/gen_etcd_api.py"
     ) from exc
 
+RequestOp = rpc_pb2.RequestOp  # one operation of a transaction, as ``put_op`` and ``delete_op`` make it
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops: comparisons, and operations, in one transaction
 COMPACTED = grpc.StatusCode.OUT_OF_RANGE.value[0]  # 11: "mvcc: required revision has been compacted"
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED.value[0]
@@ -93,6 +94,17 @@ class EtcdError(Exception):
 def b64(data: bytes) -> str:
     """Bytes as etcd's JSON mapping writes them (the transaction operations of ``txn``)."""
     return base64.b64encode(data).decode()
+
+
+def put_op(key: bytes, value: bytes) -> rpc_pb2.RequestOp:
+    """A put for ``EtcdClient.write``, made as the message: parsing etcd's JSON form of 120,000 operations
+    (base64 and all) cost ``fleet apply`` seconds that this does not."""
+    return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))
+
+
+def delete_op(key: bytes) -> rpc_pb2.RequestOp:
+    """A delete of one key for ``EtcdClient.write``, made as the message (``put_op`` says why)."""
+    return rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -411,6 +423,15 @@ class EtcdClient:
         reply = await self._unary("/etcdserverpb.KV/Txn", request, rpc_pb2.TxnResponse, _txn_what(request))
         responses = [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in reply.responses]
         return reply.succeeded, reply.header.revision, responses
+
+    async def write(self, ops: Sequence[rpc_pb2.RequestOp]) -> int:
+        """Apply ``ops`` (``put_op``, ``delete_op``) in one transaction without conditions; the
+        header revision. The many-key writer's form of ``txn``: the operations are messages
+        already, and the responses (one per operation) are not turned into dicts, which was
+        most of the client's time in a 100,000-container ``fleet apply``."""
+        request = rpc_pb2.TxnRequest(success=ops)
+        reply = await self._unary("/etcdserverpb.KV/Txn", request, rpc_pb2.TxnResponse, _txn_what(request))
+        return reply.header.revision
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         request = rpc_pb2.PutRequest(key=key, value=value, lease=lease)

@@ -23,6 +23,7 @@ held back and reported with its key, and never keeps the rest of the fleet from 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -34,8 +35,13 @@ STATUS_PREFIX = "status/"  # below the fleet prefix: the hosts' reports, not con
 HOST_STATUS_PREFIX = "status/hosts/"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote(..., safe="") leaves as it is
+
+
 def _part(text: str) -> str:
-    return quote(text, safe="")
+    # Nearly every name and uuid is plain: one match instead of quote's work, 240,000 times
+    # over in a 100,000-container fleet's keys.
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 def object_key(kind: str, obj: Mapping[str, Any]) -> str:
@@ -76,8 +82,11 @@ def fleet_keys(fleet: Fleet) -> dict[str, bytes]:
     return out
 
 
+_VALUE_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # one for all: dumps makes one per call
+
+
 def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return _VALUE_JSON.encode(obj).encode()
 
 
 _KEY_FIELDS = {
