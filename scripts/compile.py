@@ -79,12 +79,18 @@ def build(digest: str) -> None:
             shutil.copy2(shared_lib, staged / shared_lib.name)
             files[shared_lib.name.removesuffix(suffix)] = shared_lib.name
         (staged / "manifest.json").write_text(json.dumps({"digest": digest, "files": files}, indent=1))
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        shutil.move(str(staged), str(target))
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(staged, target)
+
+
+def _swap_in(staged: Path, target: Path) -> None:
+    """Put a finished build where the loader looks, replacing the one there: the old one stays
+    whole until the new one is in place."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    shutil.move(str(staged), str(target))
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # Run in a child interpreter so that the compiler's output can be kept out of sight unless it fails.
@@ -127,12 +133,7 @@ def build_native(digest: str) -> None:
         staged.mkdir()
         shutil.copy2(work / "lib" / "dns_svc" / name, staged / name)
         (staged / "manifest.json").write_text(json.dumps({"digest": digest, "file": name}, indent=1))
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            target.rename(old)
-        shutil.move(str(staged), str(target))
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(staged, target)
 
 
 def main() -> int:
