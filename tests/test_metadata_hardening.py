@@ -233,15 +233,11 @@ async def test_idle_connections_cannot_exhaust_the_service(fleet_file: Path) -> 
     """The real process under a small open-files limit (300, soft and hard): 300 idle connections
     from ten clients, then a normal request from an eleventh still gets its answer; the
     connections refused are logged. Without limits, accept() failed with EMFILE for everyone."""
-    import resource
     import socket
 
     from tests.support.metadata import start_metadata, stop
 
-    def small_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
-
-    proc, port = await start_metadata(fleet_file, preexec_fn=small_limit)
+    proc, port = await start_metadata(fleet_file, open_files=300)
     idle: list[socket.socket] = []
     try:
         url = f"http://127.0.0.1:{port}/latest/containers/shop-db-1/primary_ip"

@@ -9,7 +9,7 @@ import dataclasses
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +94,29 @@ class RawClient:
         self.writer.close()
 
 
+_LIMITED = (
+    "import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, ({0}, {0})); "
+    "runpy.run_module('metadata_svc', run_name='__main__', alter_sys=True)"
+)
+
+
 async def start_metadata(
-    fleet_file: Path, *flags: str, preexec_fn: Callable[[], None] | None = None
+    fleet_file: Path, *flags: str, open_files: int | None = None
 ) -> tuple[asyncio.subprocess.Process, int]:
     """The real service (uvloop, the open-files limit raised) on a port of its own choosing, read
     from its ``event=listening`` line; its log goes to ``metadata.log`` beside the fleet file (a
-    pipe nobody reads would stall it)."""
+    pipe nobody reads would stall it). ``open_files``: the child's RLIMIT_NOFILE, soft and hard,
+    set by the child itself before the service starts (a ``preexec_fn`` runs Python between fork
+    and exec, which a parent with threads, as a test worker has, must not do)."""
     log_path = fleet_file.parent / "metadata.log"
+    if open_files is None:
+        start: tuple[str, ...] = ("-m", "metadata_svc")
+    else:
+        start = ("-c", _LIMITED.format(open_files))
     with log_path.open("wb") as log_file:  # the child has its own copy
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "metadata_svc",
+            *start,
             "--listen",
             "127.0.0.1:0",
             "--data",
@@ -114,11 +125,10 @@ async def start_metadata(
             "",
             *flags,
             stderr=log_file,
-            preexec_fn=preexec_fn,
         )
     async with asyncio.timeout(30):
         while not (found := re.search(r"event=listening address=\S+:(\d+)", log_path.read_text())):
-            assert proc.returncode is None, log_path.read_text()
+            assert proc.returncode is None, f"exited {proc.returncode}: {log_path.read_text()}"
             await asyncio.sleep(0.05)
     return proc, int(found.group(1))
 
