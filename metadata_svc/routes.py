@@ -194,7 +194,7 @@ async def fleet(request: web.Request) -> web.Response:
     snapshot = store.snapshot
     since = request.query.get("since")
     if since is None:
-        return web.Response(body=snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
+        return web.Response(body=await snapshot.fleet_json(), headers={**_headers(snapshot, JSON)})
     if request.query.get("wait", "").lower() == "true" and since == snapshot.version and not store.closed:
         settings = request.app[SETTINGS]
         try:

@@ -23,7 +23,7 @@ from metadata_svc.lazy_tree import LazyMapping, TreeTop
 from metadata_svc.render import TEXT, Format, comparable, render, with_self
 from metadata_svc.tree import ClientTree, Tree, TreeBuilder
 from shared.fleet_changes import ObjectChange
-from shared.fleet_document import encode_fleet_document
+from shared.fleet_document import fleet_document_writer
 from shared.fleet_index import FleetView
 from shared.model import Fleet
 
@@ -40,7 +40,7 @@ class Snapshot:
     # while this snapshot's version must not.
     digest: str = ""
     _builders: dict[str, TreeBuilder] = field(default_factory=dict, repr=False)
-    _fleet_json: bytes | None = field(default=None, repr=False)
+    _fleet_json: asyncio.Future[bytes] | None = field(default=None, repr=False)
     _trees: dict[str, Tree] = field(default_factory=dict, repr=False)
     _selves: LRUCache[tuple[str, str], LazyMapping] = field(default_factory=lambda: LRUCache(maxsize=4096), repr=False)
     # Rendered bodies, bounded in bytes: a few whole trees in each format and API version.
@@ -57,11 +57,14 @@ class Snapshot:
         """Rancher-style ``<counter>-<content hash>``: ordered, and equal for equal content."""
         return f"{self.index}-{self.digest[:32]}"
 
-    def fleet_json(self) -> bytes:
-        """``{"version", "index", "fleet"}`` serialised once per snapshot, without secrets."""
+    async def fleet_json(self) -> bytes:
+        """``{"version", "index", "fleet"}`` serialised once per snapshot, without secrets: the
+        records taken on the event loop, encoded in a worker thread (a second at 100k, which
+        every request on the loop waited for), one encoding for every request that asks."""
         if self._fleet_json is None:
-            self._fleet_json = encode_fleet_document(self.fleet, self.version, self.index)
-        return self._fleet_json
+            write = fleet_document_writer(self.fleet, self.version, self.index)
+            self._fleet_json = asyncio.ensure_future(asyncio.to_thread(write))
+        return await asyncio.shield(self._fleet_json)
 
     def _builder(self, api: str) -> TreeBuilder:
         builder = self._builders.get(api)
