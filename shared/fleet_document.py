@@ -6,8 +6,8 @@ service tokens never leave the metadata service this way (a token belongs to its
 containers' ``self`` only, and any client may read this document).
 
 The fleet was validated by the metadata service, so the reader trusts its structure
-(``Fleet.from_trusted``) but not its syntax: a document that is not this shape is an error, and
-the DNS service keeps what it had.
+(``FleetIndex.of_document``, the trusted constructors) but not its syntax: a document that is
+not this shape is an error, and the DNS service keeps what it had.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from shared import json_codec
 from shared.fleet_changes import KINDS, ObjectChange, identity
 from shared.fleet_index import FleetIndex, FleetView
-from shared.fleet_lines import read_lines, write_lines
+from shared.fleet_lines import read_lines, taken, write_lines
 from shared.model import (
     TRUSTED,
     Environment,
@@ -39,19 +39,13 @@ def fleet_document_writer(fleet: FleetView, version: str, index: int) -> Callabl
     records, cheap, on the thread that changes an index), the encoding (about a second at
     100,000 containers) when the result is called, in a worker thread if need be."""
     head = {"version": version, "index": index}
-    if isinstance(fleet, FleetIndex):
-        environment, records = object_raw("environment", fleet.environment), fleet.records(sort=True)
-        return lambda: write_lines(head, environment, records, _public_raw)
-    raw = fleet.raw
-    return lambda: write_lines(head, raw.get("environment") or {}, raw, _public)
+    environment, objects, raw_of = taken(fleet, sort=True)
 
+    def public(kind: str, obj: Any) -> Mapping[str, Any]:
+        raw = raw_of(kind, obj)
+        return {**raw, "token": ""} if kind == "services" else raw
 
-def _public(kind: str, raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    return {**raw, "token": ""} if kind == "services" else raw
-
-
-def _public_raw(kind: str, obj: Any) -> Mapping[str, Any]:
-    return _public(kind, object_raw(kind, obj))
+    return lambda: write_lines(head, environment, objects, public)
 
 
 def decode_fleet_document(body: bytes, version: str = "") -> tuple[str, FleetIndex]:

@@ -26,16 +26,34 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shared import json_codec
-from shared.fleet_index import FleetIndex
+from shared.fleet_index import FleetIndex, FleetView
+from shared.model import object_raw
 
 KINDS = ("hosts", "stacks", "services", "containers")
+
+
+RawOf = Callable[[str, Any], Mapping[str, Any]]
+"""An object's normalised form, from what ``taken`` holds of it."""
+
+
+def taken(fleet: FleetView, *, sort: bool = False) -> tuple[Mapping[str, Any], Mapping[str, Iterable[Any]], RawOf]:
+    """What ``write_lines`` writes of ``fleet``, taken now: references to an index's records
+    (cheap, on the thread that changes it; encoded later, anywhere), or a ``Fleet``'s lists."""
+    if isinstance(fleet, FleetIndex):
+        return object_raw("environment", fleet.environment), fleet.records(sort=sort), object_raw
+    raw = fleet.raw
+    return raw.get("environment") or {}, raw, _as_written
+
+
+def _as_written(_kind: str, raw: Any) -> Mapping[str, Any]:
+    return raw  # type: ignore[no-any-return]
 
 
 def write_lines(
     head: Mapping[str, Any],
     environment: Mapping[str, Any],
     objects: Mapping[str, Iterable[Any]],
-    raw_of: Callable[[str, Any], Mapping[str, Any]],
+    raw_of: RawOf,
 ) -> bytes:
     """``head``'s fields (non-empty), then ``"fleet"``: the environment and each kind's objects
     (``raw_of(kind, obj)``: an object's normalised form, made one at a time).

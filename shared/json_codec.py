@@ -17,12 +17,9 @@ from typing import Any
 
 import orjson
 
-JSONDecodeError = orjson.JSONDecodeError
-"""What ``loads`` raises: a ``ValueError`` (and a ``json.JSONDecodeError``)."""
-
 
 def loads(data: bytes | str) -> Any:
-    """Parse a JSON document (bytes in UTF-8, or text)."""
+    """Parse a JSON document (bytes in UTF-8, or text); a ``ValueError`` when it is not one."""
     return orjson.loads(data)
 
 

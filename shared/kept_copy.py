@@ -25,8 +25,8 @@ from shared.atomic_file import write_atomically
 from shared.fleet_changes import ObjectChange
 from shared.fleet_document import decode_fleet_delta, encode_fleet_delta
 from shared.fleet_index import FleetIndex, FleetView
-from shared.fleet_lines import read_lines, write_lines
-from shared.model import Fleet, FleetError, object_raw
+from shared.fleet_lines import read_lines, taken, write_lines
+from shared.model import Fleet, FleetError
 
 KEEP_EVERY = 3.0
 """Seconds between two writes of ``save_soon`` without changes (a whole fleet each time)."""
@@ -146,16 +146,10 @@ class KeptCopy:
         # What is written is taken now, on the event loop: an index updated in place must not
         # be read by the thread while the loop changes it. Lists in any order: the digest does
         # not depend on it. Written an object at a time (``shared.fleet_lines``).
-        if isinstance(fleet, FleetIndex):
-            environment, records = object_raw("environment", fleet.environment), fleet.records()
+        environment, objects, raw_of = taken(fleet)
 
-            def document(head: Mapping[str, Any]) -> bytes:
-                return write_lines(head, environment, records, object_raw)
-        else:
-            raw = fleet.raw
-
-            def document(head: Mapping[str, Any]) -> bytes:
-                return write_lines(head, raw.get("environment") or {}, raw, lambda _kind, obj: obj)
+        def document(head: Mapping[str, Any]) -> bytes:
+            return write_lines(head, environment, objects, raw_of)
 
         digest = fleet.digest
         version = self.version
@@ -192,15 +186,7 @@ class KeptCopy:
         """The kept fleet and its index (the snapshot, with the log replayed over it);
         FleetError when missing or unusable."""
         try:
-            body = self.path.read_bytes()
-            lines = read_lines(body)
-            if lines is not None and _arrives_at_digest(*lines):
-                doc: Mapping[str, Any] = lines[0]
-                fleet: FleetIndex | Fleet = lines[1]
-            else:  # not as written (an older layout, a copy edited since): read whole
-                del lines
-                doc = json_codec.loads(body)
-                fleet = _snapshot_fleet(doc)
+            doc, fleet = _snapshot(self.path.read_bytes())
             index = int(doc["index"])
             self.version = str(doc.get("applied") or "")
             replayed = self._replay(fleet, index)
@@ -268,19 +254,21 @@ def _arrives_at_digest(head: Mapping[str, Any], fleet: FleetIndex) -> bool:
     return isinstance(digest, str) and bool(digest) and fleet.digest == digest
 
 
-def _snapshot_fleet(doc: Mapping[str, Any]) -> FleetIndex | Fleet:
-    """The snapshot's fleet: rebuilt as it was written when it arrives at the digest written
-    with it (metadns validated it before it kept it; a copy cut or edited since does not), and
-    validated again otherwise (a copy without a digest, or from a version that took it
-    differently)."""
-    raw = doc["fleet"]
-    digest = doc.get("digest")
-    if isinstance(raw, Mapping) and isinstance(digest, str) and digest:
+def _snapshot(body: bytes) -> tuple[Mapping[str, Any], FleetIndex | Fleet]:
+    """The snapshot's head and fleet: rebuilt as it was written when it arrives at the digest
+    written with it (metadns validated it before it kept it; a copy cut or edited since does
+    not), and validated again otherwise (a copy without a digest, or from a version that took
+    it differently). Each way is tried once."""
+    lines = read_lines(body)
+    if lines is not None and _arrives_at_digest(*lines):
+        return lines
+    doc = json_codec.loads(body)  # not as written: read whole
+    if lines is None and isinstance(doc.get("fleet"), Mapping):  # another layout, as written?
         try:
-            index = FleetIndex.of_document(raw)
+            index = FleetIndex.of_document(doc["fleet"])
         except (KeyError, TypeError, AttributeError, ValueError):
             pass
         else:
-            if index.digest == digest:
-                return index
-    return Fleet.from_mapping(raw)
+            if _arrives_at_digest(doc, index):
+                return doc, index
+    return doc, Fleet.from_mapping(doc["fleet"])
