@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -527,6 +528,7 @@ class Args:
     cache_qps: float
     etcd_version: str
     only: set[str]
+    logs: Path | None = None
 
 
 @dataclass
@@ -922,7 +924,14 @@ async def one_size(args: Args, size: int, bin_dir: Path) -> Result:
         tempfile.TemporaryDirectory(prefix=f"fleet-scale-{size}-") as tmp,
         etcd_for(Path(tmp) / "etcd", args.etcd_version) as cluster,
     ):
-        return await Bench(args, size, Path(tmp), cluster, bin_dir).run()
+        try:
+            return await Bench(args, size, Path(tmp), cluster, bin_dir).run()
+        finally:
+            if args.logs is not None:  # the services' own lines, for a timeline of each phase
+                kept = args.logs / str(size)
+                kept.mkdir(parents=True, exist_ok=True)
+                for log in Path(tmp).glob("host*.log"):
+                    shutil.copy(log, kept / log.name)
 
 
 def parse(argv: list[str] | None = None) -> Args:
@@ -943,6 +952,7 @@ def parse(argv: list[str] | None = None) -> Args:
         help="comma list of phases after apply and cold (memory,idle,cost,latency,cache,restart); "
         "'apply' alone: only the fleet apply, no hosts started",
     )
+    parser.add_argument("--logs", type=Path, help="copy every service's log here (one folder per size)")
     ns = parser.parse_args(argv)
     return Args(
         sizes=ns.containers,
@@ -956,6 +966,7 @@ def parse(argv: list[str] | None = None) -> Args:
         cache_qps=ns.cache_qps,
         etcd_version=ns.etcd_version,
         only={p for p in ns.only.split(",") if p},
+        logs=ns.logs,
     )
 
 

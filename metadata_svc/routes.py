@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from metadata_svc.changes import delta_limit
 from metadata_svc.connections import RETRY_AFTER_S
 from metadata_svc.keys import COUNTERS, IDENTITY, LONGPOLLS, SETTINGS, SOURCE, STORE
 from metadata_svc.lookup import MISSING, MalformedPath, split_path, walk
@@ -210,10 +211,17 @@ async def fleet(request: web.Request) -> web.Response:
             snapshot = await store.wait_for_change(snapshot.index, wait)
         finally:
             longpolls.give_back(client)
-    changes = store.changes.since(since)
+    fleet = snapshot.fleet
+    objects = len(fleet.hosts) + len(fleet.stacks) + len(fleet.services) + len(fleet.containers)
+    changes = store.changes.since(since, delta_limit(objects))
     if changes is None:
         request.app[COUNTERS].deltas["gone"] += 1
-        return _error(410, f"Gone: {since} is not among the last versions' changes", JSON, snapshot)
+        reason = (
+            "more objects changed since then than a delta carries"
+            if since in store.changes
+            else "not among the last versions' changes"
+        )
+        return _error(410, f"Gone: {since}: {reason}", JSON, snapshot)
     request.app[COUNTERS].deltas["served"] += 1
     body = encode_fleet_delta(snapshot.version, snapshot.index, since, changes)
     return web.Response(body=body, headers={**_headers(snapshot, JSON)})

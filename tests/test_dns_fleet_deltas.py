@@ -16,7 +16,7 @@ import yaml
 from consumers.fleet_command import fleet_main
 from dns_svc.follower import version_index
 from dns_svc.server import DnsServer
-from metadata_svc.changes import ChangeLog
+from metadata_svc.changes import ChangeLog, delta_limit
 from metadata_svc.keys import COUNTERS, SOURCE, STORE
 from metadata_svc.sources.etcd import EtcdSource
 from metadata_svc.store import VersionedStore
@@ -193,6 +193,56 @@ def test_the_window_collapses_changes_and_forgets_what_it_cannot_prove() -> None
     assert store.changes.since(v1) is None
     store.publish(three, index=13)  # a whole fleet without its changes: the window starts again
     assert store.changes.since(v2) is None
+
+
+def test_a_delta_stops_at_its_limit() -> None:
+    one = Fleet.from_mapping(fleet())
+    two = Fleet.from_mapping(fleet("127.0.0.21", web2=False, db="127.0.0.31"))  # three containers move
+    log = ChangeLog()
+    log.record("", "v1", None)
+    log.record("v1", "v2", diff_fleets(one, two))
+    assert "v1" in log
+    assert "v2" in log
+    assert "v0" not in log
+    assert len(log.since("v1", limit=3) or []) == 3
+    assert log.since("v1", limit=2) is None
+    assert log.since("v2", limit=0) == []  # the current version: nothing to carry
+    assert delta_limit(10) == 1024
+    assert delta_limit(100_000) == 12_500
+
+
+def many(n: int) -> dict[str, Any]:
+    data = fleet()
+    data["containers"] += [
+        {"name": f"w-{i}", "uuid": f"c-w-{i}", "stack_name": "shop", "primary_ip": f"10.9.{i // 250}.{i % 250 + 1}"}
+        for i in range(n)
+    ]
+    return data
+
+
+async def test_a_follower_far_behind_takes_the_whole_document_not_every_change(tmp_path: Path) -> None:
+    """A DNS service that started before the fleet was read (at the empty version, or far
+    behind) gets 410 and the whole document (encoded once per version, in a worker thread),
+    not a delta of the whole fleet encoded for it on the event loop."""
+    data = tmp_path / "fleet.yaml"
+    data.write_text(yaml.safe_dump(fleet()))
+    async with host(f"file:{data}", tmp_path) as (md, dns):
+        assert dns.follower is not None
+        before_version = md.app[STORE].snapshot.version
+        data.write_text(yaml.safe_dump(many(1100)))  # more than delta_limit's floor of 1,024 objects
+        await caught_up(md, dns, before_version)
+        assert await names(dns, "w-1099.rancher.internal") == ["10.9.4.100"]
+        assert md.app[COUNTERS].deltas["gone"] == 1
+        assert md.app[COUNTERS].deltas["served"] == 0
+        assert dns.follower.deltas == 0
+        same_fleet(md, dns)
+        # A small change after it still travels as a delta.
+        before_version = md.app[STORE].snapshot.version
+        data.write_text(yaml.safe_dump(many(1099)))
+        await caught_up(md, dns, before_version)
+        assert await names(dns, "w-1099.rancher.internal") == ["rcode 3"]
+        assert dns.follower.deltas == 1
+        same_fleet(md, dns)
 
 
 @pytest.mark.external_tool
