@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, KeysView, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from shared import json_codec
 from shared.etcd_fleet import KINDS, is_status_key, key_names, named_by_key
@@ -159,6 +159,10 @@ class _Layered:
         return self.owner.primary_of(f"{stack.lower()}/{name.lower()}")
 
 
+CONTAINER_CHUNK = 4096
+"""Container keys parsed and decided together: their parsed objects are held meanwhile."""
+
+
 class EtcdObjects:
     """Every key under the prefix, parsed, and the ``FleetIndex`` of what is served."""
 
@@ -215,9 +219,19 @@ class EtcdObjects:
         journal: dict[tuple[str, str], FleetObject | None] = {}
         decide: set[tuple[str, str]] = set()
         tokens: set[str] = set()
-        env_changed = self._take(puts, deletes, revisions, decide, tokens)
+        # Containers last: nothing names a container, so deciding them after everything else
+        # gives what deciding all at once gives (a container put now and checked again on the
+        # way, through what it names, is decided once more with its new value).
+        containers = [key for key in puts if key.startswith("containers/")]
+        others = puts
+        if containers:
+            others = {key: value for key, value in puts.items() if not key.startswith("containers/")}
+        env_changed = self._take(others, deletes, revisions, decide, tokens)
         self._settle(decide, journal)
         self._check_tokens(tokens)
+        for start in range(0, len(containers), CONTAINER_CHUNK):
+            chunk = containers[start : start + CONTAINER_CHUNK]
+            self._take_containers({key: puts[key] for key in chunk}, revisions, journal)
         changes = [
             ObjectChange(kind, ident, old, self.index.get(kind, ident))
             for (kind, ident), old in journal.items()
@@ -251,9 +265,57 @@ class EtcdObjects:
                 continue
             self._values[key] = value
             env_changed |= self._forget(key, decide)
-            env_changed |= self._parse(key, value, revisions.get(key, 0), decide)
+            self._parse(key, value, revisions.get(key, 0), decide)
+            env_changed |= key == "environment"
             tokens.add(key)
         return env_changed
+
+    def _take_containers(
+        self,
+        puts: Mapping[str, bytes],
+        revisions: Mapping[str, int],
+        journal: dict[tuple[str, str], FleetObject | None],
+    ) -> None:
+        """Store, parse and decide container keys. A container names others but nothing names
+        it, so each one claimed by its key alone is decided once, from the object parsed here;
+        the others (a uuid claimed twice) go through ``_settle``. Taken a chunk at a time, so
+        that the parsed objects held meanwhile stay few."""
+        decide: set[tuple[str, str]] = set()
+        parsed: dict[str, dict[str, Any]] = {}
+        for key, value in puts.items():
+            if self._values.get(key) == value:
+                continue
+            self._values[key] = value
+            self._forget(key, decide)
+            obj = self._parse(key, value, revisions.get(key, 0), decide)
+            if obj is not None:
+                parsed[key] = obj
+        rest: set[tuple[str, str]] = set()
+        refs = _Layered(self)
+        for ident in decide:
+            claimant = self._claims.only(ident)
+            obj = parsed.get(claimant) if claimant is not None else None
+            if claimant is None or obj is None:
+                rest.add(ident)
+                continue
+            key = claimant
+            kind, name = ident
+            old = self.index.get(kind, name)
+            new: FleetObject | None
+            try:
+                new = ObjectRules.container(obj, f"key {key}", refs, self._items[key].create_revision, _no_uuid)
+            except FleetError as exc:
+                self.held[key] = exc.problem
+                new = None
+                self._served.pop(ident, None)
+            else:
+                self.held.pop(key, None)
+                self._served[ident] = key
+            if new != old:
+                journal.setdefault(ident, old)
+                self.index.apply([ObjectChange(kind, name, old, new)])
+        if rest:
+            self._settle(rest, journal)
 
     def _environment(self) -> Environment:
         """The ``environment`` key's, or the default one when it is missing or unusable (held
@@ -304,9 +366,13 @@ class EtcdObjects:
             decide.add((item.kind, item.ident))
         return False
 
-    def _parse(self, key: str, value: bytes, create_revision: int, decide: set[tuple[str, str]]) -> bool:
+    def _parse(
+        self, key: str, value: bytes, create_revision: int, decide: set[tuple[str, str]]
+    ) -> dict[str, Any] | None:
+        """Parse ``key``'s value into its item (held back when malformed); returns the parsed
+        object when the key is a candidate for its identity."""
         if key.startswith("claims/") or is_status_key(key):  # the agents' claims, the hosts' reports
-            return False
+            return None
         problem = ""
         obj: Any = None
         try:
@@ -319,21 +385,21 @@ class EtcdObjects:
         if key == "environment":
             if problem:
                 self.held[key] = problem
-            return True
+            return None
         if key.startswith("tokens/"):
             if problem:
                 self.held[key] = problem
-                return False
+                return None
             self._tokens[key[len("tokens/") :]] = obj
             self._service_identity(key[len("tokens/") :], decide)
-            return False
+            return None
         kind = key.split("/", 1)[0]
         if not problem:
             problem = (named_by_key(kind, key, obj) if kind in KINDS[1:] else "not a key of the fleet layout") or ""
         if problem:
             self._items[key] = _Item(kind, "", None, problem)
             self.held[key] = problem
-            return False
+            return None
         ident = _ident_of(kind, key_names(key)[1:])
         refs = _refs_of(kind, obj)
         self._items[key] = _Item(kind, ident, None if kind == "containers" else obj, "", create_revision, refs)
@@ -341,7 +407,7 @@ class EtcdObjects:
             self._dependents.add(ref, key)
         self._claims.add((kind, ident), key)
         decide.add((kind, ident))
-        return False
+        return cast(dict[str, Any], obj)
 
     def _object_of(self, key: str, item: _Item) -> FleetObject:
         """Validate ``item`` against the layered references; FleetError when it cannot be served."""

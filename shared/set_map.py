@@ -56,6 +56,11 @@ class SetMap(Generic[K]):
             return (current,)
         return current
 
+    def only(self, key: K) -> str | None:
+        """The member of ``key`` when it has exactly one."""
+        current = self._members.get(key)
+        return current if isinstance(current, str) else None
+
     def __contains__(self, key: object) -> bool:
         return key in self._members
 
