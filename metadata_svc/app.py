@@ -223,11 +223,14 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
         follower.check_kept()
         updates = fleet_source.updates()
         task = asyncio.create_task(follower.run(updates), name="metadata-source")
-        # Serve the source's data from the first request, unless it takes long to come (etcd
-        # unreachable): then start with the kept copy (or nothing) and let it arrive later.
+        # Without a kept copy, serve the source's data from the first request unless it takes
+        # long to come (etcd unreachable): then start with nothing and let it arrive later.
+        # With one, serve it at once and catch up (a first etcd list of 100,000 objects takes
+        # longer than the wait: every restart would have waited all of it).
         try:
-            async with asyncio.timeout(FIRST_LOAD_WAIT):
-                await follower.first_result.wait()
+            if not store.has_data:
+                async with asyncio.timeout(FIRST_LOAD_WAIT):
+                    await follower.first_result.wait()
         except TimeoutError:
             log_event(
                 log,
@@ -235,7 +238,7 @@ def create_app(settings: MetadataSettings, source: FleetSource | None = None) ->
                 "source_not_ready",
                 source=fleet_source.name,
                 waited_s=FIRST_LOAD_WAIT,
-                serving=store.snapshot.version if store.has_data else "nothing yet",
+                serving="nothing yet",
             )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
