@@ -43,6 +43,10 @@ log = logging.getLogger("dns")
 MAX_CHANGES_IN_PLACE = 1000
 
 
+def _objects(fleet: FleetView) -> int:
+    return len(fleet.hosts) + len(fleet.stacks) + len(fleet.services) + len(fleet.containers)
+
+
 class StartupError(RuntimeError):
     """The service cannot start serving what it was told to: one line, a non-zero exit."""
 
@@ -176,7 +180,9 @@ class DnsServer:
         there is no fleet to compare with (an answers file's table)."""
         async with self._applying:
             base = self.tables.current.fleet
-            if base is not None:
+            # The difference in size is at least the number of changes: past the in-place
+            # limit (a first fleet after the empty one), rebuild without working them out.
+            if base is not None and abs(_objects(base) - _objects(fleet)) <= MAX_CHANGES_IN_PLACE:
                 changes = await asyncio.to_thread(diff_fleets, base, fleet)
                 if len(changes) <= MAX_CHANGES_IN_PLACE:
                     self._apply_changes(fleet, changes, serial)

@@ -55,7 +55,11 @@ async def test_outage_recovery_and_restart_from_kept_copy(
         data = yaml.safe_load(dns_fleet_file.read_text())
         next(c for c in data["containers"] if c["name"] == "shop-db-1")["primary_ip"] = "127.0.0.23"
         dns_fleet_file.write_text(yaml.safe_dump(data))
+        copy_version = server.follower.version  # what the kept copies hold
         async with run_metadata(dns_fleet_file, md_kept, port=port) as md:
+            async with asyncio.timeout(10):  # the kept copy is served at once, the file read next
+                while md.app[STORE].snapshot.version == copy_version:
+                    await asyncio.sleep(0.01)
             version = md.app[STORE].snapshot.version
             await wait_for_version(server, version_index(version), version=version)
             table = server.tables.current
