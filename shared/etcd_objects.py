@@ -452,8 +452,10 @@ class EtcdObjects:
                 item = self._items[claimants[0]]
                 for ref in _hoped_provides(item):
                     for dependent in self._dependents.get(ref):
+                        # Every key that names it and is not served, also when another key
+                        # serves its identity: an earlier key in key order may now be.
                         dep = self._items[dependent]
-                        if (dep.kind, dep.ident) not in self._served and not dep.problem:
+                        if self._served.get((dep.kind, dep.ident)) != dependent and not dep.problem:
                             queue.append((dep.kind, dep.ident))
         rounds = 0
         while check:

@@ -299,6 +299,30 @@ def test_a_container_waits_for_its_service_and_goes_with_it() -> None:
     assert objects.index.container("c1") is None
 
 
+def test_a_key_that_comes_first_takes_its_object_back_when_what_it_names_appears() -> None:
+    """One container uuid under two keys: the first in key order waits for its stack while the
+    second is served; when the stack appears, the first is served and the second held back,
+    as a fresh list of the same keys gives (found by the property test above)."""
+    first, second = "containers/h1/c1", "containers/n1/c1"
+    objects = EtcdObjects()
+    objects.apply(
+        {
+            "hosts/h1": b'{"name": "n1"}',
+            first: b'{"name": "web-1", "primary_ip": "10.0.0.1", "stack_name": "shop"}',
+            second: b'{"name": "web-1", "primary_ip": "10.0.0.2"}',
+        }
+    )
+    served = objects.index.container("c1")
+    assert served is not None
+    assert served.primary_ip == "10.0.0.2"
+    assert "does not exist" in objects.held[first]
+    [change] = [c for c in objects.apply({"stacks/shop": b"{}"}) if c.kind == "containers"]
+    assert change.new is not None
+    assert change.new.primary_ip == "10.0.0.1"
+    assert "another key" in objects.held[second]
+    assert first not in objects.held
+
+
 def test_a_container_without_create_index_gets_its_create_revision() -> None:
     objects = EtcdObjects()
     objects.apply({"containers/-/c2": b'{"name": "b", "primary_ip": "10.0.0.2"}'}, (), {"containers/-/c2": 40})
