@@ -150,6 +150,7 @@ async def test_indexes_never_repeat_when_the_kept_copy_cannot_be_written(fleet_f
     assert len(set(served)) == len(served), served
 
 
+@pytest.mark.no_cover
 @pytest.mark.slow
 async def test_the_isolation_audit(fleet_file: Path) -> None:
     """Every path of every API version, asked as every container from its own address, with and
@@ -302,6 +303,7 @@ async def test_one_client_gets_at_most_its_share_of_connections(fleet_file: Path
                 writer.close()
 
 
+@pytest.mark.no_cover
 @pytest.mark.slow
 async def test_the_whole_tree_is_rendered_once_and_each_client_sees_its_own_self(tmp_path: Path) -> None:
     """A big tree (sent in pieces, gzip when asked) is the same document for everyone but
