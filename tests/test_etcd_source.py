@@ -311,32 +311,34 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
             )
         )
         agent_a = await _register(cluster, tmp_path / "a.yaml", "host-c")
-        claims = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
-
-        async def claimed_by_a() -> bool:
-            kvs = (await claims.range(f"{PREFIX}claims/uuid/u-c1".encode()))[0]
-            return [kv.value.decode() for kv in kvs] == ["host-c"]
-
-        await until(claimed_by_a, 30)  # the first agent holds u-c1 before the second asks for it
-        [claim] = (await claims.range(f"{PREFIX}claims/uuid/u-c1".encode()))[0]
-        await claims.close()
-        ttl = subprocess.run(  # 3.5's etcdctl, which speaks to 3.4 as well
-            [
-                etcd_binary("3.5", "etcdctl"),
-                f"--endpoints={cluster.endpoints}",
-                "lease",
-                "timetolive",
-                f"{claim.lease:x}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
-            check=True,
-        ).stdout
-        assert "granted with TTL(2s)" in ttl, ttl  # what the agent's containers vanish after
-        agent_b = await _register(cluster, tmp_path / "b.yaml", "host-d")
+        agents = [agent_a]  # stopped whatever happens below
         try:
+            claims = EtcdClient(EtcdEndpoints.parse(cluster.endpoints))
+
+            async def claimed_by_a() -> bool:
+                kvs = (await claims.range(f"{PREFIX}claims/uuid/u-c1".encode()))[0]
+                return [kv.value.decode() for kv in kvs] == ["host-c"]
+
+            await until(claimed_by_a, 30)  # the first agent holds u-c1 before the second asks for it
+            [claim] = (await claims.range(f"{PREFIX}claims/uuid/u-c1".encode()))[0]
+            await claims.close()
+            ttl = subprocess.run(  # 3.5's etcdctl, which speaks to 3.4 as well
+                [
+                    etcd_binary("3.5", "etcdctl"),
+                    f"--endpoints={cluster.endpoints}",
+                    "lease",
+                    "timetolive",
+                    f"{claim.lease:x}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                env={k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
+                check=True,
+            ).stdout
+            assert "granted with TTL(2s)" in ttl, ttl  # what the agent's containers vanish after
+            agent_b = await _register(cluster, tmp_path / "b.yaml", "host-d")
+            agents.append(agent_b)
             async with host(cluster, tmp_path, "x") as (_, dns_x), host(cluster, tmp_path, "y") as (_, dns_y):
                 for dns in (dns_x, dns_y):
                     await until(lambda dns=dns: _has(dns, "127.0.0.62"), 30)
@@ -360,7 +362,7 @@ async def test_agents_register_under_a_lease_and_vanish_when_killed(tmp_path: Pa
                 (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
                 await until(lambda: _has(dns_x, "127.0.0.63"), 30)
         finally:
-            for agent in (agent_a, agent_b):
+            for agent in agents:
                 if agent.returncode is None:
                     agent.terminate()
                     await agent.wait()
