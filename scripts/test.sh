@@ -32,7 +32,9 @@ if ! .venv/bin/python scripts/compile.py --strict; then
     echo "test.sh: the compiled build was not tested (see the line above)" >&2
     exit 0
 fi
-#    Every test file that drives the DNS server (tests/test_compiled.py checks this list).
-METADNS_EXPECT_COMPILED=1 exec .venv/bin/pytest "${WORKERS[@]}" -q -p no:cacheprovider tests/test_compiled.py tests/test_answers_table.py tests/test_answers_incremental.py \
+#    Every test file that drives the DNS server (tests/test_compiled.py checks this list). The
+#    etcd tests on one etcd version here (3.5; the pure pass runs both): which etcd the metadata
+#    service follows changes nothing in the compiled modules, which never talk to etcd.
+METADNS_EXPECT_COMPILED=1 exec .venv/bin/pytest "${WORKERS[@]}" -q -p no:cacheprovider -k "not 3.4" tests/test_compiled.py tests/test_answers_table.py tests/test_answers_incremental.py \
     tests/test_dns_*.py tests/test_stub_resolvers.py tests/test_render.py tests/test_dashboard.py tests/test_etcd_source.py \
     tests/test_fleet_put.py
