@@ -14,8 +14,9 @@ fi
 # waiting on the real servers and processes it starts, so more workers than cores pay. Each test
 # picks its own ports, temporary directory and namespace names. The workers take the tests one
 # by one from one queue, the slow ones first (tests/conftest.py orders it). METADNS_TEST_WORKERS
-# sets how many (4 by default; 0 runs the tests in this process, one at a time).
-WORKERS=(-n "${METADNS_TEST_WORKERS:-4}" --dist load --maxschedchunk 1)
+# sets how many (6 by default: on 2 vCPUs, six finished both passes sooner than four or five,
+# the compiled pass most, whose tests mostly wait; 0 runs the tests in this process, one at a time).
+WORKERS=(-n "${METADNS_TEST_WORKERS:-6}" --dist load --maxschedchunk 1)
 # 1. The whole suite on the pure-Python modules. The floor counts the code run in the test
 #    processes (servers started in-process); the real processes the tests also start are not measured.
 #    The recvmmsg/sendmmsg extension first: the listener uses it with the pure modules too.
