@@ -72,8 +72,11 @@ _CHANNEL_OPTIONS = [
     ("grpc.enable_http_proxy", 0),  # etcd is reached directly, whatever http_proxy says
     # A member that was down is tried again soon after it is back (gRPC's default backoff grows to 2 min).
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Not grpc.min_reconnect_backoff_ms: gRPC takes it as the time a connection attempt has to
+    # complete (TCP, TLS and etcd's first HTTP/2 SETTINGS frame), 20 s by default. At 200 ms a
+    # busy etcd or machine failed calls with "connection attempt timed out before receiving
+    # SETTINGS frame"; each call's own deadline bounds the wait anyway.
 ]
 
 log = logging.getLogger("etcd")

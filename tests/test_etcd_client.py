@@ -1,4 +1,5 @@
-"""The etcd client's list on real etcd (3.4 and 3.5): pages pinned to one revision."""
+"""The etcd client on real etcd (3.4 and 3.5): pages pinned to one revision; a member slow to
+complete a connection's handshake is waited for."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from shared.etcd import EtcdClient, EtcdEndpoints, KeyValue
 from tests.support.etcd import VERSIONS, run_etcd
+from tests.support.tcp_proxy import tcp_proxy
 
 pytestmark = pytest.mark.external_tool
 
@@ -49,3 +51,18 @@ async def test_a_list_in_pages_is_every_key_at_the_first_pages_revision(tmp_path
             later, now = await writer.list_prefix(b"/p/")
             assert now == revision + 2
             assert len(later) == 11
+
+
+async def test_a_member_slow_to_answer_a_new_connection_is_waited_for(tmp_path: Path) -> None:
+    """The first bytes of etcd on a connection (its HTTP/2 SETTINGS frame) come 1.5 s late, as
+    from a busy etcd or machine: the call waits for them within its own deadline (5 s). gRPC's
+    ``min_reconnect_backoff_ms`` is its connect timeout; at 200 ms this call failed at once
+    ("connection attempt timed out before receiving SETTINGS frame")."""
+    with run_etcd(tmp_path / "etcd") as cluster:
+        member = cluster.members[0]
+        async with (
+            tcp_proxy(("127.0.0.1", member.client_port), first_reply_delay=1.5) as proxy,
+            EtcdClient(EtcdEndpoints.parse(f"127.0.0.1:{proxy.port}")) as client,
+        ):
+            await client.put(b"/slow/k", b"v")
+            assert [kv.value for kv in (await client.range(b"/slow/k"))[0]] == [b"v"]

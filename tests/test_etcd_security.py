@@ -161,7 +161,7 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+async def until(predicate: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:
     async with asyncio.timeout(seconds):
         while not await predicate():
             await asyncio.sleep(0.05)

@@ -210,6 +210,7 @@ async def every_long_poll_answered(fleet_file: Path, sources: Sequence[tuple[str
     assert "event=longpoll_refused" not in log
 
 
+@pytest.mark.no_cover
 @pytest.mark.slow
 async def test_ten_thousand_long_polls_from_a_thousand_addresses_are_all_woken(fleet_file: Path) -> None:
     """10 long-polls from each of 1,000 addresses, with the default limits: every one parks, an

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 
 
 class TcpProxy:
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], first_reply_delay: float = 0.0) -> None:
         self.target = target
+        self.first_reply_delay = first_reply_delay
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -24,15 +25,18 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delay: float = 0.0) -> None:
             with contextlib.suppress(OSError):
                 while data := await src.read(65536):
+                    if delay:  # the server's first bytes on this connection, held back once
+                        await asyncio.sleep(delay)
+                        delay = 0.0
                     dst.write(data)
                     await dst.drain()
             dst.close()
 
         try:
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer, self.first_reply_delay))
         finally:
             self._writers -= {writer, up_writer}
 
@@ -45,8 +49,10 @@ class TcpProxy:
 
 
 @contextlib.asynccontextmanager
-async def tcp_proxy(target: tuple[str, int]) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target)
+async def tcp_proxy(target: tuple[str, int], first_reply_delay: float = 0.0) -> AsyncIterator[TcpProxy]:
+    """``first_reply_delay``: each connection's first bytes from the server are held back that
+    long (a busy server, slow to answer a handshake)."""
+    proxy = TcpProxy(target, first_reply_delay)
     server = await asyncio.start_server(proxy._handle, "127.0.0.1", 0)
     proxy.port = server.sockets[0].getsockname()[1]
     try:
