@@ -21,7 +21,7 @@ from shared.etcd_fleet import KINDS, named_by_key
 from shared.etcd_objects import EtcdObjects, fleet_from_keys
 from shared.fleet_changes import diff_fleets, identity
 from shared.fleet_index import FleetIndex
-from shared.model import Fleet, FleetError
+from shared.model import Container, Fleet, FleetError
 
 
 def reference(values: Mapping[str, bytes], revisions: Mapping[str, int]) -> tuple[Fleet, set[str]]:
@@ -317,7 +317,7 @@ def test_a_key_that_comes_first_takes_its_object_back_when_what_it_names_appears
     assert served.primary_ip == "10.0.0.2"
     assert "does not exist" in objects.held[first]
     [change] = [c for c in objects.apply({"stacks/shop": b"{}"}) if c.kind == "containers"]
-    assert change.new is not None
+    assert isinstance(change.new, Container)
     assert change.new.primary_ip == "10.0.0.1"
     assert "another key" in objects.held[second]
     assert first not in objects.held
