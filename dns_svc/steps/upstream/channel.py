@@ -27,6 +27,7 @@ import _socket
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+from dns_svc import mmsg
 from dns_svc.tally import Durations, clock
 from dns_svc.wire import EDNS_UDP_SIZE, FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery, reply_tail
 
@@ -117,13 +119,83 @@ class UpstreamSockets:
     def __init__(self, idle_limit: int = 512) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._disconnect = _disconnect_call() if self._epoll is not None else None
+        # The extension's calls (``dns_svc/_mmsg.c``) when it is built: connect and send in one
+        # call, the reply read without an exception per EAGAIN, the disconnect and the look at
+        # what is queued in one more. Without it, the socket module's calls and ctypes.
+        self.native = mmsg.load() if self._epoll is not None else None
+        self._disconnect = _disconnect_call() if self._epoll is not None and self.native is None else None
         self._probe = select.poll() if self._disconnect is not None else None
         self._handlers: dict[int, Callable[[], None]] = {}
         self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
         self.idle_limit = idle_limit
         self.created = 0
         self.reused = 0
+
+    def sockaddr(self, family: int, address: tuple[Any, ...]) -> bytes:
+        """``address`` as a struct sockaddr for the extension's ``connect_send``; empty without
+        the extension or for an address it does not take (not numeric): ``send`` then uses the
+        socket module's ``connect``."""
+        if self.native is None:
+            return b""
+        if family == socket.AF_INET6 and len(address) == 2:
+            address = (address[0], address[1], 0, 0)
+        try:
+            return self.native.address(address)
+        except ValueError:
+            return b""
+
+    def send(
+        self, family: int, address: tuple[Any, ...], sockaddr: bytes, packet: bytes, handler: Callable[[], None]
+    ) -> _socket.socket:
+        """``packet`` sent to ``address`` (``sockaddr``: the same, from ``sockaddr``) from a fresh
+        random port, on a socket whose ``handler`` is called when it is readable. Raises OSError
+        when it cannot be sent."""
+        native = self.native
+        if native is None or not sockaddr or self._loop is None:
+            sock = self.open(family, address, handler)
+            try:
+                sock.send(packet)
+            except BaseException:
+                self.release(sock, False)
+                raise
+            return sock
+        idle = self._idle[family]
+        if idle:
+            sock = idle.pop()
+            self.reused += 1
+        else:
+            sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            assert self._epoll is not None
+            try:
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
+            except BaseException:
+                sock.close()
+                raise
+            self.created += 1
+        fd = sock.fileno()
+        # connect() draws the port (see ``open``); one call for it and the send
+        failed = native.connect_send(fd, sockaddr, packet)
+        if failed:
+            self._drop(sock)
+            raise OSError(-failed, os.strerror(-failed))
+        self._handlers[fd] = handler
+        return sock
+
+    def recv(self, sock: _socket.socket) -> bytes | None:
+        """A datagram queued on ``sock``, or None when there is none. Raises OSError for an error
+        on it (an ICMP port unreachable)."""
+        native = self.native
+        if native is None:
+            try:
+                return sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return None
+        got = native.recv_one(sock.fileno())
+        if isinstance(got, bytes):
+            return got
+        if got == -errno.EAGAIN:
+            return None
+        raise OSError(-got, os.strerror(-got))
 
     def open(self, family: int, address: tuple[Any, ...], handler: Callable[[], None]) -> _socket.socket:
         """A socket connected to ``address`` from a fresh random port, ``handler`` called when it
@@ -163,8 +235,18 @@ class UpstreamSockets:
 
     def release(self, sock: _socket.socket, reusable: bool) -> None:
         """``sock``'s query has ended; ``reusable`` is False after an error on it."""
-        disconnect = self._disconnect
         fd = sock.fileno()
+        native = self.native
+        if native is not None:
+            if reusable and len(self._idle[sock.family]) < self.idle_limit:
+                left = native.disconnect(fd)
+                if left == 0 or (left == 1 and _drained(sock)):
+                    self._handlers.pop(fd, None)
+                    self._idle[sock.family].append(sock)
+                    return
+            self._drop(sock)
+            return
+        disconnect = self._disconnect
         if (
             reusable
             and disconnect is not None
@@ -289,15 +371,16 @@ class _Flight:
     def readable(self) -> None:
         sock = self.sock
         channel = self.channel
+        sockets = channel.sockets
         for _ in range(16):
             if sock is None:
                 return
             try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
+                data = sockets.recv(sock)
             except OSError as exc:  # ICMP port unreachable and the like: this query only
                 channel.finish(self, ConnectionRefusedError(str(exc) or "connection refused"), reusable=False)
+                return
+            if data is None:
                 return
             if reply_matches(data, self.qid, self.question):
                 channel.finish(self, data)
@@ -315,6 +398,7 @@ class UdpChannel:
         self._connect_to: tuple[Any, ...] = address
         self.sockets = sockets or UpstreamSockets()
         self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._sockaddr = self.sockets.sockaddr(self.family, address)
         self.entropy = entropy or Entropy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[bytes, _Flight] = {}
@@ -351,13 +435,9 @@ class UdpChannel:
         qid = self.entropy.u16()
         serial = self._serial = self._serial + 1
         flight = _Flight(self, key, None, qid, key[2:], serial)
-        sock = flight.sock = self.sockets.open(self.family, self._connect_to, flight.readable)
-        try:
-            sock.send(upstream_query(raw, qid))
-        except BaseException:
-            flight.sock = None
-            self.sockets.release(sock, False)
-            raise
+        flight.sock = self.sockets.send(
+            self.family, self._connect_to, self._sockaddr, upstream_query(raw, qid), flight.readable
+        )
         flight.waiters.append((waiter, raw.qname))
         self._flights[key] = flight
         self._by_serial[serial] = flight
