@@ -148,6 +148,24 @@ async def test_a_socket_that_saw_an_error_is_not_reused(upstream_calls: str) -> 
         assert sockets.idle() == 0
 
 
+async def test_a_query_that_cannot_be_sent_moves_on_to_the_next_upstream(upstream_calls: str) -> None:
+    """The broadcast address refuses a UDP connect (EACCES without SO_BROADCAST): the query goes
+    to the next upstream in the same walk, and the socket that failed is not kept. With the
+    extension the send waits for the end of the loop's pass, so the failure comes back to the
+    walk from there rather than from the send."""
+    async with (
+        ScriptedUpstream() as upstream,
+        run_dns(recurse=(("255.255.255.255", 53), upstream.address)) as server,
+    ):
+        uses(server, upstream_calls)
+        for i in range(3):
+            assert addresses(await ask(server, f"unsent{i}.example.test")) == ["192.0.2.55"]
+        assert len(upstream.queries) == 3
+        assert server.upstream.failures[("255.255.255.255", 53)] == 3
+        assert server.upstream.sockets.idle() == 1  # only the one that reached the upstream, each time
+        assert server.upstream.channel(("255.255.255.255", 53)).errors == {}  # never sent: not a lost reply
+
+
 async def test_identical_questions_in_flight_share_one_upstream_query(upstream_calls: str) -> None:
     """100 clients ask the same name (in any letter case) while the upstream takes its time: one
     query goes upstream, and each client gets the answer with its own ID and its own spelling."""

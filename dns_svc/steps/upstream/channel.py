@@ -112,6 +112,10 @@ class UpstreamSockets:
     costs two system calls where a new socket cost four (create, connect, register, close) and
     the kernel's file and socket set-up and tear-down with them.
 
+    With the recvmmsg extension built (``dns_svc/_mmsg.c``), the queries of one pass of the event
+    loop are sent back to back at its end (``_flush``), each still on its own socket and port:
+    the upstream is then woken once for many of them instead of once per query.
+
     A socket that saw an error is closed, never reused. Where epoll or the disconnect call is
     missing, each query gets a new socket and a loop reader of its own.
     """
@@ -127,6 +131,12 @@ class UpstreamSockets:
         self._probe = select.poll() if self._disconnect is not None else None
         self._handlers: dict[int, Callable[[], None]] = {}
         self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        # Sends waiting for the end of the loop's pass (``send``, ``_flush``), in order.
+        self._out_socks: list[_socket.socket] = []
+        self._out_addrs: list[bytes] = []
+        self._out_packets: list[bytes] = []
+        self._out_flights: list[_Flight] = []
+        self._flush_soon = False
         self.idle_limit = idle_limit
         self.created = 0
         self.reused = 0
@@ -145,14 +155,15 @@ class UpstreamSockets:
             return b""
 
     def send(
-        self, family: int, address: tuple[Any, ...], sockaddr: bytes, packet: bytes, handler: Callable[[], None]
+        self, family: int, address: tuple[Any, ...], sockaddr: bytes, packet: bytes, flight: _Flight
     ) -> _socket.socket:
-        """``packet`` sent to ``address`` (``sockaddr``: the same, from ``sockaddr``) from a fresh
-        random port, on a socket whose ``handler`` is called when it is readable. Raises OSError
-        when it cannot be sent."""
+        """``packet`` to ``address`` (``sockaddr``: the same, from ``sockaddr``) from a fresh
+        random port, on a socket whose readiness calls ``flight.readable``. Raises OSError when
+        it cannot be sent now. With the extension the send itself waits for the end of the loop's
+        pass (``_flush``), and a send that fails there ends ``flight`` (``_Flight.unsent``)."""
         native = self.native
         if native is None or not sockaddr or self._loop is None:
-            sock = self.open(family, address, handler)
+            sock = self.open(family, address, flight.readable)
             try:
                 sock.send(packet)
             except BaseException:
@@ -172,14 +183,37 @@ class UpstreamSockets:
                 sock.close()
                 raise
             self.created += 1
-        fd = sock.fileno()
-        # connect() draws the port (see ``open``); one call for it and the send
-        failed = native.connect_send(fd, sockaddr, packet)
-        if failed:
-            self._drop(sock)
-            raise OSError(-failed, os.strerror(-failed))
-        self._handlers[fd] = handler
+        self._handlers[sock.fileno()] = flight.readable
+        self._out_socks.append(sock)
+        self._out_addrs.append(sockaddr)
+        self._out_packets.append(packet)
+        self._out_flights.append(flight)
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
         return sock
+
+    def _flush(self) -> None:
+        """The sends of this loop pass, one after another. Each upstream query keeps its socket
+        and port, but sent back to back the upstream is woken once for many of them, not once per
+        query (waking it was the largest single kernel cost of a miss: bench/RESULTS.md)."""
+        native = self.native
+        assert native is not None
+        socks, addrs, packets, flights = self._out_socks, self._out_addrs, self._out_packets, self._out_flights
+        i = 0
+        while i < len(socks):  # a send that fails may queue the next upstream's, served here too
+            sock, flight = socks[i], flights[i]
+            if flight.sock is sock:  # not ended meanwhile (a channel closed)
+                # connect() draws the port (see ``open``); one call for it and the send
+                failed = native.connect_send(sock.fileno(), addrs[i], packets[i])
+                if failed:
+                    flight.unsent(OSError(-failed, os.strerror(-failed)))
+            i += 1
+        socks.clear()
+        addrs.clear()
+        packets.clear()
+        flights.clear()
+        self._flush_soon = False
 
     def recv(self, sock: _socket.socket) -> bytes | None:
         """A datagram queued on ``sock``, or None when there is none. Raises OSError for an error
@@ -387,6 +421,11 @@ class _Flight:
                 return
             channel.mismatched += 1  # a forgery or a late duplicate: keep waiting for the real one
 
+    def unsent(self, exc: OSError) -> None:
+        """The query could not be sent (``UpstreamSockets._flush``): its waiters hear it, as they
+        would have from ``UdpChannel.send``, and move on to the next upstream."""
+        self.channel.finish(self, exc, reusable=False, counted=False)
+
 
 class UdpChannel:
     def __init__(
@@ -435,9 +474,7 @@ class UdpChannel:
         qid = self.entropy.u16()
         serial = self._serial = self._serial + 1
         flight = _Flight(self, key, None, qid, key[2:], serial)
-        flight.sock = self.sockets.send(
-            self.family, self._connect_to, self._sockaddr, upstream_query(raw, qid), flight.readable
-        )
+        flight.sock = self.sockets.send(self.family, self._connect_to, self._sockaddr, upstream_query(raw, qid), flight)
         flight.waiters.append((waiter, raw.qname))
         self._flights[key] = flight
         self._by_serial[serial] = flight
@@ -450,9 +487,12 @@ class UdpChannel:
         if self._timer is None or deadline < self._timer_at:
             self._arm(deadline)
 
-    def finish(self, flight: _Flight, result: bytes | BaseException, reusable: bool = True) -> None:
+    def finish(
+        self, flight: _Flight, result: bytes | BaseException, reusable: bool = True, counted: bool = True
+    ) -> None:
         """End ``flight``: give back its socket (``reusable`` False after an error on it) and tell
-        each waiter (a reply in its own spelling)."""
+        each waiter (a reply in its own spelling). ``counted`` False: a query that was never sent,
+        not one that got no reply (``errors``)."""
         sock = flight.sock
         if sock is None:
             return
@@ -478,7 +518,8 @@ class UdpChannel:
                 if isinstance(result, ConnectionRefusedError)
                 else "closed"
             )
-            self.errors[why] = self.errors.get(why, 0) + 1
+            if counted:
+                self.errors[why] = self.errors.get(why, 0) + 1
             for waiter, _qname in waiters:
                 _deliver(waiter, result)
 
