@@ -23,7 +23,7 @@ class PacketEntry:
     form, lower case) for the link-alias check. ``slot``: where its hits are counted
     (``ResponseTally.slot``: one reply, so one rcode and type), found on its first hit."""
 
-    __slots__ = ("generation", "name", "raw", "recursive", "reply", "size", "slot")
+    __slots__ = ("fixed", "generation", "name", "raw", "recursive", "reply", "size", "slot")
 
     def __init__(
         self, reply: CachedReply, raw: RawQuery, size: int, generation: int, recursive: bool, name: object
@@ -35,10 +35,21 @@ class PacketEntry:
         self.recursive = recursive
         self.name = name
         self.slot: list[float] | None = None
+        # The tail itself when it can never change: a reply that does not count its TTLs down
+        # (a local answer), with one order of records, that fits the budget, rendered for this
+        # one query. Its hits then skip the reply's own memo (a key tuple, a hash, a lookup).
+        self.fixed: bytes | None = None
 
     def tail(self, now: float) -> bytes:
         """The reply to this exact query after its ID, at ``now``."""
-        return self.reply.render_tail(self.raw, now, self.size)
+        fixed = self.fixed
+        if fixed is not None:
+            return fixed
+        reply = self.reply
+        tail = reply.render_tail(self.raw, now, self.size)
+        if not reply.countdown and len(reply.variants) == 1 and len(reply.wire) <= self.size:
+            self.fixed = tail
+        return tail
 
 
 class PacketCache:
