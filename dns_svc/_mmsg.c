@@ -1,4 +1,5 @@
-/* recvmmsg/sendmmsg for the DNS service's listening UDP socket (dns_svc/mmsg.py loads it).
+/* recvmmsg/sendmmsg for the DNS service's listening UDP socket, and the calls of an upstream
+ * query's socket (dns_svc/mmsg.py loads it).
  *
  * Python's socket module has one system call per datagram (recvfrom, sendto). Under load the
  * kernel's entry, exit and wake-up costs of those calls are most of what a cache hit costs, so
@@ -6,7 +7,7 @@
  * batch in one sendmmsg. Built by scripts/compile.py; without it the listener uses recvfrom and
  * sendto.
  *
- * Both calls are made on a non-blocking socket with the GIL held: they never wait, so the static
+ * Every call is made on a non-blocking socket with the GIL held: none waits, so the static
  * buffers below are used by one call at a time. Errors are returned as negative errno values, not
  * raised: the listener decides per message what an error means (wait for room, skip one), and an
  * exception per EAGAIN would cost more than the call.
@@ -19,6 +20,7 @@
 #include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -279,16 +281,129 @@ static PyObject *send_from(PyObject *module, PyObject *const *args, Py_ssize_t n
     return PyLong_FromLong(sent < 0 ? -errno : sent);
 }
 
+/* The upstream side of a cache miss: one socket per query, each from a fresh port (connect
+ * draws it, a disconnect gives it back). The socket module's calls cost more Python work than
+ * the system calls themselves there: the address tuple parsed on every connect, the GIL let go
+ * and taken back around each call, a 64 KB buffer allocated and shrunk for every reply, an
+ * exception for every EAGAIN, and the disconnect (which Python cannot express) through ctypes
+ * with a select.poll object to see whether anything was queued. */
+
+static char reply_buf[65536];
+
+PyDoc_STRVAR(address_doc,
+             "address(addr) -> bytes\n\n"
+             "The struct sockaddr for a numeric address tuple ((host, port) or (host, port,\n"
+             "flowinfo, scope_id)), to hand to connect_send. ValueError when it is not one.");
+
+static PyObject *address(PyObject *module, PyObject *addr) {
+    struct sockaddr_storage sa;
+    socklen_t len;
+    if (sockaddr_of(addr, &sa, &len) != 0) {
+        PyErr_SetString(PyExc_ValueError, "not a numeric IPv4 or IPv6 address tuple");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)&sa, (Py_ssize_t)len);
+}
+
+PyDoc_STRVAR(connect_send_doc,
+             "connect_send(fd, sockaddr, packet) -> int\n\n"
+             "connect() the UDP socket fd to sockaddr (bytes from address(); the kernel binds an\n"
+             "unbound socket to a random port of the ephemeral range) and send packet on it.\n"
+             "Returns 0, or -errno of the call that failed.");
+
+static PyObject *connect_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "connect_send(fd: int, sockaddr: bytes, packet: bytes)");
+        return NULL;
+    }
+    int fd = (int)PyLong_AsLong(args[0]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t salen = PyBytes_GET_SIZE(args[1]);
+    if (salen < (Py_ssize_t)sizeof(sa_family_t) || salen > (Py_ssize_t)sizeof(struct sockaddr_storage)) {
+        PyErr_SetString(PyExc_ValueError, "not a sockaddr");
+        return NULL;
+    }
+    int rc;
+    do {
+        rc = connect(fd, (const struct sockaddr *)PyBytes_AS_STRING(args[1]), (socklen_t)salen);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        return PyLong_FromLong(-errno);
+    }
+    ssize_t sent;
+    do {
+        sent = send(fd, PyBytes_AS_STRING(args[2]), (size_t)PyBytes_GET_SIZE(args[2]), MSG_DONTWAIT);
+    } while (sent < 0 && errno == EINTR);
+    return PyLong_FromLong(sent < 0 ? -errno : 0);
+}
+
+PyDoc_STRVAR(recv_one_doc,
+             "recv_one(fd) -> bytes | int\n\n"
+             "One datagram from the non-blocking socket fd, or -errno (-EAGAIN: nothing queued).");
+
+static PyObject *recv_one(PyObject *module, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    ssize_t got;
+    do {
+        got = recv(fd, reply_buf, sizeof(reply_buf), MSG_DONTWAIT);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        return PyLong_FromLong(errno == EWOULDBLOCK ? -EAGAIN : -errno);
+    }
+    return PyBytes_FromStringAndSize(reply_buf, (Py_ssize_t)got);
+}
+
+PyDoc_STRVAR(disconnect_doc,
+             "disconnect(fd) -> int\n\n"
+             "connect() the UDP socket fd to AF_UNSPEC, which gives its port back to the kernel,\n"
+             "then ask (poll, no wait) whether anything is left on it. Returns 0: disconnected and\n"
+             "nothing queued; 1: disconnected, datagrams queued (read them before reuse); -1: an\n"
+             "error is pending on it; or -errno when the disconnect itself failed.");
+
+static PyObject *disconnect(PyObject *module, PyObject *arg) {
+    int fd = (int)PyLong_AsLong(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    struct sockaddr unspec;
+    memset(&unspec, 0, sizeof(unspec));
+    unspec.sa_family = AF_UNSPEC;
+    if (connect(fd, &unspec, sizeof(unspec)) < 0) {
+        return PyLong_FromLong(-errno);
+    }
+    struct pollfd p = {.fd = fd, .events = POLLIN, .revents = 0};
+    int ready;
+    do {
+        ready = poll(&p, 1, 0);
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0) {
+        return PyLong_FromLong(-errno);
+    }
+    if (ready == 0) {
+        return PyLong_FromLong(0);
+    }
+    return PyLong_FromLong(p.revents & (POLLERR | POLLHUP | POLLNVAL) ? -1 : 1);
+}
+
 static PyMethodDef methods[] = {
     {"recv_into", (PyCFunction)(void (*)(void))recv_into, METH_FASTCALL, recv_into_doc},
     {"send_from", (PyCFunction)(void (*)(void))send_from, METH_FASTCALL, send_from_doc},
+    {"address", address, METH_O, address_doc},
+    {"connect_send", (PyCFunction)(void (*)(void))connect_send, METH_FASTCALL, connect_send_doc},
+    {"recv_one", recv_one, METH_O, recv_one_doc},
+    {"disconnect", disconnect, METH_O, disconnect_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "dns_svc._mmsg",
-    "recvmmsg/sendmmsg for the DNS service's listening UDP socket.",
+    "recvmmsg/sendmmsg for the DNS service's listening UDP socket; an upstream socket's calls.",
     -1,
     methods,
 };

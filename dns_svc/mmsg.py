@@ -1,5 +1,7 @@
 """Batched UDP I/O for the listening socket: ``recvmmsg``/``sendmmsg`` from a C extension of our
-own (``dns_svc/_mmsg.c``), used only when it was built from exactly that source.
+own (``dns_svc/_mmsg.c``), used only when it was built from exactly that source; and the calls of
+an upstream query's socket (connect and send in one call, a reply read, the disconnect with a
+look at what is left queued), which the socket module makes at several times their kernel cost.
 
 Python's socket module makes one system call per datagram, and on a cache hit the kernel's
 entry, exit and wake-up costs of ``recvfrom`` and ``sendto`` are most of the CPU a query costs
@@ -7,7 +9,8 @@ entry, exit and wake-up costs of ``recvfrom`` and ``sendto`` are most of the CPU
 ``<sys.prefix>/metadns-native/`` with a manifest naming the digest of the C source and of the
 interpreter; ``load`` checks it, as ``dns_svc.compiled`` does for the mypyc build, so an edited
 source never runs an old build. Without a build, or with ``METADNS_NO_MMSG=1``, the listener
-uses ``recvfrom`` and ``sendto`` (``state`` says why, the ``listening`` line shows it).
+uses ``recvfrom`` and ``sendto``, and the upstream sockets the socket module's calls (``state``
+says why, the ``listening`` line shows it).
 """
 
 from __future__ import annotations
@@ -30,17 +33,28 @@ OFF_ENV = "METADNS_NO_MMSG"
 RecvInto = Callable[[int, list[bytes], list[Any], int, int], int]
 # send_from(fd, replies, addrs, start) -> sent from start on, or -errno for the first of them
 SendFrom = Callable[[int, list[bytes], list[Any], int], int]
+# The upstream sockets' calls (``dns_svc.steps.upstream.channel.UpstreamSockets``):
+# address(addr) -> struct sockaddr bytes; connect_send(fd, sockaddr, packet) -> 0 or -errno;
+# recv_one(fd) -> the datagram or -errno; disconnect(fd) -> 0 quiet, 1 queued, -1 error, -errno
+Address = Callable[[tuple[Any, ...]], bytes]
+ConnectSend = Callable[[int, bytes, bytes], int]
+RecvOne = Callable[[int], "bytes | int"]
+Disconnect = Callable[[int], int]
 
 
 class Native:
-    """The two calls of the extension, typed for the listener."""
+    """The calls of the extension, typed for the listener and the upstream sockets."""
 
-    __slots__ = ("max_batch", "recv_into", "send_from")
+    __slots__ = ("address", "connect_send", "disconnect", "max_batch", "recv_into", "recv_one", "send_from")
 
-    def __init__(self, recv_into: RecvInto, send_from: SendFrom, max_batch: int) -> None:
-        self.recv_into = recv_into
-        self.send_from = send_from
-        self.max_batch = max_batch
+    def __init__(self, module: Any) -> None:
+        self.recv_into: RecvInto = module.recv_into
+        self.send_from: SendFrom = module.send_from
+        self.max_batch = int(module.MAX_BATCH)
+        self.address: Address = module.address
+        self.connect_send: ConnectSend = module.connect_send
+        self.recv_one: RecvOne = module.recv_one
+        self.disconnect: Disconnect = module.disconnect
 
 
 def build_dir() -> Path:
@@ -79,9 +93,10 @@ def find(directory: Path) -> tuple[Native | None, str]:
             return None, "broken"
         module = importlib.util.module_from_spec(spec)
         loader.exec_module(module)
-    except (ImportError, OSError, KeyError):
+        native = Native(module)
+    except (ImportError, OSError, KeyError, AttributeError):
         return None, "broken"
-    return Native(module.recv_into, module.send_from, int(module.MAX_BATCH)), "mmsg"
+    return native, "mmsg"
 
 
 def load() -> Native | None:

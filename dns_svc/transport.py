@@ -130,6 +130,9 @@ class UdpListener:
         self._waiting: list[bytes] = []  # replies waiting for room in the socket, in order
         self._waiting_to: list[Any] = []
         self._writer = False
+        self._relayed_replies: list[bytes] = []  # relayed answers of this loop pass, sent together
+        self._relayed_addrs: list[Any] = []
+        self._flush_soon = False
         self.send_drops = 0
         self.send_errors = 0
         self.closed = False
@@ -278,7 +281,25 @@ class UdpListener:
         if answer is None:
             self._chain(pending)  # the waiting step needs its coroutine after all (TCP retry)
         elif not self.closed:
-            self.send(self.dispatcher.resolver.reply(pending.query, answer), pending.context)
+            reply = self.dispatcher.resolver.reply(pending.query, answer)
+            if not self.batched:
+                self.send(reply, pending.context)
+                return
+            # Upstream replies arrive many per wake-up under load (one epoll pass over their
+            # sockets): their answers go out together at the end of the loop's pass, in one
+            # sendmmsg, rather than one sendto each. Same pass, so a lone answer waits for nothing.
+            self._relayed_replies.append(reply)
+            self._relayed_addrs.append(pending.context)
+            if not self._flush_soon:
+                self._flush_soon = True
+                self.loop.call_soon(self._flush_relayed)
+
+    def _flush_relayed(self) -> None:
+        replies, to = self._relayed_replies, self._relayed_addrs
+        self._relayed_replies, self._relayed_addrs = [], []
+        self._flush_soon = False
+        if not self.closed:
+            self._send_batch(replies, to, 0)
 
     def _chain(self, pending: Pending) -> None:
         d = self.dispatcher

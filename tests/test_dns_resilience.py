@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import struct
 from pathlib import Path
@@ -18,6 +19,7 @@ import dns.rdatatype
 import pytest
 from dnslib import RR, A, DNSRecord
 
+from dns_svc import mmsg
 from dns_svc.follower import version_index
 from metadata_svc.keys import STORE
 from tests.support.dns import (
@@ -42,6 +44,28 @@ def events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, object
     return [f for f in logged_fields(caplog) if f.get("event") == name]
 
 
+@pytest.fixture(params=["extension", "socket module"])
+def upstream_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The upstream sockets' two ways: the C extension's calls (``dns_svc/_mmsg.c``: connect and
+    send, receive, disconnect and look at what is queued) and the socket module's with ctypes.
+    Every hardening must hold on both."""
+    if request.param == "socket module":
+        monkeypatch.setenv(mmsg.OFF_ENV, "1")
+    else:
+        monkeypatch.delenv(mmsg.OFF_ENV, raising=False)
+        if mmsg.load() is None:
+            message = f"no extension build for this source ({mmsg.state()}): run scripts/compile.py"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    return str(request.param)
+
+
+def uses(server: Any, calls: str) -> None:
+    """The server's upstream sockets run the calls the test asked for."""
+    assert (server.upstream.sockets.native is not None) == (calls == "extension")
+
+
 async def test_the_loop_under_test_is_the_one_named(request: pytest.FixtureRequest) -> None:
     """Guards the conftest hook: the [uvloop] runs really run on uvloop."""
     loop = type(asyncio.get_running_loop()).__module__
@@ -49,7 +73,7 @@ async def test_the_loop_under_test_is_the_one_named(request: pytest.FixtureReque
 
 
 async def test_recursion_comes_back_after_the_upstream_restarts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, upstream_calls: str
 ) -> None:
     """Kill the upstream, ask once (its ICMP port-unreachable reaches our socket), start it again on
     the same port: the next query is answered. A socket shared by all queries went deaf on uvloop
@@ -58,6 +82,7 @@ async def test_recursion_comes_back_after_the_upstream_restarts(
     port = free_port()
     with run_unbound(tmp_path / "u1", port=port) as first:
         async with run_dns(recurse=(first.address,), recurser_timeout=0.5) as server:
+            uses(server, upstream_calls)
             assert addresses(await ask(server, "www.example.test")) == ["192.0.2.10"]
             first.stop()
             assert rcode(await ask(server, "payments.example.test")) == "SERVFAIL"
@@ -76,8 +101,9 @@ async def test_recursion_works_when_the_upstream_starts_after_us(tmp_path: Path)
             assert addresses(await ask(server, "payments.example.test")) == ["192.0.2.20"]
 
 
-async def test_each_upstream_query_has_its_own_random_port_and_id() -> None:
+async def test_each_upstream_query_has_its_own_random_port_and_id(upstream_calls: str) -> None:
     async with ScriptedUpstream() as upstream, run_dns(recurse=(upstream.address,)) as server:
+        uses(server, upstream_calls)
         for i in range(60):
             assert addresses(await ask(server, f"n{i}.example.test")) == ["192.0.2.55"]
         ports = {addr[1] for _, addr in upstream.queries}
@@ -93,11 +119,12 @@ async def test_each_upstream_query_has_its_own_random_port_and_id() -> None:
         assert ids[0] != ids[1]
 
 
-async def test_a_reused_socket_starts_with_nothing_queued() -> None:
+async def test_a_reused_socket_starts_with_nothing_queued(upstream_calls: str) -> None:
     """Datagrams that reach a query's port after its reply (a duplicate, a forger spraying the
     port it learnt) are dropped when the socket is given back: the next query on that socket,
     from a new port, never reads them (each would be one more try at its ID)."""
     async with ScriptedUpstream(copies=4) as upstream, run_dns(recurse=(upstream.address,)) as server:
+        uses(server, upstream_calls)
         for i in range(10):
             assert addresses(await ask(server, f"dup{i}.example.test")) == ["192.0.2.55"]
         assert server.upstream.sockets.reused >= 9
@@ -109,9 +136,10 @@ async def test_a_reused_socket_starts_with_nothing_queued() -> None:
         assert server.upstream.counters()["mismatched"] == 0
 
 
-async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
+async def test_a_socket_that_saw_an_error_is_not_reused(upstream_calls: str) -> None:
     port = free_port()  # nothing listens: each query gets an ICMP port-unreachable
     async with run_dns(recurse=(("127.0.0.1", port),), recurser_timeout=0.5) as server:
+        uses(server, upstream_calls)
         for i in range(3):
             assert rcode(await ask(server, f"refused{i}.example.test")) == "SERVFAIL"
         sockets = server.upstream.sockets
@@ -120,10 +148,29 @@ async def test_a_socket_that_saw_an_error_is_not_reused() -> None:
         assert sockets.idle() == 0
 
 
-async def test_identical_questions_in_flight_share_one_upstream_query() -> None:
+async def test_a_query_that_cannot_be_sent_moves_on_to_the_next_upstream(upstream_calls: str) -> None:
+    """The broadcast address refuses a UDP connect (EACCES without SO_BROADCAST): the query goes
+    to the next upstream in the same walk, and the socket that failed is not kept. With the
+    extension the send waits for the end of the loop's pass, so the failure comes back to the
+    walk from there rather than from the send."""
+    async with (
+        ScriptedUpstream() as upstream,
+        run_dns(recurse=(("255.255.255.255", 53), upstream.address)) as server,
+    ):
+        uses(server, upstream_calls)
+        for i in range(3):
+            assert addresses(await ask(server, f"unsent{i}.example.test")) == ["192.0.2.55"]
+        assert len(upstream.queries) == 3
+        assert server.upstream.failures[("255.255.255.255", 53)] == 3
+        assert server.upstream.sockets.idle() == 1  # only the one that reached the upstream, each time
+        assert server.upstream.channel(("255.255.255.255", 53)).errors == {}  # never sent: not a lost reply
+
+
+async def test_identical_questions_in_flight_share_one_upstream_query(upstream_calls: str) -> None:
     """100 clients ask the same name (in any letter case) while the upstream takes its time: one
     query goes upstream, and each client gets the answer with its own ID and its own spelling."""
     async with ScriptedUpstream(delay=0.3) as upstream, run_dns(recurse=(upstream.address,)) as server:
+        uses(server, upstream_calls)
         names = ["same.example.test", "SAME.example.test", "sAmE.Example.TEST"]
         replies = await asyncio.gather(
             *(ask(server, names[i % 3], source=f"127.0.0.{10 + i % 50}") for i in range(100))
@@ -163,7 +210,7 @@ def _without_question(reply: bytes, query: bytes) -> bytes:
 
 
 @pytest.mark.needs_root
-async def test_forged_replies_are_not_taken() -> None:
+async def test_forged_replies_are_not_taken(upstream_calls: str) -> None:
     """An attacker on the path's side sends replies with the upstream's address as source, from a
     raw socket. Even knowing the query's port, it must also match the ID and the question; a
     reply without a question is never taken; a wrong source port never reaches us. The same
@@ -173,6 +220,7 @@ async def test_forged_replies_are_not_taken() -> None:
         ScriptedUpstream(delay=0.4, reply=answer_a("192.0.2.1")) as upstream,
         run_dns(recurse=(upstream.address,), recurser_timeout=2) as server,
     ):
+        uses(server, upstream_calls)
         # Positive control: a forgery with the right port, ID and question wins the race.
         asking, query, (host, port) = await _in_flight(server, upstream, "control.example.test")
         spoofed_udp(upstream.address, (host, port), _reply(query, "203.0.113.66"))
@@ -204,7 +252,7 @@ async def test_forged_replies_are_not_taken() -> None:
         assert server.upstream.counters()["mismatched"] == mismatched + 3  # each one seen, and refused
 
 
-async def test_a_reply_cut_short_gets_servfail_and_is_never_cached() -> None:
+async def test_a_reply_cut_short_gets_servfail_and_is_never_cached(upstream_calls: str) -> None:
     """An answer record cut short used to reach the first client malformed, then leave every
     later client with no reply at all (a traceback each) until the entry was evicted."""
     broken = True
@@ -217,6 +265,7 @@ async def test_a_reply_cut_short_gets_servfail_and_is_never_cached() -> None:
         ScriptedUpstream(reply=reply) as upstream,
         run_dns(recurse=(upstream.address,), servfail_ttl=0, recurser_timeout=0.3) as server,
     ):
+        uses(server, upstream_calls)
         for transport_tcp in (False, False, True):
             assert rcode(await ask(server, "cut.example.test", tcp=transport_tcp)) == "SERVFAIL"
         assert server.upstream.counters()["malformed"] >= 2

@@ -27,6 +27,7 @@ import _socket
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -38,6 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
+from dns_svc import mmsg
 from dns_svc.tally import Durations, clock
 from dns_svc.wire import EDNS_UDP_SIZE, FLAG_CD, FLAG_RD, QTYPE_OPT, RawQuery, reply_tail
 
@@ -110,6 +112,10 @@ class UpstreamSockets:
     costs two system calls where a new socket cost four (create, connect, register, close) and
     the kernel's file and socket set-up and tear-down with them.
 
+    With the recvmmsg extension built (``dns_svc/_mmsg.c``), the queries of one pass of the event
+    loop are sent back to back at its end (``_flush``), each still on its own socket and port:
+    the upstream is then woken once for many of them instead of once per query.
+
     A socket that saw an error is closed, never reused. Where epoll or the disconnect call is
     missing, each query gets a new socket and a loop reader of its own.
     """
@@ -117,13 +123,113 @@ class UpstreamSockets:
     def __init__(self, idle_limit: int = 512) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._epoll = select.epoll() if hasattr(select, "epoll") else None
-        self._disconnect = _disconnect_call() if self._epoll is not None else None
+        # The extension's calls (``dns_svc/_mmsg.c``) when it is built: connect and send in one
+        # call, the reply read without an exception per EAGAIN, the disconnect and the look at
+        # what is queued in one more. Without it, the socket module's calls and ctypes.
+        self.native = mmsg.load() if self._epoll is not None else None
+        self._disconnect = _disconnect_call() if self._epoll is not None and self.native is None else None
         self._probe = select.poll() if self._disconnect is not None else None
         self._handlers: dict[int, Callable[[], None]] = {}
         self._idle: dict[int, list[_socket.socket]] = {socket.AF_INET: [], socket.AF_INET6: []}
+        # Sends waiting for the end of the loop's pass (``send``, ``_flush``), in order.
+        self._out_socks: list[_socket.socket] = []
+        self._out_addrs: list[bytes] = []
+        self._out_packets: list[bytes] = []
+        self._out_flights: list[_Flight] = []
+        self._flush_soon = False
         self.idle_limit = idle_limit
         self.created = 0
         self.reused = 0
+
+    def sockaddr(self, family: int, address: tuple[Any, ...]) -> bytes:
+        """``address`` as a struct sockaddr for the extension's ``connect_send``; empty without
+        the extension or for an address it does not take (not numeric): ``send`` then uses the
+        socket module's ``connect``."""
+        if self.native is None:
+            return b""
+        if family == socket.AF_INET6 and len(address) == 2:
+            address = (address[0], address[1], 0, 0)
+        try:
+            return self.native.address(address)
+        except ValueError:
+            return b""
+
+    def send(
+        self, family: int, address: tuple[Any, ...], sockaddr: bytes, packet: bytes, flight: _Flight
+    ) -> _socket.socket:
+        """``packet`` to ``address`` (``sockaddr``: the same, from ``sockaddr``) from a fresh
+        random port, on a socket whose readiness calls ``flight.readable``. Raises OSError when
+        it cannot be sent now. With the extension the send itself waits for the end of the loop's
+        pass (``_flush``), and a send that fails there ends ``flight`` (``_Flight.unsent``)."""
+        native = self.native
+        if native is None or not sockaddr or self._loop is None:
+            sock = self.open(family, address, flight.readable)
+            try:
+                sock.send(packet)
+            except BaseException:
+                self.release(sock, False)
+                raise
+            return sock
+        idle = self._idle[family]
+        if idle:
+            sock = idle.pop()
+            self.reused += 1
+        else:
+            sock = _socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+            assert self._epoll is not None
+            try:
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
+            except BaseException:
+                sock.close()
+                raise
+            self.created += 1
+        self._handlers[sock.fileno()] = flight.readable
+        self._out_socks.append(sock)
+        self._out_addrs.append(sockaddr)
+        self._out_packets.append(packet)
+        self._out_flights.append(flight)
+        if not self._flush_soon:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+        return sock
+
+    def _flush(self) -> None:
+        """The sends of this loop pass, one after another. Each upstream query keeps its socket
+        and port, but sent back to back the upstream is woken once for many of them, not once per
+        query (waking it was the largest single kernel cost of a miss: bench/RESULTS.md)."""
+        native = self.native
+        assert native is not None
+        socks, addrs, packets, flights = self._out_socks, self._out_addrs, self._out_packets, self._out_flights
+        i = 0
+        while i < len(socks):  # a send that fails may queue the next upstream's, served here too
+            sock, flight = socks[i], flights[i]
+            if flight.sock is sock:  # not ended meanwhile (a channel closed)
+                # connect() draws the port (see ``open``); one call for it and the send
+                failed = native.connect_send(sock.fileno(), addrs[i], packets[i])
+                if failed:
+                    flight.unsent(OSError(-failed, os.strerror(-failed)))
+            i += 1
+        socks.clear()
+        addrs.clear()
+        packets.clear()
+        flights.clear()
+        self._flush_soon = False
+
+    def recv(self, sock: _socket.socket) -> bytes | None:
+        """A datagram queued on ``sock``, or None when there is none. Raises OSError for an error
+        on it (an ICMP port unreachable)."""
+        native = self.native
+        if native is None:
+            try:
+                return sock.recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return None
+        got = native.recv_one(sock.fileno())
+        if isinstance(got, bytes):
+            return got
+        if got == -errno.EAGAIN:
+            return None
+        raise OSError(-got, os.strerror(-got))
 
     def open(self, family: int, address: tuple[Any, ...], handler: Callable[[], None]) -> _socket.socket:
         """A socket connected to ``address`` from a fresh random port, ``handler`` called when it
@@ -163,8 +269,18 @@ class UpstreamSockets:
 
     def release(self, sock: _socket.socket, reusable: bool) -> None:
         """``sock``'s query has ended; ``reusable`` is False after an error on it."""
-        disconnect = self._disconnect
         fd = sock.fileno()
+        native = self.native
+        if native is not None:
+            if reusable and len(self._idle[sock.family]) < self.idle_limit:
+                left = native.disconnect(fd)
+                if left == 0 or (left == 1 and _drained(sock)):
+                    self._handlers.pop(fd, None)
+                    self._idle[sock.family].append(sock)
+                    return
+            self._drop(sock)
+            return
+        disconnect = self._disconnect
         if (
             reusable
             and disconnect is not None
@@ -289,20 +405,26 @@ class _Flight:
     def readable(self) -> None:
         sock = self.sock
         channel = self.channel
+        sockets = channel.sockets
         for _ in range(16):
             if sock is None:
                 return
             try:
-                data = sock.recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
+                data = sockets.recv(sock)
             except OSError as exc:  # ICMP port unreachable and the like: this query only
                 channel.finish(self, ConnectionRefusedError(str(exc) or "connection refused"), reusable=False)
+                return
+            if data is None:
                 return
             if reply_matches(data, self.qid, self.question):
                 channel.finish(self, data)
                 return
             channel.mismatched += 1  # a forgery or a late duplicate: keep waiting for the real one
+
+    def unsent(self, exc: OSError) -> None:
+        """The query could not be sent (``UpstreamSockets._flush``): its waiters hear it, as they
+        would have from ``UdpChannel.send``, and move on to the next upstream."""
+        self.channel.finish(self, exc, reusable=False, counted=False)
 
 
 class UdpChannel:
@@ -315,6 +437,7 @@ class UdpChannel:
         self._connect_to: tuple[Any, ...] = address
         self.sockets = sockets or UpstreamSockets()
         self.family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._sockaddr = self.sockets.sockaddr(self.family, address)
         self.entropy = entropy or Entropy()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flights: dict[bytes, _Flight] = {}
@@ -351,13 +474,7 @@ class UdpChannel:
         qid = self.entropy.u16()
         serial = self._serial = self._serial + 1
         flight = _Flight(self, key, None, qid, key[2:], serial)
-        sock = flight.sock = self.sockets.open(self.family, self._connect_to, flight.readable)
-        try:
-            sock.send(upstream_query(raw, qid))
-        except BaseException:
-            flight.sock = None
-            self.sockets.release(sock, False)
-            raise
+        flight.sock = self.sockets.send(self.family, self._connect_to, self._sockaddr, upstream_query(raw, qid), flight)
         flight.waiters.append((waiter, raw.qname))
         self._flights[key] = flight
         self._by_serial[serial] = flight
@@ -370,9 +487,12 @@ class UdpChannel:
         if self._timer is None or deadline < self._timer_at:
             self._arm(deadline)
 
-    def finish(self, flight: _Flight, result: bytes | BaseException, reusable: bool = True) -> None:
+    def finish(
+        self, flight: _Flight, result: bytes | BaseException, reusable: bool = True, counted: bool = True
+    ) -> None:
         """End ``flight``: give back its socket (``reusable`` False after an error on it) and tell
-        each waiter (a reply in its own spelling)."""
+        each waiter (a reply in its own spelling). ``counted`` False: a query that was never sent,
+        not one that got no reply (``errors``)."""
         sock = flight.sock
         if sock is None:
             return
@@ -398,7 +518,8 @@ class UdpChannel:
                 if isinstance(result, ConnectionRefusedError)
                 else "closed"
             )
-            self.errors[why] = self.errors.get(why, 0) + 1
+            if counted:
+                self.errors[why] = self.errors.get(why, 0) + 1
             for waiter, _qname in waiters:
                 _deliver(waiter, result)
 
